@@ -1,0 +1,42 @@
+# cython: language_level=3
+"""Exports the C layout of pyx/rows.pxd so tests can compare it with engine.constants."""
+from rows cimport mmr_row
+cimport rows
+
+def row_layout():
+    """Return {field: (offset, size)} of the C struct mmr_row and its total size."""
+    cdef mmr_row r
+    cdef size_t base = <size_t>&r
+    return {
+        "src": (<size_t>&r.src - base, sizeof(r.src)),
+        "dst": (<size_t>&r.dst - base, sizeof(r.dst)),
+        "sport": (<size_t>&r.sport - base, sizeof(r.sport)),
+        "dport": (<size_t>&r.dport - base, sizeof(r.dport)),
+        "proto": (<size_t>&r.proto - base, sizeof(r.proto)),
+        "family": (<size_t>&r.family - base, sizeof(r.family)),
+        "tclass": (<size_t>&r.tclass - base, sizeof(r.tclass)),
+        "has_opt": (<size_t>&r.has_opt - base, sizeof(r.has_opt)),
+        "service": (<size_t>&r.service - base, sizeof(r.service)),
+        "reason": (<size_t>&r.reason - base, sizeof(r.reason)),
+        "preference": (<size_t>&r.preference - base, sizeof(r.preference)),
+        "l3_off": (<size_t>&r.l3_off - base, sizeof(r.l3_off)),
+        "l4_off": (<size_t>&r.l4_off - base, sizeof(r.l4_off)),
+        "length": (<size_t>&r.length - base, sizeof(r.length)),
+        "vlan": (<size_t>&r.vlan - base, sizeof(r.vlan)),
+        "hlim": (<size_t>&r.hlim - base, sizeof(r.hlim)),
+        "flags": (<size_t>&r.flags - base, sizeof(r.flags)),
+        "icmp_type": (<size_t>&r.icmp_type - base, sizeof(r.icmp_type)),
+    }, sizeof(mmr_row)
+
+def reason_codes():
+    """The reason enum as the compiled code sees it."""
+    return {
+        "ok": rows.R_OK, "truncated_l2": rows.R_TRUNCATED_L2, "not_ip": rows.R_NOT_IP,
+        "truncated_l3": rows.R_TRUNCATED_L3, "bad_ip_header": rows.R_BAD_IP_HEADER,
+        "truncated_ext": rows.R_TRUNCATED_EXT, "opt_overrun": rows.R_OPT_OVERRUN,
+        "bad_opt_len": rows.R_BAD_OPT_LEN, "hbh_not_first": rows.R_HBH_NOT_FIRST,
+        "pad_excess": rows.R_PAD_EXCESS, "too_many_opts": rows.R_TOO_MANY_OPTS,
+        "unknown_nh": rows.R_UNKNOWN_NH, "truncated_l4": rows.R_TRUNCATED_L4,
+        "too_many_ext": rows.R_TOO_MANY_EXT, "no_uplink": rows.R_NO_UPLINK,
+        "hop_limit": rows.R_HOP_LIMIT,
+    }, rows.N_REASONS

@@ -1,0 +1,23 @@
+"""The C row layout (pyx/rows.pxd) and the numpy dtype (engine.constants) agree."""
+import engine._contract as contract
+from engine import constants as C
+
+
+def test_compiled_contract_is_an_extension():
+    assert contract.__file__.endswith(".so")
+
+
+def test_row_layout_matches_dtype():
+    layout, size = contract.row_layout()
+    assert size == C.ROW_DTYPE.itemsize == 64
+    for name, (off, sz) in layout.items():
+        dt, dt_off = C.ROW_DTYPE.fields[name][:2]
+        assert (off, sz) == (dt_off, dt.itemsize), name
+
+
+def test_reason_codes_match():
+    codes, n = contract.reason_codes()
+    assert n == C.N_REASONS
+    assert codes == {name: code for code, name, _ in C.REASONS}
+    for code, name, _ in C.REASONS:
+        assert getattr(C, "REASON_" + name.upper()) == code
