@@ -10,9 +10,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def extensions():
+    # MMR_STAGES=parse,flowbase limits a developer's in-place build to those stages.
+    only = {s for s in os.environ.get("MMR_STAGES", "").split(",") if s}
     exts = []
     for path in sorted(glob.glob(os.path.join("pyx", "*.pyx"))):
         stage = os.path.splitext(os.path.basename(path))[0]
+        if only and stage not in only:
+            continue
         exts.append(
             Extension(
                 "engine._" + stage,
