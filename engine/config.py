@@ -1,0 +1,450 @@
+"""The policy file: the draft's "non-volatile storage", in TOML.
+
+Takes   a path (or None: the built-in ``engine/default.toml``).
+Emits   a validated ``Config``.
+Errors  every mistake ends in ``ConfigError``: one sentence naming the file, the key path
+        (``uplink[2].loss``, ``policy.7.flow``) and the fix.  The CLI prints it, exit 2.
+
+Validation is table-driven: ``ENGINE_KEYS`` / ``UPLINK_KEYS`` / ``RULE_KEYS`` /
+``POLICY_KEYS`` say, per key, its type, range, default and a hint.
+"""
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+
+import numpy as np
+
+from engine import constants as C
+from engine.errors import ConfigError
+
+MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+DEV_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
+
+
+@dataclass(frozen=True)
+class Key:
+    kind: str                 # "int", "float", "bool", "str", "device", "prefixes", "addr", "mac"
+    default: object = None    # None: required unless optional
+    lo: float | None = None
+    hi: float | None = None
+    optional: bool = False
+    hint: str = ""
+
+
+ENGINE_KEYS = {
+    "lan": Key("device", "lan0", hint='a device name such as "lan0"'),
+    "lan_prefixes": Key("prefixes", ["2001:db8:1::/64", "192.0.2.0/24"],
+                        hint='a list of prefixes such as ["2001:db8:1::/64"]'),
+    "option_type": Key("int", C.DEFAULT_OPTION_TYPE, 0x20, 0x3F,
+                       hint="an option type of the form 001xxxxx: 0x20..0x3F (default 0x3E)"),
+    "flow_capacity": Key("int", 65536, 1, 1 << 26, hint="a flow count from 1 to 67108864"),
+    "idle_timeout_s": Key("float", 120.0, 0.001, 86400 * 365, hint="seconds, e.g. 120"),
+    "default_preference": Key("int", 0, 0, 65535, hint="a preference 0..65535"),
+}
+
+UPLINK_KEYS = {
+    "name": Key("str", hint='a short unique name such as "ar1"'),
+    "device": Key("device", hint='the uplink device such as "up1"'),
+    "gateway": Key("addr", optional=True, hint='the next hop address such as "fe80::1"'),
+    "gateway_mac": Key("mac", optional=True, hint='a MAC such as "02:00:00:00:00:01"'),
+    "bandwidth_mbps": Key("float", 0.0, 0, 1e7, hint="megabits per second, >= 0"),
+    "loss": Key("float", 0.0, 0, 1, hint="a loss rate between 0 and 1"),
+    "queueing_delay_ms": Key("float", 0.0, 0, 1e7, hint="milliseconds, >= 0"),
+    "jitter_ms": Key("float", 0.0, 0, 1e7, hint="milliseconds, >= 0"),
+    "qos": Key("float", 0.0, 0, 1, hint="0 (no QoS) to 1 (full QoS support)"),
+    "security": Key("float", 0.0, 0, 1, hint="0 (none) to 1 (full protection)"),
+    "power_mw": Key("float", 0.0, 0, 1e9, hint="milliwatts, >= 0"),
+    "cost": Key("float", 0.0, 0, 1e12, hint="a cost figure, >= 0"),
+    "metric": Key("int", None, 0, 1 << 31, optional=True, hint="an integer >= 0 (lower = primary)"),
+    "usable": Key("bool", True, hint="true or false"),
+}
+
+POLICY_KEYS = {
+    "name": Key("str", "", hint='a name such as "cheap"'),
+    "network": Key("list", hint='characteristic names, e.g. ["bandwidth", "loss"]'),
+    "flow": Key("list", hint='class parameters or numbers, e.g. ["packet_size", 1.0]'),
+}
+
+RULE_MATCH = ("proto", "sport", "dport", "src", "dst", "dscp")
+RULE_SET = ("service", "preference")
+PROTO_NAMES = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132, "udplite": 136,
+               "gre": 47, "esp": 50}
+DSCP_NAMES = {"CS0": 0, "CS1": 8, "AF11": 10, "AF12": 12, "AF13": 14, "CS2": 16, "AF21": 18,
+              "AF22": 20, "AF23": 22, "CS3": 24, "AF31": 26, "AF32": 28, "AF33": 30, "CS4": 32,
+              "AF41": 34, "AF42": 36, "AF43": 38, "CS5": 40, "EF": 46, "CS6": 48, "CS7": 56,
+              "BE": 0, "VA": 44, "LE": 1}
+
+BUILTIN_CLASSES = {
+    "packet_size": (1.0, 0.1, 0.5, 1.0),   # data, control, voip, video (draft 5.1)
+    "needs_qos": (0.0, 0.0, 1.0, 1.0),     # draft 5.3
+    "v": (1.0, 1.0, 1.0, 1.0),             # loss coordination value of draft 5.1
+}
+
+
+@dataclass
+class Policy:
+    number: int
+    name: str
+    network: list[str]
+    flow: list            # class parameter names (str) or constants (float)
+
+
+BUILTIN_POLICIES = {
+    0: Policy(0, "none", [], []),
+    1: Policy(1, "max-throughput", ["bandwidth", "loss"], ["packet_size", "v"]),
+    2: Policy(2, "qos-load-balancing", ["qos", "queueing_delay"], ["needs_qos", 1.0]),
+    3: Policy(3, "load-balancing", ["queueing_delay"], [1.0]),
+}
+
+
+@dataclass
+class Uplink:
+    name: str
+    device: str
+    gateway: str | None
+    gateway_mac: str | None
+    chars: dict[str, float]
+    metric: int
+    usable: bool = True
+
+
+@dataclass
+class Rule:
+    index: int
+    proto: int | None = None
+    sport: tuple[int, int] | None = None
+    dport: tuple[int, int] | None = None
+    src: ipaddress.IPv6Network | None = None
+    dst: ipaddress.IPv6Network | None = None
+    dscp: int | None = None
+    service: int | None = None
+    preference: int | None = None
+
+
+@dataclass
+class Config:
+    path: str
+    lan: str = "lan0"
+    lan_prefixes: list = field(default_factory=list)
+    option_type: int = C.DEFAULT_OPTION_TYPE
+    flow_capacity: int = 65536
+    idle_timeout_s: float = 120.0
+    default_preference: int = 0
+    uplinks: list[Uplink] = field(default_factory=list)
+    classes: dict[str, tuple] = field(default_factory=dict)
+    policies: dict[int, Policy] = field(default_factory=dict)
+    rules: list[Rule] = field(default_factory=list)
+    raw: dict = field(default_factory=dict)
+
+    def uplink_index(self, name: str) -> int:
+        for i, u in enumerate(self.uplinks):
+            if u.name == name:
+                return i
+        raise KeyError(name)
+
+
+def default_config_path() -> str:
+    return str(resources.files("engine").joinpath("default.toml"))
+
+
+def characteristics_matrix(cfg: Config) -> np.ndarray:
+    """float64[n_uplinks, N_CHARS] in engine.constants.CHARACTERISTICS column order."""
+    m = np.zeros((len(cfg.uplinks), C.N_CHARS), dtype=np.float64)
+    for i, u in enumerate(cfg.uplinks):
+        for j, name in enumerate(C.CHAR_NAMES):
+            m[i, j] = u.chars[name]
+    return m
+
+
+def to_mapped(net) -> ipaddress.IPv6Network:
+    """IPv4 prefixes become IPv4-mapped IPv6 prefixes (::ffff:0:0/96 + plen)."""
+    if isinstance(net, ipaddress.IPv4Network):
+        return ipaddress.IPv6Network(
+            (int(ipaddress.IPv6Address("::ffff:0:0")) | int(net.network_address), 96 + net.prefixlen)
+        )
+    return net
+
+
+# ------------------------------------------------------------------------------- loading
+class _Loader:
+    def __init__(self, path: str):
+        self.path = path
+
+    def err(self, key, problem, fix):
+        raise ConfigError(self.path, key, problem, fix)
+
+    def unknown(self, table: dict, allowed, where: str):
+        for k in table:
+            if k not in allowed:
+                near = ", ".join(sorted(allowed))
+                self.err(f"{where}.{k}" if where else k, "unknown key",
+                         f"remove it or use one of: {near}")
+
+    def value(self, key: str, spec: Key, v):
+        kind = spec.kind
+        if kind == "int":
+            if isinstance(v, bool) or not isinstance(v, int):
+                self.err(key, f"must be an integer, got {type(v).__name__} {v!r}", f"write {spec.hint}")
+        elif kind == "float":
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                self.err(key, f"must be a number, got {type(v).__name__} {v!r}", f"write {spec.hint}")
+            v = float(v)
+            if not math.isfinite(v):
+                self.err(key, f"must be a finite number, got {v}", f"write {spec.hint}")
+        elif kind == "bool":
+            if not isinstance(v, bool):
+                self.err(key, f"must be true or false, got {v!r}", "write true or false")
+        elif kind in ("str", "device", "addr", "mac"):
+            if not isinstance(v, str) or not v:
+                self.err(key, f"must be a non-empty string, got {v!r}", f"write {spec.hint}")
+            if kind == "device" and not DEV_RE.match(v):
+                self.err(key, f"{v!r} is not a valid device name (1-15 characters, no spaces or '/')",
+                         f"write {spec.hint}")
+            if kind == "addr":
+                try:
+                    v = str(ipaddress.ip_address(v.split("%")[0]))
+                except ValueError:
+                    self.err(key, f"{v!r} is not an IPv6 or IPv4 address", f"write {spec.hint}")
+            if kind == "mac" and not MAC_RE.match(v):
+                self.err(key, f"{v!r} is not a MAC address", f"write {spec.hint}")
+        elif kind == "prefixes":
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                self.err(key, "must be a list of prefix strings", f"write {spec.hint}")
+            out = []
+            for i, x in enumerate(v):
+                out.append(self.prefix(f"{key}[{i}]", x))
+            v = out
+        elif kind == "list":
+            if not isinstance(v, list) or not v:
+                self.err(key, "must be a non-empty list", f"write {spec.hint}")
+        if kind in ("int", "float"):
+            if spec.lo is not None and v < spec.lo or spec.hi is not None and v > spec.hi:
+                self.err(key, f"{v!r} is out of range", f"write {spec.hint}")
+        return v
+
+    def prefix(self, key, text):
+        if not isinstance(text, str):
+            self.err(key, f"must be a prefix string, got {text!r}", 'write e.g. "2001:db8::/32"')
+        try:
+            return ipaddress.ip_network(text, strict=True)
+        except ValueError as exc:
+            self.err(key, f"{text!r} is not a valid prefix ({exc})",
+                     'write the network address and length, e.g. "2001:db8::/32"')
+
+    def table(self, t, keys: dict, where: str) -> dict:
+        if not isinstance(t, dict):
+            self.err(where, f"must be a table, got {type(t).__name__}", f"write [{where}] with keys")
+        self.unknown(t, keys, where)
+        out = {}
+        for k, spec in keys.items():
+            key = f"{where}.{k}" if where else k
+            if k in t:
+                out[k] = self.value(key, spec, t[k])
+            elif spec.default is None and not spec.optional:
+                self.err(key, "is missing", f"add {k} = {spec.hint}")
+            else:
+                out[k] = spec.default
+        return out
+
+    # ----------------------------------------------------------------------------
+    def load(self, text: str) -> Config:
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            self.err(None, f"is not valid TOML ({exc})", "fix the syntax at that line")
+        self.unknown(raw, ("engine", "uplink", "classes", "policy", "rule"), "")
+        eng = self.table(raw.get("engine", {}), ENGINE_KEYS, "engine")
+        cfg = Config(path=self.path, raw=raw, **eng)
+        cfg.lan_prefixes = eng["lan_prefixes"]
+        self.uplinks(raw, cfg)
+        self.classes(raw, cfg)
+        self.policies(raw, cfg)
+        self.rules(raw, cfg)
+        return cfg
+
+    def uplinks(self, raw, cfg):
+        ups = raw.get("uplink")
+        if ups is None:
+            self.err("uplink", "no [[uplink]] table", "add at least one [[uplink]] with name and device")
+        if not isinstance(ups, list):
+            self.err("uplink", "must be an array of tables", "write each uplink as [[uplink]]")
+        if len(ups) > 254:
+            self.err("uplink", f"{len(ups)} uplinks is more than mmr supports", "keep at most 254")
+        names, devs = {}, {}
+        for i, t in enumerate(ups):
+            where = f"uplink[{i}]"
+            v = self.table(t, UPLINK_KEYS, where)
+            if v["name"] in names:
+                self.err(f"{where}.name", f"duplicate uplink name {v['name']!r} (also uplink[{names[v['name']]}])",
+                         "give every uplink its own name")
+            if v["device"] in devs:
+                self.err(f"{where}.device", f"device {v['device']!r} is already uplink[{devs[v['device']]}]",
+                         "give every uplink its own device")
+            if v["device"] == cfg.lan:
+                self.err(f"{where}.device", f"device {v['device']!r} is the LAN device",
+                         "use a different device for the uplink or for engine.lan")
+            names[v["name"]] = i
+            devs[v["device"]] = i
+            chars = {cname: float(v[key]) for cname, key, _ in C.CHARACTERISTICS}
+            metric = v["metric"] if v["metric"] is not None else i
+            cfg.uplinks.append(Uplink(v["name"], v["device"], v["gateway"], v["gateway_mac"],
+                                      chars, int(metric), bool(v["usable"])))
+
+    def classes(self, raw, cfg):
+        cls = dict(BUILTIN_CLASSES)
+        t = raw.get("classes", {})
+        if not isinstance(t, dict):
+            self.err("classes", "must be a table", "write [classes] with name = number or table")
+        for name, v in t.items():
+            key = f"classes.{name}"
+            if isinstance(v, bool):
+                self.err(key, f"must be a number or a table of the four classes, got {v!r}",
+                         "write e.g. 1.0 or { data = 1.0, control = 0.1, voip = 0.5, video = 1.0 }")
+            if isinstance(v, (int, float)):
+                if not math.isfinite(v):
+                    self.err(key, "must be finite", "write a number")
+                cls[name] = (float(v),) * 4
+            elif isinstance(v, dict):
+                base = list(cls.get(name, (None,) * 4))
+                for k, x in v.items():
+                    if k not in C.SERVICE_CODE:
+                        self.err(f"{key}.{k}", "unknown class", "use data, control, voip or video")
+                    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+                        self.err(f"{key}.{k}", f"must be a number, got {x!r}", "write a number such as 0.5")
+                    base[C.SERVICE_CODE[k]] = float(x)
+                if None in base:
+                    missing = [C.SERVICE_NAMES[i] for i, x in enumerate(base) if x is None]
+                    self.err(key, f"has no value for {', '.join(missing)}",
+                             "give all four classes: data, control, voip, video")
+                cls[name] = tuple(base)
+            else:
+                self.err(key, f"must be a number or a table of the four classes, got {type(v).__name__}",
+                         "write e.g. 1.0 or { data = 1.0, control = 0.1, voip = 0.5, video = 1.0 }")
+        cfg.classes = cls
+
+    def policies(self, raw, cfg):
+        pol = dict(BUILTIN_POLICIES)
+        t = raw.get("policy", {})
+        if not isinstance(t, dict):
+            self.err("policy", "must be a table of [policy.N] tables", "write [policy.4] ...")
+        for num, body in t.items():
+            where = f"policy.{num}"
+            if not num.isdigit() or not 0 <= int(num) <= 65535:
+                self.err(where, f"{num!r} is not a preference number", "name it [policy.N] with N in 4..65535")
+            n = int(num)
+            if n < 4:
+                self.err(where, f"preference {n} is built in (draft section 5)",
+                         "use a number from 4 to 65535; tune the built-ins through [classes]")
+            v = self.table(body, POLICY_KEYS, where)
+            net, flow = v["network"], v["flow"]
+            for i, c in enumerate(net):
+                if c not in C.CHAR_INDEX:
+                    self.err(f"{where}.network[{i}]", f"unknown characteristic {c!r}",
+                             "use one of: " + ", ".join(C.CHAR_NAMES))
+            out_flow = []
+            for i, f in enumerate(flow):
+                if isinstance(f, bool):
+                    self.err(f"{where}.flow[{i}]", f"{f!r} is not a class parameter or number",
+                             "write a number or a name from [classes]")
+                if isinstance(f, (int, float)):
+                    out_flow.append(float(f))
+                elif isinstance(f, str) and f in cfg.classes:
+                    out_flow.append(f)
+                else:
+                    self.err(f"{where}.flow[{i}]", f"unknown class parameter {f!r}",
+                             "use a number or one of: " + ", ".join(sorted(cfg.classes)))
+            if len(net) != len(out_flow):
+                self.err(where, f"network has {len(net)} entries but flow has {len(out_flow)}",
+                         "give V_n and V_t the same length")
+            pol[n] = Policy(n, v["name"] or f"policy-{n}", list(net), out_flow)
+        cfg.policies = pol
+
+    def rules(self, raw, cfg):
+        rules = raw.get("rule", [])
+        if not isinstance(rules, list):
+            self.err("rule", "must be an array of tables", "write each rule as [[rule]]")
+        for i, t in enumerate(rules):
+            where = f"rule[{i}]"
+            if not isinstance(t, dict):
+                self.err(where, "must be a table", "write each rule as [[rule]]")
+            self.unknown(t, RULE_MATCH + RULE_SET, where)
+            if not any(k in t for k in RULE_MATCH):
+                self.err(where, "matches nothing", "add proto, sport, dport, src, dst or dscp")
+            if not any(k in t for k in RULE_SET):
+                self.err(where, "sets nothing", "add service and/or preference")
+            r = Rule(i)
+            if "proto" in t:
+                p = t["proto"]
+                if isinstance(p, str) and p.lower() in PROTO_NAMES:
+                    r.proto = PROTO_NAMES[p.lower()]
+                elif isinstance(p, int) and not isinstance(p, bool) and 0 <= p <= 255:
+                    r.proto = p
+                else:
+                    self.err(f"{where}.proto", f"{p!r} is not a protocol",
+                             "write tcp, udp, icmp, icmpv6, sctp, udplite, gre, esp or a number 0..255")
+            for k in ("sport", "dport"):
+                if k in t:
+                    setattr(r, k, self.port_range(f"{where}.{k}", t[k]))
+            for k in ("src", "dst"):
+                if k in t:
+                    setattr(r, k, to_mapped(self.prefix(f"{where}.{k}", t[k])))
+            if "dscp" in t:
+                d = t["dscp"]
+                if isinstance(d, str) and d.upper() in DSCP_NAMES:
+                    r.dscp = DSCP_NAMES[d.upper()]
+                elif isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 63:
+                    r.dscp = d
+                else:
+                    self.err(f"{where}.dscp", f"{d!r} is not a DSCP", "write 0..63 or a name like EF, AF41, CS6")
+            if "service" in t:
+                s = t["service"]
+                if s not in C.SERVICE_CODE:
+                    self.err(f"{where}.service", f"{s!r} is not a service class",
+                             "write data, control, voip or video")
+                r.service = C.SERVICE_CODE[s]
+            if "preference" in t:
+                p = t["preference"]
+                if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= 65535:
+                    self.err(f"{where}.preference", f"{p!r} is not a preference", "write an integer 0..65535")
+                r.preference = p
+            cfg.rules.append(r)
+
+    def port_range(self, key, v):
+        if isinstance(v, int) and not isinstance(v, bool):
+            if 0 <= v <= 65535:
+                return (v, v)
+        elif isinstance(v, str):
+            m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", v)
+            if m:
+                lo, hi = int(m.group(1)), int(m.group(2))
+                if 0 <= lo <= hi <= 65535:
+                    return (lo, hi)
+        self.err(key, f"{v!r} is not a port or port range", 'write a port 0..65535 or a range "lo-hi"')
+
+
+def load_config(path: str | None = None) -> Config:
+    """Load and validate a policy file; None loads the built-in default."""
+    if path is None:
+        src = resources.files("engine").joinpath("default.toml")
+        return _Loader("<built-in default.toml>").load(src.read_text())
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ConfigError(path, None, "no such file", "give the path of a policy file, or omit --config "
+                          "to use the built-in default") from None
+    except IsADirectoryError:
+        raise ConfigError(path, None, "is a directory", "give the path of a policy file") from None
+    except PermissionError:
+        raise ConfigError(path, None, "cannot be read (permission denied)",
+                          "make it readable or run as its owner") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(path, None, "is not UTF-8 text", "save the policy file as UTF-8 TOML") from None
+    return _Loader(path).load(text)
