@@ -113,7 +113,7 @@ cdef class Selector:
         out = np.full(self.n_uplinks, np.nan)
         for u in range(self.n_uplinks):
             if self._usable[u]:
-                out[u] = score(self._norm, t, min(service, 3), u)
+                out[u] = score(self._norm, t, service if 0 <= service <= 3 else 0, u)
         return out
 
     def normalized(self):

@@ -41,7 +41,7 @@ class Selector:
     def score(self, service: int, preference: int) -> list:
         pol = self.cfg.policies.get(preference, self.cfg.policies[0])
         norm = self.normalized()
-        s = min(service, 3)
+        s = service if service <= 3 else C.SERVICE_DATA
         out = []
         for u in range(self.n_uplinks):
             f = 0.0

@@ -1,0 +1,107 @@
+"""Policy file: every mistake is one sentence naming file, key path and fix; exit code 2."""
+import subprocess
+import sys
+
+import pytest
+
+from engine import constants as C
+from engine.config import characteristics_matrix, load_config
+from engine.errors import ConfigError
+
+GOOD = """
+[engine]
+lan = "lan0"
+option_type = 0x3E
+[[uplink]]
+name = "ar1"
+device = "up1"
+qos = 1.0
+[[uplink]]
+name = "ar2"
+device = "up2"
+"""
+
+
+def write(tmp_path, text, name="p.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def test_default_config_is_the_draft_testbed():
+    cfg = load_config(None)
+    assert [u.name for u in cfg.uplinks] == ["ar1", "ar2"]
+    assert cfg.option_type == 0x3E and cfg.flow_capacity > 0
+    assert set(cfg.policies) >= {0, 1, 2, 3}
+    assert characteristics_matrix(cfg).shape == (2, C.N_CHARS)
+
+
+def test_good_config_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD))
+    assert cfg.uplinks[1].metric == 1 and cfg.uplinks[0].chars["qos"] == 1.0
+    assert cfg.idle_timeout_s == 120.0
+
+
+BAD = [
+    ("unknown key", GOOD.replace('lan = "lan0"', 'lan = "lan0"\nlna = 1'), "engine.lna", "remove it"),
+    ("wrong type", GOOD.replace('qos = 1.0', 'qos = "high"'), "uplink[0].qos", "must be a number"),
+    ("out of range", GOOD.replace('qos = 1.0', 'loss = 1.5'), "uplink[0].loss", "out of range"),
+    ("option type", GOOD.replace("0x3E", "0x7E"), "engine.option_type", "001xxxxx"),
+    ("duplicate uplink", GOOD.replace('name = "ar2"', 'name = "ar1"'), "uplink[1].name", "duplicate"),
+    ("duplicate device", GOOD.replace('device = "up2"', 'device = "up1"'), "uplink[1].device", "own device"),
+    ("missing name", GOOD.replace('name = "ar2"\n', ''), "uplink[1].name", "is missing"),
+    ("no uplink", '[engine]\nlan = "x"\n', "uplink", "add at least one"),
+    ("unknown characteristic", GOOD + '[policy.4]\nnetwork = ["speed"]\nflow = [1]\n',
+     "policy.4.network[0]", "unknown characteristic"),
+    ("unknown class parameter", GOOD + '[policy.4]\nnetwork = ["qos"]\nflow = ["urgency"]\n',
+     "policy.4.flow[0]", "unknown class parameter"),
+    ("vector lengths", GOOD + '[policy.9]\nnetwork = ["qos", "cost"]\nflow = [1]\n',
+     "policy.9", "same length"),
+    ("built-in policy", GOOD + '[policy.2]\nnetwork = ["qos"]\nflow = [1]\n', "policy.2", "built in"),
+    ("bad prefix", GOOD + '[[rule]]\ndst = "2001:db8::1/32"\nservice = "voip"\n', "rule[0].dst", "prefix"),
+    ("rule sets nothing", GOOD + '[[rule]]\nproto = "udp"\n', "rule[0]", "sets nothing"),
+    ("bad service", GOOD + '[[rule]]\nproto = "udp"\nservice = "gaming"\n', "rule[0].service", "voip"),
+    ("bad port range", GOOD + '[[rule]]\ndport = "9-3"\nservice = "data"\n', "rule[0].dport", "range"),
+    ("class table incomplete", GOOD + '[classes]\nw = { voip = 1.0 }\n', "classes.w", "all four"),
+    ("bad mac", GOOD.replace('device = "up2"', 'device = "up2"\ngateway_mac = "zz"'),
+     "uplink[1].gateway_mac", "MAC"),
+    ("syntax", GOOD + "[[uplink]\n", None, "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize("what,text,key,words", BAD, ids=[b[0] for b in BAD])
+def test_every_mistake_is_one_sentence(tmp_path, what, text, key, words):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as ei:
+        load_config(path)
+    msg = str(ei.value)
+    assert msg.startswith(path)
+    if key:
+        assert f": {key}:" in msg
+    assert words in msg
+    assert "\n" not in msg and ";" in msg        # problem; fix
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config("/nonexistent/policy.toml")
+
+
+def test_cli_exit_code_2_without_traceback(tmp_path):
+    path = write(tmp_path, GOOD.replace('qos = 1.0', 'loss = 7'))
+    p = subprocess.run([sys.executable, "-m", "engine", "config", "--config", path, "--check"],
+                       capture_output=True, text=True)
+    assert p.returncode == 2
+    assert "Traceback" not in p.stderr
+    assert p.stderr.count("\n") == 1 and "uplink[0].loss" in p.stderr
+
+
+def test_cli_check_show_explain():
+    ok = subprocess.run([sys.executable, "-m", "engine", "config", "--check"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "2 uplinks" in ok.stdout
+    show = subprocess.run([sys.executable, "-m", "engine", "config", "--show"], capture_output=True, text=True)
+    assert show.returncode == 0 and "ar1" in show.stdout and "qos-load-balancing" in show.stdout
+    ex = subprocess.run([sys.executable, "-m", "engine", "config", "--explain", "--service", "video",
+                         "--preference", "2"], capture_output=True, text=True)
+    assert ex.returncode == 0, ex.stderr
+    assert "winner: ar1" in ex.stdout
