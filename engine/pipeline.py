@@ -55,7 +55,7 @@ class Pipeline:
         self.uplink_names = [u.name for u in cfg.uplinks]
         self.classifier = _classify.Classifier(cfg)
         self.selector = _select.Selector(cfg)
-        self.flows = _flowbase.FlowTable(cfg.flow_capacity, seed)
+        self.flows = _flowbase.FlowTable(cfg.flow_capacity, seed, cfg.idle_timeout_s)
         self.option_type = cfg.option_type
         self.idle_timeout = float(cfg.idle_timeout_s)
         self._alloc(self.batch)
@@ -69,7 +69,6 @@ class Pipeline:
         self.kernel_packets = 0
         self.drop_packets = 0
         self.created = 0
-        self.expired = 0
         self._last_expire = None
 
     def _alloc(self, n: int) -> None:
@@ -128,9 +127,7 @@ class Pipeline:
 
     def expire(self, now: float) -> int:
         """Idle expiry by the caller's clock (packet time in a replay, wall time live)."""
-        k = self.flows.expire(now, self.idle_timeout)
-        self.expired += k
-        return k
+        return self.flows.expire(now, self.idle_timeout)
 
     def maybe_expire(self, now: float, every: float = 1.0) -> int:
         """Expire at most once per ``every`` seconds of the caller's clock."""

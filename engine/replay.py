@@ -102,6 +102,7 @@ class Replay:
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.pipeline = Pipeline(cfg, batch=batch)
         self.truncated = None
+        self.read_error = None
 
     # -- reading ---------------------------------------------------------------------
     def batches(self, reader):
@@ -113,7 +114,11 @@ class Replay:
             tss = []
             wire = 0
             for _ in range(batch):
-                hdr, data = nxt()
+                try:
+                    hdr, data = nxt()
+                except Exception as exc:  # pcapy.PcapError: a record cut short
+                    self.read_error = str(exc)
+                    hdr = None
                 if hdr is None:
                     break
                 datas.append(data)
@@ -201,7 +206,7 @@ class Replay:
                     f.close()
         elapsed = time.perf_counter() - t0
         good, total = complete_size(self.path)
-        if good < total:
+        if good < total or self.read_error:
             self.truncated = (good, total)
         summary = self.summarize(elapsed)
         if self.flows_csv is not None:

@@ -7,6 +7,11 @@ Takes   parsed rows (ROW_DTYPE), per-row times (the caller's clock: packet times
 Emits   out[i] = the flow's uplink on a hit; new flows on ``insert``.
 Counts  created, expired, evicted, removed, rebound, lookups, hits, misses.
 
+Idle expiry is exact per packet: a flow whose last packet is more than ``idle_timeout``
+seconds (caller's clock) before the current one is forgotten when that packet looks it up,
+so the decisions do not depend on batch boundaries; ``expire()`` sweeps idle flows from the
+LRU tail to free their records.
+
 Structure (after Snabb's ctable): a compact index of 8-byte slots (32-bit hash, record id)
 with robin-hood linear probing and backward-shift deletion, over a fixed pool of flow
 records with stable ids.  An intrusive doubly linked LRU list runs through the records
@@ -119,16 +124,20 @@ cdef class FlowTable:
     cdef uint64_t created, expired, evicted, removed, rebound, lookups, hits, misses
     cdef uint64_t created_up[256]
     cdef bint exporting
+    cdef readonly double idle_timeout
     cdef fb_rec* exp
     cdef size_t exp_n, exp_cap
 
-    def __cinit__(self, capacity, seed=None):
+    def __cinit__(self, capacity, seed=None, idle_timeout=float("inf")):
         self.idx = NULL
         self.recs = NULL
         self.exp = NULL
 
-    def __init__(self, capacity, seed=None):
+    def __init__(self, capacity, seed=None, idle_timeout=float("inf")):
         cdef uint32_t i
+        self.idle_timeout = float(idle_timeout)
+        if not self.idle_timeout > 0:
+            raise ValueError("idle_timeout must be > 0")
         capacity = int(capacity)
         if not 1 <= capacity <= (1 << 28):
             raise ValueError(f"capacity {capacity} must be between 1 and {1 << 28}")
@@ -316,6 +325,10 @@ cdef class FlowTable:
                     self.lookups += 1
                     make_key(&rp[i + j], key)
                     rec = self.find(key, hs[j])
+                    if rec != NIL and ts[i + j] - self.recs[rec].last_seen > self.idle_timeout:
+                        self.delete(rec)          # idle too long: forgotten, a new flow
+                        self.expired += 1
+                        rec = NIL
                     if rec == NIL:
                         misses += 1
                         self.misses += 1
@@ -352,6 +365,10 @@ cdef class FlowTable:
                 make_key(&rp[i], key)
                 h = siphash13(key, self.k0, self.k1)
                 rec = self.find(key, h)
+                if rec != NIL and ts[i] - self.recs[rec].last_seen > self.idle_timeout:
+                    self.delete(rec)
+                    self.expired += 1
+                    rec = NIL
                 if rec != NIL:
                     e = &self.recs[rec]
                     out[i] = e.uplink

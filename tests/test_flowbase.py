@@ -37,10 +37,11 @@ def test_flow_dtype_matches_reference():
 class Twin(RuleBasedStateMachine):
     """The compiled table and the dict model, driven by the same calls."""
 
-    @initialize(cap=st.integers(1, 24), seed=st.binary(min_size=16, max_size=16))
-    def setup(self, cap, seed):
-        self.c = _flowbase.FlowTable(cap, seed)
-        self.r = ref.FlowTable(cap)
+    @initialize(cap=st.integers(1, 24), seed=st.binary(min_size=16, max_size=16),
+                idle=st.one_of(st.just(float("inf")), st.floats(0.5, 20.0)))
+    def setup(self, cap, seed, idle):
+        self.c = _flowbase.FlowTable(cap, seed, idle)
+        self.r = ref.FlowTable(cap, None, idle)
         self.now = 1000.0
         self.c.set_export(True)
         self.r.set_export(True)

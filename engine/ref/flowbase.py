@@ -22,8 +22,9 @@ def row_key(row):
 
 
 class FlowTable:
-    def __init__(self, capacity, seed=None):
+    def __init__(self, capacity, seed=None, idle_timeout=float("inf")):
         self.capacity = int(capacity)
+        self.idle_timeout = float(idle_timeout)
         self.d: OrderedDict = OrderedDict()
         self.c = dict(created=0, expired=0, evicted=0, removed=0, rebound=0, lookups=0, hits=0,
                       misses=0)
@@ -50,6 +51,7 @@ class FlowTable:
                 continue
             self.c["lookups"] += 1
             k = row_key(rows[i])
+            self._lazy_expire(k, ts[i])
             if k in self.d:
                 self.c["hits"] += 1
                 self._hit(k, i, rows, ts, out)
@@ -57,6 +59,11 @@ class FlowTable:
                 self.c["misses"] += 1
                 misses += 1
         return misses
+
+    def _lazy_expire(self, k, t):
+        if k in self.d and float(t) - self.d[k]["last_seen"] > self.idle_timeout:
+            self._delete(k)
+            self.c["expired"] += 1
 
     def _delete(self, k):
         f = self.d.pop(k)
@@ -70,6 +77,7 @@ class FlowTable:
             if out[i] != -1:
                 continue
             k = row_key(rows[i])
+            self._lazy_expire(k, ts[i])
             if k in self.d:
                 self._hit(k, i, rows, ts, out)
                 continue

@@ -1,0 +1,43 @@
+"""Reference pipeline: the same data path as engine.pipeline built from the reference stages.
+
+Used by the tests as the oracle of the whole compiled path (per-packet verdicts, counters).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from engine import constants as C
+from engine.pipeline import DROP, KERNEL
+from engine.ref.classify import Classifier
+from engine.ref.flowbase import FlowTable
+from engine.ref.parse import parse_batch
+from engine.ref.select import Selector
+
+_ACTION = {"forward": -1, "kernel": KERNEL, "drop": DROP}
+
+
+class RefPipeline:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.classifier = Classifier(cfg)
+        self.selector = Selector(cfg)
+        self.flows = FlowTable(cfg.flow_capacity, None, cfg.idle_timeout_s)
+        self.reasons = np.zeros(C.N_REASONS, np.uint64)
+
+    def process(self, buf, offsets, lengths, ts):
+        n = len(offsets)
+        rows = np.zeros(n, C.ROW_DTYPE)
+        parse_batch(buf, offsets, lengths, rows, self.cfg.option_type, self.reasons)
+        out = np.array([_ACTION[C.REASON_ACTION[int(r)]] for r in rows["reason"]], np.int16)
+        svc = np.zeros(n, np.uint8)
+        pref = np.zeros(n, np.uint16)
+        self.classifier.classify(rows, svc, pref)
+        if self.flows.lookup(rows, ts, out):
+            choice = np.zeros(n, np.int16)
+            self.selector.select(svc, pref, choice)
+            self.flows.insert(rows, ts, out, choice, svc, pref)
+            for i in range(n):
+                if out[i] == -1:
+                    self.reasons[C.REASON_NO_UPLINK] += 1
+                    out[i] = DROP
+        return out
