@@ -205,9 +205,8 @@ class Replay:
                 for f, _ in writers:
                     f.close()
         elapsed = time.perf_counter() - t0
-        good, total = complete_size(self.path)
-        if good < total or self.read_error:
-            self.truncated = (good, total)
+        if self.read_error:   # libpcap reports a record cut short; say where the file ends
+            self.truncated = complete_size(self.path)
         summary = self.summarize(elapsed)
         if self.flows_csv is not None:
             self.write_flows(self.flows_csv)
