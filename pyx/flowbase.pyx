@@ -60,7 +60,6 @@ ctypedef struct fb_rec:
     uint8_t uplink
     uint8_t service
     uint16_t preference
-    uint32_t live
     double first_seen
     double last_seen
     uint64_t packets
@@ -178,7 +177,7 @@ cdef class FlowTable:
 
     @property
     def bytes_per_flow(self):
-        return (self.slots_n * sizeof(fb_slot) + self.capacity * sizeof(fb_rec)) / self.capacity
+        return (<double>self.slots_n * sizeof(fb_slot) + <double>self.capacity * sizeof(fb_rec)) / self.capacity
 
     @property
     def slots(self):
@@ -280,7 +279,6 @@ cdef class FlowTable:
         self.export_rec(rec)
         self.unindex(rec)
         self.lru_unlink(rec)
-        self.recs[rec].live = 0
         self.recs[rec].next = self.free_head
         self.free_head = rec
         self.size -= 1
@@ -390,7 +388,6 @@ cdef class FlowTable:
                 e.uplink = <uint8_t>choice[i]
                 e.service = service[i]
                 e.preference = preference[i]
-                e.live = 1
                 e.first_seen = ts[i]
                 e.last_seen = ts[i]
                 e.packets = 1
