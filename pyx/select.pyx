@@ -144,7 +144,9 @@ def normalize(chars, usable):
         col = chars[:, j]
         mx = float(col[use].max()) if use.any() else 0.0
         for u in range(n):
-            if mx == 0.0:
+            if not use[u]:
+                norm[u, j] = 0.0      # unusable: not scored
+            elif mx == 0.0:
                 norm[u, j] = 1.0
             elif C.CHAR_BENEFIT[j]:
                 norm[u, j] = col[u] / mx

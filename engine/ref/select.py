@@ -29,7 +29,9 @@ class Selector:
             for j, (_, _, kind) in enumerate(C.CHARACTERISTICS):
                 mx = max([self.chars[v][j] for v in range(self.n_uplinks) if self.usable[v]], default=0.0)
                 x = self.chars[u][j]
-                if mx == 0.0:
+                if not self.usable[u]:
+                    row.append(0.0)
+                elif mx == 0.0:
                     row.append(1.0)
                 elif kind == "benefit":
                     row.append(x / mx)

@@ -1,0 +1,44 @@
+"""ICMPv6 / ICMP time exceeded, as a router answers a packet whose hop limit ran out.
+
+A rare path (one reply per dropped packet, rate-limited by the caller): plain Python.
+"""
+from __future__ import annotations
+
+import struct
+
+
+def _csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def time_exceeded(frame: bytes, l3_off: int, family: int, router_mac: bytes,
+                  router_ip6: bytes | None = None, router_ip4: bytes | None = None) -> bytes | None:
+    """The Ethernet frame answering ``frame`` (ICMPv6 type 3 code 0, or ICMP type 11 code 0),
+    sent back to the frame's source MAC; None when the router has no address of that family."""
+    src_mac = frame[6:12]
+    ip = frame[l3_off:]
+    if family == 6:
+        if router_ip6 is None:
+            return None
+        invoking = ip[: 1280 - 40 - 8]          # RFC 4443: as much as fits in the minimum MTU
+        dst = ip[8:24]
+        icmp = struct.pack("!BBHI", 3, 0, 0, 0) + invoking
+        pseudo = router_ip6 + dst + struct.pack("!I3xB", len(icmp), 58)
+        icmp = icmp[:2] + struct.pack("!H", _csum(pseudo + icmp)) + icmp[4:]
+        hdr = struct.pack("!IHBB", 6 << 28, len(icmp), 58, 255) + router_ip6 + dst
+        return src_mac + router_mac + b"\x86\xdd" + hdr + icmp
+    if router_ip4 is None:
+        return None
+    ihl = (ip[0] & 0x0F) * 4
+    invoking = ip[: ihl + 8]                    # RFC 792: the header and 8 bytes of data
+    dst = ip[12:16]
+    icmp = struct.pack("!BBHI", 11, 0, 0, 0) + invoking
+    icmp = icmp[:2] + struct.pack("!H", _csum(icmp)) + icmp[4:]
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0xC0, 20 + len(icmp), 0, 0, 64, 1, 0, router_ip4, dst)
+    hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
+    return src_mac + router_mac + b"\x08\x00" + hdr + icmp
