@@ -247,6 +247,8 @@ class _Loader:
                 out[k] = self.value(key, spec, t[k])
             elif spec.default is None and not spec.optional:
                 self.err(key, "is missing", f"add {k} = {spec.hint}")
+            elif spec.kind == "prefixes":     # defaults are text too: parse them the same way
+                out[k] = [self.prefix(key, x) for x in spec.default]
             else:
                 out[k] = spec.default
         return out

@@ -70,6 +70,8 @@ class Pipeline:
         self.drop_packets = 0
         self.created = 0
         self._last_expire = None
+        # hook(rows, out, n, buf, offsets) run after parse; may set out[i] = KERNEL
+        self.pre_route = None
 
     def _alloc(self, n: int) -> None:
         self.rows = np.zeros(n, dtype=C.ROW_DTYPE)
@@ -90,6 +92,8 @@ class Pipeline:
         _parse.parse_batch(buf, offsets, lengths, rows, self.option_type, self.reasons)
         reason = rows["reason"][:n]
         out[:n] = _ACTION_OUT[reason]
+        if self.pre_route is not None:   # the live router: frames for the router itself
+            self.pre_route(rows, out, n, buf, offsets)
         # Classify every packet: the per-class counters are per packet, and a new flow's
         # service/preference come from its first packet.
         self.classifier.classify(rows, self.service, self.pref, n)

@@ -1,0 +1,417 @@
+"""The live router: AF_PACKET rings on the LAN device and every uplink, the compiled core
+in between.
+
+    LAN ring --batch--> Pipeline (parse, classify, flowbase, select)
+                         |  frames for the router itself, multicast, link-local -> kernel
+                         v
+                        rewrite (uplink MAC -> gateway MAC, hop limit - 1)
+                         |  hop limit exhausted -> ICMP time exceeded back to the LAN
+                         v
+                        TxSocket of the chosen uplink (one sendmmsg per uplink per batch)
+
+    uplink ring --batch--> parse --> destination in a LAN prefix? --> rewrite (LAN MAC ->
+                           host MAC from the neighbour table) --> LAN TxSocket
+
+While it runs, an nftables table (``inet mmr``) drops what the kernel would forward between
+these devices, so every packet is forwarded once, by mmr; the table is removed when mmr
+stops (SIGINT/SIGTERM).  Next-hop MACs come from the kernel's neighbour table (netlink via
+pyroute2): a missing entry is resolved by prompting the kernel (a datagram to the discard
+port from a socket bound to the device) and re-read every second, so changes are followed.
+A static ``gateway_mac`` in the policy file skips all that.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from engine import _parse, _rewrite
+from engine import constants as C
+from engine.errors import UserError
+from engine.icmperr import time_exceeded
+from engine.pipeline import DROP, KERNEL, Pipeline
+
+NFT_TABLE = "mmr"
+
+
+def _mac_text(b: bytes) -> str:
+    return ":".join(f"{x:02x}" for x in b)
+
+
+def _mac_bytes(text: str) -> bytes:
+    return bytes.fromhex(text.replace(":", ""))
+
+
+class Neighbours:
+    """Address -> MAC from the kernel's neighbour table, per device, with a small cache."""
+
+    def __init__(self):
+        from pyroute2 import IPRoute
+
+        self.ipr = IPRoute()
+        self.cache: dict[tuple[int, bytes], bytes] = {}
+        self.asked: dict[tuple[int, bytes], float] = {}
+        self.refreshed = 0.0
+
+    def refresh(self) -> None:
+        """Re-read the table: entries that changed are followed, failed ones dropped."""
+        fresh = {}
+        for msg in self.ipr.get_neighbours():
+            lladdr = msg.get_attr("NDA_LLADDR")
+            dst = msg.get_attr("NDA_DST")
+            state = msg["state"]
+            if not lladdr or not dst or state & (0x20 | 0x01):   # NUD_FAILED, NUD_INCOMPLETE
+                continue
+            try:
+                key = (msg["ifindex"], ipaddress.ip_address(dst).packed)
+            except ValueError:
+                continue
+            fresh[key] = _mac_bytes(lladdr)
+        self.cache = fresh
+        self.refreshed = time.monotonic()
+
+    def lookup(self, ifindex: int, addr: bytes) -> bytes | None:
+        return self.cache.get((ifindex, addr))
+
+    def prompt(self, dev: str, addr: bytes) -> None:
+        """Make the kernel resolve addr on dev (at most once a second per address)."""
+        key = (socket.if_nametoindex(dev), addr)
+        now = time.monotonic()
+        if now - self.asked.get(key, 0.0) < 1.0:
+            return
+        self.asked[key] = now
+        ip = ipaddress.ip_address(addr) if len(addr) == 4 else ipaddress.IPv6Address(addr)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+        try:
+            with socket.socket(fam, socket.SOCK_DGRAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode())
+                s.setblocking(False)
+                s.sendto(b"", (str(ip), 9))
+        except OSError:
+            pass
+
+    def resolve(self, dev: str, addr: bytes, wait: float) -> bytes | None:
+        idx = socket.if_nametoindex(dev)
+        deadline = time.monotonic() + wait
+        while True:
+            self.refresh()
+            mac = self.lookup(idx, addr)
+            if mac is not None or time.monotonic() > deadline:
+                return mac
+            self.asked.pop((idx, addr), None)
+            self.prompt(dev, addr)
+            time.sleep(0.05)
+
+    def close(self):
+        self.ipr.close()
+
+
+def _addresses(dev: str) -> list[ipaddress._BaseAddress]:
+    out = subprocess.run(["ip", "-o", "addr", "show", "dev", dev], capture_output=True, text=True).stdout
+    addrs = []
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) > 3 and parts[2] in ("inet", "inet6"):
+            addrs.append(ipaddress.ip_interface(parts[3]).ip)
+    return addrs
+
+
+def _mapped16(ip) -> bytes:
+    if ip.version == 4:
+        return bytes(10) + b"\xff\xff" + ip.packed
+    return ip.packed
+
+
+class Router:
+    """``mmr run``: set up, loop, tear down (restoring what it found)."""
+
+    def __init__(self, cfg, batch: int = 256, stats_interval: float = 5.0, log=sys.stderr,
+                 resolve_wait: float = 3.0):
+        from engine._ring import RxRing, TxSocket, ifindex
+
+        if os.geteuid() != 0:
+            raise UserError("mmr run needs root (AF_PACKET rings, nftables, neighbour table); "
+                            "run it with sudo or as root")
+        if shutil.which("nft") is None:
+            raise UserError("nftables ('nft') is not installed; mmr needs it to switch kernel "
+                            "forwarding off for its devices (apt-get install nftables)")
+        self.cfg = cfg
+        self.log = log
+        self.stats_interval = stats_interval
+        self.devices = [cfg.lan] + [u.device for u in cfg.uplinks]
+        for dev in self.devices:
+            ifindex(dev)     # UserError naming a missing device
+        self.lan = cfg.lan
+        self.pipeline = Pipeline(cfg, batch=batch)
+        self.pipeline.pre_route = self._pre_route
+        self.n_up = len(cfg.uplinks)
+        self.macs = {dev: _mac_bytes(open(f"/sys/class/net/{dev}/address").read().strip())
+                     for dev in self.devices}
+        self.lan_mac = np.frombuffer(self.macs[self.lan], np.uint8)
+        self.up_macs = np.array([list(self.macs[u.device]) for u in cfg.uplinks], np.uint8)
+        self.lan_mac_table = self.lan_mac.reshape(1, 6).copy()
+        my = []
+        for dev in self.devices:
+            my += [_mapped16(a) for a in _addresses(dev)]
+        self.my_addrs = np.frombuffer(b"".join(my) or bytes(16), dtype="V16")
+        lan_ips = [a for a in _addresses(self.lan) if a.version == 6 and not a.is_link_local]
+        self.lan_ip6 = lan_ips[0].packed if lan_ips else None
+        lan4 = [a for a in _addresses(self.lan) if a.version == 4]
+        self.lan_ip4 = lan4[0].packed if lan4 else None
+        self.lan_nets = [n if n.version == 6 else
+                         ipaddress.IPv6Network((int(ipaddress.IPv6Address("::ffff:0:0")) | int(n.network_address),
+                                                96 + n.prefixlen))
+                         for n in cfg.lan_prefixes]
+        self.neigh = Neighbours()
+        self.gw_macs = np.zeros((self.n_up, 6), np.uint8)
+        for i, u in enumerate(cfg.uplinks):
+            if u.gateway_mac:
+                self.gw_macs[i] = list(_mac_bytes(u.gateway_mac))
+                continue
+            if not u.gateway:
+                raise UserError(f"uplink {u.name!r} has neither gateway nor gateway_mac; add "
+                                f"gateway = \"<next hop address>\" to its [[uplink]] table")
+            mac = self.neigh.resolve(u.device, ipaddress.ip_address(u.gateway).packed, resolve_wait)
+            if mac is None:
+                raise UserError(f"gateway {u.gateway} of uplink {u.name!r} does not answer neighbour "
+                                f"discovery on {u.device}; check the link and the address, or set "
+                                f"gateway_mac")
+            self.gw_macs[i] = list(mac)
+        # a 2 ms block timeout bounds the latency a partly filled block adds
+        self.lan_rx = RxRing(self.lan, timeout_ms=2)
+        self.up_rx = [RxRing(u.device, timeout_ms=2) for u in cfg.uplinks]
+        self.lan_tx = TxSocket(self.lan)
+        self.up_tx = [TxSocket(u.device) for u in cfg.uplinks]
+        self.host_macs: dict[bytes, int] = {}
+        self.host_table = np.zeros((256, 6), np.uint8)
+        self.counters = {"lan_rx": 0, "up_rx": 0, "to_uplinks": 0, "to_lan": 0, "kernel": 0,
+                         "hop_limit": 0, "time_exceeded_sent": 0, "no_neighbour": 0,
+                         "oversize": 0}
+        self.up_rows = np.zeros(batch, C.ROW_DTYPE)
+        self.up_reasons = np.zeros(C.N_REASONS, np.uint64)
+        self.stop = False
+        self.nft_installed = False
+        self.lan_mtu = int(open(f"/sys/class/net/{self.lan}/mtu").read())
+
+    # ------------------------------------------------------------------ kernel forwarding
+    def kernel_forwarding_off(self) -> None:
+        devs = ", ".join(f'"{d}"' for d in self.devices)
+        rules = (f"table inet {NFT_TABLE} {{\n chain forward {{\n  type filter hook forward priority -5; policy accept;\n"
+                 f"  iifname {{ {devs} }} oifname {{ {devs} }} counter drop\n }}\n}}\n")
+        subprocess.run(["nft", "delete", "table", "inet", NFT_TABLE], capture_output=True)
+        p = subprocess.run(["nft", "-f", "-"], input=rules, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise UserError(f"cannot install the nftables table that keeps the kernel from forwarding "
+                            f"({p.stderr.strip()}); check that nftables works here")
+        self.nft_installed = True
+
+    def kernel_forwarding_restore(self) -> None:
+        if self.nft_installed:
+            subprocess.run(["nft", "delete", "table", "inet", NFT_TABLE], capture_output=True)
+            self.nft_installed = False
+
+    # ------------------------------------------------------------------ LAN -> uplinks
+    def _pre_route(self, rows, out, n, buf, offsets):
+        dst = rows["dst"][:n]
+        fam = rows["family"][:n]
+        local = (dst[:, 0] == 0xFF) | ((dst[:, 0] == 0xFE) & ((dst[:, 1] & 0xC0) == 0x80))
+        local |= (fam == 4) & (dst[:, 12] >= 224)
+        local |= np.isin(dst.copy().view("V16").ravel(), self.my_addrs)
+        dmac = np.asarray(buf)[offsets[:n, None] + np.arange(6)]
+        local |= (dmac != self.lan_mac).any(axis=1)
+        sel = local & (out[:n] == -1)
+        out[:n][sel] = KERNEL
+
+    def lan_batch(self) -> int:
+        ring = self.lan_rx
+        n, off, ln, ts = ring.batch()
+        if n == 0:
+            ring.release()
+            return 0
+        try:
+            buf = ring.buffer
+            pipe = self.pipeline
+            if n > pipe.cap:
+                pipe._alloc(n)
+            out = pipe.process(buf, off, ln, ts)
+            self.counters["lan_rx"] += n
+            self.counters["kernel"] += int((out == KERNEL).sum())
+            fwd = out >= 0
+            if fwd.any():
+                verdict = np.zeros(n, np.uint8)
+                idx = np.where(fwd, out, -1).astype(np.int16)
+                hop = _rewrite.rewrite(buf, off, ln, pipe.rows, idx, self.up_macs, idx, self.gw_macs,
+                                       verdict, n)
+                if hop:
+                    self._time_exceeded(buf, off, ln, pipe.rows, verdict)
+                    fwd &= verdict == 0
+                for u in range(self.n_up):
+                    sel = np.flatnonzero(fwd & (out == u))
+                    if len(sel):
+                        self.up_tx[u].send(buf, off, ln, sel)
+                        self.counters["to_uplinks"] += len(sel)
+        finally:
+            ring.release()
+        return n
+
+    def _time_exceeded(self, buf, off, ln, rows, verdict):
+        frames = []
+        for i in np.flatnonzero(verdict == 1):
+            self.counters["hop_limit"] += 1
+            self.pipeline.reasons[C.REASON_HOP_LIMIT] += 1
+            o = int(off[i])
+            fr = bytes(buf[o:o + int(ln[i])])
+            reply = time_exceeded(fr, int(rows[i]["l3_off"]), int(rows[i]["family"]),
+                                  self.macs[self.lan], self.lan_ip6, self.lan_ip4)
+            if reply is not None:
+                frames.append(reply)
+        if frames:
+            self.counters["time_exceeded_sent"] += self.lan_tx.send_frames(frames[:64])
+
+    # ------------------------------------------------------------------ uplinks -> LAN
+    def uplink_batch(self, u: int) -> int:
+        ring = self.up_rx[u]
+        n, off, ln, ts = ring.batch()
+        if n == 0:
+            ring.release()
+            return 0
+        try:
+            buf = ring.buffer
+            if n > len(self.up_rows):
+                self.up_rows = np.zeros(n, C.ROW_DTYPE)
+            rows = self.up_rows
+            _parse.parse_batch(buf, off, ln, rows, self.cfg.option_type, self.up_reasons)
+            self.counters["up_rx"] += n
+            ok = rows["reason"][:n] == 0
+            ok |= rows["reason"][:n] == C.REASON_UNKNOWN_NH
+            dmac = np.asarray(buf)[off[:, None] + np.arange(6)]
+            ok &= (dmac == self.up_macs[u]).all(axis=1)
+            dst = rows["dst"][:n]
+            inlan = np.zeros(n, bool)
+            for net in self.lan_nets:
+                a = np.frombuffer(net.network_address.packed, np.uint8)
+                m = np.frombuffer(net.netmask.packed, np.uint8)
+                inlan |= ((dst & m) == a).all(axis=1)
+            ok &= inlan
+            ok &= ~np.isin(dst.copy().view("V16").ravel(), self.my_addrs)
+            if not ok.any():
+                return n
+            src_idx = np.full(n, -1, np.int16)
+            dst_idx = np.zeros(n, np.int16)
+            lan_if = socket.if_nametoindex(self.lan)
+            for i in np.flatnonzero(ok):
+                a = bytes(dst[i])
+                k = self.host_macs.get(a)
+                if k is None:
+                    key = a[12:] if a[:12] == bytes(10) + b"\xff\xff" else a
+                    mac = self.neigh.lookup(lan_if, key)
+                    if mac is None and time.monotonic() - self.neigh.refreshed > 0.05:
+                        self.neigh.refresh()          # learnt since the last read?
+                        mac = self.neigh.lookup(lan_if, key)
+                    if mac is None:
+                        self.neigh.prompt(self.lan, key)
+                        self.counters["no_neighbour"] += 1
+                        continue
+                    k = len(self.host_macs) % 256
+                    self.host_macs[a] = k
+                    self.host_table[k] = list(mac)
+                src_idx[i] = 0
+                dst_idx[i] = k
+            verdict = np.zeros(n, np.uint8)
+            _rewrite.rewrite(buf, off, ln, rows, src_idx, self.lan_mac_table, dst_idx,
+                             self.host_table, verdict, n)
+            send = np.flatnonzero((src_idx >= 0) & (verdict == 0))
+            if len(send):
+                self.lan_tx.send(buf, off, ln, send)
+                self.counters["to_lan"] += len(send)
+        finally:
+            ring.release()
+        return n
+
+    # ------------------------------------------------------------------ loop
+    def summary_line(self) -> str:
+        c = self.counters
+        up = self.pipeline.uplink_packets
+        per = " ".join(f"{u.name}={int(up[i])}" for i, u in enumerate(self.cfg.uplinks))
+        drops = {C.REASON_NAMES[k]: int(v) for k, v in enumerate(self.pipeline.reasons)
+                 if v and C.REASON_ACTION[k] == "drop"}
+        truncated = self.lan_rx.truncated + sum(r.truncated for r in self.up_rx)
+        return (f"mmr: lan_rx={c['lan_rx']} up_rx={c['up_rx']} to_uplinks={c['to_uplinks']} ({per}) "
+                f"to_lan={c['to_lan']} kernel={c['kernel']} flows={len(self.pipeline.flows)} "
+                f"hop_limit={c['hop_limit']} no_neighbour={c['no_neighbour']} truncated={truncated} "
+                f"drops={drops or 0}")
+
+    def run(self, duration: float | None = None) -> dict:
+        def on_signal(signum, frame):
+            self.stop = True
+
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.kernel_forwarding_off()
+        try:
+            poller = select.poll()
+            fds = {self.lan_rx.fileno(): None}
+            poller.register(self.lan_rx.fileno(), select.POLLIN)
+            for u, r in enumerate(self.up_rx):
+                fds[r.fileno()] = u
+                poller.register(r.fileno(), select.POLLIN)
+            start = time.monotonic()
+            last_stats = last_neigh = start
+            print(f"mmr: forwarding {self.lan} -> " + ", ".join(
+                f"{u.name}({u.device})" for u in self.cfg.uplinks) + "; kernel forwarding off for these devices",
+                file=self.log, flush=True)
+            while not self.stop:
+                ready = poller.poll(100)
+                for fd, _ in ready:
+                    u = fds[fd]
+                    if u is None:
+                        self.lan_batch()
+                    else:
+                        self.uplink_batch(u)
+                now = time.monotonic()
+                if now - last_neigh >= 1.0:
+                    self.neigh.refresh()
+                    self._follow_gateways()
+                    self.host_macs.clear()
+                    self.pipeline.expire(time.time())
+                    last_neigh = now
+                if self.stats_interval and now - last_stats >= self.stats_interval:
+                    print(self.summary_line(), file=self.log, flush=True)
+                    last_stats = now
+                if duration is not None and now - start >= duration:
+                    break
+        finally:
+            self.kernel_forwarding_restore()
+            for s, h in old.items():
+                signal.signal(s, h)
+            print(self.summary_line(), file=self.log, flush=True)
+            self.close()
+        return dict(self.counters, uplinks={u.name: int(self.pipeline.uplink_packets[i])
+                                            for i, u in enumerate(self.cfg.uplinks)})
+
+    def _follow_gateways(self):
+        for i, u in enumerate(self.cfg.uplinks):
+            if u.gateway_mac or not u.gateway:
+                continue
+            mac = self.neigh.lookup(socket.if_nametoindex(u.device), ipaddress.ip_address(u.gateway).packed)
+            if mac is None:
+                self.neigh.prompt(u.device, ipaddress.ip_address(u.gateway).packed)
+            elif bytes(self.gw_macs[i]) != mac:
+                self.gw_macs[i] = list(mac)
+                print(f"mmr: gateway of {u.name} is now {_mac_text(mac)}", file=self.log, flush=True)
+
+    def close(self):
+        for r in [self.lan_rx] + self.up_rx:
+            r.close()
+        for t in [self.lan_tx] + self.up_tx:
+            t.close()
+        self.neigh.close()

@@ -1,0 +1,155 @@
+"""The draft's section 6 testbed in network namespaces:  MN - MMR - AR1/AR2 - CN.
+
+    <p>mn  eth0 ---- lan0  <p>mmr  up1 ---- eth0 <p>ar1 eth1 ---- eth1
+                                   up2 ---- eth0 <p>ar2 eth1 ---- eth2  <p>cn  (lo: 2001:db8:ff::1)
+
+IPv6 (and IPv4) from documentation/benchmark ranges; ARs route the LAN prefix back to the
+MMR; CN reaches the LAN over both ARs (multipath); the MMR forwards by kernel routing with a
+default route via AR2 until ``mmr run`` takes over.  Every testbed veth has its offloads
+switched off (TSO/GSO/GRO, TX checksum) so frames on the wire are what AF_PACKET sees.
+"""
+from __future__ import annotations
+
+import time
+
+from engine.errors import UserError
+from engine.netns import disable_offloads, namespaces, require_tools, sh, sysctl
+
+NODES = ("mn", "mmr", "ar1", "ar2", "cn")
+
+# (ns a, dev a, ns b, dev b)
+LINKS = [
+    ("mn", "eth0", "mmr", "lan0"),
+    ("mmr", "up1", "ar1", "eth0"),
+    ("mmr", "up2", "ar2", "eth0"),
+    ("ar1", "eth1", "cn", "eth1"),
+    ("ar2", "eth1", "cn", "eth2"),
+]
+
+ADDRS = {  # node: [(dev, address/len)]
+    "mn": [("eth0", "2001:db8:1::10/64"), ("eth0", "192.0.2.10/24")],
+    "mmr": [("lan0", "2001:db8:1::1/64"), ("lan0", "192.0.2.1/24"),
+            ("up1", "2001:db8:a1::2/64"), ("up1", "198.18.1.2/24"),
+            ("up2", "2001:db8:a2::2/64"), ("up2", "198.18.2.2/24")],
+    "ar1": [("eth0", "2001:db8:a1::1/64"), ("eth0", "198.18.1.1/24"),
+            ("eth1", "2001:db8:c1::1/64"), ("eth1", "198.18.11.1/24")],
+    "ar2": [("eth0", "2001:db8:a2::1/64"), ("eth0", "198.18.2.1/24"),
+            ("eth1", "2001:db8:c2::1/64"), ("eth1", "198.18.12.1/24")],
+    "cn": [("eth1", "2001:db8:c1::2/64"), ("eth1", "198.18.11.2/24"),
+           ("eth2", "2001:db8:c2::2/64"), ("eth2", "198.18.12.2/24"),
+           ("lo", "2001:db8:ff::1/128"), ("lo", "198.51.100.1/32")],
+}
+
+ROUTES = {  # node: [ip route arguments]
+    "mn": [["-6", "route", "add", "default", "via", "2001:db8:1::1"],
+           ["-4", "route", "add", "default", "via", "192.0.2.1"]],
+    "mmr": [["-6", "route", "add", "default", "via", "2001:db8:a2::1", "dev", "up2"],
+            ["-4", "route", "add", "default", "via", "198.18.2.1"]],
+    "ar1": [["-6", "route", "add", "2001:db8:1::/64", "via", "2001:db8:a1::2"],
+            ["-6", "route", "add", "2001:db8:ff::1/128", "via", "2001:db8:c1::2"],
+            ["-4", "route", "add", "192.0.2.0/24", "via", "198.18.1.2"],
+            ["-4", "route", "add", "198.51.100.1/32", "via", "198.18.11.2"]],
+    "ar2": [["-6", "route", "add", "2001:db8:1::/64", "via", "2001:db8:a2::2"],
+            ["-6", "route", "add", "2001:db8:ff::1/128", "via", "2001:db8:c2::2"],
+            ["-4", "route", "add", "192.0.2.0/24", "via", "198.18.2.2"],
+            ["-4", "route", "add", "198.51.100.1/32", "via", "198.18.12.2"]],
+    "cn": [["-6", "route", "add", "2001:db8:1::/64", "nexthop", "via", "2001:db8:c1::1", "dev", "eth1",
+            "nexthop", "via", "2001:db8:c2::1", "dev", "eth2"],
+           ["-4", "route", "add", "192.0.2.0/24", "nexthop", "via", "198.18.11.1", "dev", "eth1",
+            "nexthop", "via", "198.18.12.1", "dev", "eth2"]],
+}
+
+MN_ADDR = "2001:db8:1::10"
+CN_ADDR = "2001:db8:ff::1"
+MN_ADDR4 = "192.0.2.10"
+CN_ADDR4 = "198.51.100.1"
+
+
+class Testbed:
+    """Build (``up``) and remove (``down``) the topology; a context manager that always
+    tears down what it built."""
+
+    __test__ = False    # not a pytest test class, whatever its name
+
+    def __init__(self, prefix: str = "mmr-"):
+        if not prefix or len(prefix) > 12 or any(c in prefix for c in " /"):
+            raise UserError(f"--prefix {prefix!r}: use 1-12 characters without spaces or '/'")
+        self.prefix = prefix
+
+    def ns(self, node: str) -> str:
+        return self.prefix + node
+
+    def exists(self) -> bool:
+        have = set(namespaces())
+        return any(self.ns(n) in have for n in NODES)
+
+    def up(self, wait: float = 10.0) -> "Testbed":
+        require_tools()
+        if self.exists():
+            raise UserError(f"a testbed with prefix {self.prefix!r} already exists; remove it with "
+                            f"'mmr testbed down --prefix {self.prefix}' or choose another --prefix")
+        try:
+            self._build()
+            self._wait(wait)
+        except Exception:
+            self.down()
+            raise
+        return self
+
+    def _build(self) -> None:
+        for n in NODES:
+            sh("ip", "netns", "add", self.ns(n))
+            sh("ip", "link", "set", "lo", "up", ns=self.ns(n))
+            for key in ("net.ipv6.conf.all.accept_dad", "net.ipv6.conf.default.accept_dad"):
+                sysctl(self.ns(n), key, 0)
+        for a, da, b, db in LINKS:
+            sh("ip", "link", "add", da, "netns", self.ns(a), "type", "veth", "peer", "name", db,
+               "netns", self.ns(b))
+        for a, da, b, db in LINKS:
+            for ns, dev in ((a, da), (b, db)):
+                disable_offloads(dev, self.ns(ns))
+                sh("ip", "link", "set", dev, "up", ns=self.ns(ns))
+        for n, addrs in ADDRS.items():
+            for dev, addr in addrs:
+                extra = ["nodad"] if ":" in addr else []
+                sh("ip", "addr", "add", addr, "dev", dev, *extra, ns=self.ns(n))
+        for n in ("mmr", "ar1", "ar2"):
+            sysctl(self.ns(n), "net.ipv6.conf.all.forwarding", 1)
+            sysctl(self.ns(n), "net.ipv4.ip_forward", 1)
+        for n, routes in ROUTES.items():
+            for r in routes:
+                sh("ip", *r, ns=self.ns(n))
+
+    def _wait(self, wait: float) -> None:
+        deadline = time.monotonic() + wait
+        while True:
+            ok = self.run("mn", "ping", "-6", "-c", "1", "-W", "1", CN_ADDR, check=False)
+            if ok is not None:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("testbed built but MN cannot reach CN")
+            time.sleep(0.2)
+
+    def run(self, node: str, *cmd: str, check: bool = True, timeout: float = 30):
+        try:
+            return sh(*cmd, ns=self.ns(node), timeout=timeout)
+        except RuntimeError:
+            if check:
+                raise
+            return None
+
+    def down(self) -> int:
+        """Remove every namespace of this prefix (veths go with them); returns how many."""
+        k = 0
+        for n in NODES:
+            if self.ns(n) in namespaces():
+                sh("ip", "netns", "del", self.ns(n), check=False)
+                k += 1
+        return k
+
+    def __enter__(self):
+        return self.up()
+
+    def __exit__(self, *exc):
+        self.down()
+        return False

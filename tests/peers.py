@@ -1,0 +1,94 @@
+"""Programs the namespace tests run on the testbed hosts (python3 tests/peers.py CMD ...).
+
+  udp-sink PORT SECONDS        print one JSON line per datagram: ingress device, hop limit
+  udp-send DST PORT N SVC PREF  send N datagrams tagged with (SVC, PREF) (-1 -1: untagged)
+  tcp-sink PORT                 accept one connection, answer "<bytes> <sha256>"
+  tcp-send DST PORT NBYTES      send NBYTES of a fixed pseudo-random stream, print the answer
+"""
+import hashlib
+import json
+import os
+import socket
+import struct
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+IPV6_RECVPKTINFO, IPV6_PKTINFO, IPV6_RECVHOPLIMIT, IPV6_HOPLIMIT = 49, 50, 51, 52
+
+
+def udp_sink(port, seconds):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+    s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVHOPLIMIT, 1)
+    s.bind(("::", int(port)))
+    s.settimeout(0.2)
+    print("ready", flush=True)
+    end = time.monotonic() + float(seconds)
+    while time.monotonic() < end:
+        try:
+            data, anc, _, addr = s.recvmsg(2048, 256)
+        except socket.timeout:
+            continue
+        dev, hl = None, None
+        for level, typ, val in anc:
+            if typ == IPV6_PKTINFO:
+                dev = socket.if_indextoname(struct.unpack("16sI", val[:20])[1])
+            elif typ == IPV6_HOPLIMIT:
+                hl = struct.unpack("i", val[:4])[0]
+        print(json.dumps({"dev": dev, "hlim": hl, "data": data.decode(errors="replace"),
+                          "src": addr[0]}), flush=True)
+
+
+def udp_send(dst, port, n, svc, pref):
+    from engine.tagging import tag_socket
+
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    if int(svc) >= 0:
+        tag_socket(s, int(svc), int(pref))
+    for i in range(int(n)):
+        s.sendto(f"{svc}/{pref}/{i}".encode(), (dst, int(port)))
+        time.sleep(0.002)
+
+
+def stream(n):
+    out = bytearray()
+    block = hashlib.sha256(b"mmr").digest()
+    while len(out) < n:
+        block = hashlib.sha256(block).digest()
+        out += block * 64
+    return bytes(out[:n])
+
+
+def tcp_sink(port):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("::", int(port)))
+    s.listen(1)
+    print("ready", flush=True)
+    c, _ = s.accept()
+    h = hashlib.sha256()
+    total = 0
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        h.update(d)
+        total += len(d)
+    c.sendall(f"{total} {h.hexdigest()}".encode())
+    c.close()
+
+
+def tcp_send(dst, port, nbytes):
+    data = stream(int(nbytes))
+    c = socket.create_connection((dst, int(port)), timeout=20)
+    c.sendall(data)
+    c.shutdown(socket.SHUT_WR)
+    answer = c.recv(200).decode()
+    print(json.dumps({"answer": answer, "expect": f"{len(data)} {hashlib.sha256(data).hexdigest()}"}))
+
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    {"udp-sink": udp_sink, "udp-send": udp_send, "tcp-sink": tcp_sink, "tcp-send": tcp_send}[cmd](*args)
