@@ -1,4 +1,5 @@
-"""ICMPv6 / ICMP time exceeded, as a router answers a packet whose hop limit ran out.
+"""ICMPv6 / ICMP errors a router sends: time exceeded (the hop limit ran out) and packet
+too big / fragmentation needed (the packet does not fit the egress MTU).
 
 A rare path (one reply per dropped packet, rate-limited by the caller): plain Python.
 """
@@ -20,6 +21,19 @@ def time_exceeded(frame: bytes, l3_off: int, family: int, router_mac: bytes,
                   router_ip6: bytes | None = None, router_ip4: bytes | None = None) -> bytes | None:
     """The Ethernet frame answering ``frame`` (ICMPv6 type 3 code 0, or ICMP type 11 code 0),
     sent back to the frame's source MAC; None when the router has no address of that family."""
+    return icmp_error(frame, l3_off, family, router_mac, router_ip6, router_ip4, (3, 0), (11, 0), 0)
+
+
+def packet_too_big(frame: bytes, l3_off: int, family: int, router_mac: bytes, mtu: int,
+                   router_ip6: bytes | None = None, router_ip4: bytes | None = None) -> bytes | None:
+    """ICMPv6 packet too big (type 2, the MTU in the 32-bit field; RFC 4443 3.2) or ICMP
+    fragmentation needed (type 3 code 4, next-hop MTU in the low 16 bits; RFC 1191)."""
+    return icmp_error(frame, l3_off, family, router_mac, router_ip6, router_ip4, (2, 0), (3, 4), mtu)
+
+
+def icmp_error(frame: bytes, l3_off: int, family: int, router_mac: bytes,
+               router_ip6: bytes | None, router_ip4: bytes | None,
+               v6: tuple[int, int], v4: tuple[int, int], word: int) -> bytes | None:
     src_mac = frame[6:12]
     ip = frame[l3_off:]
     if family == 6:
@@ -27,7 +41,7 @@ def time_exceeded(frame: bytes, l3_off: int, family: int, router_mac: bytes,
             return None
         invoking = ip[: 1280 - 40 - 8]          # RFC 4443: as much as fits in the minimum MTU
         dst = ip[8:24]
-        icmp = struct.pack("!BBHI", 3, 0, 0, 0) + invoking
+        icmp = struct.pack("!BBHI", v6[0], v6[1], 0, word) + invoking
         pseudo = router_ip6 + dst + struct.pack("!I3xB", len(icmp), 58)
         icmp = icmp[:2] + struct.pack("!H", _csum(pseudo + icmp)) + icmp[4:]
         hdr = struct.pack("!IHBB", 6 << 28, len(icmp), 58, 255) + router_ip6 + dst
@@ -37,7 +51,7 @@ def time_exceeded(frame: bytes, l3_off: int, family: int, router_mac: bytes,
     ihl = (ip[0] & 0x0F) * 4
     invoking = ip[: ihl + 8]                    # RFC 792: the header and 8 bytes of data
     dst = ip[12:16]
-    icmp = struct.pack("!BBHI", 11, 0, 0, 0) + invoking
+    icmp = struct.pack("!BBHI", v4[0], v4[1], 0, word & 0xFFFF) + invoking
     icmp = icmp[:2] + struct.pack("!H", _csum(icmp)) + icmp[4:]
     hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0xC0, 20 + len(icmp), 0, 0, 64, 1, 0, router_ip4, dst)
     hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]

@@ -51,3 +51,34 @@ def disable_offloads(dev: str, ns: str | None = None) -> bool:
 def link_mac(dev: str, ns: str | None = None) -> bytes:
     text = sh("cat", f"/sys/class/net/{dev}/address", ns=ns).strip()
     return bytes.fromhex(text.replace(":", ""))
+
+
+# receive-side coalescing: with any of these on, the kernel hands AF_PACKET super-packets
+# larger than the MTU, which a forwarder must not pass on as they are
+COALESCING = {"generic-receive-offload": "gro", "large-receive-offload": "lro", "rx-gro-hw": "rx-gro-hw"}
+
+
+def coalescing_on(dev: str, ns: str | None = None) -> list[str] | None:
+    """The receive coalescing features switched on (and changeable) on dev, as ethtool -K
+    names; None when ethtool is missing or cannot read the device."""
+    if shutil.which("ethtool") is None:
+        return None
+    p = subprocess.run((["ip", "netns", "exec", ns] if ns else []) + ["ethtool", "-k", dev],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        return None
+    on = []
+    for line in p.stdout.splitlines():
+        name, _, state = line.partition(":")
+        if name.strip() in COALESCING and state.split()[:1] == ["on"] and "[fixed]" not in state:
+            on.append(COALESCING[name.strip()])
+    return on
+
+
+def set_features(dev: str, features: list[str], state: str, ns: str | None = None) -> bool:
+    if not features:
+        return True
+    args = [x for f in features for x in (f, state)]
+    p = subprocess.run((["ip", "netns", "exec", ns] if ns else []) + ["ethtool", "-K", dev, *args],
+                       capture_output=True, text=True)
+    return p.returncode == 0

@@ -36,7 +36,8 @@ import numpy as np
 from engine import _parse, _rewrite
 from engine import constants as C
 from engine.errors import UserError
-from engine.icmperr import time_exceeded
+from engine.icmperr import packet_too_big, time_exceeded
+from engine.netns import coalescing_on, set_features
 from engine.pipeline import DROP, KERNEL, Pipeline
 
 NFT_TABLE = "mmr"
@@ -193,15 +194,24 @@ class Router:
         self.lan_tx = TxSocket(self.lan)
         self.up_tx = [TxSocket(u.device) for u in cfg.uplinks]
         self.host_macs: dict[bytes, int] = {}
-        self.host_table = np.zeros((256, 6), np.uint8)
+        self.host_table = np.zeros((4096, 6), np.uint8)
         self.counters = {"lan_rx": 0, "up_rx": 0, "to_uplinks": 0, "to_lan": 0, "kernel": 0,
                          "hop_limit": 0, "time_exceeded_sent": 0, "no_neighbour": 0,
-                         "oversize": 0}
+                         "oversize": 0, "too_big_sent": 0}
         self.up_rows = np.zeros(batch, C.ROW_DTYPE)
         self.up_reasons = np.zeros(C.N_REASONS, np.uint64)
         self.stop = False
         self.nft_installed = False
-        self.lan_mtu = int(open(f"/sys/class/net/{self.lan}/mtu").read())
+        self.coalescing_changed: dict[str, list[str]] = {}
+        self.warned_truncated: set[str] = set()
+        self.warned_csum: set[str] = set()
+        self.mtu = {dev: int(open(f"/sys/class/net/{dev}/mtu").read()) for dev in self.devices}
+        self.up_mtu = np.array([self.mtu[u.device] for u in cfg.uplinks], np.int64)
+        self.my_ip = {}       # device -> (first global IPv6, first IPv4) for ICMP errors
+        for dev in self.devices:
+            a6 = [a.packed for a in _addresses(dev) if a.version == 6 and not a.is_link_local]
+            a4 = [a.packed for a in _addresses(dev) if a.version == 4]
+            self.my_ip[dev] = (a6[0] if a6 else None, a4[0] if a4 else None)
 
     # ------------------------------------------------------------------ kernel forwarding
     def kernel_forwarding_off(self) -> None:
@@ -214,6 +224,47 @@ class Router:
             raise UserError(f"cannot install the nftables table that keeps the kernel from forwarding "
                             f"({p.stderr.strip()}); check that nftables works here")
         self.nft_installed = True
+
+    # ------------------------------------------------------------------ offloads
+    def coalescing_off(self) -> None:
+        """GRO/LRO build super-packets bigger than the MTU; switch them off on mmr's devices
+        (with a warning) and switch them back on at exit."""
+        for dev in self.devices:
+            on = coalescing_on(dev)
+            if on is None:
+                print(f"mmr: warning: cannot read the offloads of {dev} (ethtool missing?); "
+                      f"frames larger than the ring's frame size are dropped and counted as "
+                      f"'truncated'", file=self.log, flush=True)
+            elif on:
+                if set_features(dev, on, "off"):
+                    self.coalescing_changed[dev] = on
+                    print(f"mmr: warning: switched {', '.join(on)} off on {dev} while mmr runs "
+                          f"(receive coalescing makes super-packets a router must not forward)",
+                          file=self.log, flush=True)
+                else:
+                    print(f"mmr: warning: could not switch {', '.join(on)} off on {dev}; "
+                          f"super-packets will be dropped and counted as 'truncated'",
+                          file=self.log, flush=True)
+
+    def coalescing_restore(self) -> None:
+        for dev, feats in self.coalescing_changed.items():
+            set_features(dev, feats, "on")
+        self.coalescing_changed = {}
+
+    def _watch_rings(self) -> None:
+        """Say once per device when frames are being dropped as too large, or arrive with
+        unfinished checksums (a sender's TX offload), and what to change."""
+        for r in [self.lan_rx] + self.up_rx:
+            if r.truncated and r.ifname not in self.warned_truncated:
+                self.warned_truncated.add(r.ifname)
+                print(f"mmr: warning: {r.truncated} frame(s) on {r.ifname} larger than the ring's "
+                      f"frame size were dropped (segmentation offload on the sending peer? "
+                      f"'ethtool -K <peer> tso off gso off')", file=self.log, flush=True)
+            if r.csum_not_ready and r.ifname not in self.warned_csum:
+                self.warned_csum.add(r.ifname)
+                print(f"mmr: warning: frames on {r.ifname} carry unfinished checksums (TX checksum "
+                      f"offload on a local or veth peer; 'ethtool -K <peer> tx off')",
+                      file=self.log, flush=True)
 
     def kernel_forwarding_restore(self) -> None:
         if self.nft_installed:
@@ -248,6 +299,13 @@ class Router:
             self.counters["kernel"] += int((out == KERNEL).sum())
             fwd = out >= 0
             if fwd.any():
+                rows = pipe.rows
+                l3len = ln.astype(np.int64) - rows["l3_off"][:n]
+                big = fwd & (l3len > self.up_mtu[np.maximum(out, 0)])
+                if big.any():
+                    self._too_big(buf, off, ln, rows, np.flatnonzero(big), self.up_mtu[out[big]],
+                                  self.lan, self.lan_tx)
+                    fwd &= ~big
                 verdict = np.zeros(n, np.uint8)
                 idx = np.where(fwd, out, -1).astype(np.int16)
                 hop = _rewrite.rewrite(buf, off, ln, pipe.rows, idx, self.up_macs, idx, self.gw_macs,
@@ -263,6 +321,27 @@ class Router:
         finally:
             ring.release()
         return n
+
+    def _too_big(self, buf, off, ln, rows, idx, mtus, dev, tx):
+        """Drop frames that do not fit the egress MTU; answer each (at most 64 a batch) with
+        ICMPv6 packet too big, or ICMP fragmentation needed when IPv4 says don't fragment
+        (mmr does not fragment IPv4)."""
+        self.counters["oversize"] += len(idx)
+        mac = self.macs[dev]
+        ip6, ip4 = self.my_ip[dev]
+        frames = []
+        for i, mtu in zip(idx[:64].tolist(), mtus[:64].tolist()):
+            o = int(off[i])
+            l3 = int(rows[i]["l3_off"])
+            fam = int(rows[i]["family"])
+            if fam == 4 and not buf[o + l3 + 6] & 0x40:
+                continue
+            fr = bytes(buf[o:o + min(int(ln[i]), l3 + 1280)])
+            reply = packet_too_big(fr, l3, fam, mac, mtu, ip6, ip4)
+            if reply is not None:
+                frames.append(reply)
+        if frames:
+            self.counters["too_big_sent"] += tx.send_frames(frames)
 
     def _time_exceeded(self, buf, off, ln, rows, verdict):
         frames = []
@@ -304,29 +383,30 @@ class Router:
                 inlan |= ((dst & m) == a).all(axis=1)
             ok &= inlan
             ok &= ~np.isin(dst.copy().view("V16").ravel(), self.my_addrs)
+            l3len = ln.astype(np.int64) - rows["l3_off"][:n]
+            big = ok & (l3len > self.mtu[self.lan])
+            if big.any():
+                self._too_big(buf, off, ln, rows, np.flatnonzero(big),
+                              np.full(int(big.sum()), self.mtu[self.lan]), self.cfg.uplinks[u].device,
+                              self.up_tx[u])
+                ok &= ~big
             if not ok.any():
                 return n
             src_idx = np.full(n, -1, np.int16)
             dst_idx = np.zeros(n, np.int16)
-            lan_if = socket.if_nametoindex(self.lan)
-            for i in np.flatnonzero(ok):
-                a = bytes(dst[i])
-                k = self.host_macs.get(a)
-                if k is None:
-                    key = a[12:] if a[:12] == bytes(10) + b"\xff\xff" else a
-                    mac = self.neigh.lookup(lan_if, key)
-                    if mac is None and time.monotonic() - self.neigh.refreshed > 0.05:
-                        self.neigh.refresh()          # learnt since the last read?
-                        mac = self.neigh.lookup(lan_if, key)
-                    if mac is None:
-                        self.neigh.prompt(self.lan, key)
-                        self.counters["no_neighbour"] += 1
-                        continue
-                    k = len(self.host_macs) % 256
-                    self.host_macs[a] = k
-                    self.host_table[k] = list(mac)
-                src_idx[i] = 0
-                dst_idx[i] = k
+            sel = np.flatnonzero(ok)
+            # one step per distinct LAN host in the batch, not per packet
+            hosts, inverse = np.unique(dst[sel].copy().view("V16").ravel(), return_inverse=True)
+            if len(hosts) > len(self.host_table):
+                self.host_table = np.zeros((2 * len(hosts), 6), np.uint8)
+            if len(self.host_macs) + len(hosts) > len(self.host_table):
+                self.host_macs.clear()        # rebuilt from the neighbour cache as needed
+            slot = np.array([self._host_slot(bytes(h)) for h in hosts], np.int16)
+            k = slot[inverse]
+            known = k >= 0
+            src_idx[sel[known]] = 0
+            dst_idx[sel[known]] = k[known]
+            self.counters["no_neighbour"] += int((~known).sum())
             verdict = np.zeros(n, np.uint8)
             _rewrite.rewrite(buf, off, ln, rows, src_idx, self.lan_mac_table, dst_idx,
                              self.host_table, verdict, n)
@@ -338,6 +418,25 @@ class Router:
             ring.release()
         return n
 
+    def _host_slot(self, a: bytes) -> int:
+        """Row of host_table holding the LAN MAC of address a (16 bytes), -1 if unknown yet."""
+        k = self.host_macs.get(a)
+        if k is not None:
+            return k
+        key = a[12:] if a[:12] == bytes(10) + b"\xff\xff" else a
+        lan_if = socket.if_nametoindex(self.lan)
+        mac = self.neigh.lookup(lan_if, key)
+        if mac is None and time.monotonic() - self.neigh.refreshed > 0.05:
+            self.neigh.refresh()          # learnt since the last read?
+            mac = self.neigh.lookup(lan_if, key)
+        if mac is None:
+            self.neigh.prompt(self.lan, key)
+            return -1
+        k = len(self.host_macs)
+        self.host_macs[a] = k
+        self.host_table[k] = list(mac)
+        return k
+
     # ------------------------------------------------------------------ loop
     def summary_line(self) -> str:
         c = self.counters
@@ -348,7 +447,8 @@ class Router:
         truncated = self.lan_rx.truncated + sum(r.truncated for r in self.up_rx)
         return (f"mmr: lan_rx={c['lan_rx']} up_rx={c['up_rx']} to_uplinks={c['to_uplinks']} ({per}) "
                 f"to_lan={c['to_lan']} kernel={c['kernel']} flows={len(self.pipeline.flows)} "
-                f"hop_limit={c['hop_limit']} no_neighbour={c['no_neighbour']} truncated={truncated} "
+                f"hop_limit={c['hop_limit']} oversize={c['oversize']} no_neighbour={c['no_neighbour']} "
+                f"truncated={truncated} "
                 f"drops={drops or 0}")
 
     def run(self, duration: float | None = None) -> dict:
@@ -356,8 +456,9 @@ class Router:
             self.stop = True
 
         old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        self.kernel_forwarding_off()
         try:
+            self.coalescing_off()
+            self.kernel_forwarding_off()
             poller = select.poll()
             fds = {self.lan_rx.fileno(): None}
             poller.register(self.lan_rx.fileno(), select.POLLIN)
@@ -383,6 +484,7 @@ class Router:
                     self._follow_gateways()
                     self.host_macs.clear()
                     self.pipeline.expire(time.time())
+                    self._watch_rings()
                     last_neigh = now
                 if self.stats_interval and now - last_stats >= self.stats_interval:
                     print(self.summary_line(), file=self.log, flush=True)
@@ -391,6 +493,7 @@ class Router:
                     break
         finally:
             self.kernel_forwarding_restore()
+            self.coalescing_restore()
             for s, h in old.items():
                 signal.signal(s, h)
             print(self.summary_line(), file=self.log, flush=True)

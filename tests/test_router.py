@@ -4,64 +4,28 @@ Every test module builds its own testbed with a unique prefix and removes it eve
 test fails; traffic goes only to addresses inside those namespaces.
 """
 import json
-import os
 import subprocess
-import sys
-import time
 
-import numpy as np
 import pytest
 
-from engine import _ring, _rewrite
 from engine.config import load_config
-from engine.testbed import CN_ADDR, Testbed
+from engine.testbed import CN_ADDR
+from netlab import peer, running_router, start_peer, make_testbed, udp_exchange
 
 pytestmark = pytest.mark.privileged
-PEERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers.py")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def testbed():
-    tb = Testbed(f"r{os.getpid() % 100000}-")
-    tb.down()
-    try:
-        tb.up()
+    with make_testbed("r") as tb:
         yield tb
-    finally:
-        tb.down()
 
 
 @pytest.fixture(scope="module")
 def router(testbed):
-    """mmr run inside the MMR namespace for the module's tests."""
-    p = subprocess.Popen(["ip", "netns", "exec", testbed.ns("mmr"), sys.executable, "-m", "engine", "run",
-                          "--stats-interval", "0"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    try:
-        line = p.stderr.readline()
-        assert "forwarding lan0" in line, line + p.stderr.read() if p.poll() is not None else line
+    """One ``mmr run`` in the MMR namespace for all the forwarding tests of this module."""
+    with running_router(testbed) as (p, _):
         yield p
-    finally:
-        p.terminate()
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-
-
-def peer(tb, node, *args, timeout=30):
-    return subprocess.run(["ip", "netns", "exec", tb.ns(node), sys.executable, PEERS, *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-
-
-def udp_exchange(tb, port, svc, pref, n=20):
-    sink = subprocess.Popen(["ip", "netns", "exec", tb.ns("cn"), sys.executable, PEERS, "udp-sink", str(port), "3"],
-                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    assert sink.stdout.readline().strip() == "ready"
-    snd = peer(tb, "mn", "udp-send", CN_ADDR, port, n, svc, pref)
-    assert snd.returncode == 0, snd.stderr
-    out, _ = sink.communicate(timeout=10)
-    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
 def expected_uplink(service, preference):
@@ -119,9 +83,7 @@ def test_hop_limit_1_gets_time_exceeded(testbed, router):
 
 
 def test_tcp_transfer_completes_with_every_byte(testbed, router):
-    sink = subprocess.Popen(["ip", "netns", "exec", testbed.ns("cn"), sys.executable, PEERS, "tcp-sink", "5201"],
-                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    assert sink.stdout.readline().strip() == "ready"
+    sink = start_peer(testbed, "cn", "tcp-sink", 5201)
     r = peer(testbed, "mn", "tcp-send", CN_ADDR, 5201, 4_000_000, timeout=60)
     sink.wait(timeout=10)
     assert r.returncode == 0, r.stderr
@@ -135,57 +97,3 @@ def test_ipv4_ping_through_mmr(testbed, router):
     assert " 0% packet loss" in out or " 25% packet loss" in out   # the first may wait for ARP
 
 
-def test_stop_restores_kernel_forwarding(testbed):
-    p = subprocess.run(["ip", "netns", "exec", testbed.ns("mmr"), sys.executable, "-m", "engine", "run",
-                        "--duration", "1", "--stats-interval", "0"], capture_output=True, text=True,
-                       cwd=ROOT, timeout=30)
-    assert p.returncode == 0, p.stderr
-    assert "inet mmr" not in testbed.run("mmr", "nft", "list", "tables")
-
-
-def test_startup_errors_are_one_sentence(testbed, tmp_path):
-    bad = tmp_path / "p.toml"
-    bad.write_text('[engine]\nlan = "lan0"\n[[uplink]]\nname = "x"\ndevice = "nosuchdev"\ngateway = "2001:db8:a1::1"\n')
-    p = subprocess.run(["ip", "netns", "exec", testbed.ns("mmr"), sys.executable, "-m", "engine", "run",
-                        "--config", str(bad)], capture_output=True, text=True, cwd=ROOT, timeout=30)
-    assert p.returncode == 2 and "nosuchdev" in p.stderr and "Traceback" not in p.stderr
-    bad.write_text('[engine]\nlan = "lan0"\n[[uplink]]\nname = "x"\ndevice = "up1"\ngateway = "2001:db8:a1::99"\n')
-    p = subprocess.run(["ip", "netns", "exec", testbed.ns("mmr"), sys.executable, "-m", "engine", "run",
-                        "--config", str(bad)], capture_output=True, text=True, cwd=ROOT, timeout=30)
-    assert p.returncode == 2 and "does not answer" in p.stderr and p.stderr.count("\n") == 1
-
-
-def test_ring_and_tx_on_a_veth_pair(testbed):
-    """RxRing sees exactly the frames a TxSocket sends across a veth pair (in the MN/MMR link)."""
-    code = f"""
-import sys, time, numpy as np
-sys.path.insert(0, {ROOT!r})
-from engine import _ring
-rx = _ring.RxRing("eth0", timeout_ms=2, promisc=True)
-print("ready", flush=True)
-time.sleep(1.5)
-n, off, ln, ts = rx.batch()
-buf = rx.buffer
-frames = [bytes(buf[o:o+l]) for o, l in zip(off.tolist(), ln.tolist())]
-ours = [f for f in frames if f[12:14] == b"\\x88\\xb5"]
-print(len(ours), sorted(set(len(f) for f in ours)), rx.truncated)
-rx.release()
-"""
-    rxp = subprocess.Popen(["ip", "netns", "exec", testbed.ns("mn"), sys.executable, "-c", code],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert rxp.stdout.readline().strip() == "ready"
-    send = f"""
-import sys
-sys.path.insert(0, {ROOT!r})
-from engine import _ring
-tx = _ring.TxSocket("lan0")
-frames = [b"\\xff" * 6 + b"\\x02" * 6 + b"\\x88\\xb5" + bytes([i % 256]) * (60 + i) for i in range(100)]
-print(tx.send_frames(frames))
-"""
-    s = subprocess.run(["ip", "netns", "exec", testbed.ns("mmr"), sys.executable, "-c", send],
-                       capture_output=True, text=True, timeout=20)
-    assert s.stdout.strip() == "100", s.stderr
-    out, err = rxp.communicate(timeout=20)
-    count, sizes, truncated = out.strip().split(" ", 1)[0], None, None
-    assert int(count) == 100, out + err
-    assert "74" in out and "173" in out     # 14 + 60 .. 14 + 159 bytes, not truncated

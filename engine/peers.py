@@ -1,19 +1,20 @@
-"""Programs the namespace tests run on the testbed hosts (python3 tests/peers.py CMD ...).
+"""Small programs the demo and the tests run on the testbed hosts, each inside a namespace
+(``ip netns exec NS python3 -m engine.peers CMD ...``).
 
-  udp-sink PORT SECONDS        print one JSON line per datagram: ingress device, hop limit
-  udp-send DST PORT N SVC PREF  send N datagrams tagged with (SVC, PREF) (-1 -1: untagged)
-  tcp-sink PORT                 accept one connection, answer "<bytes> <sha256>"
-  tcp-send DST PORT NBYTES      send NBYTES of a fixed pseudo-random stream, print the answer
+  udp-sink PORT SECONDS          print one JSON line per datagram: ingress device, hop limit
+  udp-send DST PORT N SVC PREF [SIZE] [GAP_S]
+                                 send N datagrams tagged with (SVC, PREF) (-1 -1: untagged)
+  echo-server PORT SECONDS       UDP echo: send every datagram back to its sender
+  echo-client DST PORT N         N requests, print JSON {"sent", "answered", "rtt_ms"}
+  tcp-sink PORT                  accept one connection, answer "<bytes> <sha256>"
+  tcp-send DST PORT NBYTES       send NBYTES of a fixed pseudo-random stream, print the answer
 """
 import hashlib
 import json
-import os
 import socket
 import struct
 import sys
 import time
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 IPV6_RECVPKTINFO, IPV6_PKTINFO, IPV6_RECVHOPLIMIT, IPV6_HOPLIMIT = 49, 50, 51, 52
 
@@ -41,15 +42,50 @@ def udp_sink(port, seconds):
                           "src": addr[0]}), flush=True)
 
 
-def udp_send(dst, port, n, svc, pref):
+def udp_send(dst, port, n, svc, pref, size=0, gap=0.002):
     from engine.tagging import tag_socket
 
     s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     if int(svc) >= 0:
         tag_socket(s, int(svc), int(pref))
     for i in range(int(n)):
-        s.sendto(f"{svc}/{pref}/{i}".encode(), (dst, int(port)))
-        time.sleep(0.002)
+        head = f"{svc}/{pref}/{i}".encode()
+        s.sendto(head + b"." * max(0, int(size) - len(head)), (dst, int(port)))
+        time.sleep(float(gap))
+
+
+def echo_server(port, seconds):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.bind(("::", int(port)))
+    s.settimeout(0.2)
+    print("ready", flush=True)
+    end = time.monotonic() + float(seconds)
+    while time.monotonic() < end:
+        try:
+            data, addr = s.recvfrom(65535)
+        except socket.timeout:
+            continue
+        s.sendto(data, addr)
+
+
+def echo_client(dst, port, n):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.settimeout(1.0)
+    answered, rtts = 0, []
+    for i in range(int(n)):
+        msg = f"echo {i}".encode()
+        t0 = time.monotonic()
+        s.sendto(msg, (dst, int(port)))
+        try:
+            while s.recvfrom(65535)[0] != msg:
+                pass
+        except socket.timeout:
+            continue
+        answered += 1
+        rtts.append((time.monotonic() - t0) * 1000)
+        time.sleep(0.02)
+    print(json.dumps({"sent": int(n), "answered": answered,
+                      "rtt_ms": round(sorted(rtts)[len(rtts) // 2], 3) if rtts else None}))
 
 
 def stream(n):
@@ -90,5 +126,8 @@ def tcp_send(dst, port, nbytes):
 
 
 if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+        sys.exit(__doc__)
     cmd, args = sys.argv[1], sys.argv[2:]
-    {"udp-sink": udp_sink, "udp-send": udp_send, "tcp-sink": tcp_sink, "tcp-send": tcp_send}[cmd](*args)
+    {"udp-sink": udp_sink, "udp-send": udp_send, "tcp-sink": tcp_sink, "tcp-send": tcp_send,
+     "echo-server": echo_server, "echo-client": echo_client}[cmd](*args)
