@@ -57,11 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"mmr {args.command}: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return 0
+    except (RuntimeError, OSError) as exc:     # the host failed us: one line, status 1
+        print(f"mmr {args.command}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"mmr {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

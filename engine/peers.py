@@ -4,7 +4,8 @@
   udp-sink PORT SECONDS          print one JSON line per datagram: ingress device, hop limit
   udp-send DST PORT N SVC PREF [SIZE] [GAP_S]
                                  send N datagrams tagged with (SVC, PREF) (-1 -1: untagged)
-  echo-server PORT SECONDS       UDP echo: send every datagram back to its sender
+  udp-count PORT SECONDS         count datagrams until SECONDS or SIGTERM, print JSON totals
+  echo-server PORT SECONDS [ADDR] UDP echo on ADDR (default ::): every datagram back to its sender
   echo-client DST PORT N         N requests, print JSON {"sent", "answered", "rtt_ms"}
   tcp-sink PORT                  accept one connection, answer "<bytes> <sha256>"
   tcp-send DST PORT NBYTES       send NBYTES of a fixed pseudo-random stream, print the answer
@@ -42,6 +43,37 @@ def udp_sink(port, seconds):
                           "src": addr[0]}), flush=True)
 
 
+def udp_count(port, seconds):
+    """Count datagrams and bytes until SECONDS pass or SIGTERM; print one JSON line."""
+    import signal
+
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    s.bind(("::", int(port)))
+    s.settimeout(0.1)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+    print("ready", flush=True)
+    n = nbytes = 0
+    end = time.monotonic() + float(seconds)
+    while not stop and time.monotonic() < end:
+        try:
+            nbytes += len(s.recv(65535))
+            n += 1
+        except socket.timeout:
+            continue
+        except InterruptedError:
+            break
+    s.setblocking(False)
+    while True:                      # what already arrived counts too
+        try:
+            nbytes += len(s.recv(65535))
+            n += 1
+        except BlockingIOError:
+            break
+    print(json.dumps({"datagrams": n, "bytes": nbytes}), flush=True)
+
+
 def udp_send(dst, port, n, svc, pref, size=0, gap=0.002):
     from engine.tagging import tag_socket
 
@@ -54,9 +86,10 @@ def udp_send(dst, port, n, svc, pref, size=0, gap=0.002):
         time.sleep(float(gap))
 
 
-def echo_server(port, seconds):
+def echo_server(port, seconds, bind="::"):
+    # bound to the service address, replies leave from it (not from the egress interface's)
     s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-    s.bind(("::", int(port)))
+    s.bind((bind, int(port)))
     s.settimeout(0.2)
     print("ready", flush=True)
     end = time.monotonic() + float(seconds)
@@ -70,14 +103,15 @@ def echo_server(port, seconds):
 
 def echo_client(dst, port, n):
     s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.connect((dst, int(port)))      # answers from any other address are not answers
     s.settimeout(1.0)
     answered, rtts = 0, []
     for i in range(int(n)):
         msg = f"echo {i}".encode()
         t0 = time.monotonic()
-        s.sendto(msg, (dst, int(port)))
+        s.send(msg)
         try:
-            while s.recvfrom(65535)[0] != msg:
+            while s.recv(65535) != msg:
                 pass
         except socket.timeout:
             continue
@@ -130,4 +164,4 @@ if __name__ == "__main__":
         sys.exit(__doc__)
     cmd, args = sys.argv[1], sys.argv[2:]
     {"udp-sink": udp_sink, "udp-send": udp_send, "tcp-sink": tcp_sink, "tcp-send": tcp_send,
-     "echo-server": echo_server, "echo-client": echo_client}[cmd](*args)
+     "echo-server": echo_server, "udp-count": udp_count, "echo-client": echo_client}[cmd](*args)
