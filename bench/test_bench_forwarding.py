@@ -1,0 +1,142 @@
+"""The live router against the kernel's own forwarding, in the same testbed and the same run.
+
+    MN (blaster / iperf3 client) -- MMR (kernel forwarding | mmr run) -- AR2 -- CN (counter / iperf3 -s)
+
+Small packets: 64-byte UDP/IPv6 frames from the project's AF_PACKET generator on MN; CN
+counts what arrives with an nftables counter (and drops it there, so CN's stack is not the
+bottleneck).  Delivered packets per second and loss, first at the generator's full speed,
+then at 80 % of the kernel's delivered rate.  TCP: iperf3 MN -> CN, kernel vs mmr.
+
+On veth the kernel's forwarding runs in the generator's own softirq context, so under the
+kernel the generator's CPU also pays for forwarding, while mmr forwards on the other core:
+the figures are "delivered for the same generator", which is what a LAN host would see.
+
+Every testbed veth has its offloads off (mmr forwards wire-sized frames), so the kernel
+runs without GSO/GRO here too: both sides of each ratio see the same links.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from engine.netns import link_mac
+from engine.testbed import CN_ADDR, MN_ADDR
+from netlab import make_testbed, running_router
+from ratio import RESULTS
+
+pytestmark = pytest.mark.privileged
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SECONDS = float(os.environ.get("MMR_BENCH_FWD_SECONDS", "2"))
+
+# Gates (ratios, margins a noisy shared 2-core machine still meets; the targets of issue 4
+# are 1.0x for small packets and 0.5x for TCP, recorded in bench/README.md)
+GATE_SMALL = 0.5          # half the target
+GATE_TCP = 0.25           # half the target
+GATE_LOSS_AT_LOAD = 0.05  # target 0; a descheduled moment on a shared machine costs some
+
+CN_TABLE = """table inet bench {
+ chain pre {
+  type filter hook prerouting priority -300; policy accept;
+  udp dport 9000 counter drop
+ }
+}
+"""
+
+
+@dataclass
+class Figure:
+    name: str
+    text: str
+
+    def line(self) -> str:
+        return f"{self.name}: {self.text}"
+
+
+@pytest.fixture(scope="module")
+def bed():
+    with make_testbed("b") as tb:
+        subprocess.run(["ip", "netns", "exec", tb.ns("cn"), "nft", "-f", "-"], input=CN_TABLE, text=True,
+                       check=True)
+        yield tb
+
+
+def cn_count(tb) -> int:
+    out = tb.run("cn", "nft", "-j", "list", "table", "inet", "bench")
+    for item in json.loads(out)["nftables"]:
+        for e in item.get("rule", {}).get("expr", []):
+            if "counter" in e:
+                return int(e["counter"]["packets"])
+    raise AssertionError("no counter on CN")
+
+
+def blast(tb, seconds: float, pps: float = 0) -> dict:
+    mac = link_mac("lan0", tb.ns("mmr")).hex(":")
+    before = cn_count(tb)
+    p = subprocess.run(["ip", "netns", "exec", tb.ns("mn"), sys.executable, os.path.join(HERE, "blaster.py"),
+                        "eth0", mac, MN_ADDR, CN_ADDR, str(seconds), str(pps)],
+                       capture_output=True, text=True, timeout=seconds + 30)
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)
+    time.sleep(0.3)                                   # let the queues drain
+    res["delivered"] = cn_count(tb) - before
+    res["pps"] = res["delivered"] / res["seconds"]
+    res["offered_pps"] = res["offered"] / res["seconds"]
+    res["loss"] = 1 - res["delivered"] / max(1, res["offered"])
+    return res
+
+
+def iperf(tb, seconds: float) -> float:
+    srv = subprocess.Popen(["ip", "netns", "exec", tb.ns("cn"), "iperf3", "-s", "-1", "-B", CN_ADDR],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        out = tb.run("mn", "iperf3", "-c", CN_ADDR, "-t", str(seconds), "-J", timeout=seconds + 30)
+        return json.loads(out)["end"]["sum_received"]["bits_per_second"]
+    finally:
+        srv.kill()
+        srv.wait()
+
+
+def both(tb, measure):
+    """measure() under the kernel's forwarding, then under mmr run (after a warm-up that
+    resolves neighbours and creates the flows)."""
+    kernel = measure()
+    with running_router(tb):
+        blast(tb, 0.2, 1000)
+        mmr = measure()
+    return kernel, mmr
+
+
+def fmt(r):
+    return (f"offered {r['offered_pps']:,.0f} pps, delivered {r['pps']:,.0f} pps, "
+            f"loss {100 * r['loss']:.2f} %")
+
+
+def test_small_packets_kernel_vs_mmr(bed):
+    assert " 0% packet loss" in bed.run("mn", "ping", "-6", "-c", "2", "-i", "0.2", CN_ADDR)
+    kernel, mmr = both(bed, lambda: blast(bed, SECONDS))
+    ratio = mmr["pps"] / kernel["pps"]
+    RESULTS.append(Figure("64-byte UDP/IPv6, generator at full speed",
+                          f"kernel {fmt(kernel)}; mmr {fmt(mmr)}; mmr/kernel {ratio:.2f}x"))
+    # at 80 % of the kernel's delivered rate
+    load = 0.8 * kernel["pps"]
+    k80, m80 = both(bed, lambda: blast(bed, SECONDS, load))
+    RESULTS.append(Figure(f"64-byte UDP/IPv6 at 80 % of the kernel's rate ({load:,.0f} pps)",
+                          f"kernel {fmt(k80)}; mmr {fmt(m80)}"))
+    assert kernel["delivered"] > 0 and mmr["delivered"] > 0
+    assert ratio >= GATE_SMALL, (kernel, mmr)
+    assert m80["loss"] <= GATE_LOSS_AT_LOAD, m80
+    RESULTS.append(Figure("loss at 80 % load", f"kernel {100 * k80['loss']:.2f} %, mmr {100 * m80['loss']:.2f} %"))
+
+
+def test_tcp_kernel_vs_mmr(bed):
+    kernel, mmr = both(bed, lambda: iperf(bed, SECONDS + 1))
+    ratio = mmr / kernel
+    RESULTS.append(Figure("TCP iperf3 MN -> CN", f"kernel {kernel / 1e6:,.0f} Mbit/s, mmr {mmr / 1e6:,.0f} "
+                                                 f"Mbit/s, mmr/kernel {ratio:.2f}x"))
+    assert ratio >= GATE_TCP, (kernel, mmr)
