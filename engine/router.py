@@ -133,6 +133,10 @@ def _mapped16(ip) -> bytes:
     return ip.packed
 
 
+RING_BLOCK_SIZE = 256 << 10
+RING_BLOCKS = 64
+
+
 class Router:
     """``mmr run``: set up, loop, tear down (restoring what it found)."""
 
@@ -188,16 +192,19 @@ class Router:
                                 f"discovery on {u.device}; check the link and the address, or set "
                                 f"gateway_mac")
             self.gw_macs[i] = list(mac)
-        # a 2 ms block timeout bounds the latency a partly filled block adds
-        self.lan_rx = RxRing(self.lan, timeout_ms=2)
-        self.up_rx = [RxRing(u.device, timeout_ms=2) for u in cfg.uplinks]
+        # A 2 ms block timeout bounds the latency a partly filled block adds; since a block is
+        # handed over after 2 ms however full, the ring's slack is counted in blocks: 64 blocks
+        # of 256 KiB (16 MiB a device) ride out a >= 128 ms stall of this process.
+        ring = dict(block_size=RING_BLOCK_SIZE, block_count=RING_BLOCKS, timeout_ms=2)
+        self.lan_rx = RxRing(self.lan, **ring)
+        self.up_rx = [RxRing(u.device, **ring) for u in cfg.uplinks]
         self.lan_tx = TxSocket(self.lan)
         self.up_tx = [TxSocket(u.device) for u in cfg.uplinks]
         self.host_macs: dict[bytes, int] = {}
         self.host_table = np.zeros((4096, 6), np.uint8)
         self.counters = {"lan_rx": 0, "up_rx": 0, "to_uplinks": 0, "to_lan": 0, "kernel": 0,
                          "hop_limit": 0, "time_exceeded_sent": 0, "no_neighbour": 0,
-                         "oversize": 0, "too_big_sent": 0}
+                         "oversize": 0, "too_big_sent": 0, "ring_drops": 0}
         self.up_rows = np.zeros(batch, C.ROW_DTYPE)
         self.up_reasons = np.zeros(C.N_REASONS, np.uint64)
         self.stop = False
@@ -250,6 +257,11 @@ class Router:
         for dev, feats in self.coalescing_changed.items():
             set_features(dev, feats, "on")
         self.coalescing_changed = {}
+
+    def _read_ring_drops(self) -> None:
+        """PACKET_STATISTICS resets on read: accumulate the kernel's ring-full drops."""
+        for r in [self.lan_rx] + self.up_rx:
+            self.counters["ring_drops"] += r.kernel_stats()["drops"]
 
     def _watch_rings(self) -> None:
         """Say once per device when frames are being dropped as too large, or arrive with
@@ -448,7 +460,8 @@ class Router:
         return (f"mmr: lan_rx={c['lan_rx']} up_rx={c['up_rx']} to_uplinks={c['to_uplinks']} ({per}) "
                 f"to_lan={c['to_lan']} kernel={c['kernel']} flows={len(self.pipeline.flows)} "
                 f"hop_limit={c['hop_limit']} oversize={c['oversize']} no_neighbour={c['no_neighbour']} "
-                f"truncated={truncated} "
+                f"truncated={truncated} ring_drops={c['ring_drops']} "
+                f"tx_errors={sum(t.errors for t in [self.lan_tx] + self.up_tx)} "
                 f"drops={drops or 0}")
 
     def run(self, duration: float | None = None) -> dict:
@@ -485,6 +498,7 @@ class Router:
                     self.host_macs.clear()
                     self.pipeline.expire(time.time())
                     self._watch_rings()
+                    self._read_ring_drops()
                     last_neigh = now
                 if self.stats_interval and now - last_stats >= self.stats_interval:
                     print(self.summary_line(), file=self.log, flush=True)
@@ -494,6 +508,7 @@ class Router:
         finally:
             self.kernel_forwarding_restore()
             self.coalescing_restore()
+            self._read_ring_drops()
             for s, h in old.items():
                 signal.signal(s, h)
             print(self.summary_line(), file=self.log, flush=True)
