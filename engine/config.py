@@ -62,7 +62,27 @@ UPLINK_KEYS = {
     "cost": Key("float", 0.0, 0, 1e12, hint="a cost figure, >= 0"),
     "metric": Key("int", None, 0, 1 << 31, optional=True, hint="an integer >= 0 (lower = primary)"),
     "usable": Key("bool", True, hint="true or false"),
+    "probe_targets": Key("addrs", None, optional=True,
+                         hint='addresses to ping out of this uplink, e.g. ["2001:db8:a1::1"] (default: the gateway)'),
 }
+
+# The connection manager (engine/connmgr.py): link state, probes, failover, control socket.
+MONITOR_KEYS = {
+    "probes": Key("bool", True, hint="true or false"),
+    "probe_interval_ms": Key("float", 200.0, 10, 600000, hint="milliseconds between probes, e.g. 200"),
+    "probe_timeout_ms": Key("float", 400.0, 1, 600000, hint="milliseconds a probe may take, e.g. 400"),
+    "down_after": Key("int", 3, 1, 1000, hint="consecutive lost probes before an uplink is down, e.g. 3"),
+    "up_after": Key("int", 3, 1, 1000, hint="consecutive answered probes before it is up again, e.g. 3"),
+    "hold_down_s": Key("float", 3.0, 0, 86400, hint="seconds an uplink stays down at least, e.g. 3"),
+    "window": Key("int", 20, 2, 100000, hint="probes in the sliding window for loss and jitter, e.g. 20"),
+    "measure": Key("strs", [], hint='characteristics to measure: any of ["loss", "jitter", "queueing_delay"]'),
+    "smoothing": Key("float", 0.3, 0.001, 1, hint="weight of a new measurement, 0 < x <= 1, e.g. 0.3"),
+    "failback": Key("str", "stay", hint='"stay" (flows stay where they were moved) or "return"'),
+    "failback_hold_s": Key("float", 10.0, 0, 86400, hint="seconds an uplink must be up before flows return"),
+    "control_socket": Key("str", "@mmr", hint='"@name" (abstract, per network namespace) or a path'),
+    "metrics_listen": Key("str", "", hint='"" (off) or "127.0.0.1:9464" for Prometheus metrics'),
+}
+MEASURABLE = ("loss", "jitter", "queueing_delay")
 
 POLICY_KEYS = {
     "name": Key("str", "", hint='a name such as "cheap"'),
@@ -111,6 +131,7 @@ class Uplink:
     chars: dict[str, float]
     metric: int
     usable: bool = True
+    probe_targets: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -139,6 +160,7 @@ class Config:
     classes: dict[str, tuple] = field(default_factory=dict)
     policies: dict[int, Policy] = field(default_factory=dict)
     rules: list[Rule] = field(default_factory=list)
+    monitor: dict = field(default_factory=dict)
     raw: dict = field(default_factory=dict)
 
     def uplink_index(self, name: str) -> int:
@@ -222,6 +244,17 @@ class _Loader:
         elif kind == "list":
             if not isinstance(v, list) or not v:
                 self.err(key, "must be a non-empty list", f"write {spec.hint}")
+        elif kind in ("addrs", "strs"):
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                self.err(key, "must be a list of strings", f"write {spec.hint}")
+            if kind == "addrs":
+                out = []
+                for x in v:
+                    try:
+                        out.append(str(ipaddress.ip_address(x)))
+                    except ValueError:
+                        self.err(key, f"{x!r} is not an IPv6 or IPv4 address", f"write {spec.hint}")
+                v = out
         if kind in ("int", "float"):
             if spec.lo is not None and v < spec.lo or spec.hi is not None and v > spec.hi:
                 self.err(key, f"{v!r} is out of range", f"write {spec.hint}")
@@ -259,7 +292,7 @@ class _Loader:
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             self.err(None, f"is not valid TOML ({exc})", "fix the syntax at that line")
-        self.unknown(raw, ("engine", "uplink", "classes", "policy", "rule"), "")
+        self.unknown(raw, ("engine", "uplink", "classes", "policy", "rule", "monitor"), "")
         eng = self.table(raw.get("engine", {}), ENGINE_KEYS, "engine")
         cfg = Config(path=self.path, raw=raw, **eng)
         cfg.lan_prefixes = eng["lan_prefixes"]
@@ -267,7 +300,30 @@ class _Loader:
         self.classes(raw, cfg)
         self.policies(raw, cfg)
         self.rules(raw, cfg)
+        self.monitor(raw, cfg)
         return cfg
+
+    def monitor(self, raw, cfg):
+        m = self.table(raw.get("monitor", {}), MONITOR_KEYS, "monitor")
+        for x in m["measure"]:
+            if x not in MEASURABLE:
+                self.err("monitor.measure", f"{x!r} cannot be measured",
+                         f"use any of {', '.join(MEASURABLE)}")
+        if m["failback"] not in ("stay", "return"):
+            self.err("monitor.failback", f"{m['failback']!r} is not a failback policy", 'write "stay" or "return"')
+        if m["probe_timeout_ms"] < m["probe_interval_ms"] / 10:
+            self.err("monitor.probe_timeout_ms", "is shorter than a tenth of the probe interval",
+                     "give probes at least probe_interval_ms / 10 to come back")
+        ml = m["metrics_listen"]
+        if ml:
+            host, _, port = ml.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                self.err("monitor.metrics_listen", f"{ml!r} is not host:port", 'write e.g. "127.0.0.1:9464"')
+        cs = m["control_socket"]
+        if not cs or (not cs.startswith("@") and not cs.startswith("/")):
+            self.err("monitor.control_socket", f"{cs!r} is neither @name nor an absolute path",
+                     'write "@mmr" or "/run/mmr/mmr.sock"')
+        cfg.monitor = m
 
     def uplinks(self, raw, cfg):
         ups = raw.get("uplink")
@@ -294,8 +350,10 @@ class _Loader:
             devs[v["device"]] = i
             chars = {cname: float(v[key]) for cname, key, _ in C.CHARACTERISTICS}
             metric = v["metric"] if v["metric"] is not None else i
+            targets = v["probe_targets"] if v["probe_targets"] is not None else (
+                [v["gateway"]] if v["gateway"] else [])
             cfg.uplinks.append(Uplink(v["name"], v["device"], v["gateway"], v["gateway_mac"],
-                                      chars, int(metric), bool(v["usable"])))
+                                      chars, int(metric), bool(v["usable"]), targets))
 
     def classes(self, raw, cfg):
         cls = dict(BUILTIN_CLASSES)

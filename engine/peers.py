@@ -7,8 +7,11 @@
   udp-count PORT SECONDS         count datagrams until SECONDS or SIGTERM, print JSON totals
   echo-server PORT SECONDS [ADDR] UDP echo on ADDR (default ::): every datagram back to its sender
   echo-client DST PORT N         N requests, print JSON {"sent", "answered", "rtt_ms"}
-  tcp-sink PORT                  accept one connection, answer "<bytes> <sha256>"
-  tcp-send DST PORT NBYTES       send NBYTES of a fixed pseudo-random stream, print the answer
+  tcp-sink PORT                  accept one connection, answer "<bytes> <sha256>", print the
+                                 longest pause between arrivals
+  tcp-send DST PORT NBYTES [SVC PREF] [PACE_MS]
+                                 send NBYTES of a fixed pseudo-random stream (tagged unless
+                                 SVC is -1; 64 KiB every PACE_MS ms), print the answer
 """
 import hashlib
 import json
@@ -21,12 +24,16 @@ IPV6_RECVPKTINFO, IPV6_PKTINFO, IPV6_RECVHOPLIMIT, IPV6_HOPLIMIT = 49, 50, 51, 5
 
 
 def udp_sink(port, seconds):
+    """One JSON line per datagram (ingress device, hop limit, arrival time), printed when
+    SECONDS are over: printing as they come could block on a full pipe and lose datagrams."""
     s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
     s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVHOPLIMIT, 1)
     s.bind(("::", int(port)))
     s.settimeout(0.2)
     print("ready", flush=True)
+    got = []
     end = time.monotonic() + float(seconds)
     while time.monotonic() < end:
         try:
@@ -36,11 +43,16 @@ def udp_sink(port, seconds):
         dev, hl = None, None
         for level, typ, val in anc:
             if typ == IPV6_PKTINFO:
-                dev = socket.if_indextoname(struct.unpack("16sI", val[:20])[1])
+                dev = struct.unpack("16sI", val[:20])[1]
             elif typ == IPV6_HOPLIMIT:
                 hl = struct.unpack("i", val[:4])[0]
-        print(json.dumps({"dev": dev, "hlim": hl, "data": data.decode(errors="replace"),
-                          "src": addr[0]}), flush=True)
+        got.append((dev, hl, data[:40], addr[0], time.time()))
+    names = {}
+    for dev, hl, data, src, t in got:
+        if dev not in names:
+            names[dev] = socket.if_indextoname(dev) if dev else None
+        print(json.dumps({"dev": names[dev], "hlim": hl, "data": data.decode(errors="replace"),
+                          "src": src, "t": t}))
 
 
 def udp_count(port, seconds):
@@ -140,20 +152,37 @@ def tcp_sink(port):
     c, _ = s.accept()
     h = hashlib.sha256()
     total = 0
+    last, gap = time.monotonic(), 0.0
     while True:
         d = c.recv(65536)
+        now = time.monotonic()
         if not d:
             break
+        gap = max(gap, now - last)
+        last = now
         h.update(d)
         total += len(d)
     c.sendall(f"{total} {h.hexdigest()}".encode())
+    print(json.dumps({"max_gap_ms": round(gap * 1000, 2)}), flush=True)
     c.close()
 
 
-def tcp_send(dst, port, nbytes):
+def tcp_send(dst, port, nbytes, svc=-1, pref=-1, pace_ms=0):
+    """Tagged with (svc, pref) unless -1; with pace_ms, 64 KiB every pace_ms milliseconds."""
+    from engine.tagging import tag_socket
+
     data = stream(int(nbytes))
-    c = socket.create_connection((dst, int(port)), timeout=20)
-    c.sendall(data)
+    c = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    if int(svc) >= 0:
+        tag_socket(c, int(svc), int(pref))
+    c.settimeout(30)
+    c.connect((dst, int(port)))
+    if float(pace_ms) > 0:
+        for k in range(0, len(data), 65536):
+            c.sendall(data[k:k + 65536])
+            time.sleep(float(pace_ms) / 1000)
+    else:
+        c.sendall(data)
     c.shutdown(socket.SHUT_WR)
     answer = c.recv(200).decode()
     print(json.dumps({"answer": answer, "expect": f"{len(data)} {hashlib.sha256(data).hexdigest()}"}))

@@ -33,12 +33,14 @@ import time
 
 import numpy as np
 
-from engine import _parse, _rewrite
+from engine import _parse, _rewrite, _select
 from engine import constants as C
 from engine.errors import UserError
 from engine.icmperr import packet_too_big, time_exceeded
 from engine.netns import coalescing_on, set_features
 from engine.pipeline import DROP, KERNEL, Pipeline
+from engine.connmgr import ConnectionManager
+from engine.control import ControlServer
 
 NFT_TABLE = "mmr"
 
@@ -219,6 +221,11 @@ class Router:
             a6 = [a.packed for a in _addresses(dev) if a.version == 6 and not a.is_link_local]
             a4 = [a.packed for a in _addresses(dev) if a.version == 4]
             self.my_ip[dev] = (a6[0] if a6 else None, a4[0] if a4 else None)
+        self.started = time.time()
+        self.reloads = 0
+        self.reload_requested = False
+        self.control = ControlServer(cfg.monitor["control_socket"], self.handle_control)
+        self.conn = ConnectionManager(self, cfg, log)
 
     # ------------------------------------------------------------------ kernel forwarding
     def kernel_forwarding_off(self) -> None:
@@ -468,7 +475,11 @@ class Router:
         def on_signal(signum, frame):
             self.stop = True
 
+        def on_hup(signum, frame):
+            self.reload_requested = True
+
         old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
         try:
             self.coalescing_off()
             self.kernel_forwarding_off()
@@ -478,20 +489,36 @@ class Router:
             for u, r in enumerate(self.up_rx):
                 fds[r.fileno()] = u
                 poller.register(r.fileno(), select.POLLIN)
+            side = dict(self.conn.fds())            # netlink and probe sockets
+            side[self.control.fileno()] = ("control", None)
+            for fd in side:
+                poller.register(fd, select.POLLIN)
             start = time.monotonic()
             last_stats = last_neigh = start
             print(f"mmr: forwarding {self.lan} -> " + ", ".join(
                 f"{u.name}({u.device})" for u in self.cfg.uplinks) + "; kernel forwarding off for these devices",
                 file=self.log, flush=True)
             while not self.stop:
-                ready = poller.poll(100)
+                ready = poller.poll(25)
                 for fd, _ in ready:
+                    if fd in side:
+                        what = side[fd]
+                        if what[0] == "control":
+                            self.control.serve_one()
+                        else:
+                            self.conn.readable(what)
+                        continue
                     u = fds[fd]
                     if u is None:
                         self.lan_batch()
                     else:
                         self.uplink_batch(u)
                 now = time.monotonic()
+                self.conn.tick(now)
+                if self.reload_requested:
+                    self.reload_requested = False
+                    res = self.reload()
+                    self.say(f"mmr: SIGHUP: {res['message']}")
                 if now - last_neigh >= 1.0:
                     self.neigh.refresh()
                     self._follow_gateways()
@@ -527,7 +554,78 @@ class Router:
                 self.gw_macs[i] = list(mac)
                 print(f"mmr: gateway of {u.name} is now {_mac_text(mac)}", file=self.log, flush=True)
 
+    # ------------------------------------------------------------------ control
+    def say(self, text: str) -> None:
+        print(text, file=self.log, flush=True)
+
+    def reload(self) -> dict:
+        """Re-read the policy file.  A valid file replaces classification and selection at
+        once and keeps the flowbase; an invalid one is rejected and the old policy runs on."""
+        from engine import _classify
+        from engine.config import load_config
+        from engine.errors import ConfigError
+
+        path = None if self.cfg.path.startswith("<") else self.cfg.path
+        try:
+            new = load_config(path)
+        except ConfigError as exc:
+            return {"ok": False, "message": f"rejected, the old policy keeps running: {exc}"}
+        old = self.cfg
+        same = (new.lan == old.lan and [(u.name, u.device) for u in new.uplinks] ==
+                [(u.name, u.device) for u in old.uplinks] and new.option_type == old.option_type)
+        if not same:
+            return {"ok": False, "message": "rejected, the old policy keeps running: the LAN device, the "
+                                            "uplinks (names, devices, order) or the option type changed; "
+                                            "those need a restart of mmr run"}
+        pipe = self.pipeline
+        pipe.cfg = new
+        pipe.classifier = _classify.Classifier(new)
+        pipe.selector = _select.Selector(new)
+        self.cfg = new
+        self.conn.cfg = new
+        self.conn.m.update({k: v for k, v in new.monitor.items()
+                            if k not in ("control_socket", "probes", "window")})
+        self.conn.apply(initial=True)     # usable mask and measurements into the new selector
+        self.reloads += 1
+        return {"ok": True, "message": f"policy reloaded from {new.path} ({len(pipe.flows)} flows kept)"}
+
+    def handle_control(self, req: dict) -> dict:
+        cmd = req.get("cmd")
+        if cmd == "ping":
+            return {"ok": True}
+        if cmd == "status":
+            return {"ok": True, "policy": self.cfg.path, "uptime_s": round(time.time() - self.started, 1),
+                    "reloads": self.reloads, "flows": len(self.pipeline.flows),
+                    "uplinks": self.conn.status(), "failovers": self.conn.moves,
+                    "counters": {k: int(v) for k, v in self.counters.items()},
+                    "drops": {C.REASON_NAMES[k]: int(v) for k, v in enumerate(self.pipeline.reasons)
+                              if v and C.REASON_ACTION[k] == "drop"}}
+        if cmd == "flows":
+            from engine.replay import address_text
+
+            names = [u.name for u in self.cfg.uplinks]
+            want = req.get("uplink")
+            if want is not None and want not in names:
+                return {"ok": False, "error": f"no uplink named {want!r}; the uplinks are {', '.join(names)}"}
+            recs = self.pipeline.flows.dump()
+            if want is not None:
+                recs = recs[recs["uplink"] == names.index(want)]
+            limit = int(req.get("limit", 1000))
+            out = [{"src": address_text(r["src"]), "dst": address_text(r["dst"]), "proto": int(r["proto"]),
+                    "sport": int(r["sport"]), "dport": int(r["dport"]),
+                    "service": C.SERVICE_NAMES[min(int(r["service"]), 3)], "preference": int(r["preference"]),
+                    "uplink": names[int(r["uplink"])] if int(r["uplink"]) < len(names) else None,
+                    "packets": int(r["packets"]), "bytes": int(r["bytes"])} for r in recs[:limit]]
+            return {"ok": True, "total": int(len(recs)), "flows": out}
+        if cmd == "reload":
+            res = self.reload()
+            self.say(f"mmr: reload: {res['message']}")
+            return res
+        return {"ok": False, "error": f"unknown command {cmd!r} (status, flows, reload)"}
+
     def close(self):
+        self.control.close()
+        self.conn.close()
         for r in [self.lan_rx] + self.up_rx:
             r.close()
         for t in [self.lan_tx] + self.up_tx:

@@ -5,7 +5,10 @@
 
 IPv6 (and IPv4) from documentation/benchmark ranges; ARs route the LAN prefix back to the
 MMR; CN reaches the LAN over both ARs (multipath); the MMR forwards by kernel routing with a
-default route via AR2 until ``mmr run`` takes over.  Every testbed veth has its offloads
+default route via AR2 until ``mmr run`` takes over.  AR1 and AR2 share a link too, and each
+routes the LAN prefix over it with a higher metric: when the MMR's link to one AR goes down,
+traffic from CN that reaches that AR still finds its way back (as two ISPs' access routers
+of one operator would).  Every testbed veth has its offloads
 switched off (TSO/GSO/GRO, TX checksum) so frames on the wire are what AF_PACKET sees.
 """
 from __future__ import annotations
@@ -24,6 +27,7 @@ LINKS = [
     ("mmr", "up2", "ar2", "eth0"),
     ("ar1", "eth1", "cn", "eth1"),
     ("ar2", "eth1", "cn", "eth2"),
+    ("ar1", "eth2", "ar2", "eth2"),   # the ARs' own link: each is the other's way back to the MMR
 ]
 
 ADDRS = {  # node: [(dev, address/len)]
@@ -32,9 +36,11 @@ ADDRS = {  # node: [(dev, address/len)]
             ("up1", "2001:db8:a1::2/64"), ("up1", "198.18.1.2/24"),
             ("up2", "2001:db8:a2::2/64"), ("up2", "198.18.2.2/24")],
     "ar1": [("eth0", "2001:db8:a1::1/64"), ("eth0", "198.18.1.1/24"),
-            ("eth1", "2001:db8:c1::1/64"), ("eth1", "198.18.11.1/24")],
+            ("eth1", "2001:db8:c1::1/64"), ("eth1", "198.18.11.1/24"),
+            ("eth2", "2001:db8:12::1/64"), ("eth2", "198.18.3.1/24")],
     "ar2": [("eth0", "2001:db8:a2::1/64"), ("eth0", "198.18.2.1/24"),
-            ("eth1", "2001:db8:c2::1/64"), ("eth1", "198.18.12.1/24")],
+            ("eth1", "2001:db8:c2::1/64"), ("eth1", "198.18.12.1/24"),
+            ("eth2", "2001:db8:12::2/64"), ("eth2", "198.18.3.2/24")],
     "cn": [("eth1", "2001:db8:c1::2/64"), ("eth1", "198.18.11.2/24"),
            ("eth2", "2001:db8:c2::2/64"), ("eth2", "198.18.12.2/24"),
            ("lo", "2001:db8:ff::1/128"), ("lo", "198.51.100.1/32")],
@@ -48,11 +54,15 @@ ROUTES = {  # node: [ip route arguments]
     "ar1": [["-6", "route", "add", "2001:db8:1::/64", "via", "2001:db8:a1::2"],
             ["-6", "route", "add", "2001:db8:ff::1/128", "via", "2001:db8:c1::2"],
             ["-4", "route", "add", "192.0.2.0/24", "via", "198.18.1.2"],
-            ["-4", "route", "add", "198.51.100.1/32", "via", "198.18.11.2"]],
+            ["-4", "route", "add", "198.51.100.1/32", "via", "198.18.11.2"],
+            ["-6", "route", "add", "2001:db8:1::/64", "via", "2001:db8:12::2", "metric", "2048"],
+            ["-4", "route", "add", "192.0.2.0/24", "via", "198.18.3.2", "metric", "2048"]],
     "ar2": [["-6", "route", "add", "2001:db8:1::/64", "via", "2001:db8:a2::2"],
             ["-6", "route", "add", "2001:db8:ff::1/128", "via", "2001:db8:c2::2"],
             ["-4", "route", "add", "192.0.2.0/24", "via", "198.18.2.2"],
-            ["-4", "route", "add", "198.51.100.1/32", "via", "198.18.12.2"]],
+            ["-4", "route", "add", "198.51.100.1/32", "via", "198.18.12.2"],
+            ["-6", "route", "add", "2001:db8:1::/64", "via", "2001:db8:12::1", "metric", "2048"],
+            ["-4", "route", "add", "192.0.2.0/24", "via", "198.18.3.1", "metric", "2048"]],
     "cn": [["-6", "route", "add", "2001:db8:1::/64", "nexthop", "via", "2001:db8:c1::1", "dev", "eth1",
             "nexthop", "via", "2001:db8:c2::1", "dev", "eth2"],
            ["-4", "route", "add", "192.0.2.0/24", "nexthop", "via", "198.18.11.1", "dev", "eth1",
@@ -102,6 +112,9 @@ class Testbed:
             sh("ip", "link", "set", "lo", "up", ns=self.ns(n))
             for key in ("net.ipv6.conf.all.accept_dad", "net.ipv6.conf.default.accept_dad"):
                 sysctl(self.ns(n), key, 0)
+            # static addressing: keep IPv6 addresses across link down/up, as IPv4 does
+            for key in ("net.ipv6.conf.all.keep_addr_on_down", "net.ipv6.conf.default.keep_addr_on_down"):
+                sysctl(self.ns(n), key, 1)
         for a, da, b, db in LINKS:
             sh("ip", "link", "add", da, "netns", self.ns(a), "type", "veth", "peer", "name", db,
                "netns", self.ns(b))
@@ -116,6 +129,10 @@ class Testbed:
         for n in ("mmr", "ar1", "ar2"):
             sysctl(self.ns(n), "net.ipv6.conf.all.forwarding", 1)
             sysctl(self.ns(n), "net.ipv4.ip_forward", 1)
+        for n in ("ar1", "ar2"):      # a route over a link without carrier is skipped: the backup
+            for key in ("net.ipv6.conf.all.ignore_routes_with_linkdown",
+                        "net.ipv4.conf.all.ignore_routes_with_linkdown"):
+                sysctl(self.ns(n), key, 1)
         for n, routes in ROUTES.items():
             for r in routes:
                 sh("ip", *r, ns=self.ns(n))

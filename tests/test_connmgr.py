@@ -1,0 +1,213 @@
+"""The connection manager in the testbed: link events, probes, failover of only the affected
+flows, flap damping, failback, runtime control (status, flows, reload, SIGHUP)."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from engine.config import default_config_path
+from engine.testbed import CN_ADDR
+from netlab import ROOT, in_ns, make_testbed, peer, running_router, start_peer
+
+pytestmark = pytest.mark.privileged
+
+CUT_AR1 = """table inet cut {
+ chain pre {
+  type filter hook prerouting priority -300; policy accept;
+  iifname "eth0" drop
+ }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def testbed():
+    with make_testbed("c") as tb:
+        yield tb
+
+
+def ctl(tb, *args):
+    return subprocess.run(in_ns(tb, "mmr", sys.executable, "-m", "engine", *args), capture_output=True,
+                          text=True, cwd=ROOT, timeout=30)
+
+
+def status(tb):
+    p = ctl(tb, "status", "--json")
+    assert p.returncode == 0, p.stderr
+    return {u["name"]: u for u in json.loads(p.stdout)["uplinks"]}
+
+
+def wait_for(pred, timeout, step=0.02):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if pred():
+            return time.monotonic() - t0
+        time.sleep(step)
+    return None
+
+
+class Streams:
+    """Two UDP streams MN -> CN, 1 datagram a millisecond: video tagged for QoS (-> ar1) and
+    untagged data (-> ar2).  CN records each datagram's ingress device and arrival time."""
+
+    def __init__(self, tb, seconds, base_port=9100):
+        self.tb, self.n = tb, int(seconds * 1000)
+        self.sinks = [start_peer(tb, "cn", "udp-sink", base_port + k, seconds + 3) for k in range(2)]
+        self.senders = [subprocess.Popen(in_ns(tb, "mn", sys.executable, "-m", "engine.peers", "udp-send",
+                                               CN_ADDR, base_port + k, self.n, svc, pref, 0, 0.001),
+                                         cwd=ROOT) for k, (svc, pref) in enumerate([(3, 2), (-1, -1)])]
+
+    def results(self):
+        for s in self.senders:
+            s.wait(timeout=60)
+        out = []
+        for s in self.sinks:
+            text, _ = s.communicate(timeout=30)
+            got = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+            t = [g["t"] for g in got]
+            gap = max((b - a for a, b in zip(t, t[1:])), default=None)
+            out.append({"got": got, "devs": [g["dev"] for g in got], "max_gap_ms": gap * 1000,
+                        "lost": self.n - len(got)})
+        return out
+
+
+def test_link_down_moves_only_its_flows_within_50ms(testbed, record_property):
+    with running_router(testbed) as (router, _):
+        st = Streams(testbed, 2.5)
+        time.sleep(1.0)
+        testbed.run("mmr", "ip", "link", "set", "up1", "down")
+        try:
+            video, data = st.results()
+            s = status(testbed)
+        finally:
+            testbed.run("mmr", "ip", "link", "set", "up1", "up")
+        # the video flow went via AR1 (CN eth1) and then via AR2 (CN eth2), never back
+        devs = video["devs"]
+        assert devs[0] == "eth1" and devs[-1] == "eth2"
+        switch = devs.index("eth2")
+        assert set(devs[:switch]) == {"eth1"} and set(devs[switch:]) == {"eth2"}
+        outage = (video["got"][switch]["t"] - video["got"][switch - 1]["t"]) * 1000
+        record_property("link_down_outage_ms", round(outage, 1))
+        print(f"link-down outage of the moved flow: {outage:.1f} ms, lost {video['lost']} datagrams")
+        assert outage < 50, outage
+        # the other flow never moved and lost nothing
+        assert set(data["devs"]) == {"eth2"} and data["lost"] == 0
+        assert s["ar1"]["usable"] is False and s["ar1"]["link"] == "down" and s["ar1"]["reason"] == "link down"
+        assert s["ar2"]["usable"] is True
+        # back up after the hold-down; the moved flow stays (failback "stay")
+        took = wait_for(lambda: status(testbed)["ar1"]["usable"], 15, 0.2)
+        assert took is not None
+        flows = json.loads(ctl(testbed, "flows", "--json").stdout)["flows"]
+        video_flows = [f for f in flows if f["dport"] == 9100]
+        assert video_flows and {f["uplink"] for f in video_flows} == {"ar2"}
+
+
+def test_probe_detected_failure_under_a_second(testbed, record_property):
+    """AR1 stops forwarding anything from the MMR (carrier stays up): only probes can tell."""
+    with running_router(testbed):
+        assert wait_for(lambda: status(testbed)["ar1"]["rtt_ms"] is not None, 5)
+        st = Streams(testbed, 3.0, base_port=9200)
+        time.sleep(1.0)
+        subprocess.run(in_ns(testbed, "ar1", "nft", "-f", "-"), input=CUT_AR1, text=True, check=True)
+        t0 = time.monotonic()
+        try:
+            detect = wait_for(lambda: not status(testbed)["ar1"]["usable"], 5)
+            video, data = st.results()
+            s = status(testbed)
+        finally:
+            testbed.run("ar1", "nft", "delete", "table", "inet", "cut")
+        assert detect is not None
+        devs = video["devs"]
+        switch = devs.index("eth2")
+        outage = (video["got"][switch]["t"] - video["got"][switch - 1]["t"]) * 1000
+        record_property("probe_outage_ms", round(outage, 1))
+        print(f"probe-detected failure: status after {detect * 1000:.0f} ms, outage {outage:.0f} ms")
+        assert outage < 1000, outage
+        assert "probes lost" in s["ar1"]["reason"] and s["ar1"]["link"] == "up"
+        assert set(data["devs"]) == {"eth2"} and data["lost"] == 0
+        assert wait_for(lambda: status(testbed)["ar1"]["usable"], 15, 0.2) is not None
+
+
+def test_flapping_is_damped(testbed):
+    """AR1 cut for 1 s and restored for 0.5 s, six times: each cut alone is long enough to
+    take the uplink down (12 state changes if followed naively); hysteresis and the growing
+    hold-down keep it to a few."""
+    with running_router(testbed):
+        assert wait_for(lambda: status(testbed)["ar1"]["rtt_ms"] is not None, 5)
+        before = status(testbed)["ar1"]["changes"]
+        for _ in range(6):
+            subprocess.run(in_ns(testbed, "ar1", "nft", "-f", "-"), input=CUT_AR1, text=True, check=True)
+            time.sleep(1.0)
+            testbed.run("ar1", "nft", "delete", "table", "inet", "cut")
+            time.sleep(0.5)
+        s = status(testbed)["ar1"]
+        assert 1 <= s["changes"] - before <= 4, s
+        assert s["hold_down_s"] >= 3
+
+
+def test_link_down_takes_a_tcp_transfer_along(testbed, record_property):
+    """A paced TCP transfer tagged for QoS (via AR1) survives 'ip link set up1 down': it moves
+    to AR2 and completes with every byte; the return path finds AR2 through the ARs' link."""
+    with running_router(testbed):
+        sink = start_peer(testbed, "cn", "tcp-sink", 5301)
+        send = subprocess.Popen(in_ns(testbed, "mn", sys.executable, "-m", "engine.peers", "tcp-send", CN_ADDR,
+                                      5301, 12_000_000, 3, 2, 10), stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        time.sleep(0.8)
+        flows = json.loads(ctl(testbed, "flows", "--json", "--uplink", "ar1").stdout)["flows"]
+        assert any(f["dport"] == 5301 for f in flows), flows
+        testbed.run("mmr", "ip", "link", "set", "up1", "down")
+        try:
+            out, _ = send.communicate(timeout=60)
+            gap = json.loads(sink.communicate(timeout=30)[0].strip().splitlines()[-1])["max_gap_ms"]
+        finally:
+            testbed.run("mmr", "ip", "link", "set", "up1", "up")
+        res = json.loads(out)
+        assert res["answer"] == res["expect"]
+        record_property("tcp_outage_ms", gap)
+        print(f"TCP longest pause at CN across the failover: {gap} ms")
+        flows = json.loads(ctl(testbed, "flows", "--json", "--uplink", "ar2").stdout)["flows"]
+        assert any(f["dport"] == 5301 for f in flows)
+        assert wait_for(lambda: status(testbed)["ar1"]["usable"], 15, 0.2) is not None
+
+
+def test_reload_valid_and_invalid(testbed, tmp_path):
+    cfg = tmp_path / "policy.toml"
+    text = open(default_config_path()).read()
+    cfg.write_text(text)
+    with running_router(testbed, "--config", str(cfg)) as (router, _):
+        p = peer(testbed, "mn", "udp-send", CN_ADDR, 9300, 3, -1, -1)       # untagged: pref 3 -> ar2
+        assert p.returncode == 0
+        cfg.write_text(text.replace("default_preference = 3", "default_preference = 99999"))
+        bad = ctl(testbed, "reload")
+        assert bad.returncode == 2 and "default_preference" in bad.stderr and "old policy" in bad.stderr
+        assert json.loads(ctl(testbed, "status", "--json").stdout)["reloads"] == 0
+        # valid: untagged traffic now uses preference 0 (primary: lowest metric = ar1)
+        cfg.write_text(text.replace("default_preference = 3", "default_preference = 0"))
+        router.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: json.loads(ctl(testbed, "status", "--json").stdout)["reloads"] == 1, 5)
+        p = peer(testbed, "mn", "udp-send", CN_ADDR, 9301, 3, -1, -1)
+        assert p.returncode == 0
+        time.sleep(0.2)
+        flows = {f["dport"]: f["uplink"] for f in json.loads(ctl(testbed, "flows", "--json").stdout)["flows"]}
+        assert flows[9300] == "ar2"          # kept: the flowbase survived the reload
+        assert flows[9301] == "ar1"          # new flows follow the new policy
+        ok = ctl(testbed, "reload")
+        assert ok.returncode == 0 and "flows kept" in ok.stdout
+
+
+def test_status_flows_and_errors(testbed):
+    p = ctl(testbed, "status")
+    assert p.returncode == 2 and "no mmr run is listening" in p.stderr and p.stderr.count("\n") == 1
+    with running_router(testbed):
+        peer(testbed, "mn", "udp-send", CN_ADDR, 9400, 3, 3, 2)
+        human = ctl(testbed, "status")
+        assert human.returncode == 0 and "ar1" in human.stdout and "usable" in human.stdout
+        js = json.loads(ctl(testbed, "status", "--json").stdout)
+        assert {u["name"] for u in js["uplinks"]} == {"ar1", "ar2"} and js["flows"] >= 1
+        only = json.loads(ctl(testbed, "flows", "--json", "--uplink", "ar1").stdout)
+        assert only["flows"] and {f["uplink"] for f in only["flows"]} == {"ar1"}
+        bad = ctl(testbed, "flows", "--uplink", "nope")
+        assert bad.returncode == 2 and "no uplink named 'nope'" in bad.stderr
