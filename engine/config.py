@@ -62,6 +62,8 @@ UPLINK_KEYS = {
     "cost": Key("float", 0.0, 0, 1e12, hint="a cost figure, >= 0"),
     "metric": Key("int", None, 0, 1 << 31, optional=True, hint="an integer >= 0 (lower = primary)"),
     "usable": Key("bool", True, hint="true or false"),
+    "qdisc_bypass": Key("bool", True, hint="true (fastest) or false (mmr's packets go through the "
+                                           "device's qdisc: a shaper applies and its backlog is measured)"),
     "probe_targets": Key("addrs", None, optional=True,
                          hint='addresses to ping out of this uplink, e.g. ["2001:db8:a1::1"] (default: the gateway)'),
 }
@@ -70,7 +72,8 @@ UPLINK_KEYS = {
 MONITOR_KEYS = {
     "probes": Key("bool", True, hint="true or false"),
     "probe_interval_ms": Key("float", 200.0, 10, 600000, hint="milliseconds between probes, e.g. 200"),
-    "probe_timeout_ms": Key("float", 400.0, 1, 600000, hint="milliseconds a probe may take, e.g. 400"),
+    "probe_timeout_ms": Key("float", 1000.0, 1, 600000,
+                            hint="the longest a probe may take, ms (the timeout adapts: 3 x mean RTT, at least 250 ms)"),
     "down_after": Key("int", 3, 1, 1000, hint="consecutive lost probes before an uplink is down, e.g. 3"),
     "up_after": Key("int", 3, 1, 1000, hint="consecutive answered probes before it is up again, e.g. 3"),
     "hold_down_s": Key("float", 3.0, 0, 86400, hint="seconds an uplink stays down at least, e.g. 3"),
@@ -132,6 +135,7 @@ class Uplink:
     metric: int
     usable: bool = True
     probe_targets: list[str] = field(default_factory=list)
+    qdisc_bypass: bool = True
 
 
 @dataclass
@@ -353,7 +357,7 @@ class _Loader:
             targets = v["probe_targets"] if v["probe_targets"] is not None else (
                 [v["gateway"]] if v["gateway"] else [])
             cfg.uplinks.append(Uplink(v["name"], v["device"], v["gateway"], v["gateway_mac"],
-                                      chars, int(metric), bool(v["usable"]), targets))
+                                      chars, int(metric), bool(v["usable"]), targets, bool(v["qdisc_bypass"])))
 
     def classes(self, raw, cfg):
         cls = dict(BUILTIN_CLASSES)

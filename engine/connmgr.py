@@ -30,6 +30,7 @@ RTM_NEWLINK, RTM_DELLINK, RTM_NEWADDR, RTM_DELADDR = 16, 17, 20, 21
 IFF_UP, IFF_LOWER_UP = 0x1, 0x10000
 ICMP6_FILTER = 1
 MAX_HOLD_S = 60.0
+MIN_TIMEOUT_S = 0.25
 
 
 class LinkEvents:
@@ -153,6 +154,20 @@ class Prober:
             s.close()
 
 
+def qdisc_backlog(dev: str) -> int | None:
+    """Bytes queued in the device's root qdisc (tc -s -j), None when unreadable."""
+    import json
+    import subprocess
+
+    p = subprocess.run(["tc", "-s", "-j", "qdisc", "show", "dev", dev], capture_output=True, text=True)
+    if p.returncode != 0:
+        return None
+    try:
+        return sum(int(q.get("backlog", 0)) for q in json.loads(p.stdout) if q.get("root"))
+    except ValueError:
+        return None
+
+
 def _csum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
@@ -179,7 +194,7 @@ class UplinkHealth:
         self.results = collections.deque(maxlen=window)   # RTT seconds, or None for lost
         self.min_rtt: float | None = None
         self.measured: dict[str, float] = {}
-        self.last_rtt: float | None = None
+        self.delay_source = "probe RTT - min RTT"
 
     @property
     def usable(self) -> bool:
@@ -259,12 +274,12 @@ class ConnectionManager:
                 self._probe_result(h, rtt, now)
 
     def _link_ok(self, dev: str) -> bool:
-        """Admin up, carrier, and (if mmr needs one to probe) an address."""
+        """Admin up, carrier, and an address beyond link-local (the uplink's own)."""
         f = link_flags(dev)
         if not (f & IFF_UP and f & IFF_LOWER_UP):
             return False
         from engine.router import _addresses
-        return bool(_addresses(dev))
+        return any(not a.is_link_local for a in _addresses(dev))
 
     def _set_link(self, h: UplinkHealth, ok: bool, why: str) -> bool:
         if ok == h.link_up:
@@ -296,12 +311,21 @@ class ConnectionManager:
                     h.reason = ""
                 self.apply()
 
+    def timeout(self, h: UplinkHealth) -> float:
+        """How long a probe may take: 3 x the mean RTT of the window (at least 250 ms, at
+        most probe_timeout_ms), so a fast link is judged fast and a slow one fairly."""
+        top = self.m["probe_timeout_ms"] / 1000
+        rtts = [r for r in h.results if r is not None]
+        if not rtts:
+            return top
+        return min(top, max(MIN_TIMEOUT_S, 3 * sum(rtts) / len(rtts)))
+
     def tick(self, now: float) -> None:
-        timeout = self.m["probe_timeout_ms"] / 1000
         for i, p in enumerate(self.probers):
             if p is not None:
-                for _ in range(p.expired(now, timeout)):
-                    self._probe_result(self.health[i], None, now)
+                h = self.health[i]
+                for _ in range(p.expired(now, self.timeout(h))):
+                    self._probe_result(h, None, now)
         if now >= self.next_probe:
             for p in self.probers:
                 if p is not None:
@@ -377,8 +401,13 @@ class ConnectionManager:
 
     def _measure(self) -> None:
         a = self.m["smoothing"]
-        for h in self.health:
+        for h, u in zip(self.health, self.cfg.uplinks):
             st = h.window_stats()
+            if "queueing_delay" in self.m["measure"] and not u.qdisc_bypass and u.chars["bandwidth"] > 0:
+                backlog = qdisc_backlog(u.device)     # the engine's own packets wait there
+                if backlog is not None:
+                    st["queueing_delay"] = backlog * 8 / (u.chars["bandwidth"] * 1e6) * 1000
+                    h.delay_source = "qdisc backlog"
             for name in self.m["measure"]:
                 if name in st:
                     old = h.measured.get(name)
@@ -400,7 +429,8 @@ class ConnectionManager:
                 "rtt_ms": round(st["rtt_ms"], 3) if "rtt_ms" in st else None,
                 "probe_loss": round(st["loss"], 4) if "loss" in st else None,
                 "characteristics": {n: float(chars[h.index, j]) for j, n in enumerate(C.CHAR_NAMES)},
-                "measured": sorted(h.measured),
+                "measured": {k: round(v, 4) for k, v in sorted(h.measured.items())},
+                "queueing_delay_source": h.delay_source if "queueing_delay" in h.measured else None,
             })
         return out
 

@@ -1,7 +1,8 @@
 """Small programs the demo and the tests run on the testbed hosts, each inside a namespace
 (``ip netns exec NS python3 -m engine.peers CMD ...``).
 
-  udp-sink PORT SECONDS          print one JSON line per datagram: ingress device, hop limit
+  udp-sink PORT SECONDS          one JSON line per datagram (ingress device, hop limit, time),
+                                 printed after SECONDS or SIGTERM
   udp-send DST PORT N SVC PREF [SIZE] [GAP_S]
                                  send N datagrams tagged with (SVC, PREF) (-1 -1: untagged)
   udp-count PORT SECONDS         count datagrams until SECONDS or SIGTERM, print JSON totals
@@ -15,6 +16,7 @@
 """
 import hashlib
 import json
+import signal
 import socket
 import struct
 import sys
@@ -32,13 +34,15 @@ def udp_sink(port, seconds):
     s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVHOPLIMIT, 1)
     s.bind(("::", int(port)))
     s.settimeout(0.2)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *a: stop.append(1))     # SIGTERM: stop and report
     print("ready", flush=True)
     got = []
     end = time.monotonic() + float(seconds)
-    while time.monotonic() < end:
+    while time.monotonic() < end and not stop:
         try:
             data, anc, _, addr = s.recvmsg(2048, 256)
-        except socket.timeout:
+        except (socket.timeout, InterruptedError):
             continue
         dev, hl = None, None
         for level, typ, val in anc:
@@ -57,8 +61,6 @@ def udp_sink(port, seconds):
 
 def udp_count(port, seconds):
     """Count datagrams and bytes until SECONDS pass or SIGTERM; print one JSON line."""
-    import signal
-
     s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     s.bind(("::", int(port)))

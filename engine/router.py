@@ -201,7 +201,7 @@ class Router:
         self.lan_rx = RxRing(self.lan, **ring)
         self.up_rx = [RxRing(u.device, **ring) for u in cfg.uplinks]
         self.lan_tx = TxSocket(self.lan)
-        self.up_tx = [TxSocket(u.device) for u in cfg.uplinks]
+        self.up_tx = [TxSocket(u.device, qdisc_bypass=u.qdisc_bypass) for u in cfg.uplinks]
         self.host_macs: dict[bytes, int] = {}
         self.host_table = np.zeros((4096, 6), np.uint8)
         self.counters = {"lan_rx": 0, "up_rx": 0, "to_uplinks": 0, "to_lan": 0, "kernel": 0,
@@ -226,6 +226,10 @@ class Router:
         self.reload_requested = False
         self.control = ControlServer(cfg.monitor["control_socket"], self.handle_control)
         self.conn = ConnectionManager(self, cfg, log)
+        self.metrics = None
+        if cfg.monitor["metrics_listen"]:
+            from engine.metrics import Metrics
+            self.metrics = Metrics(cfg.monitor["metrics_listen"])
 
     # ------------------------------------------------------------------ kernel forwarding
     def kernel_forwarding_off(self) -> None:
@@ -526,6 +530,8 @@ class Router:
                     self.pipeline.expire(time.time())
                     self._watch_rings()
                     self._read_ring_drops()
+                    if self.metrics is not None:
+                        self.metrics.publish(self.snapshot())
                     last_neigh = now
                 if self.stats_interval and now - last_stats >= self.stats_interval:
                     print(self.summary_line(), file=self.log, flush=True)
@@ -589,6 +595,15 @@ class Router:
         self.reloads += 1
         return {"ok": True, "message": f"policy reloaded from {new.path} ({len(pipe.flows)} flows kept)"}
 
+    def snapshot(self) -> dict:
+        names = [u.name for u in self.cfg.uplinks]
+        return {"uplinks": self.conn.status(), "flows": len(self.pipeline.flows),
+                "counters": {k: int(v) for k, v in self.counters.items()},
+                "drops": {C.REASON_NAMES[k]: int(v) for k, v in enumerate(self.pipeline.reasons)
+                          if v and C.REASON_ACTION[k] == "drop"},
+                "uplink_packets": {n: int(self.pipeline.uplink_packets[i]) for i, n in enumerate(names)},
+                "uplink_bytes": {n: int(self.pipeline.uplink_bytes[i]) for i, n in enumerate(names)}}
+
     def handle_control(self, req: dict) -> dict:
         cmd = req.get("cmd")
         if cmd == "ping":
@@ -624,6 +639,8 @@ class Router:
         return {"ok": False, "error": f"unknown command {cmd!r} (status, flows, reload)"}
 
     def close(self):
+        if self.metrics is not None:
+            self.metrics.close()
         self.control.close()
         self.conn.close()
         for r in [self.lan_rx] + self.up_rx:

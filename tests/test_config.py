@@ -66,6 +66,16 @@ BAD = [
     ("bad mac", GOOD.replace('device = "up2"', 'device = "up2"\ngateway_mac = "zz"'),
      "uplink[1].gateway_mac", "MAC"),
     ("syntax", GOOD + "[[uplink]\n", None, "not valid TOML"),
+    ("measure what", GOOD + '[monitor]\nmeasure = ["cost"]\n', "monitor.measure", "cannot be measured"),
+    ("failback", GOOD + '[monitor]\nfailback = "sometimes"\n', "monitor.failback", '"stay" or "return"'),
+    ("probe timeout", GOOD + '[monitor]\nprobe_interval_ms = 1000\nprobe_timeout_ms = 5\n',
+     "monitor.probe_timeout_ms", "tenth"),
+    ("metrics listen", GOOD + '[monitor]\nmetrics_listen = "9464"\n', "monitor.metrics_listen", "host:port"),
+    ("control socket", GOOD + '[monitor]\ncontrol_socket = "mmr.sock"\n', "monitor.control_socket",
+     "absolute path"),
+    ("probe target", GOOD.replace('device = "up2"', 'device = "up2"\nprobe_targets = ["ar2.example"]'),
+     "uplink[1].probe_targets", "not an IPv6 or IPv4 address"),
+    ("monitor key", GOOD + '[monitor]\ninterval = 1\n', "monitor.interval", "remove it"),
 ]
 
 
@@ -80,6 +90,16 @@ def test_every_mistake_is_one_sentence(tmp_path, what, text, key, words):
         assert f": {key}:" in msg
     assert words in msg
     assert "\n" not in msg and ";" in msg        # problem; fix
+
+
+def test_monitor_defaults_and_probe_targets(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD.replace('device = "up1"', 'device = "up1"\ngateway = "2001:db8:a1::1"')))
+    m = cfg.monitor
+    assert (m["probe_interval_ms"], m["down_after"], m["up_after"], m["failback"]) == (200.0, 3, 3, "stay")
+    assert m["metrics_listen"] == "" and m["control_socket"] == "@mmr" and m["measure"] == []
+    assert cfg.uplinks[0].probe_targets == ["2001:db8:a1::1"]      # the gateway by default
+    assert cfg.uplinks[1].probe_targets == []                      # nothing to probe: links only
+    assert cfg.uplinks[0].qdisc_bypass is True
 
 
 def test_missing_file():

@@ -211,3 +211,92 @@ def test_status_flows_and_errors(testbed):
         assert only["flows"] and {f["uplink"] for f in only["flows"]} == {"ar1"}
         bad = ctl(testbed, "flows", "--uplink", "nope")
         assert bad.returncode == 2 and "no uplink named 'nope'" in bad.stderr
+
+
+def test_measured_queueing_delay_steers_new_flows(testbed, tmp_path):
+    """AR1's uplink is shaped to 5 Mbit/s (tbf) and mmr's packets go through that qdisc: under
+    load the engine reads the backlog, V_n's queueing delay for AR1 rises, and a new untagged
+    flow (preference 3: queueing delay) goes to AR2 while the old one stays."""
+    text = open(default_config_path()).read()
+    text = text.replace('device = "up1"', 'device = "up1"\nqdisc_bypass = false', 1)
+    text = text.replace("bandwidth_mbps = 20.0", "bandwidth_mbps = 5.0", 1)
+    text = text.replace("queueing_delay_ms = 30.0", "queueing_delay_ms = 5.0", 1)
+    text += '\n[monitor]\nmeasure = ["queueing_delay"]\nsmoothing = 0.5\n'
+    cfg = tmp_path / "shaped.toml"
+    cfg.write_text(text)
+    testbed.run("mmr", "tc", "qdisc", "add", "dev", "up1", "root", "tbf", "rate", "5mbit", "burst", "10kb",
+                "latency", "150ms")
+    try:
+        with running_router(testbed, "--config", str(cfg)):
+            assert peer(testbed, "mn", "udp-send", CN_ADDR, 9600, 3, -1, -1).returncode == 0
+            load = subprocess.Popen(in_ns(testbed, "mn", sys.executable, "-m", "engine.peers", "udp-send", CN_ADDR,
+                                          9601, 6000, 3, 2, 1200, 0.0005), cwd=ROOT)
+            try:
+                def delayed():
+                    u = status(testbed)["ar1"]
+                    return u["measured"].get("queueing_delay", 0) > 50
+                assert wait_for(delayed, 10, 0.2) is not None, status(testbed)["ar1"]
+                s = status(testbed)["ar1"]
+                assert s["queueing_delay_source"] == "qdisc backlog"
+                assert abs(s["characteristics"]["queueing_delay"] - s["measured"]["queueing_delay"]) < 1e-3
+                assert peer(testbed, "mn", "udp-send", CN_ADDR, 9602, 3, -1, -1).returncode == 0
+                time.sleep(0.3)
+                flows = {f["dport"]: f["uplink"] for f in json.loads(ctl(testbed, "flows", "--json").stdout)["flows"]}
+            finally:
+                load.kill()
+                load.wait()
+        assert flows[9600] == "ar1" and flows[9601] == "ar1" and flows[9602] == "ar2", flows
+    finally:
+        testbed.run("mmr", "tc", "qdisc", "del", "dev", "up1", "root", check=False)
+
+
+def test_prometheus_metrics_on_loopback(testbed, tmp_path):
+    cfg = tmp_path / "m.toml"
+    cfg.write_text(open(default_config_path()).read() + '\n[monitor]\nmetrics_listen = "127.0.0.1:9464"\n')
+    with running_router(testbed, "--config", str(cfg)):
+        peer(testbed, "mn", "udp-send", CN_ADDR, 9700, 5, 3, 2)
+        time.sleep(1.2)                                   # one snapshot period
+        get = ("import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9464/metrics',"
+               "timeout=5).read().decode())")
+        p = subprocess.run(in_ns(testbed, "mmr", sys.executable, "-c", get), capture_output=True, text=True,
+                           timeout=20)
+        assert p.returncode == 0, p.stderr
+        text = p.stdout
+        assert 'mmr_uplink_usable{uplink="ar1"} 1.0' in text and 'mmr_uplink_usable{uplink="ar2"} 1.0' in text
+        line = [x for x in text.splitlines() if x.startswith('mmr_uplink_packets_total{uplink="ar1"}')][0]
+        assert float(line.split()[-1]) >= 5
+        assert 'mmr_uplink_characteristic{characteristic="qos",uplink="ar1"} 1.0' in text
+
+
+def test_address_removal_takes_the_uplink_down(testbed):
+    with running_router(testbed):
+        testbed.run("mmr", "ip", "-6", "addr", "del", "2001:db8:a1::2/64", "dev", "up1")
+        testbed.run("mmr", "ip", "-4", "addr", "del", "198.18.1.2/24", "dev", "up1")
+        try:
+            assert wait_for(lambda: not status(testbed)["ar1"]["usable"], 3) is not None
+            assert status(testbed)["ar1"]["reason"] == "address removed"
+        finally:
+            testbed.run("mmr", "ip", "-6", "addr", "add", "2001:db8:a1::2/64", "dev", "up1", "nodad")
+            testbed.run("mmr", "ip", "-4", "addr", "add", "198.18.1.2/24", "dev", "up1")
+        assert wait_for(lambda: status(testbed)["ar1"]["usable"], 15, 0.2) is not None
+
+
+def test_failback_return_moves_flows_back(testbed, tmp_path):
+    cfg = tmp_path / "return.toml"
+    cfg.write_text(open(default_config_path()).read()
+                   + '\n[monitor]\nfailback = "return"\nfailback_hold_s = 1.0\nhold_down_s = 1.0\n')
+    with running_router(testbed, "--config", str(cfg)):
+        peer(testbed, "mn", "udp-send", CN_ADDR, 9800, 3, 3, 2)           # video/QoS -> ar1
+        testbed.run("mmr", "ip", "link", "set", "up1", "down")
+        try:
+            assert wait_for(lambda: not status(testbed)["ar1"]["usable"], 3) is not None
+            flows = json.loads(ctl(testbed, "flows", "--json").stdout)["flows"]
+            assert [f["uplink"] for f in flows if f["dport"] == 9800] == ["ar2"]
+        finally:
+            testbed.run("mmr", "ip", "link", "set", "up1", "up")
+        assert wait_for(lambda: status(testbed)["ar1"]["usable"], 15, 0.2) is not None
+
+        def back():
+            flows = json.loads(ctl(testbed, "flows", "--json").stdout)["flows"]
+            return [f["uplink"] for f in flows if f["dport"] == 9800] == ["ar1"]
+        assert wait_for(back, 5, 0.1) is not None

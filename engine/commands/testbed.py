@@ -14,6 +14,9 @@ uplinks reach two access routers (AR1, AR2) that both lead to a correspondent no
   <prefix>ar2  eth0 2001:db8:a2::1, eth1 2001:db8:c2::1
   <prefix>cn   2001:db8:ff::1 (loopback), reachable through both ARs
 
+AR1 and AR2 also share a link (2001:db8:12::/64) and route the LAN over it as a backup, so
+traffic from CN still reaches the MMR when one of its uplinks is down.
+
 The MMR forwards by kernel routing (default via AR2) until 'mmr run' runs in its namespace.
 The built-in policy matches this testbed: 'ip netns exec mmr-mmr mmr run'."""
 
