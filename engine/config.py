@@ -87,6 +87,16 @@ MONITOR_KEYS = {
 }
 MEASURABLE = ("loss", "jitter", "queueing_delay")
 
+# Host mode (mmr host): the virtual interface of draft-hong-mif.
+HOST_KEYS = {
+    "vi": Key("device", "vi0", hint='a device name for the TUN device, e.g. "vi0"'),
+    "addresses": Key("strs", ["2001:db8:99::10/128"],
+                     hint='the VI\'s stable addresses with length, e.g. ["2001:db8:99::10/128"]'),
+    "routes": Key("strs", ["default"], hint='prefixes routed via the VI, e.g. ["default"] or ["2001:db8::/32"]'),
+    "route_metric": Key("int", 10, 0, 1 << 31, hint="a route metric, e.g. 10 (lower wins)"),
+    "mtu": Key("int", 0, 0, 65535, hint="0 (the smallest interface MTU) or a number of bytes"),
+}
+
 POLICY_KEYS = {
     "name": Key("str", "", hint='a name such as "cheap"'),
     "network": Key("list", hint='characteristic names, e.g. ["bandwidth", "loss"]'),
@@ -94,7 +104,8 @@ POLICY_KEYS = {
 }
 
 RULE_MATCH = ("proto", "sport", "dport", "src", "dst", "dscp")
-RULE_SET = ("service", "preference")
+RULE_SET = ("service", "preference", "uplink")
+PIN_BASE = 65535      # a rule's uplink = NAME uses the reserved preference PIN_BASE - index
 PROTO_NAMES = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132, "udplite": 136,
                "gre": 47, "esp": 50}
 DSCP_NAMES = {"CS0": 0, "CS1": 8, "AF11": 10, "AF12": 12, "AF13": 14, "CS2": 16, "AF21": 18,
@@ -115,6 +126,7 @@ class Policy:
     name: str
     network: list[str]
     flow: list            # class parameter names (str) or constants (float)
+    pin: int | None = None   # this uplink only (RFC 6419 per-application policy), else none
 
 
 BUILTIN_POLICIES = {
@@ -165,6 +177,7 @@ class Config:
     policies: dict[int, Policy] = field(default_factory=dict)
     rules: list[Rule] = field(default_factory=list)
     monitor: dict = field(default_factory=dict)
+    host: dict = field(default_factory=dict)
     raw: dict = field(default_factory=dict)
 
     def uplink_index(self, name: str) -> int:
@@ -296,7 +309,7 @@ class _Loader:
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             self.err(None, f"is not valid TOML ({exc})", "fix the syntax at that line")
-        self.unknown(raw, ("engine", "uplink", "classes", "policy", "rule", "monitor"), "")
+        self.unknown(raw, ("engine", "uplink", "classes", "policy", "rule", "monitor", "host"), "")
         eng = self.table(raw.get("engine", {}), ENGINE_KEYS, "engine")
         cfg = Config(path=self.path, raw=raw, **eng)
         cfg.lan_prefixes = eng["lan_prefixes"]
@@ -305,7 +318,27 @@ class _Loader:
         self.policies(raw, cfg)
         self.rules(raw, cfg)
         self.monitor(raw, cfg)
+        self.host(raw, cfg)
         return cfg
+
+    def host(self, raw, cfg):
+        h = self.table(raw.get("host", {}), HOST_KEYS, "host")
+        if not h["addresses"]:
+            self.err("host.addresses", "is empty", "give the virtual interface at least one address")
+        for i, a in enumerate(h["addresses"]):
+            try:
+                ipaddress.ip_interface(a)
+            except ValueError:
+                self.err(f"host.addresses[{i}]", f"{a!r} is not an address with length",
+                         'write e.g. "2001:db8:99::10/128"')
+            if "/" not in a:
+                self.err(f"host.addresses[{i}]", f"{a!r} has no length", 'write e.g. "2001:db8:99::10/128"')
+        for i, r in enumerate(h["routes"]):
+            if r != "default":
+                self.prefix(f"host.routes[{i}]", r)
+        if h["vi"] in [u.device for u in cfg.uplinks]:
+            self.err("host.vi", f"{h['vi']!r} is an uplink device", "name the virtual interface differently")
+        cfg.host = h
 
     def monitor(self, raw, cfg):
         m = self.table(raw.get("monitor", {}), MONITOR_KEYS, "monitor")
@@ -440,7 +473,7 @@ class _Loader:
             if not any(k in t for k in RULE_MATCH):
                 self.err(where, "matches nothing", "add proto, sport, dport, src, dst or dscp")
             if not any(k in t for k in RULE_SET):
-                self.err(where, "sets nothing", "add service and/or preference")
+                self.err(where, "sets nothing", "add service, preference and/or uplink")
             r = Rule(i)
             if "proto" in t:
                 p = t["proto"]
@@ -476,6 +509,22 @@ class _Loader:
                 if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= 65535:
                     self.err(f"{where}.preference", f"{p!r} is not a preference", "write an integer 0..65535")
                 r.preference = p
+            if "uplink" in t:
+                name = t["uplink"]
+                names = [u.name for u in cfg.uplinks]
+                if "preference" in t:
+                    self.err(f"{where}.uplink", "cannot be combined with preference",
+                             "a rule either pins an uplink or sets a preference: keep one")
+                if name not in names:
+                    self.err(f"{where}.uplink", f"{name!r} is not an uplink",
+                             f"use one of {', '.join(names)}")
+                k = names.index(name)
+                number = PIN_BASE - k
+                if number in cfg.policies and cfg.policies[number].pin is None:
+                    self.err(f"{where}.uplink", f"needs preference {number}, which [policy.{number}] uses",
+                             f"renumber [policy.{number}] (preferences {PIN_BASE - 254}..{PIN_BASE} pin uplinks)")
+                cfg.policies[number] = Policy(number, f"pin-{name}", [], [], pin=k)
+                r.preference = number
             cfg.rules.append(r)
 
     def port_range(self, key, v):
@@ -491,11 +540,12 @@ class _Loader:
         self.err(key, f"{v!r} is not a port or port range", 'write a port 0..65535 or a range "lo-hi"')
 
 
-def load_config(path: str | None = None) -> Config:
-    """Load and validate a policy file; None loads the built-in default."""
+def load_config(path: str | None = None, default: str = "default.toml") -> Config:
+    """Load and validate a policy file; None loads the built-in ``default`` (default.toml
+    for the router, default-host.toml for host mode)."""
     if path is None:
-        src = resources.files("engine").joinpath("default.toml")
-        return _Loader("<built-in default.toml>").load(src.read_text())
+        src = resources.files("engine").joinpath(default)
+        return _Loader(f"<built-in {default}>").load(src.read_text())
     try:
         with open(path, "rb") as f:
             data = f.read()

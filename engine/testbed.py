@@ -14,6 +14,7 @@ switched off (TSO/GSO/GRO, TX checksum) so frames on the wire are what AF_PACKET
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from engine.errors import UserError
 from engine.netns import disable_offloads, namespaces, require_tools, sh, sysctl
@@ -69,6 +70,53 @@ ROUTES = {  # node: [ip route arguments]
             "nexthop", "via", "198.18.12.1", "dev", "eth2"]],
 }
 
+@dataclass(frozen=True)
+class Topology:
+    nodes: tuple
+    links: list
+    addrs: dict
+    routes: dict
+    forwarders: tuple          # nodes that route (forwarding on)
+    backup: tuple              # nodes that skip routes over links without carrier
+    check: tuple               # (node, address) that must answer ping once built
+
+
+DRAFT = Topology(NODES, LINKS, ADDRS, ROUTES, ("mmr", "ar1", "ar2"), ("ar1", "ar2"),
+                 ("mn", "2001:db8:ff::1"))
+
+# Host mode (draft-hong-mif): a host with two physical interfaces I1, I2 through routers R1,
+# R2 to a peer that routes the virtual interface's prefix 2001:db8:99::/64 back via both.
+#
+#   <p>host  i1 ---- eth0 <p>r1 eth1 ---- eth1  <p>peer (lo: 2001:db8:ee::1)
+#            i2 ---- eth0 <p>r2 eth1 ---- eth2
+#                         r1 eth2 ---- eth2 r2 (backup for each other)
+HOST = Topology(
+    ("host", "r1", "r2", "peer"),
+    [("host", "i1", "r1", "eth0"), ("host", "i2", "r2", "eth0"), ("r1", "eth1", "peer", "eth1"),
+     ("r2", "eth1", "peer", "eth2"), ("r1", "eth2", "r2", "eth2")],
+    {"host": [("i1", "2001:db8:b1::2/64"), ("i2", "2001:db8:b2::2/64")],
+     "r1": [("eth0", "2001:db8:b1::1/64"), ("eth1", "2001:db8:d1::1/64"), ("eth2", "2001:db8:12::1/64")],
+     "r2": [("eth0", "2001:db8:b2::1/64"), ("eth1", "2001:db8:d2::1/64"), ("eth2", "2001:db8:12::2/64")],
+     "peer": [("eth1", "2001:db8:d1::2/64"), ("eth2", "2001:db8:d2::2/64"), ("lo", "2001:db8:ee::1/128"),
+              ("lo", "2001:db8:ee:c0::1/128")]},
+    {"r1": [["-6", "route", "add", "2001:db8:99::/64", "via", "2001:db8:b1::2"],
+            ["-6", "route", "add", "2001:db8:ee::/48", "via", "2001:db8:d1::2"],
+            ["-6", "route", "add", "2001:db8:99::/64", "via", "2001:db8:12::2", "metric", "2048"]],
+     "r2": [["-6", "route", "add", "2001:db8:99::/64", "via", "2001:db8:b2::2"],
+            ["-6", "route", "add", "2001:db8:ee::/48", "via", "2001:db8:d2::2"],
+            ["-6", "route", "add", "2001:db8:99::/64", "via", "2001:db8:12::1", "metric", "2048"]],
+     "peer": [["-6", "route", "add", "2001:db8:99::/64", "nexthop", "via", "2001:db8:d1::1", "dev", "eth1",
+               "nexthop", "via", "2001:db8:d2::1", "dev", "eth2"],
+              ["-6", "route", "add", "2001:db8:b1::/64", "via", "2001:db8:d1::1"],
+              ["-6", "route", "add", "2001:db8:b2::/64", "via", "2001:db8:d2::1"]]},
+    ("r1", "r2"), ("r1", "r2"),
+    ("host", "2001:db8:b2::1"),
+)
+HOST_VI_ADDR = "2001:db8:99::10"
+PEER_ADDR = "2001:db8:ee::1"
+PEER_CORP_ADDR = "2001:db8:ee:c0::1"      # the built-in host policy pins it to i2
+TOPOLOGIES = {"draft": DRAFT, "host": HOST}
+
 MN_ADDR = "2001:db8:1::10"
 CN_ADDR = "2001:db8:ff::1"
 MN_ADDR4 = "192.0.2.10"
@@ -81,17 +129,18 @@ class Testbed:
 
     __test__ = False    # not a pytest test class, whatever its name
 
-    def __init__(self, prefix: str = "mmr-"):
+    def __init__(self, prefix: str = "mmr-", topology: Topology | None = None):
         if not prefix or len(prefix) > 12 or any(c in prefix for c in " /"):
             raise UserError(f"--prefix {prefix!r}: use 1-12 characters without spaces or '/'")
         self.prefix = prefix
+        self.topo = topology or DRAFT
 
     def ns(self, node: str) -> str:
         return self.prefix + node
 
     def exists(self) -> bool:
         have = set(namespaces())
-        return any(self.ns(n) in have for n in NODES)
+        return any(self.ns(n) in have for n in self.topo.nodes)
 
     def up(self, wait: float = 10.0) -> "Testbed":
         require_tools()
@@ -107,7 +156,8 @@ class Testbed:
         return self
 
     def _build(self) -> None:
-        for n in NODES:
+        t = self.topo
+        for n in t.nodes:
             sh("ip", "netns", "add", self.ns(n))
             sh("ip", "link", "set", "lo", "up", ns=self.ns(n))
             for key in ("net.ipv6.conf.all.accept_dad", "net.ipv6.conf.default.accept_dad"):
@@ -115,36 +165,37 @@ class Testbed:
             # static addressing: keep IPv6 addresses across link down/up, as IPv4 does
             for key in ("net.ipv6.conf.all.keep_addr_on_down", "net.ipv6.conf.default.keep_addr_on_down"):
                 sysctl(self.ns(n), key, 1)
-        for a, da, b, db in LINKS:
+        for a, da, b, db in t.links:
             sh("ip", "link", "add", da, "netns", self.ns(a), "type", "veth", "peer", "name", db,
                "netns", self.ns(b))
-        for a, da, b, db in LINKS:
+        for a, da, b, db in t.links:
             for ns, dev in ((a, da), (b, db)):
                 disable_offloads(dev, self.ns(ns))
                 sh("ip", "link", "set", dev, "up", ns=self.ns(ns))
-        for n, addrs in ADDRS.items():
+        for n, addrs in t.addrs.items():
             for dev, addr in addrs:
                 extra = ["nodad"] if ":" in addr else []
                 sh("ip", "addr", "add", addr, "dev", dev, *extra, ns=self.ns(n))
-        for n in ("mmr", "ar1", "ar2"):
+        for n in t.forwarders:
             sysctl(self.ns(n), "net.ipv6.conf.all.forwarding", 1)
             sysctl(self.ns(n), "net.ipv4.ip_forward", 1)
-        for n in ("ar1", "ar2"):      # a route over a link without carrier is skipped: the backup
+        for n in t.backup:            # a route over a link without carrier is skipped: the backup
             for key in ("net.ipv6.conf.all.ignore_routes_with_linkdown",
                         "net.ipv4.conf.all.ignore_routes_with_linkdown"):
                 sysctl(self.ns(n), key, 1)
-        for n, routes in ROUTES.items():
+        for n, routes in t.routes.items():
             for r in routes:
                 sh("ip", *r, ns=self.ns(n))
 
     def _wait(self, wait: float) -> None:
         deadline = time.monotonic() + wait
         while True:
-            ok = self.run("mn", "ping", "-6", "-c", "1", "-W", "1", CN_ADDR, check=False)
+            node, target = self.topo.check
+            ok = self.run(node, "ping", "-6", "-c", "1", "-W", "1", target, check=False)
             if ok is not None:
                 return
             if time.monotonic() > deadline:
-                raise RuntimeError("testbed built but MN cannot reach CN")
+                raise RuntimeError(f"testbed built but {node} cannot reach {target}")
             time.sleep(0.2)
 
     def run(self, node: str, *cmd: str, check: bool = True, timeout: float = 30):
@@ -156,10 +207,13 @@ class Testbed:
             return None
 
     def down(self) -> int:
-        """Remove every namespace of this prefix (veths go with them); returns how many."""
+        """Remove every namespace of this prefix, of any topology (veths go with them);
+        returns how many."""
         k = 0
-        for n in NODES:
-            if self.ns(n) in namespaces():
+        nodes = dict.fromkeys(n for t in TOPOLOGIES.values() for n in t.nodes)
+        have = set(namespaces())
+        for n in nodes:
+            if self.ns(n) in have:
                 sh("ip", "netns", "del", self.ns(n), check=False)
                 k += 1
         return k

@@ -28,6 +28,7 @@ cdef class Selector:
     cdef readonly int n_uplinks
     cdef readonly object policy_numbers      # slot -> preference number
     cdef object terms                        # slot -> list of (char index, weights[4])
+    cdef object pins                         # slot -> pinned uplink index or None
     cdef uint16_t[::1] pref_slot             # preference -> slot (0 when undefined)
     cdef uint8_t[::1] pref_defined
     cdef int16_t[:, ::1] best                # [slot, service] -> uplink or -1
@@ -57,6 +58,7 @@ cdef class Selector:
                 t.append((C.CHAR_INDEX[cname], tuple(float(x) for x in w)))
             terms.append(t)
         self.terms = terms
+        self.pins = [cfg.policies[num].pin for num in numbers]
         self.pref_slot[0] = numbers.index(0)
         self.selected = np.zeros(max(self.n_uplinks, 1), np.uint64)
         self.update(characteristics_matrix(cfg),
@@ -79,8 +81,12 @@ cdef class Selector:
         best = np.full((n_slots, C.N_SERVICES), -1, np.int16)
         order = [u for u in sorted(range(self.n_uplinks), key=lambda u: (metric[u], u)) if usable[u]]
         for slot, t in enumerate(self.terms):
+            pin = self.pins[slot]
             for s in range(C.N_SERVICES):
-                best[slot, s] = pick(norm, t, s, order)
+                if pin is not None:          # a pinned uplink or nothing ("only via I2")
+                    best[slot, s] = pin if usable[pin] else -1
+                else:
+                    best[slot, s] = pick(norm, t, s, order)
         self.best = best
 
     def select(self, uint8_t[::1] service, uint16_t[::1] pref, int16_t[::1] out, Py_ssize_t n=-1):

@@ -163,3 +163,40 @@ def test_compiled_matches_reference(ups, flows):
     assert (out_c == out_r).all()
     assert c.counters() == r.counters()
     assert np.allclose(c.normalized(), np.array(r.normalized()))
+
+
+def test_rule_pins_an_uplink_only_via_it():
+    """RFC 6419 2.2 per-application policy: 'the corporate prefix only via u1'."""
+    from engine import _classify
+    from engine.config import PIN_BASE
+
+    text = (uplink("u0", 0, bandwidth_mbps=100) + uplink("u1", 1, bandwidth_mbps=1)
+            + '[[rule]]\ndst = "2001:db8:c0::/48"\nuplink = "u1"\n')
+    cfg = cfg_of(text)
+    rows = np.zeros(2, C.ROW_DTYPE)
+    rows["family"] = 6
+    rows["proto"] = 17
+    rows["dst"][0] = list(bytes.fromhex("20010db800c0" + "00" * 10))
+    rows["dst"][1] = list(bytes.fromhex("20010db800c1" + "00" * 10))
+    svc, pref = np.zeros(2, np.uint8), np.zeros(2, np.uint16)
+    _classify.Classifier(cfg).classify(rows, svc, pref, 2)
+    assert pref[0] == PIN_BASE - 1 and pref[1] == 0
+    for service in range(4):
+        assert pick(cfg, service, PIN_BASE - 1) == 1          # even where u0 would win
+        assert pick(cfg, service, 1) == 0
+    cfg.uplinks[1].usable = False
+    assert pick(cfg, DATA, PIN_BASE - 1) == -1                 # only via u1: nothing else
+    s = _select.Selector(cfg)
+    assert s.choice_table()[PIN_BASE - 1, DATA] == -1
+
+
+def test_pin_rule_errors():
+    from engine.errors import ConfigError
+
+    base = uplink("u0", 0) + uplink("u1", 1)
+    with pytest.raises(ConfigError, match="not an uplink"):
+        cfg_of(base + '[[rule]]\nproto = "tcp"\nuplink = "u9"\n')
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        cfg_of(base + '[[rule]]\nproto = "tcp"\nuplink = "u1"\npreference = 2\n')
+    with pytest.raises(ConfigError, match="renumber"):
+        cfg_of(base + '[policy.65534]\nnetwork = ["qos"]\nflow = [1]\n[[rule]]\nproto = "tcp"\nuplink = "u1"\n')

@@ -17,6 +17,12 @@ uplinks reach two access routers (AR1, AR2) that both lead to a correspondent no
 AR1 and AR2 also share a link (2001:db8:12::/64) and route the LAN over it as a backup, so
 traffic from CN still reaches the MMR when one of its uplinks is down.
 
+--topology host builds the setting of host mode (draft-hong-mif) instead:
+
+  <prefix>host i1 2001:db8:b1::2, i2 2001:db8:b2::2   (no routes: 'mmr host' adds them via vi0)
+  <prefix>r1   eth0 2001:db8:b1::1 ...   <prefix>r2   eth0 2001:db8:b2::1 ...
+  <prefix>peer 2001:db8:ee::1 (loopback); routes the VI prefix 2001:db8:99::/64 via r1 and r2
+
 The MMR forwards by kernel routing (default via AR2) until 'mmr run' runs in its namespace.
 The built-in policy matches this testbed: 'ip netns exec mmr-mmr mmr run'."""
 
@@ -37,16 +43,19 @@ def register(sub) -> None:
     p.add_argument("action", choices=["up", "down", "status"], help="build, remove or list")
     p.add_argument("--prefix", default="mmr-", metavar="P",
                    help="namespace name prefix (default 'mmr-')")
+    p.add_argument("--topology", choices=["draft", "host"], default="draft",
+                   help="draft: MN - MMR - AR1/AR2 - CN (default); host: a host with interfaces "
+                        "i1, i2 via routers r1, r2 to a peer, for 'mmr host'")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from engine.testbed import NODES, Testbed
+    from engine.testbed import TOPOLOGIES, Testbed
 
-    tb = Testbed(args.prefix)
+    tb = Testbed(args.prefix, TOPOLOGIES[args.topology])
     if args.action == "up":
         tb.up()
-        print(f"testbed {args.prefix!r} is up: " + ", ".join(tb.ns(n) for n in NODES))
+        print(f"testbed {args.prefix!r} is up: " + ", ".join(tb.ns(n) for n in tb.topo.nodes))
     elif args.action == "down":
         k = tb.down()
         print(f"testbed {args.prefix!r}: removed {k} namespaces")

@@ -56,6 +56,14 @@ class Selector:
     def select_one(self, service: int, preference: int) -> int:
         if preference not in self.cfg.policies:
             self.c["undefined_preference"] += 1
+        pin = self.cfg.policies.get(preference, self.cfg.policies[0]).pin
+        if pin is not None:
+            best = pin if self.usable[pin] else -1
+            if best < 0:
+                self.c["no_uplink"] += 1
+            else:
+                self.c["selected"][best] += 1
+            return best
         f = self.score(service, preference)
         order = sorted((u for u in range(self.n_uplinks) if self.usable[u]),
                        key=lambda u: (self.metric[u], u))

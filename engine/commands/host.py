@@ -1,0 +1,53 @@
+"""mmr host: the virtual interface bridge of draft-hong-mif."""
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = """\
+Run host mode (draft-hong-mif): create a TUN device, the virtual interface (VI, default vi0),
+give it the host's stable addresses and routes from [host], and bridge it to the physical
+interfaces listed as uplinks.  Packets the stack writes to the VI are parsed, classified
+(traffic control option, DSCP and rules), looked up in the flowbase and given an interface by
+the metric policies, framed for that interface's gateway and sent with AF_PACKET; packets for
+the VI's addresses arriving on any physical interface are written back into the VI.
+Applications bind to the VI and never see which interface carries them.
+
+The connection manager ([monitor]) watches the interfaces (netlink events, probes) and moves
+the flows of a failed interface to a live one; they keep the VI's address, so open TCP
+connections continue.  Rules may pin a destination, port or service to one interface
+(uplink = "NAME": only via that interface).
+
+On stop (SIGINT/SIGTERM) the TUN device goes, with its addresses and routes, and the
+nftables table 'inet mmrhost' (which keeps the kernel from also taking VI-addressed packets
+off the physical interfaces) is removed: the host is as it was."""
+
+EPILOG = """\
+needs: root, /dev/net/tun, nftables; the peers behind the interfaces must route the VI's
+addresses back to this host (the built-in policy matches 'mmr testbed up --topology host').
+A missing TUN device, interface or gateway, or an address clash ends in one sentence, exit 2.
+
+examples:
+  mmr testbed up --topology host --prefix h- && ip netns exec h-host mmr host
+  mmr host --config /etc/mmr/host.toml"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("host", help="host mode: the virtual interface bridge (TUN, needs root)",
+                       description=DESCRIPTION, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="CFG", help="policy file (default: the built-in host policy)")
+    p.add_argument("--batch", type=int, default=256, metavar="N", help="packets per batch (default 256)")
+    p.add_argument("--stats-interval", type=float, default=5.0, metavar="S",
+                   help="seconds between summary lines, 0 for none (default 5)")
+    p.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="stop after S seconds (default: run until SIGINT/SIGTERM)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from engine.config import load_config
+    from engine.host import Host
+
+    cfg = load_config(args.config, default="default-host.toml")
+    Host(cfg, batch=args.batch, stats_interval=args.stats_interval).run(args.duration)
+    return 0
