@@ -126,3 +126,9 @@ def test_bad_configuration_is_one_sentence(bed, tmp_path):
     finally:
         bed.run("host", "ip", "link", "del", "vi0")
     assert "mmrhost" not in bed.run("host", "nft", "list", "tables")
+
+
+def test_compiled_tun_is_loaded():
+    from engine import _tun
+
+    assert _tun.__file__.endswith(".so")
