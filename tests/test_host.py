@@ -132,3 +132,13 @@ def test_compiled_tun_is_loaded():
     from engine import _tun
 
     assert _tun.__file__.endswith(".so")
+
+
+def test_no_tun_device_is_one_sentence(bed):
+    """/dev/net/tun hidden in a private mount namespace: a clear sentence, nothing left behind."""
+    p = subprocess.run(in_ns(bed, "host", "unshare", "-m", "sh", "-c",
+                             f"mount -t tmpfs none /dev/net && exec {sys.executable} -m engine host"),
+                       capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert p.returncode == 2 and "/dev/net/tun" in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    assert "vi0" not in bed.run("host", "ip", "link")
+    assert "mmrhost" not in bed.run("host", "nft", "list", "tables")
