@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from engine import _ring  # noqa: E402
 from engine.frames import pack_frames  # noqa: E402
+from engine.inet import checksum  # noqa: E402
 
 DPORT = 9000
 BATCH = 64
@@ -29,12 +30,7 @@ def frame(src_mac: bytes, dst_mac: bytes, src: bytes, dst: bytes, sport: int, si
     udp = struct.pack("!HHHH", sport, DPORT, 8 + len(payload), 0) + payload
     # UDP over IPv6 needs a checksum: compute it so CN's stack would accept the datagram
     pseudo = src + dst + struct.pack("!I3xB", len(udp), 17) + udp
-    if len(pseudo) % 2:
-        pseudo += b"\0"
-    s = sum(struct.unpack(f"!{len(pseudo) // 2}H", pseudo))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    udp = udp[:6] + struct.pack("!H", (~s & 0xFFFF) or 0xFFFF) + udp[8:]
+    udp = udp[:6] + struct.pack("!H", checksum(pseudo) or 0xFFFF) + udp[8:]
     ip6 = struct.pack("!IHBB", 6 << 28, len(udp), 17, 64) + src + dst
     return dst_mac + src_mac + b"\x86\xdd" + ip6 + udp
 

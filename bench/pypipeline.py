@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dpkt
 
-from engine import constants as C
 from engine.ref.select import Selector
 
 DSCP_SERVICE = {46: 2, 34: 3, 36: 3, 38: 3, 32: 3, 40: 3, 48: 1, 56: 1}

@@ -25,7 +25,7 @@ import pytest
 
 from engine.netns import link_mac
 from engine.testbed import CN_ADDR, MN_ADDR
-from netlab import make_testbed, running_router
+from netlab import iperf, make_testbed, running_router
 from ratio import RESULTS
 
 pytestmark = pytest.mark.privileged
@@ -90,18 +90,6 @@ def blast(tb, seconds: float, pps: float = 0) -> dict:
     return res
 
 
-def iperf(tb, seconds: float) -> float:
-    srv = subprocess.Popen(["ip", "netns", "exec", tb.ns("cn"), "iperf3", "-s", "-1", "-B", CN_ADDR],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.5)
-        out = tb.run("mn", "iperf3", "-c", CN_ADDR, "-t", str(seconds), "-J", timeout=seconds + 30)
-        return json.loads(out)["end"]["sum_received"]["bits_per_second"]
-    finally:
-        srv.kill()
-        srv.wait()
-
-
 def both(tb, measure):
     """measure() under the kernel's forwarding, then under mmr run (after a warm-up that
     resolves neighbours and creates the flows)."""
@@ -135,7 +123,7 @@ def test_small_packets_kernel_vs_mmr(bed):
 
 
 def test_tcp_kernel_vs_mmr(bed):
-    kernel, mmr = both(bed, lambda: iperf(bed, SECONDS + 1))
+    kernel, mmr = both(bed, lambda: iperf(bed, "mn", "cn", CN_ADDR, SECONDS + 1))
     ratio = mmr / kernel
     RESULTS.append(Figure("TCP iperf3 MN -> CN", f"kernel {kernel / 1e6:,.0f} Mbit/s, mmr {mmr / 1e6:,.0f} "
                                                  f"Mbit/s, mmr/kernel {ratio:.2f}x"))

@@ -1,15 +1,13 @@
 """Host mode: TCP through the virtual interface (mmr host) vs the same transfer over a
 physical interface directly, same testbed, same run (iperf3 host -> peer)."""
-import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
 from engine.testbed import HOST, PEER_ADDR, Testbed
-from netlab import ROOT, in_ns
+from netlab import ROOT, in_ns, iperf
 from ratio import RESULTS
 
 pytestmark = pytest.mark.privileged
@@ -25,30 +23,18 @@ class Figure:
         return f"{self.name}: {self.text}"
 
 
-def iperf(tb):
-    srv = subprocess.Popen(in_ns(tb, "peer", "iperf3", "-s", "-1", "-B", PEER_ADDR),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.5)
-        out = tb.run("host", "iperf3", "-c", PEER_ADDR, "-t", str(SECONDS), "-J", timeout=SECONDS + 30)
-        return json.loads(out)["end"]["sum_received"]["bits_per_second"]
-    finally:
-        srv.kill()
-        srv.wait()
-
-
 def test_tcp_through_vi0_vs_direct():
     tb = Testbed(f"k{os.getpid() % 10000}-", HOST)
     tb.down()
     try:
         tb.up()
         tb.run("host", "ip", "-6", "route", "add", "2001:db8:ee::/48", "via", "2001:db8:b2::1", "metric", "500")
-        direct = iperf(tb)                     # over i2, the interface mmr picks for untagged TCP
+        direct = iperf(tb, "host", "peer", PEER_ADDR, SECONDS)                     # over i2, the interface mmr picks for untagged TCP
         p = subprocess.Popen(in_ns(tb, "host", sys.executable, "-m", "engine", "host", "--stats-interval", "0"),
                              cwd=ROOT, stderr=subprocess.PIPE, text=True)
         try:
             assert "vi0 up" in p.stderr.readline()
-            vi = iperf(tb)                     # vi0's route (metric 10) wins over the direct one
+            vi = iperf(tb, "host", "peer", PEER_ADDR, SECONDS)                     # vi0's route (metric 10) wins over the direct one
         finally:
             p.terminate()
             p.wait(timeout=10)

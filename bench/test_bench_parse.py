@@ -1,6 +1,5 @@
 """Parser: engine._parse vs dpkt on the same frames (ns per frame, ratio)."""
 import dpkt
-import numpy as np
 import pytest
 
 import framegen as g

@@ -24,6 +24,7 @@ import numpy as np
 
 from engine import constants as C
 from engine.config import characteristics_matrix
+from engine.inet import checksum
 
 RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR = 0x1, 0x10, 0x100
 RTM_NEWLINK, RTM_DELLINK, RTM_NEWADDR, RTM_DELADDR = 16, 17, 20, 21
@@ -113,7 +114,7 @@ class Prober:
                 msg = struct.pack("!BBHHH", 128, 0, 0, self.ident, self.seq) + b"mmr-probe"
             else:
                 body = struct.pack("!BBHHH", 8, 0, 0, self.ident, self.seq) + b"mmr-probe"
-                msg = body[:2] + struct.pack("!H", _csum(body)) + body[4:]
+                msg = body[:2] + struct.pack("!H", checksum(body)) + body[4:]
             try:
                 self.socks[t.version].sendto(msg, (str(t), 0))
                 self.pending[self.seq] = now
@@ -166,15 +167,6 @@ def qdisc_backlog(dev: str) -> int | None:
         return sum(int(q.get("backlog", 0)) for q in json.loads(p.stdout) if q.get("root"))
     except ValueError:
         return None
-
-
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 class UplinkHealth:

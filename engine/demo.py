@@ -158,7 +158,6 @@ class Demo:
         echo_srv = self._peer(tb, "cn", "echo-server", ECHO_PORT, seconds, CN_ADDR, wait=False)
         self.say(f"MN -> CN: {n} video datagrams of 1200 bytes, tagged (service video, preference QoS)")
         self.say("MN <-> CN: 20 untagged UDP echo requests (port 7)")
-        t0 = time.monotonic()
         video = subprocess.Popen(["ip", "netns", "exec", tb.ns("mn"), sys.executable, "-m", "engine.peers",
                                   *map(str, ("udp-send", CN_ADDR, VIDEO_PORT, n, 3, 2, 1200, 0.003))],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

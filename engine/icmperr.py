@@ -7,14 +7,7 @@ from __future__ import annotations
 
 import struct
 
-
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
+from engine.inet import checksum
 
 
 def time_exceeded(frame: bytes, l3_off: int, family: int, router_mac: bytes,
@@ -43,7 +36,7 @@ def icmp_error(frame: bytes, l3_off: int, family: int, router_mac: bytes,
         dst = ip[8:24]
         icmp = struct.pack("!BBHI", v6[0], v6[1], 0, word) + invoking
         pseudo = router_ip6 + dst + struct.pack("!I3xB", len(icmp), 58)
-        icmp = icmp[:2] + struct.pack("!H", _csum(pseudo + icmp)) + icmp[4:]
+        icmp = icmp[:2] + struct.pack("!H", checksum(pseudo + icmp)) + icmp[4:]
         hdr = struct.pack("!IHBB", 6 << 28, len(icmp), 58, 255) + router_ip6 + dst
         return src_mac + router_mac + b"\x86\xdd" + hdr + icmp
     if router_ip4 is None:
@@ -52,7 +45,7 @@ def icmp_error(frame: bytes, l3_off: int, family: int, router_mac: bytes,
     invoking = ip[: ihl + 8]                    # RFC 792: the header and 8 bytes of data
     dst = ip[12:16]
     icmp = struct.pack("!BBHI", v4[0], v4[1], 0, word & 0xFFFF) + invoking
-    icmp = icmp[:2] + struct.pack("!H", _csum(icmp)) + icmp[4:]
+    icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
     hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0xC0, 20 + len(icmp), 0, 0, 64, 1, 0, router_ip4, dst)
-    hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
+    hdr = hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
     return src_mac + router_mac + b"\x08\x00" + hdr + icmp

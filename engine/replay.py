@@ -21,7 +21,7 @@ import numpy as np
 
 from engine import constants as C
 from engine.errors import UserError
-from engine.pipeline import DROP, KERNEL, Pipeline
+from engine.pipeline import DROP, Pipeline
 
 DLT_EN10MB = 1
 PCAP_MAGICS = {

@@ -38,7 +38,7 @@ from engine import constants as C
 from engine.errors import UserError
 from engine.icmperr import packet_too_big, time_exceeded
 from engine.netns import coalescing_on, set_features
-from engine.pipeline import DROP, KERNEL, Pipeline
+from engine.pipeline import KERNEL, Pipeline
 from engine.connmgr import ConnectionManager
 from engine.control import ControlServer
 

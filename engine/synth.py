@@ -23,6 +23,7 @@ import struct
 
 from engine import constants as C
 from engine.errors import UserError
+from engine.inet import checksum
 
 ROUTER_MAC = bytes.fromhex("020000000001")
 CLASS_WEIGHTS = [("data", 0.55), ("voip", 0.15), ("video", 0.10), ("control", 0.20)]
@@ -30,15 +31,6 @@ PREFS = [0, 1, 2, 3, 7]
 PREF_WEIGHTS = [0.15, 0.25, 0.3, 0.25, 0.05]
 DSCP = {"voip": 46, "video": 34, "control": 48, "data": 0}
 MTU_PAYLOAD = 1448  # fragment payload (multiple of 8), fits a 1500-byte MTU with headers
-
-
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 class Flow:
@@ -137,7 +129,7 @@ def _l4(f: Flow, rng: random.Random) -> tuple[bytes, int]:
             return struct.pack("!BBHI", 135, 0, 0, 0) + f.dst, 20
         return struct.pack("!BBHI", 133, 0, 0, 0), 8
     body = struct.pack("!BBHHH", 8, 0, 0, f.ident, f.seq) + bytes(payload)
-    return body[:2] + struct.pack("!H", _csum(body)) + body[4:], payload
+    return body[:2] + struct.pack("!H", checksum(body)) + body[4:], payload
 
 
 def _frames(f: Flow, l4: bytes, frag_ident: int) -> list[bytes]:
@@ -179,7 +171,7 @@ def _frames(f: Flow, l4: bytes, frag_ident: int) -> list[bytes]:
         more = off + len(chunk) < len(l4)
         hdr = struct.pack("!BBHHHBBH4s4s", 0x45, f.dscp << 2, 20 + len(chunk), frag_ident & 0xFFFF,
                           (0x2000 if more else 0) | (off // 8), 64, f.proto, 0, f.src, f.dst)
-        hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
+        hdr = hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
         out.append(eth + hdr + chunk)
         off += len(chunk)
         if not more:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from engine.testbed import CN_ADDR, Testbed
 
@@ -13,8 +14,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @contextlib.contextmanager
-def make_testbed(module_tag: str):
-    tb = Testbed(f"{module_tag}{os.getpid() % 10000}-")
+def make_testbed(module_tag: str, topology=None):
+    tb = Testbed(f"{module_tag}{os.getpid() % 10000}-", topology)
     tb.down()
     try:
         tb.up()
@@ -56,19 +57,19 @@ def mmr(tb, *args, timeout=30):
 
 
 @contextlib.contextmanager
-def running_router(tb, *args):
-    """``mmr run`` in the MMR namespace; yields (process, the startup lines) once it forwards,
-    and stops it with SIGTERM (like an init system) afterwards."""
-    p = subprocess.Popen(in_ns(tb, "mmr", sys.executable, "-m", "engine", "run", "--stats-interval", "0",
+def running_mmr(tb, node, command, ready, *args):
+    """``mmr COMMAND ARGS`` in a namespace; yields (process, the startup lines) once a line
+    contains ``ready``, and stops it with SIGTERM (like an init system) afterwards."""
+    p = subprocess.Popen(in_ns(tb, node, sys.executable, "-m", "engine", command, "--stats-interval", "0",
                                *args), cwd=ROOT, stderr=subprocess.PIPE, text=True)
     lines = []
     try:
         while True:
             line = p.stderr.readline()
             if not line:
-                raise AssertionError("mmr run ended before forwarding:\n" + "".join(lines))
+                raise AssertionError(f"mmr {command} ended before it was ready:\n" + "".join(lines))
             lines.append(line)
-            if "forwarding" in line:
+            if ready in line:
                 break
         yield p, lines
     finally:
@@ -78,3 +79,40 @@ def running_router(tb, *args):
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+def running_router(tb, *args):
+    """``mmr run`` in the MMR namespace of the draft testbed."""
+    return running_mmr(tb, "mmr", "run", "forwarding", *args)
+
+
+def tcp_across(tb, client, server, addr, port, cut, restore, check=None):
+    """A paced TCP transfer (12 MB, 64 KiB every 10 ms, tagged video/QoS) from client to
+    server; after 0.8 s ``check()`` (if given) and the ``cut`` command run on the node they
+    name, ``restore`` afterwards.  Returns (the sender's answer, the sink's longest pause ms)."""
+    sink = start_peer(tb, server, "tcp-sink", port)
+    send = subprocess.Popen(in_ns(tb, client, sys.executable, "-m", "engine.peers", "tcp-send", addr, port,
+                                  12_000_000, 3, 2, 10), stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    time.sleep(0.8)
+    if check is not None:
+        check()
+    tb.run(*cut)
+    try:
+        out, _ = send.communicate(timeout=60)
+        gap = json.loads(sink.communicate(timeout=30)[0].strip().splitlines()[-1])["max_gap_ms"]
+    finally:
+        tb.run(*restore)
+    return json.loads(out), gap
+
+
+def iperf(tb, client, server, addr, seconds):
+    """iperf3 client -> server (bound to addr) for seconds; received bits per second."""
+    srv = subprocess.Popen(in_ns(tb, server, "iperf3", "-s", "-1", "-B", addr),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        out = tb.run(client, "iperf3", "-c", addr, "-t", str(seconds), "-J", timeout=seconds + 30)
+        return json.loads(out)["end"]["sum_received"]["bits_per_second"]
+    finally:
+        srv.kill()
+        srv.wait()

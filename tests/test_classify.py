@@ -5,7 +5,6 @@ from hypothesis import strategies as st
 
 import framegen as g
 from engine import _classify
-from engine import constants as C
 from engine.config import _Loader, load_config
 from engine.frames import parse_frames
 from engine.ref import classify as ref

@@ -10,7 +10,7 @@ import pytest
 
 from engine.config import default_config_path
 from engine.testbed import CN_ADDR
-from netlab import ROOT, in_ns, make_testbed, peer, running_router, start_peer
+from netlab import ROOT, in_ns, make_testbed, peer, running_router, start_peer, tcp_across
 
 pytestmark = pytest.mark.privileged
 
@@ -112,7 +112,6 @@ def test_probe_detected_failure_under_a_second(testbed, record_property):
         st = Streams(testbed, 3.0, base_port=9200)
         time.sleep(1.0)
         subprocess.run(in_ns(testbed, "ar1", "nft", "-f", "-"), input=CUT_AR1, text=True, check=True)
-        t0 = time.monotonic()
         try:
             detect = wait_for(lambda: not status(testbed)["ar1"]["usable"], 5)
             video, data = st.results()
@@ -151,20 +150,13 @@ def test_flapping_is_damped(testbed):
 def test_link_down_takes_a_tcp_transfer_along(testbed, record_property):
     """A paced TCP transfer tagged for QoS (via AR1) survives 'ip link set up1 down': it moves
     to AR2 and completes with every byte; the return path finds AR2 through the ARs' link."""
-    with running_router(testbed):
-        sink = start_peer(testbed, "cn", "tcp-sink", 5301)
-        send = subprocess.Popen(in_ns(testbed, "mn", sys.executable, "-m", "engine.peers", "tcp-send", CN_ADDR,
-                                      5301, 12_000_000, 3, 2, 10), stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        time.sleep(0.8)
+    def on_ar1():
         flows = json.loads(ctl(testbed, "flows", "--json", "--uplink", "ar1").stdout)["flows"]
         assert any(f["dport"] == 5301 for f in flows), flows
-        testbed.run("mmr", "ip", "link", "set", "up1", "down")
-        try:
-            out, _ = send.communicate(timeout=60)
-            gap = json.loads(sink.communicate(timeout=30)[0].strip().splitlines()[-1])["max_gap_ms"]
-        finally:
-            testbed.run("mmr", "ip", "link", "set", "up1", "up")
-        res = json.loads(out)
+
+    with running_router(testbed):
+        res, gap = tcp_across(testbed, "mn", "cn", CN_ADDR, 5301, ("mmr", "ip", "link", "set", "up1", "down"),
+                              ("mmr", "ip", "link", "set", "up1", "up"), on_ar1)
         assert res["answer"] == res["expect"]
         record_property("tcp_outage_ms", gap)
         print(f"TCP longest pause at CN across the failover: {gap} ms")

@@ -1,15 +1,13 @@
 """Host mode (draft-hong-mif): the virtual interface over two physical interfaces, in the
 host testbed (host - R1/R2 - peer), with real TCP and UDP through vi0."""
-import contextlib
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
-from engine.testbed import HOST, HOST_VI_ADDR, PEER_ADDR, PEER_CORP_ADDR, Testbed
-from netlab import ROOT, in_ns, peer, start_peer
+from engine.testbed import HOST, HOST_VI_ADDR, PEER_ADDR, PEER_CORP_ADDR
+from netlab import ROOT, in_ns, make_testbed, peer, running_mmr, start_peer, tcp_across
 
 pytestmark = pytest.mark.privileged
 VIA = {"eth1": "i1", "eth2": "i2"}          # the peer's ingress device -> the host interface used
@@ -17,38 +15,12 @@ VIA = {"eth1": "i1", "eth2": "i2"}          # the peer's ingress device -> the h
 
 @pytest.fixture(scope="module")
 def bed():
-    import os
-
-    tb = Testbed(f"h{os.getpid() % 10000}-", HOST)
-    tb.down()
-    try:
-        tb.up()
+    with make_testbed("h", HOST) as tb:
         yield tb
-    finally:
-        tb.down()
 
 
-@contextlib.contextmanager
 def host_mode(tb, *args):
-    p = subprocess.Popen(in_ns(tb, "host", sys.executable, "-m", "engine", "host", "--stats-interval", "0", *args),
-                         cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    lines = []
-    try:
-        while True:
-            line = p.stderr.readline()
-            if not line:
-                raise AssertionError("mmr host ended before it was up:\n" + "".join(lines))
-            lines.append(line)
-            if "vi0 up" in line:
-                break
-        yield p
-    finally:
-        p.terminate()
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+    return running_mmr(tb, "host", "host", "vi0 up", *args)
 
 
 def udp_via(tb, dst, port, svc, pref, n=10):
@@ -77,17 +49,8 @@ def test_interface_failure_moves_the_tcp_connection(bed, record_property):
     """A paced TCP transfer tagged for QoS runs via I1; I1 goes down mid-transfer; the same
     connection (same VI address) continues via I2 and completes with every byte."""
     with host_mode(bed):
-        sink = start_peer(bed, "peer", "tcp-sink", 5402)
-        send = subprocess.Popen(in_ns(bed, "host", sys.executable, "-m", "engine.peers", "tcp-send", PEER_ADDR,
-                                      5402, 12_000_000, 3, 2, 10), stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        time.sleep(0.8)
-        bed.run("host", "ip", "link", "set", "i1", "down")
-        try:
-            out, _ = send.communicate(timeout=60)
-            gap = json.loads(sink.communicate(timeout=30)[0].strip().splitlines()[-1])["max_gap_ms"]
-        finally:
-            bed.run("host", "ip", "link", "set", "i1", "up")
-        res = json.loads(out)
+        res, gap = tcp_across(bed, "host", "peer", PEER_ADDR, 5402, ("host", "ip", "link", "set", "i1", "down"),
+                              ("host", "ip", "link", "set", "i1", "up"))
         assert res["answer"] == res["expect"]
         record_property("host_failover_gap_ms", gap)
         print(f"host mode: longest pause at the peer across the failover: {gap} ms")

@@ -1,8 +1,6 @@
 """The whole data path: compiled pipeline vs the reference pipeline, and mmr replay."""
 import csv
 import json
-import os
-import struct
 import subprocess
 import sys
 
@@ -14,7 +12,7 @@ import framegen as g
 from engine import _classify, _flowbase, _parse, _select
 from engine.config import load_config
 from engine.frames import pack_frames
-from engine.pipeline import DROP, KERNEL, Pipeline
+from engine.pipeline import Pipeline
 from engine.ref.pipeline import RefPipeline
 from engine.replay import Replay
 from engine.synth import generate

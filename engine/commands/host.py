@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from engine.commands import add_loop_options
+
 DESCRIPTION = """\
 Run host mode (draft-hong-mif): create a TUN device, the virtual interface (VI, default vi0),
 give it the host's stable addresses and routes from [host], and bridge it to the physical
@@ -35,12 +37,7 @@ def register(sub) -> None:
     p = sub.add_parser("host", help="host mode: the virtual interface bridge (TUN, needs root)",
                        description=DESCRIPTION, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", metavar="CFG", help="policy file (default: the built-in host policy)")
-    p.add_argument("--batch", type=int, default=256, metavar="N", help="packets per batch (default 256)")
-    p.add_argument("--stats-interval", type=float, default=5.0, metavar="S",
-                   help="seconds between summary lines, 0 for none (default 5)")
-    p.add_argument("--duration", type=float, default=None, metavar="S",
-                   help="stop after S seconds (default: run until SIGINT/SIGTERM)")
+    add_loop_options(p, "packets")
     p.set_defaults(func=run)
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from engine.commands import add_loop_options
+
 DESCRIPTION = """\
 Run the multihomed router: open AF_PACKET TPACKET_V3 rings on the LAN device and on every
 uplink device of the policy file and forward, per flow, over the uplink the metric function
@@ -41,12 +43,7 @@ def register(sub) -> None:
     p = sub.add_parser("run", help="run the live router (AF_PACKET datapath)",
                        description=DESCRIPTION, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", metavar="CFG", help="policy file (default: the built-in policy)")
-    p.add_argument("--batch", type=int, default=256, metavar="N", help="frames per batch (default 256)")
-    p.add_argument("--stats-interval", type=float, default=5.0, metavar="S",
-                   help="seconds between summary lines, 0 for none (default 5)")
-    p.add_argument("--duration", type=float, default=None, metavar="S",
-                   help="stop after S seconds (default: run until SIGINT/SIGTERM)")
+    add_loop_options(p, "frames")
     p.set_defaults(func=run)
 
 
