@@ -31,6 +31,7 @@ import numpy as np
 from engine import _parse
 from engine import constants as C
 from engine.connmgr import ConnectionManager
+from engine.control import ControlledEngine, ControlServer
 from engine.errors import UserError
 from engine.pipeline import Pipeline
 from engine.router import Neighbours, _addresses, _mac_bytes
@@ -38,7 +39,10 @@ from engine.router import Neighbours, _addresses, _mac_bytes
 NFT_TABLE = "mmrhost"
 
 
-class Host:
+class Host(ControlledEngine):
+    mode = "host"
+    default_policy = "default-host.toml"
+
     def __init__(self, cfg, batch: int = 256, stats_interval: float = 5.0, log=sys.stderr):
         from engine._ring import RxRing, TxSocket, ifindex
         from engine._tun import Tun
@@ -89,8 +93,19 @@ class Host:
             self.my16 = np.frombuffer(b"".join(_mapped(a.ip) for a in self.vi_addrs), dtype="V16")
             self.counters = {"vi_rx": 0, "to_uplinks": 0, "up_rx": 0, "to_vi": 0, "no_uplink": 0}
             self.stop = False
+            self.started = time.time()
+            self.reloads = 0
+            self.reload_requested = False
+            self.control = None
+            self.metrics = None
             self.conn = ConnectionManager(self, cfg, log)
+            self.control = ControlServer(cfg.monitor["control_socket"], self.handle_control)
+            if cfg.monitor["metrics_listen"]:
+                from engine.metrics import Metrics
+                self.metrics = Metrics(cfg.monitor["metrics_listen"])
         except BaseException:
+            if getattr(self, "control", None) is not None:
+                self.control.close()
             self._teardown()
             raise
 
@@ -130,9 +145,6 @@ class Host:
             subprocess.run(["nft", "delete", "table", "inet", NFT_TABLE], capture_output=True)
             self.nft_installed = False
         self.tun.close()                      # the TUN device, its addresses and routes go
-
-    def say(self, text: str) -> None:
-        print(text, file=self.log, flush=True)
 
     # ------------------------------------------------------------------ data path
     def vi_batch(self) -> int:
@@ -195,13 +207,18 @@ class Host:
         def on_signal(signum, frame):
             self.stop = True
 
+        def on_hup(signum, frame):
+            self.reload_requested = True
+
         old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
         try:
             poller = select.poll()
             fds = {self.tun.fileno(): ("vi", None)}
             for k, r in enumerate(self.up_rx):
                 fds[r.fileno()] = ("up", k)
             fds.update(self.conn.fds())
+            fds[self.control.fileno()] = ("control", None)
             for fd in fds:
                 poller.register(fd, select.POLLIN)
             start = last_stats = last_house = time.monotonic()
@@ -216,10 +233,15 @@ class Host:
                         self.vi_batch()
                     elif kind == "up":
                         self.uplink_batch(k)
+                    elif kind == "control":
+                        self.control.serve_one()
                     else:
                         self.conn.readable((kind, k))
                 now = time.monotonic()
                 self.conn.tick(now)
+                if self.reload_requested:
+                    self.reload_requested = False
+                    self.say(f"mmr host: SIGHUP: {self.reload()['message']}")
                 if now - last_house >= 1.0:
                     self.neigh.refresh()
                     for i, u in enumerate(self.cfg.uplinks):
@@ -229,6 +251,8 @@ class Host:
                             if mac is not None:
                                 self.gw_macs[i] = list(mac)
                     self.pipeline.expire(time.time())
+                    if self.metrics is not None:
+                        self.metrics.publish(self.snapshot())
                     last_house = now
                 if self.stats_interval and now - last_stats >= self.stats_interval:
                     self.say(self.summary_line())
@@ -242,6 +266,9 @@ class Host:
             self.close()
 
     def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+        self.control.close()
         self.conn.close()
         for r in self.up_rx:
             r.close()

@@ -192,7 +192,7 @@ def test_reload_valid_and_invalid(testbed, tmp_path):
 
 def test_status_flows_and_errors(testbed):
     p = ctl(testbed, "status")
-    assert p.returncode == 2 and "no mmr run is listening" in p.stderr and p.stderr.count("\n") == 1
+    assert p.returncode == 2 and "no mmr run or mmr host is listening" in p.stderr and p.stderr.count("\n") == 1
     with running_router(testbed):
         peer(testbed, "mn", "udp-send", CN_ADDR, 9400, 3, 3, 2)
         human = ctl(testbed, "status")

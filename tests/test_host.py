@@ -43,6 +43,14 @@ def test_tcp_through_vi0_and_policy_per_flow(bed):
         assert udp_via(bed, PEER_ADDR, 9901, 3, 2) == {"i1"}     # video asking for QoS: i1 has it
         assert udp_via(bed, PEER_ADDR, 9902, -1, -1) == {"i2"}   # untagged, preference 3: shorter queue
         assert udp_via(bed, PEER_CORP_ADDR, 9903, -1, -1) == {"i2"}   # pinned by rule
+        st = subprocess.run(in_ns(bed, "host", sys.executable, "-m", "engine", "status", "--json"),
+                            capture_output=True, text=True, cwd=ROOT, timeout=30)
+        js = json.loads(st.stdout)
+        assert js["mode"] == "host" and [u["name"] for u in js["uplinks"]] == ["i1", "i2"]
+        assert all(u["usable"] for u in js["uplinks"])
+        fl = subprocess.run(in_ns(bed, "host", sys.executable, "-m", "engine", "flows", "--json", "--uplink", "i1"),
+                            capture_output=True, text=True, cwd=ROOT, timeout=30)
+        assert {f["dport"] for f in json.loads(fl.stdout)["flows"]} >= {9901}
 
 
 def test_interface_failure_moves_the_tcp_connection(bed, record_property):

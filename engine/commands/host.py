@@ -19,6 +19,8 @@ the flows of a failed interface to a live one; they keep the VI's address, so op
 connections continue.  Rules may pin a destination, port or service to one interface
 (uplink = "NAME": only via that interface).
 
+'mmr status', 'mmr flows' and 'mmr reload' (or SIGHUP) work as with 'mmr run'.
+
 On stop (SIGINT/SIGTERM) the TUN device goes, with its addresses and routes, and the
 nftables table 'inet mmrhost' (which keeps the kernel from also taking VI-addressed packets
 off the physical interfaces) is removed: the host is as it was."""

@@ -1,4 +1,5 @@
-"""mmr status, mmr flows, mmr reload: talk to a running 'mmr run' over its control socket."""
+"""mmr status, mmr flows, mmr reload: talk to a running 'mmr run' or 'mmr host' over its
+control socket."""
 from __future__ import annotations
 
 import argparse
@@ -64,7 +65,7 @@ def status(args) -> int:
     if args.json:
         print(json.dumps(ans, indent=1))
         return 0
-    print(f"mmr run: policy {ans['policy']}, up {ans['uptime_s']:g} s, {ans['flows']} flows, "
+    print(f"mmr {'host' if ans.get('mode') == 'host' else 'run'}: policy {ans['policy']}, up {ans['uptime_s']:g} s, {ans['flows']} flows, "
           f"{ans['reloads']} reloads")
     print(f"{'uplink':<10}{'device':<9}{'usable':<8}{'link':<6}{'probes':<9}{'rtt ms':>8}{'loss':>7}"
           f"{'flows':>8}  reason")
