@@ -161,6 +161,7 @@ class Rule:
     dscp: int | None = None
     service: int | None = None
     preference: int | None = None
+    pin: bool = False          # uplink = NAME: applies to tagged traffic too ("only via")
 
 
 @dataclass
@@ -525,6 +526,7 @@ class _Loader:
                              f"renumber [policy.{number}] (preferences {PIN_BASE - 254}..{PIN_BASE} pin uplinks)")
                 cfg.policies[number] = Policy(number, f"pin-{name}", [], [], pin=k)
                 r.preference = number
+                r.pin = True
             cfg.rules.append(r)
 
     def port_range(self, key, v):

@@ -296,8 +296,8 @@ class ConnectionManager:
             h.min_rtt = rtt if h.min_rtt is None else min(h.min_rtt, rtt)
             h.fails = 0
             h.successes += 1
-            if (not h.probe_ok and h.successes >= self.m["up_after"] and h.down_since is not None
-                    and now - h.down_since >= h.hold):
+            if (not h.probe_ok and h.successes >= self.m["up_after"]
+                    and (h.down_since is None or now - h.down_since >= h.hold)):
                 h.probe_ok = True
                 if h.link_up:
                     h.reason = ""
@@ -339,7 +339,10 @@ class ConnectionManager:
         return m
 
     def usable_mask(self) -> np.ndarray:
-        return np.array([u.usable and h.usable for u, h in zip(self.cfg.uplinks, self.health)], np.uint8)
+        """Configured usable, link up, probes answered, and a next-hop MAC to send to."""
+        gw = self.router.gw_macs.any(axis=1)
+        return np.array([u.usable and h.usable and bool(gw[h.index])
+                         for u, h in zip(self.cfg.uplinks, self.health)], np.uint8)
 
     def apply(self, initial: bool = False) -> None:
         """Push the usable mask and measured values into the selector; move the flows of

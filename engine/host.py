@@ -21,7 +21,6 @@ import os
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,7 +33,7 @@ from engine.connmgr import ConnectionManager
 from engine.control import ControlledEngine, ControlServer
 from engine.errors import UserError
 from engine.pipeline import Pipeline
-from engine.router import Neighbours, _addresses, _mac_bytes
+from engine.router import Neighbours, _addresses, _mac_bytes, follow_gateways, resolve_gateways
 
 NFT_TABLE = "mmrhost"
 
@@ -64,18 +63,7 @@ class Host(ControlledEngine):
                 raise UserError(f"address {sorted(map(str, clash))[0]} of host.addresses is already on "
                                 f"{u.device}; the virtual interface needs addresses of its own")
         self.neigh = Neighbours()
-        self.gw_macs = np.zeros((len(cfg.uplinks), 6), np.uint8)
-        for i, u in enumerate(cfg.uplinks):
-            if u.gateway_mac:
-                self.gw_macs[i] = list(_mac_bytes(u.gateway_mac))
-                continue
-            if not u.gateway:
-                raise UserError(f"uplink {u.name!r} has neither gateway nor gateway_mac; add one")
-            mac = self.neigh.resolve(u.device, ipaddress.ip_address(u.gateway).packed, 3.0)
-            if mac is None:
-                raise UserError(f"gateway {u.gateway} of uplink {u.name!r} does not answer neighbour "
-                                f"discovery on {u.device}; check the link and the address, or set gateway_mac")
-            self.gw_macs[i] = list(mac)
+        self.gw_macs = resolve_gateways(cfg, self.neigh, 3.0, log)
         self.up_macs = np.array([list(_mac_bytes(open(f"/sys/class/net/{u.device}/address").read().strip()))
                                  for u in cfg.uplinks], np.uint8)
         self.pipeline = Pipeline(cfg, batch=batch)
@@ -244,12 +232,7 @@ class Host(ControlledEngine):
                     self.say(f"mmr host: SIGHUP: {self.reload()['message']}")
                 if now - last_house >= 1.0:
                     self.neigh.refresh()
-                    for i, u in enumerate(self.cfg.uplinks):
-                        if u.gateway and not u.gateway_mac:
-                            mac = self.neigh.lookup(socket.if_nametoindex(u.device),
-                                                    ipaddress.ip_address(u.gateway).packed)
-                            if mac is not None:
-                                self.gw_macs[i] = list(mac)
+                    follow_gateways(self)
                     self.pipeline.expire(time.time())
                     if self.metrics is not None:
                         self.metrics.publish(self.snapshot())

@@ -119,6 +119,57 @@ class Neighbours:
         self.ipr.close()
 
 
+def resolve_gateways(cfg, neigh: Neighbours, wait: float, log) -> np.ndarray:
+    """uint8[n_uplinks, 6]: each uplink's next-hop MAC (static, or from neighbour discovery).
+    An uplink whose link is down at start is left unresolved (zeros) with a warning: it is
+    used once it is up and its gateway answers.  A gateway that does not answer on a link
+    that is up is a start-up error."""
+    from engine.connmgr import IFF_LOWER_UP, IFF_UP, link_flags
+
+    macs = np.zeros((len(cfg.uplinks), 6), np.uint8)
+    for i, u in enumerate(cfg.uplinks):
+        if u.gateway_mac:
+            macs[i] = list(_mac_bytes(u.gateway_mac))
+            continue
+        if not u.gateway:
+            raise UserError(f"uplink {u.name!r} has neither gateway nor gateway_mac; add "
+                            f"gateway = \"<next hop address>\" to its [[uplink]] table")
+        f = link_flags(u.device)
+        if not (f & IFF_UP and f & IFF_LOWER_UP):
+            print(f"mmr: warning: uplink {u.name} ({u.device}) is down at start; it will carry "
+                  f"flows once it is up and its gateway {u.gateway} answers", file=log, flush=True)
+            continue
+        mac = neigh.resolve(u.device, ipaddress.ip_address(u.gateway).packed, wait)
+        if mac is None:
+            raise UserError(f"gateway {u.gateway} of uplink {u.name!r} does not answer neighbour "
+                            f"discovery on {u.device}; check the link and the address, or set "
+                            f"gateway_mac")
+        macs[i] = list(mac)
+    return macs
+
+
+def follow_gateways(engine) -> None:
+    """Once a second: a gateway's MAC that changed is followed, a missing one is asked for;
+    an uplink whose gateway just became known may be usable now."""
+    learnt = False
+    for i, u in enumerate(engine.cfg.uplinks):
+        if u.gateway_mac or not u.gateway:
+            continue
+        addr = ipaddress.ip_address(u.gateway).packed
+        try:
+            mac = engine.neigh.lookup(socket.if_nametoindex(u.device), addr)
+        except OSError:
+            continue                               # the device is gone; the link monitor knows
+        if mac is None:
+            engine.neigh.prompt(u.device, addr)
+        elif bytes(engine.gw_macs[i]) != mac:
+            learnt |= not engine.gw_macs[i].any()
+            engine.gw_macs[i] = list(mac)
+            engine.say(f"mmr: gateway of {u.name} is now {_mac_text(mac)}")
+    if learnt:
+        engine.conn.apply()
+
+
 def _addresses(dev: str) -> list[ipaddress._BaseAddress]:
     out = subprocess.run(["ip", "-o", "addr", "show", "dev", dev], capture_output=True, text=True).stdout
     addrs = []
@@ -180,20 +231,7 @@ class Router(ControlledEngine):
                                                 96 + n.prefixlen))
                          for n in cfg.lan_prefixes]
         self.neigh = Neighbours()
-        self.gw_macs = np.zeros((self.n_up, 6), np.uint8)
-        for i, u in enumerate(cfg.uplinks):
-            if u.gateway_mac:
-                self.gw_macs[i] = list(_mac_bytes(u.gateway_mac))
-                continue
-            if not u.gateway:
-                raise UserError(f"uplink {u.name!r} has neither gateway nor gateway_mac; add "
-                                f"gateway = \"<next hop address>\" to its [[uplink]] table")
-            mac = self.neigh.resolve(u.device, ipaddress.ip_address(u.gateway).packed, resolve_wait)
-            if mac is None:
-                raise UserError(f"gateway {u.gateway} of uplink {u.name!r} does not answer neighbour "
-                                f"discovery on {u.device}; check the link and the address, or set "
-                                f"gateway_mac")
-            self.gw_macs[i] = list(mac)
+        self.gw_macs = resolve_gateways(cfg, self.neigh, resolve_wait, log)
         # A 2 ms block timeout bounds the latency a partly filled block adds; since a block is
         # handed over after 2 ms however full, the ring's slack is counted in blocks: 64 blocks
         # of 256 KiB (16 MiB a device) ride out a >= 128 ms stall of this process.
@@ -525,7 +563,7 @@ class Router(ControlledEngine):
                     self.say(f"mmr: SIGHUP: {res['message']}")
                 if now - last_neigh >= 1.0:
                     self.neigh.refresh()
-                    self._follow_gateways()
+                    follow_gateways(self)
                     self.host_macs.clear()
                     self.pipeline.expire(time.time())
                     self._watch_rings()
@@ -548,17 +586,6 @@ class Router(ControlledEngine):
             self.close()
         return dict(self.counters, uplinks={u.name: int(self.pipeline.uplink_packets[i])
                                             for i, u in enumerate(self.cfg.uplinks)})
-
-    def _follow_gateways(self):
-        for i, u in enumerate(self.cfg.uplinks):
-            if u.gateway_mac or not u.gateway:
-                continue
-            mac = self.neigh.lookup(socket.if_nametoindex(u.device), ipaddress.ip_address(u.gateway).packed)
-            if mac is None:
-                self.neigh.prompt(u.device, ipaddress.ip_address(u.gateway).packed)
-            elif bytes(self.gw_macs[i]) != mac:
-                self.gw_macs[i] = list(mac)
-                print(f"mmr: gateway of {u.name} is now {_mac_text(mac)}", file=self.log, flush=True)
 
     # ------------------------------------------------------------------ control
     def close(self):

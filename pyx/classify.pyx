@@ -10,7 +10,8 @@ and preference.  Without it (RFC 6419 per-application settings, then the draft's
 traffic class): the first matching [[rule]] sets service and/or preference; a service no rule
 set comes from DSCP (EF -> VoIP; AF41/42/43, CS4, CS5 -> video; CS6, CS7 -> control), then
 ICMPv6/ICMP other than echo -> control, else data; a preference no rule set is the
-config's default_preference.
+config's default_preference.  A rule with ``uplink = NAME`` (a pin: "only via NAME")
+holds for tagged traffic too: its preference replaces the option's, the service is kept.
 """
 from libc.stdint cimport uint8_t, uint16_t, int16_t, int32_t, int64_t, uint64_t
 
@@ -42,6 +43,8 @@ cdef class Classifier:
     cdef int16_t[::1] r_dscp
     cdef int16_t[::1] r_service
     cdef int32_t[::1] r_pref
+    cdef uint8_t[::1] r_pin
+    cdef readonly int n_pins
     cdef uint64_t[::1] hits
     cdef uint64_t tagged, untagged, reserved, dscp_derived, icmp_control
 
@@ -59,6 +62,8 @@ cdef class Classifier:
         self.r_dscp = np.full(max(n, 1), -1, np.int16)
         self.r_service = np.full(max(n, 1), -1, np.int16)
         self.r_pref = np.full(max(n, 1), -1, np.int32)
+        self.r_pin = np.zeros(max(n, 1), np.uint8)
+        self.n_pins = 0
         self.hits = np.zeros(max(n, 1), np.uint64)
         for i, r in enumerate(rules):
             if r.proto is not None:
@@ -81,6 +86,9 @@ cdef class Classifier:
                 self.r_service[i] = r.service
             if r.preference is not None:
                 self.r_pref[i] = r.preference
+            if r.pin:
+                self.r_pin[i] = 1
+                self.n_pins += 1
 
     cdef inline bint match(self, int k, mmr_row* r) noexcept nogil:
         cdef int j
@@ -128,6 +136,12 @@ cdef class Classifier:
                         self.reserved += 1
                     service_out[i] = <uint8_t>s
                     pref_out[i] = r.preference
+                    if self.n_pins:                # a pin holds even against the option
+                        for k in range(self.n_rules):
+                            if self.r_pin[k] and self.match(k, r):
+                                self.hits[k] += 1
+                                pref_out[i] = <uint16_t>self.r_pref[k]
+                                break
                     continue
                 self.untagged += 1
                 s = -1

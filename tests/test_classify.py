@@ -99,3 +99,24 @@ def test_default_config_classifies():
 @given(st.lists(st.one_of(g.valid_frame(), g.mutated_frame()), min_size=1, max_size=16))
 def test_compiled_matches_reference_on_random_frames(frames):
     classify(frames)
+
+
+RULES_PIN = RULES + '[[rule]]\ndst = "2001:db8:ff::/64"\nuplink = "a"\n'
+
+
+def test_pin_rule_holds_against_the_option():
+    """uplink = NAME pins even tagged traffic: 'the corporate prefix only via I2' is a policy
+    the application's own option cannot override; its service type is kept."""
+    from engine.config import PIN_BASE
+
+    res, cnt = classify([g.tagged_udp(service=3, preference=2),                      # dst 2001:db8:ff::1
+                         g.tagged_udp(service=3, preference=2, dst="2001:db8:1::9"),
+                         g.eth(g.ipv6(g.udp(1, 9), 17))], RULES_PIN)
+    assert res == [(3, PIN_BASE), (3, 2), (0, PIN_BASE)]
+    assert cnt["rule_hits"][4] == 2
+
+
+@given(st.lists(st.one_of(g.valid_frame(), g.mutated_frame()), min_size=1, max_size=16))
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_compiled_matches_reference_with_a_pin_rule(frames):
+    classify(frames, RULES_PIN)

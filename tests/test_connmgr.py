@@ -292,3 +292,27 @@ def test_failback_return_moves_flows_back(testbed, tmp_path):
             flows = json.loads(ctl(testbed, "flows", "--json").stdout)["flows"]
             return [f["uplink"] for f in flows if f["dport"] == 9800] == ["ar1"]
         assert wait_for(back, 5, 0.1) is not None
+
+
+def test_uplink_down_at_start_joins_when_it_comes_up(testbed):
+    """A cellular modem not up yet at boot: mmr starts anyway, with a warning, keeps the
+    uplink out of use, and takes it into use once the link is up and the gateway answers."""
+    testbed.run("mmr", "ip", "link", "set", "up1", "down")
+    try:
+        with running_router(testbed) as (_, lines):
+            assert any("uplink ar1 (up1) is down at start" in line for line in lines), lines
+            s = status(testbed)
+            assert not s["ar1"]["usable"] and s["ar2"]["usable"]
+            assert udp_exchange_via(testbed, 9950) == {"eth2"}         # video/QoS, but ar1 is out
+            testbed.run("mmr", "ip", "link", "set", "up1", "up")
+            assert wait_for(lambda: status(testbed)["ar1"]["usable"], 10, 0.2) is not None
+            assert udp_exchange_via(testbed, 9951) == {"eth1"}         # a new flow takes ar1 now
+    finally:
+        testbed.run("mmr", "ip", "link", "set", "up1", "up")
+
+
+def udp_exchange_via(tb, port):
+    sink = start_peer(tb, "cn", "udp-sink", port, 2)
+    assert peer(tb, "mn", "udp-send", CN_ADDR, port, 10, 3, 2).returncode == 0
+    out, _ = sink.communicate(timeout=10)
+    return {json.loads(line)["dev"] for line in out.splitlines() if line.startswith("{")}

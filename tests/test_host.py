@@ -43,6 +43,7 @@ def test_tcp_through_vi0_and_policy_per_flow(bed):
         assert udp_via(bed, PEER_ADDR, 9901, 3, 2) == {"i1"}     # video asking for QoS: i1 has it
         assert udp_via(bed, PEER_ADDR, 9902, -1, -1) == {"i2"}   # untagged, preference 3: shorter queue
         assert udp_via(bed, PEER_CORP_ADDR, 9903, -1, -1) == {"i2"}   # pinned by rule
+        assert udp_via(bed, PEER_CORP_ADDR, 9904, 3, 2) == {"i2"}     # even asking for QoS
         st = subprocess.run(in_ns(bed, "host", sys.executable, "-m", "engine", "status", "--json"),
                             capture_output=True, text=True, cwd=ROOT, timeout=30)
         js = json.loads(st.stdout)

@@ -41,6 +41,10 @@ class Classifier:
             if s > 3:
                 self.c["reserved_service"] += 1
                 s = C.SERVICE_DATA
+            for k, rule in enumerate(self.rules):      # a pin holds even against the option
+                if rule.pin and self._match(rule, row):
+                    self.hits[k] += 1
+                    return s, int(rule.preference)
             return s, int(row["preference"])
         self.c["untagged"] += 1
         service = preference = None
