@@ -106,8 +106,14 @@ class Host(ControlledEngine):
             p = subprocess.run(["ip", "addr", "add", str(a), "dev", vi, *extra], capture_output=True, text=True)
             if p.returncode != 0:
                 raise UserError(f"cannot put {a} on {vi} ({p.stderr.strip()})")
+        routes = []
         for r in h["routes"]:
-            fam = "-6" if r == "default" or ":" in r else "-4"
+            if r == "default":       # for each family the VI has an address of
+                routes += [("-6", r)] * any(a.version == 6 for a in self.vi_addrs)
+                routes += [("-4", r)] * any(a.version == 4 for a in self.vi_addrs)
+            else:
+                routes.append(("-6" if ":" in r else "-4", r))
+        for fam, r in routes:
             p = subprocess.run(["ip", fam, "route", "add", r, "dev", vi, "metric", str(h["route_metric"])],
                                capture_output=True, text=True)
             if p.returncode != 0:

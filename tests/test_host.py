@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from engine.testbed import HOST, HOST_VI_ADDR, PEER_ADDR, PEER_CORP_ADDR
+from engine.testbed import HOST, HOST_VI_ADDR, HOST_VI_ADDR4, PEER_ADDR, PEER_ADDR4, PEER_CORP_ADDR
 from netlab import ROOT, in_ns, make_testbed, peer, running_mmr, start_peer, tcp_across
 
 pytestmark = pytest.mark.privileged
@@ -52,6 +52,16 @@ def test_tcp_through_vi0_and_policy_per_flow(bed):
         fl = subprocess.run(in_ns(bed, "host", sys.executable, "-m", "engine", "flows", "--json", "--uplink", "i1"),
                             capture_output=True, text=True, cwd=ROOT, timeout=30)
         assert {f["dport"] for f in json.loads(fl.stdout)["flows"]} >= {9901}
+
+
+def test_ipv4_through_vi0(bed):
+    with host_mode(bed):
+        out = bed.run("host", "ping", "-4", "-c", "3", "-i", "0.2", "-W", "2", PEER_ADDR4, check=False)
+        assert out is not None and " 0% packet loss" in out, out
+        st = subprocess.run(in_ns(bed, "host", sys.executable, "-m", "engine", "flows", "--json"),
+                            capture_output=True, text=True, cwd=ROOT, timeout=30)
+        flows = json.loads(st.stdout)["flows"]
+        assert any(f["src"] == HOST_VI_ADDR4 and f["dst"] == PEER_ADDR4 for f in flows), flows
 
 
 def test_interface_failure_moves_the_tcp_connection(bed, record_property):

@@ -21,7 +21,8 @@ traffic from CN still reaches the MMR when one of its uplinks is down.
 
   <prefix>host i1 2001:db8:b1::2, i2 2001:db8:b2::2   (no routes: 'mmr host' adds them via vi0)
   <prefix>r1   eth0 2001:db8:b1::1 ...   <prefix>r2   eth0 2001:db8:b2::1 ...
-  <prefix>peer 2001:db8:ee::1 (loopback); routes the VI prefix 2001:db8:99::/64 via r1 and r2
+  <prefix>peer 2001:db8:ee::1, 198.51.100.9 (loopback); routes the VI prefixes
+               2001:db8:99::/64 and 198.18.99.0/24 back via r1 and r2
 
 The MMR forwards by kernel routing (default via AR2) until 'mmr run' runs in its namespace.
 The built-in policy matches this testbed: 'ip netns exec mmr-mmr mmr run'."""
