@@ -130,6 +130,27 @@ class ControlledEngine:
     def say(self, text: str) -> None:
         print(text, file=self.log, flush=True)
 
+    def install_signals(self) -> dict:
+        """SIGINT/SIGTERM: stop at the end of the current batch; SIGHUP: reload there."""
+        import signal
+
+        def on_stop(signum, frame):
+            self.stop = True
+
+        def on_hup(signum, frame):
+            self.reload_requested = True
+
+        old = {s: signal.signal(s, on_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
+        return old
+
+    @staticmethod
+    def restore_signals(old: dict) -> None:
+        import signal
+
+        for s, h in old.items():
+            signal.signal(s, h)
+
     def reload(self) -> dict:
         """Re-read the policy file.  A valid file replaces classification and selection at
         once and keeps the flowbase; an invalid one is rejected and the old policy runs on."""

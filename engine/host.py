@@ -20,7 +20,6 @@ import ipaddress
 import os
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -198,14 +197,7 @@ class Host(ControlledEngine):
                 f"tun_write_errors={self.tun.tx_errors}")
 
     def run(self, duration: float | None = None) -> None:
-        def on_signal(signum, frame):
-            self.stop = True
-
-        def on_hup(signum, frame):
-            self.reload_requested = True
-
-        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
+        old = self.install_signals()
         try:
             poller = select.poll()
             fds = {self.tun.fileno(): ("vi", None)}
@@ -249,8 +241,7 @@ class Host(ControlledEngine):
                 if duration is not None and now - start >= duration:
                     break
         finally:
-            for s, hnd in old.items():
-                signal.signal(s, hnd)
+            self.restore_signals(old)
             self.say(self.summary_line())
             self.close()
 

@@ -25,7 +25,6 @@ import ipaddress
 import os
 import select
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -514,14 +513,7 @@ class Router(ControlledEngine):
                 f"drops={drops or 0}")
 
     def run(self, duration: float | None = None) -> dict:
-        def on_signal(signum, frame):
-            self.stop = True
-
-        def on_hup(signum, frame):
-            self.reload_requested = True
-
-        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
+        old = self.install_signals()
         try:
             self.coalescing_off()
             self.kernel_forwarding_off()
@@ -580,8 +572,7 @@ class Router(ControlledEngine):
             self.kernel_forwarding_restore()
             self.coalescing_restore()
             self._read_ring_drops()
-            for s, h in old.items():
-                signal.signal(s, h)
+            self.restore_signals(old)
             print(self.summary_line(), file=self.log, flush=True)
             self.close()
         return dict(self.counters, uplinks={u.name: int(self.pipeline.uplink_packets[i])
