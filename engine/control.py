@@ -58,6 +58,7 @@ class ControlServer:
         with conn:
             conn.settimeout(1.0)
             try:
+                # credentials first: nobody but root can make the data path wait on a read
                 _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
                 if uid != 0:
                     conn.sendall(json.dumps({"ok": False, "error": "only root may control mmr"}).encode() + b"\n")
@@ -91,7 +92,10 @@ def request(addr: str, req: dict, timeout: float = 5.0) -> dict:
     s.settimeout(timeout)
     try:
         s.connect(_address(addr))
-        s.sendall(json.dumps(req).encode() + b"\n")
+        try:
+            s.sendall(json.dumps(req).encode() + b"\n")
+        except BrokenPipeError:
+            pass                              # closed early: its answer is still there to read
         data = b""
         while True:
             chunk = s.recv(1 << 20)

@@ -1,6 +1,8 @@
 """The connection manager in the testbed: link events, probes, failover of only the affected
 flows, flap damping, failback, runtime control (status, flows, reload, SIGHUP)."""
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -316,3 +318,29 @@ def udp_exchange_via(tb, port):
     assert peer(tb, "mn", "udp-send", CN_ADDR, port, 10, 3, 2).returncode == 0
     out, _ = sink.communicate(timeout=10)
     return {json.loads(line)["dev"] for line in out.splitlines() if line.startswith("{")}
+
+
+NON_ROOT_CLIENT = """
+import socket
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect("\\0mmr")
+try:
+    s.sendall(b'{"cmd": "status"}\\n')
+except BrokenPipeError:
+    pass                      # refused before the request was read: the answer is waiting
+print(s.recv(4096).decode().strip())
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/python3") or not shutil.which("setpriv"),
+                    reason="needs the system python3 and setpriv to act as another user")
+def test_control_socket_answers_root_only(testbed):
+    """Only uid 0 is answered: a client running as nobody gets a refusal, not the status."""
+    with running_router(testbed):
+        p = subprocess.run(in_ns(testbed, "mmr", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                 "/usr/bin/python3", "-c", NON_ROOT_CLIENT),
+                           capture_output=True, text=True, timeout=20, cwd="/")
+        assert p.returncode == 0, p.stderr
+        ans = json.loads(p.stdout)
+        assert ans == {"ok": False, "error": "only root may control mmr"}
+        assert status(testbed)["ar1"]["usable"]          # root still gets the answer
