@@ -20,6 +20,11 @@ from engine import constants as C
 from engine.errors import UserError
 from engine.testbed import CN_ADDR, Testbed
 
+# 'python -m engine ...' in a child looks in its working directory first: run the children
+# where the engine this process imported lives, so a source checkout next to an installed
+# mmr (the README's 'pip install . && mmr demo' in the clone) cannot shadow it.
+ENGINE_HOME = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 VIDEO_PORT = 5004
 ECHO_PORT = 7
 AR_NODES = ("ar1", "ar2")
@@ -122,7 +127,7 @@ class Demo:
                "--stats-interval", "0"]
         if self.cfg_path:
             cmd += ["--config", os.path.abspath(self.cfg_path)]
-        p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=ENGINE_HOME)
         lines = []
         while True:
             line = p.stderr.readline()
@@ -145,8 +150,8 @@ class Demo:
     def _peer(self, tb, node, *args, wait=True):
         cmd = ["ip", "netns", "exec", tb.ns(node), sys.executable, "-m", "engine.peers", *map(str, args)]
         if wait:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ENGINE_HOME)
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ENGINE_HOME)
         if p.stdout.readline().strip() != "ready":
             raise RuntimeError(f"peer {args[0]} on {node} did not start: {p.stderr.read()}")
         return p
@@ -160,7 +165,7 @@ class Demo:
         self.say("MN <-> CN: 20 untagged UDP echo requests (port 7)")
         video = subprocess.Popen(["ip", "netns", "exec", tb.ns("mn"), sys.executable, "-m", "engine.peers",
                                   *map(str, ("udp-send", CN_ADDR, VIDEO_PORT, n, 3, 2, 1200, 0.003))],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ENGINE_HOME)
         echo = self._peer(tb, "mn", "echo-client", CN_ADDR, ECHO_PORT, 20)
         video.wait(timeout=seconds + 30)
         time.sleep(0.3)                  # the last datagrams are in flight

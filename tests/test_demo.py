@@ -60,3 +60,19 @@ def test_demo_with_a_foreign_policy_is_refused(tmp_path):
     cfg.write_text('[engine]\nlan = "eth9"\n[[uplink]]\nname = "x"\ndevice = "up1"\n')
     p = demo("--config", str(cfg))
     assert p.returncode == 2 and "lan0" in p.stderr and p.stderr.count("\n") == 1
+
+
+def test_demo_children_use_the_engine_the_demo_imported(tmp_path):
+    """The README's 'pip install . && mmr demo' runs in the clone, whose uncompiled engine/
+    sits in the working directory: the demo's children must not import that one.  A decoy
+    package in the working directory stands in for it here."""
+    decoy = tmp_path / "engine"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text('raise ImportError("decoy engine imported")\n')
+    (decoy / "__main__.py").write_text("")
+    code = (f"import sys; sys.path.insert(0, {ROOT!r}); from engine.cli import main; "
+            f"sys.exit(main(['demo', '--prefix', 'y{os.getpid() % 10000}-', '--packets', '20']))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=180)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "decoy" not in p.stdout + p.stderr
+    assert carried(p.stdout, "video (tagged, QoS)") == (20, 0)
