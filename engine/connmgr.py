@@ -25,6 +25,7 @@ import numpy as np
 from engine import constants as C
 from engine.config import characteristics_matrix
 from engine.inet import checksum
+from engine.netns import addresses
 
 RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR = 0x1, 0x10, 0x100
 RTM_NEWLINK, RTM_DELLINK, RTM_NEWADDR, RTM_DELADDR = 16, 17, 20, 21
@@ -32,6 +33,7 @@ IFF_UP, IFF_LOWER_UP = 0x1, 0x10000
 ICMP6_FILTER = 1
 MAX_HOLD_S = 60.0
 MIN_TIMEOUT_S = 0.25
+EXPIRY_SCAN_S = 0.01
 
 
 class LinkEvents:
@@ -186,6 +188,7 @@ class UplinkHealth:
         self.results = collections.deque(maxlen=window)   # RTT seconds, or None for lost
         self.min_rtt: float | None = None
         self.measured: dict[str, float] = {}
+        self.timeout_s = 1.0                   # set by the manager from probe_timeout_ms and RTTs
         self.delay_source = "probe RTT - min RTT"
 
     @property
@@ -221,6 +224,9 @@ class ConnectionManager:
             ok = m["probes"] and u.probe_targets
             self.probers.append(Prober(u.device, u.probe_targets, base + i) if ok else None)
         self.next_probe = time.monotonic()
+        self.next_expiry_scan = 0.0
+        for h in self.health:
+            h.timeout_s = self.timeout(h)
         self.failback_at: float | None = None
         self.moves: list[dict] = []          # the last failovers, for status
         self.last_measure = 0.0
@@ -270,8 +276,7 @@ class ConnectionManager:
         f = link_flags(dev)
         if not (f & IFF_UP and f & IFF_LOWER_UP):
             return False
-        from engine.router import _addresses
-        return any(not a.is_link_local for a in _addresses(dev))
+        return any(not a.is_link_local for a in addresses(dev))
 
     def _set_link(self, h: UplinkHealth, ok: bool, why: str) -> bool:
         if ok == h.link_up:
@@ -284,6 +289,7 @@ class ConnectionManager:
     # ---------------------------------------------------------------- probes
     def _probe_result(self, h: UplinkHealth, rtt: float | None, now: float) -> None:
         h.results.append(rtt)
+        h.timeout_s = self.timeout(h)
         if rtt is None:
             h.fails += 1
             h.successes = 0
@@ -313,11 +319,15 @@ class ConnectionManager:
         return min(top, max(MIN_TIMEOUT_S, 3 * sum(rtts) / len(rtts)))
 
     def tick(self, now: float) -> None:
-        for i, p in enumerate(self.probers):
-            if p is not None:
-                h = self.health[i]
-                for _ in range(p.expired(now, self.timeout(h))):
-                    self._probe_result(h, None, now)
+        """Runs on every wake-up of the loop (once a batch under load): the expiry scan is
+        done at most every 10 ms, with each uplink's timeout kept from its last result."""
+        if now >= self.next_expiry_scan:
+            self.next_expiry_scan = now + EXPIRY_SCAN_S
+            for i, p in enumerate(self.probers):
+                if p is not None and p.pending:
+                    h = self.health[i]
+                    for _ in range(p.expired(now, h.timeout_s)):
+                        self._probe_result(h, None, now)
         if now >= self.next_probe:
             for p in self.probers:
                 if p is not None:

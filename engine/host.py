@@ -26,13 +26,13 @@ import time
 
 import numpy as np
 
-from engine import _parse
-from engine import constants as C
 from engine.connmgr import ConnectionManager
 from engine.control import ControlledEngine, ControlServer
 from engine.errors import UserError
 from engine.pipeline import Pipeline
-from engine.router import Neighbours, _addresses, _mac_bytes, follow_gateways, resolve_gateways
+from engine.inet import mapped16
+from engine.netns import addresses
+from engine.router import Neighbours, RowParser, _mac_bytes, follow_gateways, resolve_gateways, ring_batch
 
 NFT_TABLE = "mmrhost"
 
@@ -57,7 +57,7 @@ class Host(ControlledEngine):
             raise UserError(f"a device named {h['vi']!r} already exists; remove it or set host.vi")
         self.vi_addrs = [ipaddress.ip_interface(a) for a in h["addresses"]]
         for u in cfg.uplinks:
-            clash = {a.ip for a in self.vi_addrs} & set(_addresses(u.device))
+            clash = {a.ip for a in self.vi_addrs} & set(addresses(u.device))
             if clash:
                 raise UserError(f"address {sorted(map(str, clash))[0]} of host.addresses is already on "
                                 f"{u.device}; the virtual interface needs addresses of its own")
@@ -75,9 +75,8 @@ class Host(ControlledEngine):
             self.up_rx = [RxRing(u.device, block_size=256 << 10, block_count=64, timeout_ms=2)
                           for u in cfg.uplinks]
             self.up_tx = [TxSocket(u.device, qdisc_bypass=u.qdisc_bypass) for u in cfg.uplinks]
-            self.up_rows = np.zeros(batch, C.ROW_DTYPE)
-            self.up_reasons = np.zeros(C.N_REASONS, np.uint64)
-            self.my16 = np.frombuffer(b"".join(_mapped(a.ip) for a in self.vi_addrs), dtype="V16")
+            self.up_parser = RowParser(batch, cfg.option_type)
+            self.my16 = np.frombuffer(b"".join(mapped16(a.ip) for a in self.vi_addrs), dtype="V16")
             self.counters = {"vi_rx": 0, "to_uplinks": 0, "up_rx": 0, "to_vi": 0, "no_uplink": 0}
             self.stop = False
             self.started = time.time()
@@ -165,26 +164,17 @@ class Host(ControlledEngine):
         return n
 
     def uplink_batch(self, k: int) -> int:
-        ring = self.up_rx[k]
-        n, off, ln, ts = ring.batch()
-        try:
+        with ring_batch(self.up_rx[k]) as (n, buf, off, ln, ts):
             if n == 0:
                 return 0
-            buf = ring.buffer
-            if n > len(self.up_rows):
-                self.up_rows = np.zeros(n, C.ROW_DTYPE)
-            rows = self.up_rows
-            _parse.parse_batch(buf, off, ln, rows, self.cfg.option_type, self.up_reasons)
             self.counters["up_rx"] += n
-            ok = (rows["reason"][:n] == 0) | (rows["reason"][:n] == C.REASON_UNKNOWN_NH)
+            rows, ok = self.up_parser.parse(buf, off, ln, n)
             ok &= np.isin(rows["dst"][:n].copy().view("V16").ravel(), self.my16)
             sel = np.flatnonzero(ok)
             if len(sel):
                 l3 = rows["l3_off"][:n].astype(np.int64)
                 self.tun.write_batch(buf, off, ln, l3, sel.astype(np.int64))
                 self.counters["to_vi"] += len(sel)
-        finally:
-            ring.release()
         return n
 
     # ------------------------------------------------------------------ loop
@@ -256,7 +246,3 @@ class Host(ControlledEngine):
             t.close()
         self.neigh.close()
         self._teardown()
-
-
-def _mapped(ip) -> bytes:
-    return bytes(10) + b"\xff\xff" + ip.packed if ip.version == 4 else ip.packed

@@ -1,8 +1,15 @@
-"""The Internet checksum (RFC 1071), for the rare paths built in Python: ICMP errors,
-probes, synthetic traces, the benchmark's generator."""
+"""Small address and checksum helpers for the paths built in Python: the Internet checksum
+(RFC 1071) of ICMP errors, probes, synthetic traces and the benchmark's generator, and the
+IPv4-mapped form the row contract uses for addresses."""
 from __future__ import annotations
 
+import ipaddress
 import struct
+
+
+def mapped16(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
+    """The 16 address bytes of the row contract: IPv4 as IPv4-mapped (::ffff:a.b.c.d)."""
+    return bytes(10) + b"\xff\xff" + ip.packed if ip.version == 4 else ip.packed
 
 
 def checksum(data: bytes) -> int:

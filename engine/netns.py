@@ -21,6 +21,19 @@ def require_tools() -> None:
         raise UserError("iproute2 ('ip') is not installed; install it (apt-get install iproute2)")
 
 
+def addresses(dev: str) -> list:
+    """The IPv6 and IPv4 addresses on dev (link-local ones included), from iproute2."""
+    import ipaddress
+
+    out = subprocess.run(["ip", "-o", "addr", "show", "dev", dev], capture_output=True, text=True).stdout
+    found = []
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) > 3 and parts[2] in ("inet", "inet6"):
+            found.append(ipaddress.ip_interface(parts[3]).ip)
+    return found
+
+
 def namespaces() -> list[str]:
     out = sh("ip", "netns", "list", check=False)
     return [line.split()[0] for line in out.splitlines() if line.strip()]

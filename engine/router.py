@@ -21,6 +21,7 @@ A static ``gateway_mac`` in the policy file skips all that.
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import select
@@ -34,9 +35,11 @@ import numpy as np
 
 from engine import _parse, _rewrite
 from engine import constants as C
+from engine.config import to_mapped
 from engine.errors import UserError
 from engine.icmperr import packet_too_big, time_exceeded
-from engine.netns import coalescing_on, set_features
+from engine.inet import mapped16
+from engine.netns import addresses, coalescing_on, set_features
 from engine.pipeline import KERNEL, Pipeline
 from engine.connmgr import ConnectionManager
 from engine.control import ControlledEngine, ControlServer
@@ -169,20 +172,33 @@ def follow_gateways(engine) -> None:
         engine.conn.apply()
 
 
-def _addresses(dev: str) -> list[ipaddress._BaseAddress]:
-    out = subprocess.run(["ip", "-o", "addr", "show", "dev", dev], capture_output=True, text=True).stdout
-    addrs = []
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) > 3 and parts[2] in ("inet", "inet6"):
-            addrs.append(ipaddress.ip_interface(parts[3]).ip)
-    return addrs
+@contextlib.contextmanager
+def ring_batch(ring):
+    """(n, buffer, offsets, lengths, stamps) of the blocks the kernel has handed over; the
+    blocks go back to the kernel when the with-block ends, however it ends."""
+    n, off, ln, ts = ring.batch()
+    try:
+        yield n, ring.buffer, off, ln, ts
+    finally:
+        ring.release()
 
 
-def _mapped16(ip) -> bytes:
-    if ip.version == 4:
-        return bytes(10) + b"\xff\xff" + ip.packed
-    return ip.packed
+class RowParser:
+    """The receive side that needs no flowbase (uplink -> LAN, uplink -> VI): parse a batch
+    into a reusable row array.  ``ok`` marks IP frames that may be passed on (parsed whole,
+    or behind a next header mmr does not know)."""
+
+    def __init__(self, batch: int, option_type: int):
+        self.rows = np.zeros(batch, C.ROW_DTYPE)
+        self.reasons = np.zeros(C.N_REASONS, np.uint64)
+        self.option_type = option_type
+
+    def parse(self, buf, off, ln, n):
+        if n > len(self.rows):
+            self.rows = np.zeros(n, C.ROW_DTYPE)
+        _parse.parse_batch(buf, off, ln, self.rows, self.option_type, self.reasons)
+        reason = self.rows["reason"][:n]
+        return self.rows, (reason == 0) | (reason == C.REASON_UNKNOWN_NH)
 
 
 RING_BLOCK_SIZE = 256 << 10
@@ -209,6 +225,7 @@ class Router(ControlledEngine):
         for dev in self.devices:
             ifindex(dev)     # UserError naming a missing device
         self.lan = cfg.lan
+        self.lan_ifindex = ifindex(cfg.lan)
         self.pipeline = Pipeline(cfg, batch=batch)
         self.pipeline.pre_route = self._pre_route
         self.n_up = len(cfg.uplinks)
@@ -217,18 +234,18 @@ class Router(ControlledEngine):
         self.lan_mac = np.frombuffer(self.macs[self.lan], np.uint8)
         self.up_macs = np.array([list(self.macs[u.device]) for u in cfg.uplinks], np.uint8)
         self.lan_mac_table = self.lan_mac.reshape(1, 6).copy()
-        my = []
+        addrs = {dev: addresses(dev) for dev in self.devices}
+        self.my_addrs = np.frombuffer(b"".join(mapped16(a) for d in self.devices for a in addrs[d])
+                                      or bytes(16), dtype="V16")
+        self.my_ip = {}       # device -> (first global IPv6, first IPv4): the source of ICMP errors
         for dev in self.devices:
-            my += [_mapped16(a) for a in _addresses(dev)]
-        self.my_addrs = np.frombuffer(b"".join(my) or bytes(16), dtype="V16")
-        lan_ips = [a for a in _addresses(self.lan) if a.version == 6 and not a.is_link_local]
-        self.lan_ip6 = lan_ips[0].packed if lan_ips else None
-        lan4 = [a for a in _addresses(self.lan) if a.version == 4]
-        self.lan_ip4 = lan4[0].packed if lan4 else None
-        self.lan_nets = [n if n.version == 6 else
-                         ipaddress.IPv6Network((int(ipaddress.IPv6Address("::ffff:0:0")) | int(n.network_address),
-                                                96 + n.prefixlen))
-                         for n in cfg.lan_prefixes]
+            a6 = [a.packed for a in addrs[dev] if a.version == 6 and not a.is_link_local]
+            a4 = [a.packed for a in addrs[dev] if a.version == 4]
+            self.my_ip[dev] = (a6[0] if a6 else None, a4[0] if a4 else None)
+        # the LAN prefixes as (value, mask) rows over the 16 address bytes, for the uplink side
+        nets = [to_mapped(n) for n in cfg.lan_prefixes]
+        self.lan_net_value = np.array([list(n.network_address.packed) for n in nets], np.uint8).reshape(-1, 16)
+        self.lan_net_mask = np.array([list(n.netmask.packed) for n in nets], np.uint8).reshape(-1, 16)
         self.neigh = Neighbours()
         self.gw_macs = resolve_gateways(cfg, self.neigh, resolve_wait, log)
         # A 2 ms block timeout bounds the latency a partly filled block adds; since a block is
@@ -244,8 +261,7 @@ class Router(ControlledEngine):
         self.counters = {"lan_rx": 0, "up_rx": 0, "to_uplinks": 0, "to_lan": 0, "kernel": 0,
                          "hop_limit": 0, "time_exceeded_sent": 0, "no_neighbour": 0,
                          "oversize": 0, "too_big_sent": 0, "ring_drops": 0}
-        self.up_rows = np.zeros(batch, C.ROW_DTYPE)
-        self.up_reasons = np.zeros(C.N_REASONS, np.uint64)
+        self.up_parser = RowParser(batch, cfg.option_type)
         self.stop = False
         self.nft_installed = False
         self.coalescing_changed: dict[str, list[str]] = {}
@@ -253,11 +269,6 @@ class Router(ControlledEngine):
         self.warned_csum: set[str] = set()
         self.mtu = {dev: int(open(f"/sys/class/net/{dev}/mtu").read()) for dev in self.devices}
         self.up_mtu = np.array([self.mtu[u.device] for u in cfg.uplinks], np.int64)
-        self.my_ip = {}       # device -> (first global IPv6, first IPv4) for ICMP errors
-        for dev in self.devices:
-            a6 = [a.packed for a in _addresses(dev) if a.version == 6 and not a.is_link_local]
-            a4 = [a.packed for a in _addresses(dev) if a.version == 4]
-            self.my_ip[dev] = (a6[0] if a6 else None, a4[0] if a4 else None)
         self.started = time.time()
         self.reloads = 0
         self.reload_requested = False
@@ -288,8 +299,8 @@ class Router(ControlledEngine):
             on = coalescing_on(dev)
             if on is None:
                 print(f"mmr: warning: cannot read the offloads of {dev} (ethtool missing?); "
-                      f"frames larger than the ring's frame size are dropped and counted as "
-                      f"'truncated'", file=self.log, flush=True)
+                      f"super-packets larger than the egress MTU are dropped and counted as "
+                      f"'oversize'", file=self.log, flush=True)
             elif on:
                 if set_features(dev, on, "off"):
                     self.coalescing_changed[dev] = on
@@ -298,7 +309,7 @@ class Router(ControlledEngine):
                           file=self.log, flush=True)
                 else:
                     print(f"mmr: warning: could not switch {', '.join(on)} off on {dev}; "
-                          f"super-packets will be dropped and counted as 'truncated'",
+                          f"super-packets will be dropped and counted as 'oversize'",
                           file=self.log, flush=True)
 
     def coalescing_restore(self) -> None:
@@ -344,13 +355,9 @@ class Router(ControlledEngine):
         out[:n][sel] = KERNEL
 
     def lan_batch(self) -> int:
-        ring = self.lan_rx
-        n, off, ln, ts = ring.batch()
-        if n == 0:
-            ring.release()
-            return 0
-        try:
-            buf = ring.buffer
+        with ring_batch(self.lan_rx) as (n, buf, off, ln, ts):
+            if n == 0:
+                return 0
             pipe = self.pipeline
             if n > pipe.cap:
                 pipe._alloc(n)
@@ -358,29 +365,32 @@ class Router(ControlledEngine):
             self.counters["lan_rx"] += n
             self.counters["kernel"] += int((out == KERNEL).sum())
             fwd = out >= 0
-            if fwd.any():
-                rows = pipe.rows
-                l3len = ln.astype(np.int64) - rows["l3_off"][:n]
-                big = fwd & (l3len > self.up_mtu[np.maximum(out, 0)])
-                if big.any():
-                    self._too_big(buf, off, ln, rows, np.flatnonzero(big), self.up_mtu[out[big]],
-                                  self.lan, self.lan_tx)
-                    fwd &= ~big
-                verdict = np.zeros(n, np.uint8)
-                idx = np.where(fwd, out, -1).astype(np.int16)
-                hop = _rewrite.rewrite(buf, off, ln, pipe.rows, idx, self.up_macs, idx, self.gw_macs,
-                                       verdict, n)
-                if hop:
-                    self._time_exceeded(buf, off, ln, pipe.rows, verdict)
-                    fwd &= verdict == 0
-                for u in range(self.n_up):
-                    sel = np.flatnonzero(fwd & (out == u))
-                    if len(sel):
-                        self.up_tx[u].send(buf, off, ln, sel)
-                        self.counters["to_uplinks"] += len(sel)
-        finally:
-            ring.release()
+            if not fwd.any():
+                return n
+            rows = pipe.rows
+            l3len = ln.astype(np.int64) - rows["l3_off"][:n]
+            big = fwd & (l3len > self.up_mtu[np.maximum(out, 0)])
+            if big.any():
+                self._too_big(buf, off, ln, rows, np.flatnonzero(big), self.up_mtu[out[big]],
+                              self.lan, self.lan_tx)
+                fwd &= ~big
+            idx = np.where(fwd, out, -1).astype(np.int16)
+            fwd &= self._rewrite(buf, off, ln, rows, idx, self.up_macs, idx, self.gw_macs, n,
+                                 self.lan, self.lan_tx)
+            for u in range(self.n_up):
+                sel = np.flatnonzero(fwd & (out == u))
+                if len(sel):
+                    self.up_tx[u].send(buf, off, ln, sel)
+                    self.counters["to_uplinks"] += len(sel)
         return n
+
+    def _rewrite(self, buf, off, ln, rows, src_idx, src_macs, dst_idx, dst_macs, n, back_dev, back_tx):
+        """engine._rewrite over the batch; frames whose hop limit ran out are answered with
+        time exceeded out of back_dev (where they came from).  Returns the frames to send."""
+        verdict = np.zeros(n, np.uint8)
+        if _rewrite.rewrite(buf, off, ln, rows, src_idx, src_macs, dst_idx, dst_macs, verdict, n):
+            self._time_exceeded(buf, off, ln, rows, verdict, back_dev, back_tx)
+        return (src_idx >= 0) & (verdict == 0)
 
     def _too_big(self, buf, off, ln, rows, idx, mtus, dev, tx):
         """Drop frames that do not fit the egress MTU; answer each (at most 64 a batch) with
@@ -403,52 +413,41 @@ class Router(ControlledEngine):
         if frames:
             self.counters["too_big_sent"] += tx.send_frames(frames)
 
-    def _time_exceeded(self, buf, off, ln, rows, verdict):
+    def _time_exceeded(self, buf, off, ln, rows, verdict, dev, tx):
+        """Count the frames whose hop limit ran out; answer (at most 64 a batch) out of dev."""
+        ip6, ip4 = self.my_ip[dev]
         frames = []
         for i in np.flatnonzero(verdict == 1):
             self.counters["hop_limit"] += 1
             self.pipeline.reasons[C.REASON_HOP_LIMIT] += 1
+            if len(frames) == 64:
+                continue
             o = int(off[i])
-            fr = bytes(buf[o:o + int(ln[i])])
-            reply = time_exceeded(fr, int(rows[i]["l3_off"]), int(rows[i]["family"]),
-                                  self.macs[self.lan], self.lan_ip6, self.lan_ip4)
+            reply = time_exceeded(bytes(buf[o:o + int(ln[i])]), int(rows[i]["l3_off"]), int(rows[i]["family"]),
+                                  self.macs[dev], ip6, ip4)
             if reply is not None:
                 frames.append(reply)
         if frames:
-            self.counters["time_exceeded_sent"] += self.lan_tx.send_frames(frames[:64])
+            self.counters["time_exceeded_sent"] += tx.send_frames(frames)
 
     # ------------------------------------------------------------------ uplinks -> LAN
     def uplink_batch(self, u: int) -> int:
-        ring = self.up_rx[u]
-        n, off, ln, ts = ring.batch()
-        if n == 0:
-            ring.release()
-            return 0
-        try:
-            buf = ring.buffer
-            if n > len(self.up_rows):
-                self.up_rows = np.zeros(n, C.ROW_DTYPE)
-            rows = self.up_rows
-            _parse.parse_batch(buf, off, ln, rows, self.cfg.option_type, self.up_reasons)
+        with ring_batch(self.up_rx[u]) as (n, buf, off, ln, ts):
+            if n == 0:
+                return 0
             self.counters["up_rx"] += n
-            ok = rows["reason"][:n] == 0
-            ok |= rows["reason"][:n] == C.REASON_UNKNOWN_NH
+            rows, ok = self.up_parser.parse(buf, off, ln, n)
             dmac = np.asarray(buf)[off[:, None] + np.arange(6)]
             ok &= (dmac == self.up_macs[u]).all(axis=1)
             dst = rows["dst"][:n]
-            inlan = np.zeros(n, bool)
-            for net in self.lan_nets:
-                a = np.frombuffer(net.network_address.packed, np.uint8)
-                m = np.frombuffer(net.netmask.packed, np.uint8)
-                inlan |= ((dst & m) == a).all(axis=1)
-            ok &= inlan
+            ok &= ((dst[:, None, :] & self.lan_net_mask) == self.lan_net_value).all(axis=2).any(axis=1)
             ok &= ~np.isin(dst.copy().view("V16").ravel(), self.my_addrs)
+            dev, tx = self.cfg.uplinks[u].device, self.up_tx[u]
             l3len = ln.astype(np.int64) - rows["l3_off"][:n]
             big = ok & (l3len > self.mtu[self.lan])
             if big.any():
                 self._too_big(buf, off, ln, rows, np.flatnonzero(big),
-                              np.full(int(big.sum()), self.mtu[self.lan]), self.cfg.uplinks[u].device,
-                              self.up_tx[u])
+                              np.full(int(big.sum()), self.mtu[self.lan]), dev, tx)
                 ok &= ~big
             if not ok.any():
                 return n
@@ -467,15 +466,11 @@ class Router(ControlledEngine):
             src_idx[sel[known]] = 0
             dst_idx[sel[known]] = k[known]
             self.counters["no_neighbour"] += int((~known).sum())
-            verdict = np.zeros(n, np.uint8)
-            _rewrite.rewrite(buf, off, ln, rows, src_idx, self.lan_mac_table, dst_idx,
-                             self.host_table, verdict, n)
-            send = np.flatnonzero((src_idx >= 0) & (verdict == 0))
+            send = np.flatnonzero(self._rewrite(buf, off, ln, rows, src_idx, self.lan_mac_table, dst_idx,
+                                                self.host_table, n, dev, tx))
             if len(send):
                 self.lan_tx.send(buf, off, ln, send)
                 self.counters["to_lan"] += len(send)
-        finally:
-            ring.release()
         return n
 
     def _host_slot(self, a: bytes) -> int:
@@ -484,11 +479,10 @@ class Router(ControlledEngine):
         if k is not None:
             return k
         key = a[12:] if a[:12] == bytes(10) + b"\xff\xff" else a
-        lan_if = socket.if_nametoindex(self.lan)
-        mac = self.neigh.lookup(lan_if, key)
+        mac = self.neigh.lookup(self.lan_ifindex, key)
         if mac is None and time.monotonic() - self.neigh.refreshed > 0.05:
             self.neigh.refresh()          # learnt since the last read?
-            mac = self.neigh.lookup(lan_if, key)
+            mac = self.neigh.lookup(self.lan_ifindex, key)
         if mac is None:
             self.neigh.prompt(self.lan, key)
             return -1

@@ -82,6 +82,17 @@ def test_hop_limit_1_gets_time_exceeded(testbed, router):
     assert "2001:db8:1::1" in p.stdout
 
 
+def test_hop_limit_runs_out_towards_the_lan_too(testbed, router):
+    """From CN with hop limit 2: the AR takes one, mmr finds 1 left on its uplink and answers
+    from that uplink's address instead of passing the packet to the LAN."""
+    from engine.testbed import MN_ADDR
+
+    p = subprocess.run(["ip", "netns", "exec", testbed.ns("cn"), "ping", "-6", "-c", "1", "-t", "2",
+                        "-W", "2", MN_ADDR], capture_output=True, text=True)
+    assert "Time exceeded" in p.stdout, p.stdout
+    assert "2001:db8:a1::2" in p.stdout or "2001:db8:a2::2" in p.stdout, p.stdout
+
+
 def test_tcp_transfer_completes_with_every_byte(testbed, router):
     sink = start_peer(testbed, "cn", "tcp-sink", 5201)
     r = peer(testbed, "mn", "tcp-send", CN_ADDR, 5201, 4_000_000, timeout=60)
