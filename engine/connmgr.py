@@ -258,9 +258,10 @@ class ConnectionManager:
                 if ev == "gone":
                     changed |= self._set_link(h, False, "device removed")
                 elif ev == "link":
-                    ok = bool(flags & IFF_UP) and bool(flags & IFF_LOWER_UP)
+                    up = bool(flags & IFF_UP) and bool(flags & IFF_LOWER_UP)
+                    ok = up and self._has_address(h.dev)      # up again, but is it addressed?
                     changed |= self._set_link(h, ok, "link down" if not flags & IFF_UP else
-                                              "no carrier" if not ok else "link up")
+                                              "no carrier" if not up else "no address")
                 elif ev == "addr":
                     ok = self._link_ok(h.dev)
                     changed |= self._set_link(h, ok, "address removed" if not ok else "address added")
@@ -276,6 +277,10 @@ class ConnectionManager:
         f = link_flags(dev)
         if not (f & IFF_UP and f & IFF_LOWER_UP):
             return False
+        return self._has_address(dev)
+
+    @staticmethod
+    def _has_address(dev: str) -> bool:
         return any(not a.is_link_local for a in addresses(dev))
 
     def _set_link(self, h: UplinkHealth, ok: bool, why: str) -> bool:
