@@ -76,10 +76,13 @@ def test_bench_insert(benchmark, impl):
         t = _flowbase.FlowTable(n)
         out = np.full(n, -1, np.int16)
         t.insert(rows, np.zeros(n), out, ch, sv, pf)
+        return len(t)
 
     def base():
         d = {}
         for k in keys:
             d[k] = [0, 0.0, 0.0, 1, 0]
+        return len(d)
 
-    benchmark.pedantic(mmr if impl == "mmr" else base, rounds=3, iterations=1)
+    size = benchmark.pedantic(mmr if impl == "mmr" else base, rounds=3, iterations=1)
+    assert size == len(set(keys))          # every distinct flow went in, on both sides
