@@ -1,15 +1,20 @@
-"""The connection manager of ``mmr run``: is each uplink usable, how good is it, and what
-happens to its flows when that changes.
+"""The connection manager: is each uplink usable, how good is it, and what happens to its
+flows when that changes.
 
-    netlink (RTMGRP_LINK, address groups) --events-->  UplinkHealth.link_up
-    ICMPv6/ICMP echo out of each uplink   --RTT-->     UplinkHealth.probe_ok, loss, jitter, delay
-                                                        |
-                      usable mask / measured V_n  ----> Selector.update  (new flows)
-                      an uplink went unusable     ----> FlowTable.rebind (its flows only, one call)
-                      failback = "return"         ----> FlowTable.rebind (flows back to the best)
+    netlink events (engine/netlink.py)   --link up/down, address-->  UplinkHealth.set_link
+    ICMPv6/ICMP echo out of each uplink  --RTT or lost-->           UplinkHealth.probe
+                                                                     |
+                     usable mask / measured V_n  ----> Selector.update  (new flows)
+                     an uplink went unusable     ----> FlowTable.rebind (its flows only, one call)
+                     failback = "return"         ----> FlowTable.rebind (flows back to the best)
 
-Everything runs in the router's poll loop: the netlink socket and one raw socket per uplink
-are registered there, and ``tick`` runs on every wake-up (at least every 25 ms).
+It is given what it needs: the config, the selector and the flow table (``apply`` takes a
+reloaded config and selector), the machine's state as netlink last described it, a function
+that says which uplinks have a next hop to send to, a log function and a clock.  Nothing
+here blocks: link state comes from memory, probes are non-blocking raw sockets in the
+engine's poll set, the qdisc backlog arrives as a netlink answer.  The health of one uplink
+is a state machine (``UplinkHealth``) driven by explicit times, so tests run it with a fake
+clock.
 """
 from __future__ import annotations
 
@@ -22,67 +27,14 @@ import time
 
 import numpy as np
 
+from engine import _kernel as K
 from engine import constants as C
 from engine.config import characteristics_matrix
 from engine.inet import checksum
-from engine.netns import addresses
 
-RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR = 0x1, 0x10, 0x100
-RTM_NEWLINK, RTM_DELLINK, RTM_NEWADDR, RTM_DELADDR = 16, 17, 20, 21
-IFF_UP, IFF_LOWER_UP = 0x1, 0x10000
-ICMP6_FILTER = 1
 MAX_HOLD_S = 60.0
 MIN_TIMEOUT_S = 0.25
 EXPIRY_SCAN_S = 0.01
-
-
-class LinkEvents:
-    """Link and address changes from the kernel as events (a raw rtnetlink socket)."""
-
-    def __init__(self):
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        self.sock.bind((0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
-        self.sock.setblocking(False)
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def read(self) -> list[tuple[str, int, int]]:
-        """[(kind, ifindex, flags)]: kind 'link' (flags = IFF_*), 'gone' or 'addr'."""
-        out = []
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except (BlockingIOError, InterruptedError):
-                return out
-            except OSError:            # ENOBUFS: events were lost; the caller re-reads state
-                out.append(("resync", 0, 0))
-                continue
-            off = 0
-            while off + 16 <= len(data):
-                length, mtype = struct.unpack_from("=IH", data, off)
-                if length < 16:
-                    break
-                body = off + 16
-                if mtype in (RTM_NEWLINK, RTM_DELLINK) and body + 16 <= len(data):
-                    _, _, _, index, flags = struct.unpack_from("=BBHiI", data, body)
-                    out.append(("gone" if mtype == RTM_DELLINK else "link", index, flags))
-                elif mtype in (RTM_NEWADDR, RTM_DELADDR) and body + 8 <= len(data):
-                    index = struct.unpack_from("=I", data, body + 4)[0]
-                    out.append(("addr", index, 0))
-                off += (length + 3) & ~3
-
-    def close(self):
-        self.sock.close()
-
-
-def link_flags(dev: str) -> int:
-    try:
-        return int(open(f"/sys/class/net/{dev}/flags").read(), 16) | (
-            IFF_LOWER_UP if open(f"/sys/class/net/{dev}/carrier").read().strip() == "1" else 0)
-    except OSError:
-        return 0          # gone, or carrier unreadable because the device is down
 
 
 class Prober:
@@ -97,8 +49,9 @@ class Prober:
             if fam == 6:
                 s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
                 block = [0xFFFFFFFF] * 8
-                block[129 >> 5] &= ~(1 << (129 & 31))          # pass echo replies only
-                s.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, struct.pack("8I", *block))
+                r = K.ICMP6_ECHO_REPLY
+                block[r >> 5] &= ~(1 << (r & 31))          # pass echo replies only
+                s.setsockopt(socket.IPPROTO_ICMPV6, K.ICMP6_FILTER, struct.pack("8I", *block))
             else:
                 s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode())
@@ -113,15 +66,15 @@ class Prober:
         for t in self.targets:
             self.seq = (self.seq + 1) & 0xFFFF
             if t.version == 6:
-                msg = struct.pack("!BBHHH", 128, 0, 0, self.ident, self.seq) + b"mmr-probe"
+                msg = struct.pack("!BBHHH", K.ICMP6_ECHO_REQUEST, 0, 0, self.ident, self.seq) + b"mmr-probe"
             else:
                 body = struct.pack("!BBHHH", 8, 0, 0, self.ident, self.seq) + b"mmr-probe"
                 msg = body[:2] + struct.pack("!H", checksum(body)) + body[4:]
             try:
                 self.socks[t.version].sendto(msg, (str(t), 0))
-                self.pending[self.seq] = now
             except OSError:
-                self.pending[self.seq] = now     # unreachable now: it will count as lost
+                pass                            # unreachable now: it will count as lost
+            self.pending[self.seq] = now
 
     def receive(self, now: float) -> list[float]:
         """RTTs (seconds) of the replies that arrived."""
@@ -138,7 +91,7 @@ class Prober:
                     data = data[(data[0] & 0x0F) * 4:]
                     want = 0
                 else:
-                    want = 129
+                    want = K.ICMP6_ECHO_REPLY
                 if len(data) < 8 or data[0] != want:
                     continue
                 ident, seq = struct.unpack_from("!HH", data, 4)
@@ -157,43 +110,83 @@ class Prober:
             s.close()
 
 
-def qdisc_backlog(dev: str) -> int | None:
-    """Bytes queued in the device's root qdisc (tc -s -j), None when unreadable."""
-    import json
-    import subprocess
-
-    p = subprocess.run(["tc", "-s", "-j", "qdisc", "show", "dev", dev], capture_output=True, text=True)
-    if p.returncode != 0:
-        return None
-    try:
-        return sum(int(q.get("backlog", 0)) for q in json.loads(p.stdout) if q.get("root"))
-    except ValueError:
-        return None
-
-
 class UplinkHealth:
-    """One uplink's state: link, probes (with hysteresis and hold-down), measurements."""
+    """One uplink's state: link, probes (hysteresis and hold-down), measurements.  Every
+    transition takes the time it happens at."""
 
-    def __init__(self, index: int, name: str, dev: str, window: int):
+    def __init__(self, index: int, name: str, dev: str, window: int, now: float):
         self.index, self.name, self.dev = index, name, dev
         self.link_up = True
         self.probe_ok = True
         self.fails = 0
         self.successes = 0
         self.down_since: float | None = None
-        self.up_since: float = time.monotonic()
+        self.up_since: float = now
         self.hold = 0.0
         self.changes = 0
         self.reason = ""
         self.results = collections.deque(maxlen=window)   # RTT seconds, or None for lost
         self.min_rtt: float | None = None
         self.measured: dict[str, float] = {}
-        self.timeout_s = 1.0                   # set by the manager from probe_timeout_ms and RTTs
+        self.timeout_s = 1.0
         self.delay_source = "probe RTT - min RTT"
 
     @property
     def usable(self) -> bool:
         return self.link_up and self.probe_ok
+
+    def set_link(self, ok: bool, why: str) -> bool:
+        """The link's state from netlink; True when it changed."""
+        if ok == self.link_up:
+            return False
+        self.link_up = ok
+        if not ok:
+            self.reason = why
+        return True
+
+    def probe(self, rtt: float | None, now: float, down_after: int, up_after: int) -> bool:
+        """One probe's result (None: lost); True when probe_ok changed."""
+        self.results.append(rtt)
+        if rtt is None:
+            self.fails += 1
+            self.successes = 0
+            if self.probe_ok and self.fails >= down_after:
+                self.probe_ok = False
+                if self.link_up:                # a dead link explains lost probes already
+                    self.reason = f"{self.fails} probes lost"
+                return True
+            return False
+        self.min_rtt = rtt if self.min_rtt is None else min(self.min_rtt, rtt)
+        self.fails = 0
+        self.successes += 1
+        if (not self.probe_ok and self.successes >= up_after
+                and (self.down_since is None or now - self.down_since >= self.hold)):
+            self.probe_ok = True
+            if self.link_up:
+                self.reason = ""
+            return True
+        return False
+
+    def went_down(self, now: float, hold_down_s: float) -> None:
+        """Usable -> unusable: start the hold-down, doubled when it flaps (up again only a
+        short while ago), at most MAX_HOLD_S."""
+        self.changes += 1
+        self.down_since = now
+        recent = now - self.up_since < 4 * max(hold_down_s, 0.5)
+        self.hold = min(MAX_HOLD_S, self.hold * 2) if (self.hold and recent) else hold_down_s
+
+    def came_up(self, now: float) -> None:
+        self.changes += 1
+        self.up_since = now
+        self.reason = ""
+
+    def timeout(self, top: float) -> float:
+        """How long a probe may take: 3 x the mean RTT of the window (at least 250 ms, at
+        most ``top``), so a fast link is judged fast and a slow one fairly."""
+        rtts = [r for r in self.results if r is not None]
+        if not rtts:
+            return top
+        return min(top, max(MIN_TIMEOUT_S, 3 * sum(rtts) / len(rtts)))
 
     def window_stats(self) -> dict[str, float]:
         rtts = [r for r in self.results if r is not None]
@@ -209,123 +202,88 @@ class UplinkHealth:
 
 
 class ConnectionManager:
-    def __init__(self, router, cfg, log):
-        self.router, self.cfg, self.log = router, cfg, log
-        m = cfg.monitor
-        self.m = m
-        self.health = [UplinkHealth(i, u.name, u.device, m["window"]) for i, u in enumerate(cfg.uplinks)]
+    def __init__(self, cfg, selector, flows, state, next_hop_known, log, clock=time.monotonic,
+                 probes: bool = True, backlog=None):
+        """``state``: engine.netlink.State; ``next_hop_known()``: bool per uplink (a gateway
+        MAC to send to, and the device present); ``backlog(index)``: the last root-qdisc
+        backlog in bytes of a device, or None."""
+        self.cfg, self.selector, self.flows, self.state = cfg, selector, flows, state
+        self.next_hop_known, self.log, self.clock, self.backlog = next_hop_known, log, clock, backlog
+        self.m = dict(cfg.monitor)
+        now = clock()
+        self.health = [UplinkHealth(i, u.name, u.device, self.m["window"], now)
+                       for i, u in enumerate(cfg.uplinks)]
         for h in self.health:
             h.link_up = self._link_ok(h.dev)
-        self.events = LinkEvents()
-        self.ifindex = {socket.if_nametoindex(u.device): i for i, u in enumerate(cfg.uplinks)}
+            if not h.link_up:
+                h.reason = "link down" if self.state.link(h.dev) is None or not self.state.link(h.dev).up \
+                    else "no address"
         self.probers: list[Prober | None] = []
         base = (os.getpid() * 7) & 0xFFFF
         for i, u in enumerate(cfg.uplinks):
-            ok = m["probes"] and u.probe_targets
+            ok = probes and self.m["probes"] and u.probe_targets
             self.probers.append(Prober(u.device, u.probe_targets, base + i) if ok else None)
-        self.next_probe = time.monotonic()
+        self.next_probe = now
         self.next_expiry_scan = 0.0
         for h in self.health:
-            h.timeout_s = self.timeout(h)
+            h.timeout_s = h.timeout(self.m["probe_timeout_ms"] / 1000)
         self.failback_at: float | None = None
         self.moves: list[dict] = []          # the last failovers, for status
+        self.moved_flows = 0
         self.last_measure = 0.0
-        self.apply(initial=True)
+        self._usable = None
+        self.apply()
 
     # ---------------------------------------------------------------- poll integration
-    def fds(self) -> dict[int, object]:
-        out = {self.events.fileno(): ("link", None)}
+    def fds(self) -> dict[int, int]:
+        """Probe sockets: fd -> uplink index."""
+        out = {}
         for i, p in enumerate(self.probers):
             if p is not None:
                 for fd in p.fds():
-                    out[fd] = ("probe", i)
+                    out[fd] = i
         return out
 
-    def readable(self, what) -> None:
-        kind, i = what
-        now = time.monotonic()
-        if kind == "link":
-            changed = False
-            for ev, index, flags in self.events.read():
-                if ev == "resync":
-                    for h in self.health:
-                        changed |= self._set_link(h, self._link_ok(h.dev), "link state re-read")
-                    continue
-                u = self.ifindex.get(index)
-                if u is None:
-                    continue
-                h = self.health[u]
-                if ev == "gone":
-                    changed |= self._set_link(h, False, "device removed")
-                elif ev == "link":
-                    up = bool(flags & IFF_UP) and bool(flags & IFF_LOWER_UP)
-                    ok = up and self._has_address(h.dev)      # up again, but is it addressed?
-                    changed |= self._set_link(h, ok, "link down" if not flags & IFF_UP else
-                                              "no carrier" if not up else "no address")
-                elif ev == "addr":
-                    ok = self._link_ok(h.dev)
-                    changed |= self._set_link(h, ok, "address removed" if not ok else "address added")
-            if changed:
-                self.apply()
-        else:
-            h = self.health[i]
-            for rtt in self.probers[i].receive(now):
-                self._probe_result(h, rtt, now)
+    def probe_readable(self, i: int) -> None:
+        now = self.clock()
+        h = self.health[i]
+        for rtt in self.probers[i].receive(now):
+            self._probe_result(h, rtt, now)
+
+    def links_changed(self, why: dict[int, str] | None = None) -> None:
+        """Netlink said links or addresses changed: re-read each uplink's state from memory."""
+        changed = False
+        for h in self.health:
+            link = self.state.link(h.dev)
+            if link is None:
+                changed |= h.set_link(False, "device removed")
+            elif not link.flags & K.IFF_UP:
+                changed |= h.set_link(False, "link down")
+            elif not link.up:
+                changed |= h.set_link(False, "no carrier")
+            elif not self.state.has_address(link.index):
+                changed |= h.set_link(False, "address removed" if h.link_up else "no address")
+            else:
+                changed |= h.set_link(True, "")
+        if changed:
+            self.apply()
 
     def _link_ok(self, dev: str) -> bool:
         """Admin up, carrier, and an address beyond link-local (the uplink's own)."""
-        f = link_flags(dev)
-        if not (f & IFF_UP and f & IFF_LOWER_UP):
-            return False
-        return self._has_address(dev)
-
-    @staticmethod
-    def _has_address(dev: str) -> bool:
-        return any(not a.is_link_local for a in addresses(dev))
-
-    def _set_link(self, h: UplinkHealth, ok: bool, why: str) -> bool:
-        if ok == h.link_up:
-            return False
-        h.link_up = ok
-        if not ok:
-            h.reason = why
-        return True
+        link = self.state.link(dev)
+        return link is not None and link.up and self.state.has_address(link.index)
 
     # ---------------------------------------------------------------- probes
     def _probe_result(self, h: UplinkHealth, rtt: float | None, now: float) -> None:
-        h.results.append(rtt)
-        h.timeout_s = self.timeout(h)
-        if rtt is None:
-            h.fails += 1
-            h.successes = 0
-            if h.probe_ok and h.fails >= self.m["down_after"]:
-                h.probe_ok = False
-                if h.link_up:                   # a dead link explains lost probes already
-                    h.reason = f"{h.fails} probes lost"
-                self.apply()
-        else:
-            h.min_rtt = rtt if h.min_rtt is None else min(h.min_rtt, rtt)
-            h.fails = 0
-            h.successes += 1
-            if (not h.probe_ok and h.successes >= self.m["up_after"]
-                    and (h.down_since is None or now - h.down_since >= h.hold)):
-                h.probe_ok = True
-                if h.link_up:
-                    h.reason = ""
-                self.apply()
+        changed = h.probe(rtt, now, self.m["down_after"], self.m["up_after"])
+        h.timeout_s = h.timeout(self.m["probe_timeout_ms"] / 1000)
+        if changed:
+            self.apply()
 
-    def timeout(self, h: UplinkHealth) -> float:
-        """How long a probe may take: 3 x the mean RTT of the window (at least 250 ms, at
-        most probe_timeout_ms), so a fast link is judged fast and a slow one fairly."""
-        top = self.m["probe_timeout_ms"] / 1000
-        rtts = [r for r in h.results if r is not None]
-        if not rtts:
-            return top
-        return min(top, max(MIN_TIMEOUT_S, 3 * sum(rtts) / len(rtts)))
-
-    def tick(self, now: float) -> None:
-        """Runs on every wake-up of the loop (once a batch under load): the expiry scan is
-        done at most every 10 ms, with each uplink's timeout kept from its last result."""
+    def tick(self, now: float | None = None) -> None:
+        """Runs on every wake-up of the loop: the expiry scan at most every 10 ms, probes
+        every probe_interval_ms, failback and measurements when due."""
+        now = self.clock() if now is None else now
         if now >= self.next_expiry_scan:
             self.next_expiry_scan = now + EXPIRY_SCAN_S
             for i, p in enumerate(self.probers):
@@ -354,68 +312,68 @@ class ConnectionManager:
         return m
 
     def usable_mask(self) -> np.ndarray:
-        """Configured usable, link up, probes answered, and a next-hop MAC to send to."""
-        gw = self.router.gw_macs.any(axis=1)
-        return np.array([u.usable and h.usable and bool(gw[h.index])
+        """Configured usable, link up, probes answered, and a next hop to send to."""
+        nh = self.next_hop_known()
+        return np.array([u.usable and h.usable and bool(nh[h.index])
                          for u, h in zip(self.cfg.uplinks, self.health)], np.uint8)
 
-    def apply(self, initial: bool = False) -> None:
+    def apply(self, cfg=None, selector=None) -> None:
         """Push the usable mask and measured values into the selector; move the flows of
-        every uplink that stopped being usable, in one rebind each."""
-        pipe = self.router.pipeline
-        before = getattr(self, "_usable", None)
+        every uplink that stopped being usable, in one rebind each.  With ``cfg`` and
+        ``selector``: a reloaded policy (the flowbase is kept)."""
+        if cfg is not None:
+            self.cfg = cfg
+            self.m.update({k: v for k, v in cfg.monitor.items() if k not in ("control_socket", "probes", "window")})
+        if selector is not None:
+            self.selector = selector
+            self._usable = None
+        before = self._usable
         usable = self.usable_mask()
-        pipe.selector.update(self.chars(), usable, np.array([u.metric for u in self.cfg.uplinks], np.float64))
+        self.selector.update(self.chars(), usable, np.array([u.metric for u in self.cfg.uplinks], np.float64))
         self._usable = usable
-        if initial or before is None:
+        if before is None:
             return
-        now = time.monotonic()
-        table = pipe.selector.choice_table()
+        now = self.clock()
+        table = self.selector.choice_table()
         for h in self.health:
             was, is_ = bool(before[h.index]), bool(usable[h.index])
             if was == is_:
                 continue
-            h.changes += 1
             if not is_:
-                h.down_since = now
-                # damping: going down again soon after coming up doubles the hold-down
-                recent = now - h.up_since < 4 * max(self.m["hold_down_s"], 0.5)
-                if h.hold and recent:
-                    h.hold = min(MAX_HOLD_S, h.hold * 2)
-                else:
-                    h.hold = self.m["hold_down_s"]
+                h.went_down(now, self.m["hold_down_s"])
                 t0 = time.perf_counter()
-                moved = pipe.flows.rebind(h.index, table)
+                moved = self.flows.rebind(h.index, table)
                 dt = (time.perf_counter() - t0) * 1000
-                self.moves.append({"uplink": h.name, "reason": h.reason, "flows": int(moved),
+                self.moved_flows += int(moved)
+                self.moves.append({"uplink": h.name, "reason": h.reason or "no next hop", "flows": int(moved),
                                    "rebind_ms": round(dt, 3), "at": time.time()})
                 self.moves = self.moves[-20:]
-                self.router.say(f"mmr: uplink {h.name} down ({h.reason}): {moved} flows moved in "
-                                f"{dt:.2f} ms; hold-down {h.hold:g} s")
+                self.log(f"mmr: uplink {h.name} down ({h.reason or 'no next hop'}): {moved} flows moved in "
+                         f"{dt:.2f} ms; hold-down {h.hold:g} s")
             else:
-                h.up_since = now
-                h.reason = ""
-                self.router.say(f"mmr: uplink {h.name} up; new flows may use it"
-                                + (f", flows return in {self.m['failback_hold_s']:g} s"
-                                   if self.m["failback"] == "return" else ""))
+                h.came_up(now)
+                self.log(f"mmr: uplink {h.name} up; new flows may use it"
+                         + (f", flows return in {self.m['failback_hold_s']:g} s"
+                            if self.m["failback"] == "return" else ""))
                 if self.m["failback"] == "return":
                     self.failback_at = now + self.m["failback_hold_s"]
 
     def _failback(self) -> None:
-        pipe = self.router.pipeline
-        table = pipe.selector.choice_table()
+        table = self.selector.choice_table()
         moved = 0
         for h in self.health:
-            moved += pipe.flows.rebind(h.index, table)
-        self.router.say(f"mmr: failback: flows rebound to their best uplink ({moved} looked at)")
+            moved += self.flows.rebind(h.index, table)
+        self.log(f"mmr: failback: flows rebound to their best uplink ({moved} looked at)")
 
     def _measure(self) -> None:
         a = self.m["smoothing"]
         for h, u in zip(self.health, self.cfg.uplinks):
             st = h.window_stats()
-            if "queueing_delay" in self.m["measure"] and not u.qdisc_bypass and u.chars["bandwidth"] > 0:
-                backlog = qdisc_backlog(u.device)     # the engine's own packets wait there
-                if backlog is not None:
+            if ("queueing_delay" in self.m["measure"] and not u.qdisc_bypass and u.chars["bandwidth"] > 0
+                    and self.backlog is not None):
+                idx = self.state.index(u.device)
+                backlog = None if idx is None else self.backlog(idx)
+                if backlog is not None:             # the engine's own packets wait there
                     st["queueing_delay"] = backlog * 8 / (u.chars["bandwidth"] * 1e6) * 1000
                     h.delay_source = "qdisc backlog"
             for name in self.m["measure"]:
@@ -426,15 +384,17 @@ class ConnectionManager:
 
     # ---------------------------------------------------------------- status
     def status(self) -> list[dict]:
-        counts = self.router.pipeline.flows.uplink_counts(len(self.cfg.uplinks))
+        counts = self.flows.uplink_counts(len(self.cfg.uplinks))
         chars = self.chars()
+        usable = self._usable if self._usable is not None else self.usable_mask()
         out = []
         for h, u in zip(self.health, self.cfg.uplinks):
             st = h.window_stats()
             out.append({
-                "name": h.name, "device": h.dev, "usable": bool(u.usable and h.usable),
+                "name": h.name, "device": h.dev, "usable": bool(usable[h.index]),
                 "link": "up" if h.link_up else "down", "probes": "ok" if h.probe_ok else "failing",
-                "reason": h.reason, "changes": h.changes, "hold_down_s": h.hold,
+                "reason": h.reason if h.reason or usable[h.index] else "no next hop",
+                "changes": h.changes, "hold_down_s": h.hold,
                 "flows": int(counts[h.index]),
                 "rtt_ms": round(st["rtt_ms"], 3) if "rtt_ms" in st else None,
                 "probe_loss": round(st["loss"], 4) if "loss" in st else None,
@@ -445,7 +405,6 @@ class ConnectionManager:
         return out
 
     def close(self):
-        self.events.close()
         for p in self.probers:
             if p is not None:
                 p.close()

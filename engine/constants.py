@@ -39,6 +39,24 @@ ROW_DTYPE = np.dtype(
 )
 assert ROW_DTYPE.itemsize == 64
 
+# ---------------------------------------------------------------- frame metadata
+# struct virtio_net_hdr (<linux/virtio_net.h>), which PACKET_VNET_HDR puts before every frame:
+# RX says what the kernel left undone (NEEDS_CSUM: complete the checksum summed from
+# csum_start into csum_start + csum_offset; gso_type/gso_size: a super-frame of segments of
+# gso_size payload bytes); TX asks the kernel to do it.  Offsets count from the frame start.
+VNET_DTYPE = np.dtype(
+    [
+        ("flags", "u1"),
+        ("gso_type", "u1"),
+        ("hdr_len", "<u2"),
+        ("gso_size", "<u2"),
+        ("csum_start", "<u2"),
+        ("csum_offset", "<u2"),
+    ],
+    align=False,
+)
+assert VNET_DTYPE.itemsize == 10
+
 # flags
 F_FRAGMENT = 0x01   # a fragment (first or not); ports are 0
 F_VLAN = 0x02       # at least one 802.1Q / 802.1ad tag
@@ -67,6 +85,9 @@ REASONS = [
     (13, "too_many_ext", "drop"),         # extension-header chain longer than the walk limit
     (14, "no_uplink", "drop"),            # selection: no usable uplink (set by the pipeline)
     (15, "hop_limit", "drop"),            # hop limit/TTL exhausted (set by the datapath)
+    (16, "oversize", "drop"),             # larger than the egress MTU (packet too big sent)
+    (17, "no_neighbour", "drop"),         # the next hop's MAC is not known (yet)
+    (18, "bad_offload", "drop"),          # a checksum request pointing outside the frame
 ]
 REASON_NAMES = [name for _, name, _ in REASONS]
 REASON_ACTION = {code: action for code, _, action in REASONS}
@@ -88,6 +109,9 @@ REASON_TRUNCATED_L4 = 12
 REASON_TOO_MANY_EXT = 13
 REASON_NO_UPLINK = 14
 REASON_HOP_LIMIT = 15
+REASON_OVERSIZE = 16
+REASON_NO_NEIGHBOUR = 17
+REASON_BAD_OFFLOAD = 18
 
 # RFC 8504 section 5.3 limits applied to the hop-by-hop and destination options headers
 MAX_PAD_BYTES = 7          # consecutive padding bytes (Pad1 and PadN together)
@@ -131,15 +155,7 @@ CHAR_INDEX = {c[0]: i for i, c in enumerate(CHARACTERISTICS)}
 CHAR_BENEFIT = np.array([c[2] == "benefit" for c in CHARACTERISTICS], dtype=np.uint8)
 N_CHARS = len(CHARACTERISTICS)
 
-# IP protocol numbers used across the tree
-IPPROTO_HOPOPTS = 0
-IPPROTO_ICMP = 1
-IPPROTO_TCP = 6
-IPPROTO_UDP = 17
-IPPROTO_ROUTING = 43
-IPPROTO_FRAGMENT = 44
-IPPROTO_ESP = 50
-IPPROTO_AH = 51
-IPPROTO_ICMPV6 = 58
-IPPROTO_NONE = 59
-IPPROTO_DSTOPTS = 60
+# IP protocol numbers: from <netinet/in.h>, through the compiled engine._kernel
+from engine._kernel import (IPPROTO_AH, IPPROTO_DSTOPTS, IPPROTO_ESP, IPPROTO_FRAGMENT,  # noqa: E402,F401
+                            IPPROTO_HOPOPTS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_NONE,
+                            IPPROTO_ROUTING, IPPROTO_TCP, IPPROTO_UDP)

@@ -144,7 +144,7 @@ class Demo:
         except subprocess.TimeoutExpired:
             p.kill()
             _, err = p.communicate()
-        lines = [line for line in err.splitlines() if line.startswith("mmr: lan_rx=")]
+        lines = [line for line in err.splitlines() if line.startswith("mmr: rx_inside=")]
         return lines[-1] if lines else "(no summary: " + err.strip()[-200:] + ")"
 
     def _peer(self, tb, node, *args, wait=True):

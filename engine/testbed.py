@@ -8,8 +8,16 @@ MMR; CN reaches the LAN over both ARs (multipath); the MMR forwards by kernel ro
 default route via AR2 until ``mmr run`` takes over.  AR1 and AR2 share a link too, and each
 routes the LAN prefix over it with a higher metric: when the MMR's link to one AR goes down,
 traffic from CN that reaches that AR still finds its way back (as two ISPs' access routers
-of one operator would).  Every testbed veth has its offloads
-switched off (TSO/GSO/GRO, TX checksum) so frames on the wire are what AF_PACKET sees.
+of one operator would).
+
+The links keep the kernel's default offloads (on a veth: TX checksum offload, TSO and GSO
+on, so a local TCP sender hands the next hop 64 KiB super-frames with unfinished
+checksums, as a VM with virtio-net does).  The sysctls set, and why: forwarding on the
+routers (they are routers); no duplicate address detection (static documentation addresses,
+and a second of DAD per address would only slow the tests); IPv6 addresses kept across a
+link going down, as IPv4's are (the failover tests take links down and up again, which a
+network manager would re-address); and on the ARs, routes over a link without carrier are
+ignored, so their backup route over the AR1-AR2 link takes over.
 """
 from __future__ import annotations
 
@@ -17,7 +25,7 @@ import time
 from dataclasses import dataclass
 
 from engine.errors import UserError
-from engine.netns import disable_offloads, namespaces, require_tools, sh, sysctl
+from engine.netns import namespaces, require_tools, sh, sysctl
 
 NODES = ("mn", "mmr", "ar1", "ar2", "cn")
 
@@ -184,7 +192,6 @@ class Testbed:
                "netns", self.ns(b))
         for a, da, b, db in t.links:
             for ns, dev in ((a, da), (b, db)):
-                disable_offloads(dev, self.ns(ns))
                 sh("ip", "link", "set", dev, "up", ns=self.ns(ns))
         for n, addrs in t.addrs.items():
             for dev, addr in addrs:

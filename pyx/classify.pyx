@@ -17,6 +17,7 @@ from libc.stdint cimport uint8_t, uint16_t, int16_t, int32_t, int64_t, uint64_t
 
 cimport rows
 from rows cimport mmr_row
+from netinet_in cimport IPPROTO_ICMP, IPPROTO_ICMPV6
 
 import numpy as np
 from engine.constants import ROW_DTYPE
@@ -32,21 +33,6 @@ cdef inline int dscp_service(uint8_t dscp) noexcept nogil:
 
 
 cdef class Classifier:
-    cdef readonly int n_rules
-    cdef readonly int default_preference
-    cdef int16_t[::1] r_proto
-    cdef int32_t[:, ::1] r_ports        # sport_lo, sport_hi, dport_lo, dport_hi (-1: any)
-    cdef uint8_t[:, ::1] r_src          # value[16] mask[16]
-    cdef uint8_t[:, ::1] r_dst
-    cdef uint8_t[::1] r_has_src
-    cdef uint8_t[::1] r_has_dst
-    cdef int16_t[::1] r_dscp
-    cdef int16_t[::1] r_service
-    cdef int32_t[::1] r_pref
-    cdef uint8_t[::1] r_pin
-    cdef readonly int n_pins
-    cdef uint64_t[::1] hits
-    cdef uint64_t tagged, untagged, reserved, dscp_derived, icmp_control
 
     def __init__(self, cfg):
         rules = cfg.rules
@@ -90,7 +76,7 @@ cdef class Classifier:
                 self.r_pin[i] = 1
                 self.n_pins += 1
 
-    cdef inline bint match(self, int k, mmr_row* r) noexcept nogil:
+    cdef inline bint match(self, int k, const mmr_row* r) noexcept nogil:
         cdef int j
         if self.r_proto[k] >= 0 and self.r_proto[k] != r.proto:
             return False
@@ -121,50 +107,53 @@ cdef class Classifier:
         if n == 0:
             return
         cdef uint8_t[::1] rb = rows_arr.view(np.uint8).reshape(-1)
-        cdef mmr_row* rp = <mmr_row*>&rb[0]
+        with nogil:
+            self.classify_c(<mmr_row*>&rb[0], &service_out[0], &pref_out[0], n)
+
+    cdef void classify_c(self, const mmr_row* rp, uint8_t* service_out, uint16_t* pref_out,
+                         Py_ssize_t n) noexcept nogil:
         cdef Py_ssize_t i
         cdef int k, s, p, ds
-        cdef mmr_row* r
-        with nogil:
-            for i in range(n):
-                r = &rp[i]
-                if r.has_opt:
-                    self.tagged += 1
-                    s = r.service
-                    if s > 3:
-                        s = 0
-                        self.reserved += 1
-                    service_out[i] = <uint8_t>s
-                    pref_out[i] = r.preference
-                    if self.n_pins:                # a pin holds even against the option
-                        for k in range(self.n_rules):
-                            if self.r_pin[k] and self.match(k, r):
-                                self.hits[k] += 1
-                                pref_out[i] = <uint16_t>self.r_pref[k]
-                                break
-                    continue
-                self.untagged += 1
-                s = -1
-                p = -1
-                for k in range(self.n_rules):
-                    if self.match(k, r):
-                        self.hits[k] += 1
-                        s = self.r_service[k]
-                        p = self.r_pref[k]
-                        break
-                if s < 0:
-                    ds = dscp_service(r.tclass >> 2)
-                    if ds >= 0:
-                        s = ds
-                        self.dscp_derived += 1
-                    elif ((r.proto == 58 and r.family == 6) or (r.proto == 1 and r.family == 4)) \
-                            and (r.flags & rows.F_L4) and not (r.flags & rows.F_ECHO):
-                        s = 1
-                        self.icmp_control += 1
-                    else:
-                        s = 0
+        cdef const mmr_row* r
+        for i in range(n):
+            r = &rp[i]
+            if r.has_opt:
+                self.tagged += 1
+                s = r.service
+                if s > 3:
+                    s = 0
+                    self.reserved += 1
                 service_out[i] = <uint8_t>s
-                pref_out[i] = <uint16_t>(p if p >= 0 else self.default_preference)
+                pref_out[i] = r.preference
+                if self.n_pins:                # a pin holds even against the option
+                    for k in range(self.n_rules):
+                        if self.r_pin[k] and self.match(k, r):
+                            self.hits[k] += 1
+                            pref_out[i] = <uint16_t>self.r_pref[k]
+                            break
+                continue
+            self.untagged += 1
+            s = -1
+            p = -1
+            for k in range(self.n_rules):
+                if self.match(k, r):
+                    self.hits[k] += 1
+                    s = self.r_service[k]
+                    p = self.r_pref[k]
+                    break
+            if s < 0:
+                ds = dscp_service(r.tclass >> 2)
+                if ds >= 0:
+                    s = ds
+                    self.dscp_derived += 1
+                elif ((r.proto == IPPROTO_ICMPV6 and r.family == 6) or (r.proto == IPPROTO_ICMP and r.family == 4)) \
+                        and (r.flags & rows.F_L4) and not (r.flags & rows.F_ECHO):
+                    s = 1
+                    self.icmp_control += 1
+                else:
+                    s = 0
+            service_out[i] = <uint8_t>s
+            pref_out[i] = <uint16_t>(p if p >= 0 else self.default_preference)
 
     def counters(self):
         return {

@@ -38,5 +38,6 @@ def reason_codes():
         "pad_excess": rows.R_PAD_EXCESS, "too_many_opts": rows.R_TOO_MANY_OPTS,
         "unknown_nh": rows.R_UNKNOWN_NH, "truncated_l4": rows.R_TRUNCATED_L4,
         "too_many_ext": rows.R_TOO_MANY_EXT, "no_uplink": rows.R_NO_UPLINK,
-        "hop_limit": rows.R_HOP_LIMIT,
+        "hop_limit": rows.R_HOP_LIMIT, "oversize": rows.R_OVERSIZE,
+        "no_neighbour": rows.R_NO_NEIGHBOUR, "bad_offload": rows.R_BAD_OFFLOAD,
     }, rows.N_REASONS

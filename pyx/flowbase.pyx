@@ -48,23 +48,6 @@ cdef extern from *:
 DEF KEYLEN = 40
 DEF MAX_LOAD = 0.8
 
-ctypedef struct fb_slot:
-    uint32_t hash
-    uint32_t rec            # NIL: empty
-
-ctypedef struct fb_rec:
-    uint8_t key[40]         # src[16] dst[16] sport dport (host order) proto, 3 zero bytes
-    uint32_t hash
-    uint32_t prev           # LRU neighbours (NIL at the ends); next doubles as free list
-    uint32_t next
-    uint8_t uplink
-    uint8_t service
-    uint16_t preference
-    double first_seen
-    double last_seen
-    uint64_t packets
-    uint64_t bytes
-
 FLOW_DTYPE = np.dtype([
     ("src", "u1", (16,)), ("dst", "u1", (16,)), ("proto", "u1"), ("sport", "<u2"),
     ("dport", "<u2"), ("uplink", "u1"), ("service", "u1"), ("preference", "<u2"),
@@ -112,21 +95,6 @@ cdef inline void make_key(const mmr_row* r, uint8_t* key) noexcept nogil:
 
 
 cdef class FlowTable:
-    cdef fb_slot* idx
-    cdef fb_rec* recs
-    cdef readonly uint32_t capacity
-    cdef readonly uint32_t slots_n
-    cdef uint32_t mask
-    cdef uint32_t size
-    cdef uint32_t head, tail, free_head
-    cdef uint64_t k0, k1
-    cdef uint64_t created, expired, evicted, removed, rebound, lookups, hits, misses
-    cdef uint64_t created_up[256]
-    cdef bint exporting
-    cdef readonly double idle_timeout
-    cdef fb_rec* exp
-    cdef size_t exp_n, exp_cap
-
     def __cinit__(self, capacity, seed=None, idle_timeout=float("inf")):
         self.idx = NULL
         self.recs = NULL
@@ -301,43 +269,51 @@ cdef class FlowTable:
         if n > ts.shape[0] or n > out.shape[0]:
             raise ValueError("ts and out must cover n rows")
         cdef mmr_row* rp = self.rows_ptr(rows_arr, n)
+        cdef Py_ssize_t misses
+        if n == 0:
+            return 0
+        with nogil:
+            misses = self.lookup_c(rp, &ts[0], &out[0], n)
+        return misses
+
+    cdef Py_ssize_t lookup_c(self, const mmr_row* rp, const double* ts, int16_t* out,
+                             Py_ssize_t n) noexcept nogil:
         cdef Py_ssize_t i, j
         cdef uint8_t key[40]
         cdef uint32_t h, rec
         cdef Py_ssize_t misses = 0
         cdef uint32_t hs[32]
         cdef Py_ssize_t blk, m
-        with nogil:
-            i = 0
-            while i < n:
-                m = n - i if n - i < 32 else 32
-                for j in range(m):        # pass 1: hash, prefetch the home slot
-                    if out[i + j] != -1:
-                        continue
-                    make_key(&rp[i + j], key)
-                    hs[j] = siphash13(key, self.k0, self.k1)
-                    MMR_PREFETCH(&self.idx[hs[j] & self.mask])
-                for j in range(m):        # pass 2: probe
-                    if out[i + j] != -1:
-                        continue
-                    self.lookups += 1
-                    make_key(&rp[i + j], key)
-                    rec = self.find(key, hs[j])
-                    if rec != NIL and ts[i + j] - self.recs[rec].last_seen > self.idle_timeout:
-                        self.delete(rec)          # idle too long: forgotten, a new flow
-                        self.expired += 1
-                        rec = NIL
-                    if rec == NIL:
-                        misses += 1
-                        self.misses += 1
-                        continue
-                    self.hits += 1
-                    out[i + j] = self.recs[rec].uplink
-                    self.recs[rec].last_seen = ts[i + j]
-                    self.recs[rec].packets += 1
-                    self.recs[rec].bytes += rp[i + j].length
-                    self.touch(rec)
-                i += m
+        i = 0
+        while i < n:
+            m = n - i if n - i < 32 else 32
+            for j in range(m):        # pass 1: hash, prefetch the home slot
+                if out[i + j] != -1:
+                    continue
+                make_key(&rp[i + j], key)
+                hs[j] = siphash13(key, self.k0, self.k1)
+                MMR_PREFETCH(&self.idx[hs[j] & self.mask])
+            for j in range(m):        # pass 2: probe
+                if out[i + j] != -1:
+                    continue
+                self.lookups += 1
+                make_key(&rp[i + j], key)
+                rec = self.find(key, hs[j])
+                if rec != NIL and ts[i + j] - self.recs[rec].last_seen > self.idle_timeout:
+                    self.delete(rec)          # idle too long: forgotten, a new flow
+                    self.expired += 1
+                    rec = NIL
+                if rec == NIL:
+                    misses += 1
+                    self.misses += 1
+                    continue
+                self.hits += 1
+                out[i + j] = self.recs[rec].uplink
+                self.recs[rec].last_seen = ts[i + j]
+                self.recs[rec].packets += 1
+                self.recs[rec].bytes += rp[i + j].length
+                self.touch(rec)
+            i += m
         return misses
 
     def insert(self, rows_arr, const double[::1] ts, int16_t[::1] out, const int16_t[::1] choice,
@@ -351,54 +327,63 @@ cdef class FlowTable:
                 or n > service.shape[0] or n > preference.shape[0]:
             raise ValueError("every array must cover n rows")
         cdef mmr_row* rp = self.rows_ptr(rows_arr, n)
+        cdef Py_ssize_t made
+        if n == 0:
+            return 0
+        with nogil:
+            made = self.insert_c(rp, &ts[0], &out[0], &choice[0], &service[0], &preference[0], n)
+        return made
+
+    cdef Py_ssize_t insert_c(self, const mmr_row* rp, const double* ts, int16_t* out,
+                             const int16_t* choice, const uint8_t* service,
+                             const uint16_t* preference, Py_ssize_t n) noexcept nogil:
         cdef Py_ssize_t i
         cdef uint8_t key[40]
         cdef uint32_t h, rec
         cdef fb_rec* e
         cdef Py_ssize_t made = 0
-        with nogil:
-            for i in range(n):
-                if out[i] != -1:
-                    continue
-                make_key(&rp[i], key)
-                h = siphash13(key, self.k0, self.k1)
-                rec = self.find(key, h)
-                if rec != NIL and ts[i] - self.recs[rec].last_seen > self.idle_timeout:
-                    self.delete(rec)
-                    self.expired += 1
-                    rec = NIL
-                if rec != NIL:
-                    e = &self.recs[rec]
-                    out[i] = e.uplink
-                    e.last_seen = ts[i]
-                    e.packets += 1
-                    e.bytes += rp[i].length
-                    self.touch(rec)
-                    continue
-                if choice[i] < 0:
-                    continue
-                if self.free_head == NIL:
-                    self.evicted += 1
-                    self.delete(self.tail)
-                rec = self.free_head
+        for i in range(n):
+            if out[i] != -1:
+                continue
+            make_key(&rp[i], key)
+            h = siphash13(key, self.k0, self.k1)
+            rec = self.find(key, h)
+            if rec != NIL and ts[i] - self.recs[rec].last_seen > self.idle_timeout:
+                self.delete(rec)
+                self.expired += 1
+                rec = NIL
+            if rec != NIL:
                 e = &self.recs[rec]
-                self.free_head = e.next
-                memcpy(e.key, key, KEYLEN)
-                e.hash = h
-                e.uplink = <uint8_t>choice[i]
-                e.service = service[i]
-                e.preference = preference[i]
-                e.first_seen = ts[i]
+                out[i] = e.uplink
                 e.last_seen = ts[i]
-                e.packets = 1
-                e.bytes = rp[i].length
-                self.place(h, rec)
-                self.lru_push(rec)
-                self.size += 1
-                self.created += 1
-                self.created_up[e.uplink] += 1
-                out[i] = choice[i]
-                made += 1
+                e.packets += 1
+                e.bytes += rp[i].length
+                self.touch(rec)
+                continue
+            if choice[i] < 0:
+                continue
+            if self.free_head == NIL:
+                self.evicted += 1
+                self.delete(self.tail)
+            rec = self.free_head
+            e = &self.recs[rec]
+            self.free_head = e.next
+            memcpy(e.key, key, KEYLEN)
+            e.hash = h
+            e.uplink = <uint8_t>choice[i]
+            e.service = service[i]
+            e.preference = preference[i]
+            e.first_seen = ts[i]
+            e.last_seen = ts[i]
+            e.packets = 1
+            e.bytes = rp[i].length
+            self.place(h, rec)
+            self.lru_push(rec)
+            self.size += 1
+            self.created += 1
+            self.created_up[e.uplink] += 1
+            out[i] = choice[i]
+            made += 1
         return made
 
     def expire(self, double now, double idle_timeout):

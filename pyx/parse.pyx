@@ -38,6 +38,12 @@ from libc.string cimport memset, memcpy
 
 cimport rows
 from rows cimport mmr_row
+from if_ether cimport ETH_P_IP, ETH_P_IPV6, ETH_P_8021Q, ETH_P_8021AD
+from icmp6 cimport ICMP6_ECHO_REQUEST, ICMP6_ECHO_REPLY, ICMP_ECHO, ICMP_ECHOREPLY
+from netinet_in cimport (IPPROTO_HOPOPTS, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_DCCP,
+                         IPPROTO_ROUTING, IPPROTO_FRAGMENT, IPPROTO_GRE, IPPROTO_ESP, IPPROTO_AH,
+                         IPPROTO_ICMPV6, IPPROTO_NONE, IPPROTO_DSTOPTS, IPPROTO_SCTP,
+                         IPPROTO_UDPLITE, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_PIM, IPPROTO_MH)
 
 import numpy as np
 from engine.constants import ROW_DTYPE, N_REASONS
@@ -51,22 +57,28 @@ cdef inline uint16_t be16(const uint8_t* p) noexcept nogil:
 
 
 cdef inline bint has_ports(uint8_t proto, uint32_t* need) noexcept nogil:
-    if proto == 6:
+    if proto == IPPROTO_TCP:
         need[0] = 20
         return True
-    if proto == 17 or proto == 136:
+    if proto == IPPROTO_UDP or proto == IPPROTO_UDPLITE:
         need[0] = 8
         return True
-    if proto == 132 or proto == 33:
+    if proto == IPPROTO_SCTP or proto == IPPROTO_DCCP:
         need[0] = 12
         return True
     return False
 
 
+DEF PROTO_OSPF = 89      # IANA protocol numbers <netinet/in.h> does not name
+DEF PROTO_VRRP = 112
+DEF PROTO_L2TP = 115
+
+
 cdef inline bint portless_known(uint8_t proto) noexcept nogil:
-    return (proto == 50 or proto == 47 or proto == 4 or proto == 41 or proto == 59
-            or proto == 89 or proto == 103 or proto == 112 or proto == 115 or proto == 135
-            or proto == 1 or proto == 58)
+    return (proto == IPPROTO_ESP or proto == IPPROTO_GRE or proto == IPPROTO_IPIP
+            or proto == IPPROTO_IPV6 or proto == IPPROTO_NONE or proto == PROTO_OSPF
+            or proto == IPPROTO_PIM or proto == PROTO_VRRP or proto == PROTO_L2TP
+            or proto == IPPROTO_MH or proto == IPPROTO_ICMP or proto == IPPROTO_ICMPV6)
 
 
 cdef inline int upper_layer(const uint8_t* p, uint32_t off, uint32_t end, uint8_t proto,
@@ -83,14 +95,15 @@ cdef inline int upper_layer(const uint8_t* p, uint32_t off, uint32_t end, uint8_
         r.dport = be16(p + off + 2)
         r.flags |= rows.F_L4
         return rows.R_OK
-    if (proto == 58 and v6) or (proto == 1 and not v6):
+    if (proto == IPPROTO_ICMPV6 and v6) or (proto == IPPROTO_ICMP and not v6):
         if end < off or end - off < 4:
             return rows.R_TRUNCATED_L4
         t = p[off]
         r.l4_off = <uint16_t>off
         r.icmp_type = t
         r.flags |= rows.F_L4
-        if (v6 and (t == 128 or t == 129)) or (not v6 and (t == 8 or t == 0)):
+        if (v6 and (t == ICMP6_ECHO_REQUEST or t == ICMP6_ECHO_REPLY)) or \
+                (not v6 and (t == ICMP_ECHO or t == ICMP_ECHOREPLY)):
             if end - off < 8:
                 return rows.R_TRUNCATED_L4
             r.sport = be16(p + off + 4)
@@ -155,7 +168,7 @@ cdef int parse_one(const uint8_t* p, uint32_t flen, int option_type, mmr_row* r)
     if flen < 14:
         return rows.R_TRUNCATED_L2
     etype = be16(p + 12)
-    while etype == 0x8100 or etype == 0x88A8:
+    while etype == ETH_P_8021Q or etype == ETH_P_8021AD:
         if tags == 2:
             break
         if flen < off + 4:
@@ -166,7 +179,7 @@ cdef int parse_one(const uint8_t* p, uint32_t flen, int option_type, mmr_row* r)
         etype = be16(p + off + 2)
         off += 4
         tags += 1
-    if etype == 0x86DD:
+    if etype == ETH_P_IPV6:
         r.family = 6
         r.l3_off = <uint16_t>off
         if flen - off < 40:
@@ -188,33 +201,34 @@ cdef int parse_one(const uint8_t* p, uint32_t flen, int option_type, mmr_row* r)
         off += 40
         nhdr = 0
         while True:
-            if nh == 0 or nh == 43 or nh == 60 or nh == 51 or nh == 44:
-                if nh == 0 and nhdr != 0:
+            if nh == IPPROTO_HOPOPTS or nh == IPPROTO_ROUTING or nh == IPPROTO_DSTOPTS \
+                    or nh == IPPROTO_AH or nh == IPPROTO_FRAGMENT:
+                if nh == IPPROTO_HOPOPTS and nhdr != 0:
                     return rows.R_HBH_NOT_FIRST
                 nhdr += 1
                 if nhdr > MAX_EXT:
                     return rows.R_TOO_MANY_EXT
-                if end - off < 2 or (nh == 44 and end - off < 8):
+                if end - off < 2 or (nh == IPPROTO_FRAGMENT and end - off < 8):
                     return rows.R_TRUNCATED_EXT
-                if nh == 44:
+                if nh == IPPROTO_FRAGMENT:
                     r.flags |= rows.F_FRAGMENT
                     r.proto = p[off]
                     return rows.R_OK
-                if nh == 51:
+                if nh == IPPROTO_AH:
                     hl = (<uint32_t>p[off + 1] + 2) * 4
                 else:
                     hl = (<uint32_t>p[off + 1] + 1) * 8
                 if hl > end - off:
                     return rows.R_TRUNCATED_EXT
-                if nh == 0 or nh == 60:
-                    rc = walk_options(p, off + 2, off + hl, nh == 0, option_type, r)
+                if nh == IPPROTO_HOPOPTS or nh == IPPROTO_DSTOPTS:
+                    rc = walk_options(p, off + 2, off + hl, nh == IPPROTO_HOPOPTS, option_type, r)
                     if rc != rows.R_OK:
                         return rc
                 nh = p[off]
                 off += hl
                 continue
             return upper_layer(p, off, end, nh, True, r)
-    if etype == 0x0800:
+    if etype == ETH_P_IP:
         r.family = 4
         r.l3_off = <uint16_t>off
         if flen - off < 20:

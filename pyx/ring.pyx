@@ -1,49 +1,63 @@
 # cython: language_level=3
-"""ring: AF_PACKET TPACKET_V3 receive rings and batched transmit.
+"""ring: AF_PACKET TPACKET_V2 receive rings and batched transmit, with virtio-net headers.
 
-Takes   a device name.  ``RxRing`` maps a TPACKET_V3 RX ring (blocks of frames the kernel
-        fills; our own transmissions are ignored with PACKET_IGNORE_OUTGOING); ``TxSocket``
-        sends many frames in one sendmmsg() call, bypassing the qdisc where asked.
-Emits   ``RxRing.batch()``: frames of every block the kernel has handed over, as (buffer,
-        offsets, lengths, timestamps) over the ring memory itself: no copy, no Python
-        object per frame.  The caller processes (and may rewrite in place) the frames, then
-        ``release()`` hands the blocks back.
-Counts  frames, blocks, truncated (snaplen < wire length: never forwarded silently),
-        csum_not_ready (checksum offloaded by a local sender), vlan_stripped, and the
-        kernel's PACKET_STATISTICS (packets, drops, queue freezes).
+Takes   a device name.  ``RxRing`` maps a TPACKET_V2 RX ring: one slot per frame, each
+        handed over by the kernel on its own, so a lone frame is ready the moment it
+        arrives (and poll() wakes) while frames that arrive during a batch's work simply
+        queue up and form the next batch.  PACKET_VNET_HDR puts a virtio-net header before
+        every frame: checksum state (NEEDS_CSUM: the sender left the checksum to the
+        device) and segmentation (a GSO super-frame and its segment size).  A frame longer
+        than a slot (a super-frame made by GRO or by a local TSO sender) is not cut: the
+        kernel queues a full copy on the socket (PACKET_COPY_THRESH) and the batch reads it
+        into a side area after the ring, in order.  Our own transmissions are ignored
+        (PACKET_IGNORE_OUTGOING).
+        ``TxSocket`` sends many frames in one sendmmsg(), each behind its virtio-net header
+        (the kernel segments super-frames and finishes checksums a header asks for),
+        bypassing the qdisc where asked.
+Emits   ``RxRing.batch()``: (offsets, lengths, stamps, vnet) of every frame the kernel has
+        handed over, as views over the ring memory itself: no copy, no Python object per
+        frame.  The caller processes (and may rewrite in place) the frames, then
+        ``release()`` hands the slots back.
+Counts  frames, copied (long frames read from the socket), truncated (too long and no copy
+        could be queued: dropped, never half-sent), csum_not_ready, gso, vlan_stripped, and
+        the kernel's PACKET_STATISTICS (packets, drops: ring full).
 
-Socket set-up is plain Python (socket, setsockopt, mmap): it runs once.  The per-batch walk
-over block headers and the sendmmsg loop are C.
+Socket set-up is plain Python (socket, setsockopt): it runs once.  The walk over the slots,
+the reads of long frames and the sendmmsg loop are C.
 """
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
-from libc.string cimport memset
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
+from libc.string cimport memset, memcpy
+from libc.errno cimport errno, EINTR, ENOBUFS, EAGAIN
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 
-from if_packet cimport (tpacket_block_desc, tpacket3_hdr, TP_STATUS_USER, TP_STATUS_KERNEL,
-                        TP_STATUS_VLAN_VALID, TP_STATUS_CSUMNOTREADY, iovec, msghdr, mmsghdr,
-                        sendmmsg)
-from libc.errno cimport errno, EINTR, ENOBUFS, EAGAIN
+from if_packet cimport (tpacket2_hdr, tpacket_req, TP_STATUS_KERNEL, TP_STATUS_USER,
+                        TP_STATUS_COPY, TP_STATUS_CSUMNOTREADY, TP_STATUS_VLAN_VALID)
+from virtio_net cimport virtio_net_hdr, VIRTIO_NET_HDR_GSO_NONE
+from sys_net cimport (iovec, msghdr, mmsghdr, sendmmsg, recv, mmap, munmap, MAP_FAILED, pollfd, ppoll, timespec,
+                      PROT_READ, PROT_WRITE, MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED,
+                      MAP_NORESERVE, MSG_DONTWAIT, MSG_TRUNC)
+cimport if_packet
 
-import mmap
-import os
 import socket
 import struct
 
 import numpy as np
 
+from engine import _kernel as K
+from engine.constants import VNET_DTYPE
 from engine.errors import UserError
 
-# from <linux/if_packet.h> and <linux/if_ether.h>
-SOL_PACKET = 263
-PACKET_ADD_MEMBERSHIP = 1
-PACKET_RX_RING = 5
-PACKET_STATISTICS = 6
-PACKET_VERSION = 10
-PACKET_QDISC_BYPASS = 20
-PACKET_IGNORE_OUTGOING = 23
-PACKET_MR_PROMISC = 1
-TPACKET_V3 = 2
-ETH_P_ALL = 0x0003
+cdef extern from *:
+    """
+    static inline uint32_t mmr_load_acquire(const uint32_t* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+    static inline void mmr_store_release(uint32_t* p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+    """
+    uint32_t load_acquire "mmr_load_acquire"(const uint32_t* p) nogil
+    void store_release "mmr_store_release"(uint32_t* p, uint32_t v) nogil
+
+DEF VNET = 10                 # sizeof(struct virtio_net_hdr)
+DEF COPY_SLOT = 65536 + 1024  # a long frame read from the socket: vnet header + up to 64 KiB + L2
+DEF COPY_SLOTS = 16           # long frames per batch (a batch ends early when they are used up)
 
 
 def ifindex(name):
@@ -58,157 +72,229 @@ def ifindex(name):
 def _packet_socket(name):
     ifindex(name)
     try:
-        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(K.ETH_P_ALL))
     except PermissionError:
         raise UserError("opening an AF_PACKET socket needs root or CAP_NET_RAW; run mmr as root "
                         "(or grant CAP_NET_RAW and CAP_NET_ADMIN)") from None
+    s.setsockopt(K.SOL_PACKET, K.PACKET_VNET_HDR, 1)     # before the ring: the kernel insists
     return s
 
 
-cdef class RxRing:
-    cdef readonly str ifname
-    cdef readonly object sock
-    cdef object mm
-    cdef uint8_t* base
-    cdef readonly uint32_t block_size, block_count
-    cdef uint32_t cur            # next block to look at
-    cdef uint32_t held_first, held_n
-    cdef public uint64_t frames, blocks, truncated, csum_not_ready, vlan_stripped
-    cdef object offsets, lengths, stamps
-    cdef Py_ssize_t cap
+def slot_size(mtu):
+    """Ring slot for a device of this MTU: the TPACKET_V2 header, the virtio-net header, an
+    Ethernet header with two VLAN tags and the MTU, rounded up to a power of two (>= 2 KiB)."""
+    need = K.TPACKET2_HDRLEN + 16 + VNET + 14 + 8 + int(mtu)
+    size = 2048
+    while size < need:
+        size *= 2
+    return size
 
-    def __init__(self, ifname, block_size=1 << 20, block_count=8, frame_size=2048,
-                 timeout_ms=10, promisc=True):
+
+cdef class RxRing:
+    def __cinit__(self):
+        self.base = NULL
+        self.held_n = 0
+
+    def __init__(self, ifname, frames=8192, mtu=1500, capacity=1024, promisc=False):
+        """A ring of ``frames`` slots sized for ``mtu``; batches of at most ``capacity``."""
         self.ifname = ifname
+        cdef uint32_t fs = slot_size(mtu)
+        cdef uint32_t block = max(fs, 1 << 16)
+        cdef uint32_t per_block = block // fs
+        cdef uint32_t nblocks = max(1, (int(frames) + per_block - 1) // per_block)
+        self.frame_size = fs
+        self.frame_nr = nblocks * per_block
+        self.ring_len = <size_t>block * nblocks
+        self.map_len = self.ring_len + <size_t>COPY_SLOT * COPY_SLOTS
         s = _packet_socket(ifname)
         try:
-            s.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
+            s.setsockopt(K.SOL_PACKET, K.PACKET_VERSION, K.TPACKET_V2)
             try:
-                s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+                s.setsockopt(K.SOL_PACKET, K.PACKET_IGNORE_OUTGOING, 1)
             except OSError:
-                pass   # kernels before 4.20: our own transmissions come back and are ignored by MAC
-            req = struct.pack("7I", block_size, block_count, frame_size,
-                              (block_size // frame_size) * block_count, timeout_ms, 0, 0)
-            s.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
-            self.mm = mmap.mmap(s.fileno(), block_size * block_count, mmap.MAP_SHARED,
-                                mmap.PROT_READ | mmap.PROT_WRITE)
-            s.bind((ifname, ETH_P_ALL))
+                pass   # kernels before 4.20: our own frames come back; the datapath ignores them by MAC
+            s.setsockopt(K.SOL_PACKET, K.PACKET_COPY_THRESH, 1)
+            try:       # room for the copies of long frames (root may exceed rmem_max)
+                s.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)     # SO_RCVBUFFORCE
+            except OSError:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+            s.setsockopt(K.SOL_PACKET, K.PACKET_RX_RING,
+                         struct.pack("4I", block, nblocks, fs, self.frame_nr))
+            s.bind((ifname, K.ETH_P_ALL))
             if promisc:
-                mreq = struct.pack("iHH8s", socket.if_nametoindex(ifname), PACKET_MR_PROMISC, 0, b"")
-                s.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
+                mreq = struct.pack("iHH8s", socket.if_nametoindex(ifname), K.PACKET_MR_PROMISC, 0, b"")
+                s.setsockopt(K.SOL_PACKET, K.PACKET_ADD_MEMBERSHIP, mreq)
         except OSError as exc:
             s.close()
-            raise UserError(f"cannot set up a TPACKET_V3 ring on {ifname} ({exc.strerror}); "
-                            "mmr needs Linux >= 3.19 and root") from None
+            raise UserError(f"cannot set up a TPACKET_V2 ring on {ifname} ({exc.strerror}); "
+                            "mmr needs Linux >= 4.20 and root or CAP_NET_RAW") from None
         self.sock = s
-        self.block_size = block_size
-        self.block_count = block_count
-        cdef uint8_t[::1] view = self.mm
-        self.base = &view[0]
+        self.fd = s.fileno()
+        # one address range: the ring (shared with the kernel), then anonymous memory for
+        # the long frames, so every frame of a batch is an offset into one buffer
+        cdef void* area = mmap(NULL, self.map_len, PROT_READ | PROT_WRITE,
+                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        if area == MAP_FAILED:
+            s.close()
+            raise MemoryError(f"cannot reserve {self.map_len} bytes for the ring of {ifname}")
+        if mmap(area, self.ring_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, self.fd, 0) == MAP_FAILED:
+            munmap(area, self.map_len)
+            s.close()
+            raise UserError(f"cannot map the ring of {ifname}")
+        self.base = <uint8_t*>area
+        self.view = np.asarray(<uint8_t[:self.map_len]> self.base)
+        self.capacity = int(capacity)
+        self.offsets = np.zeros(self.capacity, np.int64)
+        self.lengths = np.zeros(self.capacity, np.uint32)
+        self.stamps = np.zeros(self.capacity, np.float64)
+        self.vnet = np.zeros(self.capacity, VNET_DTYPE)
+        cdef int64_t[::1] o = self.offsets
+        cdef uint32_t[::1] l = self.lengths
+        cdef double[::1] t = self.stamps
+        cdef uint8_t[::1] v = self.vnet.view(np.uint8)
+        self.off, self.lens, self.ts, self.vh = &o[0], &l[0], &t[0], <virtio_net_hdr*>&v[0]
         self.cur = 0
-        self.held_n = 0
-        self.cap = (block_size // 64) * block_count
-        self.offsets = np.zeros(self.cap, np.int64)
-        self.lengths = np.zeros(self.cap, np.uint32)
-        self.stamps = np.zeros(self.cap, np.float64)
 
     def fileno(self):
-        return self.sock.fileno()
+        return self.fd
 
     @property
     def buffer(self):
-        """The ring memory as a writable uint8 array (frames are rewritten in place)."""
-        return np.frombuffer(self.mm, dtype=np.uint8)
+        """The ring memory (and side area) as a writable uint8 array: frames are rewritten in
+        place.  Valid until close()."""
+        if self.base == NULL:
+            raise ValueError("the ring is closed")
+        return self.view
 
-    def batch(self, max_blocks=0):
-        """Frames of every block the kernel has handed over (at most max_blocks, 0 = all).
-        Returns (n, offsets, lengths, timestamps); the arrays are views valid until
+    cdef bint ready_c(self) noexcept nogil:
+        cdef tpacket2_hdr* h = <tpacket2_hdr*>(self.base + <size_t>self.cur * self.frame_size)
+        return (load_acquire(&h.tp_status) & TP_STATUS_USER) != 0
+
+    cdef Py_ssize_t batch_c(self, Py_ssize_t max_frames) noexcept nogil:
+        """Collect the frames of the slots the kernel has handed over, from cur on."""
+        cdef Py_ssize_t n = 0
+        cdef uint32_t slot, status
+        cdef tpacket2_hdr* h
+        cdef uint8_t* s
+        cdef ssize_t r
+        cdef uint8_t* dst
+        if self.held_n or self.base == NULL:
+            return 0
+        if max_frames <= 0 or max_frames > self.capacity:
+            max_frames = self.capacity
+        self.held_first = self.cur
+        self.side_used = 0
+        while n < max_frames and self.held_n < self.frame_nr:
+            slot = (self.held_first + self.held_n) % self.frame_nr
+            s = self.base + <size_t>slot * self.frame_size
+            h = <tpacket2_hdr*>s
+            status = load_acquire(&h.tp_status)
+            if not (status & TP_STATUS_USER):
+                break
+            if h.tp_snaplen < h.tp_len:          # longer than a slot
+                if not (status & TP_STATUS_COPY):
+                    self.truncated += 1              # no copy could be queued: dropped, counted
+                    self.held_n += 1
+                    continue
+                if self.side_used + COPY_SLOT > <size_t>COPY_SLOT * COPY_SLOTS:
+                    break                            # side area full: the rest next batch
+                dst = self.base + self.ring_len + self.side_used
+                while True:
+                    r = recv(self.fd, dst, COPY_SLOT, MSG_DONTWAIT | MSG_TRUNC)
+                    if r < 0 and errno == EINTR:
+                        continue
+                    break
+                self.held_n += 1
+                if r < VNET + 14 or r > COPY_SLOT:
+                    self.truncated += 1
+                    continue
+                self.side_used += COPY_SLOT
+                self.copied += 1
+                memcpy(&self.vh[n], dst, VNET)
+                self.off[n] = <int64_t>(dst - self.base) + VNET
+                self.lens[n] = <uint32_t>(r - VNET)
+            else:
+                memcpy(&self.vh[n], s + h.tp_mac - VNET, VNET)
+                self.off[n] = <int64_t>slot * self.frame_size + h.tp_mac
+                self.lens[n] = h.tp_snaplen
+                self.held_n += 1
+            self.ts[n] = h.tp_sec + h.tp_nsec * 1e-9
+            if status & TP_STATUS_CSUMNOTREADY:
+                self.csum_not_ready += 1
+            if status & TP_STATUS_VLAN_VALID:
+                self.vlan_stripped += 1
+            if self.vh[n].gso_type != VIRTIO_NET_HDR_GSO_NONE:
+                self.gso += 1
+            n += 1
+        self.frames += n
+        return n
+
+    cdef void release_c(self) noexcept nogil:
+        cdef uint32_t i, slot
+        cdef tpacket2_hdr* h
+        for i in range(self.held_n):
+            slot = (self.held_first + i) % self.frame_nr
+            h = <tpacket2_hdr*>(self.base + <size_t>slot * self.frame_size)
+            store_release(&h.tp_status, TP_STATUS_KERNEL)
+        self.cur = (self.held_first + self.held_n) % self.frame_nr
+        self.held_n = 0
+
+    def ready(self):
+        """A frame is waiting (no system call: the next slot's status word)."""
+        return self.base != NULL and self.ready_c()
+
+    def batch(self, max_frames=0):
+        """Frames of every slot the kernel has handed over (at most max_frames, 0 = the
+        capacity).  Returns n; offsets, lengths, stamps and vnet[:n] describe them until
         release()."""
         if self.held_n:
             raise RuntimeError("release() the previous batch first")
-        cdef int64_t[::1] off = self.offsets
-        cdef uint32_t[::1] ln = self.lengths
-        cdef double[::1] ts = self.stamps
-        cdef tpacket_block_desc* bd
-        cdef tpacket3_hdr* h
-        cdef uint32_t b, k, npk
-        cdef size_t boff, foff
-        cdef Py_ssize_t n = 0
-        cdef uint32_t limit = max_blocks if max_blocks > 0 else self.block_count
-        self.held_first = self.cur
+        if self.base == NULL:
+            raise ValueError("the ring is closed")
+        cdef Py_ssize_t n, m = max_frames
         with nogil:
-            while self.held_n < limit:
-                b = (self.held_first + self.held_n) % self.block_count
-                boff = <size_t>b * self.block_size
-                bd = <tpacket_block_desc*>(self.base + boff)
-                if not (bd.hdr.bh1.block_status & TP_STATUS_USER):
-                    break
-                npk = bd.hdr.bh1.num_pkts
-                foff = bd.hdr.bh1.offset_to_first_pkt
-                for k in range(npk):
-                    h = <tpacket3_hdr*>(self.base + boff + foff)
-                    if h.tp_snaplen < h.tp_len:
-                        self.truncated += 1
-                    else:
-                        off[n] = <int64_t>(boff + foff + h.tp_mac)
-                        ln[n] = h.tp_snaplen
-                        ts[n] = h.tp_sec + h.tp_nsec * 1e-9
-                        n += 1
-                    if h.tp_status & TP_STATUS_CSUMNOTREADY:
-                        self.csum_not_ready += 1
-                    if h.tp_status & TP_STATUS_VLAN_VALID:
-                        self.vlan_stripped += 1
-                    foff += h.tp_next_offset
-                self.held_n += 1
-                self.blocks += 1
-            self.frames += n
-        return n, self.offsets[:n], self.lengths[:n], self.stamps[:n]
+            n = self.batch_c(m)
+        return n
 
     def release(self):
-        """Hand the blocks of the last batch back to the kernel."""
-        cdef uint32_t i, b
-        cdef tpacket_block_desc* bd
-        for i in range(self.held_n):
-            b = (self.held_first + i) % self.block_count
-            bd = <tpacket_block_desc*>(self.base + <size_t>b * self.block_size)
-            bd.hdr.bh1.block_status = TP_STATUS_KERNEL
-        self.cur = (self.held_first + self.held_n) % self.block_count
-        self.held_n = 0
+        """Hand the slots of the last batch back to the kernel."""
+        self.release_c()
 
     def kernel_stats(self):
-        """PACKET_STATISTICS (read and reset by the kernel): packets, drops, freeze_q_cnt."""
-        raw = self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 12)
-        p, d, f = struct.unpack("3I", raw)
-        return {"packets": p, "drops": d, "freeze_q_cnt": f}
+        """PACKET_STATISTICS (read and reset by the kernel): packets, drops (ring full)."""
+        raw = self.sock.getsockopt(K.SOL_PACKET, K.PACKET_STATISTICS, 8)
+        p, d = struct.unpack("2I", raw)
+        return {"packets": p, "drops": d}
 
     def close(self):
         if self.held_n:
-            self.release()
-        self.base = NULL
-        try:
-            self.mm.close()
-        except BufferError:
-            pass
-        self.sock.close()
+            self.release_c()
+        if self.base != NULL:
+            self.view = None
+            munmap(self.base, self.map_len)
+            self.base = NULL
+        if self.sock is not None:
+            self.sock.close()
+
+    def __dealloc__(self):
+        if self.base != NULL:
+            munmap(self.base, self.map_len)
 
 
 cdef class TxSocket:
-    """Batched transmit: one sendmmsg() per batch of frames taken from one buffer."""
-    cdef readonly str ifname
-    cdef readonly object sock
-    cdef int fd
-    cdef mmsghdr* msgs
-    cdef iovec* iov
-    cdef Py_ssize_t cap
-    cdef public uint64_t sent, errors, bytes
-    cdef public int last_errno
+    """Batched transmit: one sendmmsg() per batch of frames taken from one buffer, each frame
+    behind its virtio-net header (zeros: a finished frame)."""
+
+    def __cinit__(self):
+        self.msgs = NULL
+        self.iov = NULL
 
     def __init__(self, ifname, qdisc_bypass=True, capacity=1024):
         self.ifname = ifname
         s = _packet_socket(ifname)
         if qdisc_bypass:
             try:
-                s.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+                s.setsockopt(K.SOL_PACKET, K.PACKET_QDISC_BYPASS, 1)
             except OSError:
                 pass
         s.bind((ifname, 0))
@@ -216,7 +302,7 @@ cdef class TxSocket:
         self.fd = s.fileno()
         self.cap = capacity
         self.msgs = <mmsghdr*>PyMem_Malloc(capacity * sizeof(mmsghdr))
-        self.iov = <iovec*>PyMem_Malloc(capacity * sizeof(iovec))
+        self.iov = <iovec*>PyMem_Malloc(2 * capacity * sizeof(iovec))
         if self.msgs == NULL or self.iov == NULL:
             raise MemoryError()
 
@@ -224,59 +310,144 @@ cdef class TxSocket:
         PyMem_Free(self.msgs)
         PyMem_Free(self.iov)
 
-    def send(self, const uint8_t[::1] buf, const int64_t[::1] offsets, const uint32_t[::1] lengths,
-             const int64_t[::1] index):
-        """Send frames buf[offsets[j]:offsets[j]+lengths[j]] for j in index; returns sent."""
-        cdef Py_ssize_t n = index.shape[0]
-        cdef Py_ssize_t i, j, done = 0, chunk
+    cdef Py_ssize_t send_c(self, const uint8_t* base, const int64_t* off, const uint32_t* lens,
+                           const virtio_net_hdr* vh, const int32_t* idx, Py_ssize_t n) noexcept nogil:
+        """Send frames idx[0..n) (their virtio-net header vh[j], or a zero header when vh is
+        NULL); the caller checked every offset.  Returns frames sent; a frame the kernel
+        refuses is counted in errors and skipped, the rest still go."""
+        cdef Py_ssize_t i, j, done = 0, chunk, sent0 = self.sent
         cdef int r
+        cdef virtio_net_hdr zero
+        memset(&zero, 0, sizeof(zero))
+        while done < n:
+            chunk = n - done if n - done < self.cap else self.cap
+            memset(self.msgs, 0, chunk * sizeof(mmsghdr))
+            for i in range(chunk):
+                j = idx[done + i]
+                self.iov[2 * i].iov_base = <void*>(&vh[j] if vh != NULL else &zero)
+                self.iov[2 * i].iov_len = VNET
+                self.iov[2 * i + 1].iov_base = <void*>(base + off[j])
+                self.iov[2 * i + 1].iov_len = lens[j]
+                self.msgs[i].msg_hdr.msg_iov = &self.iov[2 * i]
+                self.msgs[i].msg_hdr.msg_iovlen = 2
+            r = sendmmsg(self.fd, self.msgs, <unsigned int>chunk, 0)
+            if r < 0:
+                if errno == EINTR:
+                    continue
+                self.last_errno = errno
+                self.errors += 1          # the first frame of the chunk was refused: skip it
+                done += 1
+                continue
+            for i in range(r):
+                self.bytes += self.msgs[i].msg_len
+            self.sent += r
+            if r == 0:
+                self.errors += 1
+                done += 1
+            else:
+                done += r
+        return self.sent - sent0
+
+    def send(self, const uint8_t[::1] buf, const int64_t[::1] offsets, const uint32_t[::1] lengths,
+             index, vnet=None):
+        """Send frames buf[offsets[j]:offsets[j]+lengths[j]] for j in index, behind vnet[j]
+        (a VNET_DTYPE array) or a zero header; returns frames sent."""
+        cdef int32_t[::1] ix = np.ascontiguousarray(index, dtype=np.int32)
+        cdef Py_ssize_t n = ix.shape[0], i, j
         cdef Py_ssize_t blen = buf.shape[0]
+        cdef const uint8_t[::1] vb
+        cdef const virtio_net_hdr* vp = NULL
+        if vnet is not None:
+            if vnet.dtype != VNET_DTYPE or not vnet.flags.c_contiguous:
+                raise TypeError("vnet must be a C-contiguous VNET_DTYPE array")
+            if vnet.shape[0] < offsets.shape[0]:
+                raise ValueError("vnet must cover every frame")
+            if vnet.shape[0]:
+                vb = vnet.view(np.uint8)
+                vp = <const virtio_net_hdr*>&vb[0]
+        if lengths.shape[0] < offsets.shape[0]:
+            raise ValueError("lengths must cover every frame")
         for i in range(n):
-            j = index[i]
-            if j < 0 or j >= offsets.shape[0] or offsets[j] < 0 or offsets[j] + lengths[j] > blen:
+            j = ix[i]
+            if j < 0 or j >= offsets.shape[0] or offsets[j] < 0 or offsets[j] > blen \
+                    or lengths[j] > blen - offsets[j]:
                 raise ValueError(f"frame {j} is outside the buffer")
         if n == 0:
             return 0
-        cdef const uint8_t* base = &buf[0]
+        cdef Py_ssize_t k
         with nogil:
-            while done < n:
-                chunk = n - done if n - done < self.cap else self.cap
-                memset(self.msgs, 0, chunk * sizeof(mmsghdr))
-                for i in range(chunk):
-                    j = index[done + i]
-                    self.iov[i].iov_base = <void*>(base + offsets[j])
-                    self.iov[i].iov_len = lengths[j]
-                    self.msgs[i].msg_hdr.msg_iov = &self.iov[i]
-                    self.msgs[i].msg_hdr.msg_iovlen = 1
-                r = sendmmsg(self.fd, self.msgs, <unsigned int>chunk, 0)
-                if r < 0:
-                    if errno == EINTR:
-                        continue
-                    self.last_errno = errno
-                    if errno == ENOBUFS or errno == EAGAIN:
-                        self.errors += 1
-                        done += 1        # drop the head frame, keep going
-                        continue
-                    self.errors += chunk
-                    done += chunk
-                    continue
-                for i in range(r):
-                    self.bytes += self.msgs[i].msg_len
-                self.sent += r
-                if r == 0:
-                    self.errors += 1
-                    done += 1
-                else:
-                    done += r
-        return self.sent
+            k = self.send_c(&buf[0], &offsets[0], &lengths[0], vp, &ix[0], n)
+        return k
 
     def send_frames(self, frames):
         """Convenience for rare paths (ICMP errors) and tests: a list of bytes."""
         from engine.frames import pack_frames
         buf, off, ln = pack_frames(frames)
-        before = self.sent
-        self.send(buf, off, ln, np.arange(len(frames), dtype=np.int64))
-        return self.sent - before
+        return self.send(buf, off, ln, np.arange(len(frames), dtype=np.int32))
 
     def close(self):
         self.sock.close()
+
+
+cdef class Poll:
+    """poll() with a timeout in microseconds (ppoll): the engine sleeps for less than a
+    millisecond when it wants to, which select.poll cannot do.  fd -> events."""
+    cdef object fds, events, revents, index
+    cdef Py_ssize_t n
+
+    def __init__(self):
+        self.fds = np.zeros(64, np.int32)
+        self.events = np.zeros(64, np.int16)
+        self.revents = np.zeros(64, np.int16)
+        self.index = {}
+        self.n = 0
+
+    def register(self, int fd, int events):
+        if fd in self.index:
+            self.events[self.index[fd]] = events
+            return
+        if self.n == len(self.fds):
+            self.fds = np.resize(self.fds, 2 * self.n)
+            self.events = np.resize(self.events, 2 * self.n)
+            self.revents = np.resize(self.revents, 2 * self.n)
+        self.fds[self.n] = fd
+        self.events[self.n] = events
+        self.index[fd] = self.n
+        self.n += 1
+
+    def modify(self, int fd, int events):
+        self.register(fd, events)
+
+    def unregister(self, int fd):
+        k = self.index.pop(fd, None)
+        if k is None:
+            return
+        last = self.n - 1
+        if k != last:
+            self.fds[k] = self.fds[last]
+            self.events[k] = self.events[last]
+            self.index[int(self.fds[k])] = k
+        self.n = last
+
+    def poll(self, double timeout_us):
+        """[(fd, revents)] of the ready descriptors; waits at most timeout_us (< 0: forever)."""
+        cdef Py_ssize_t i, n = self.n
+        cdef int r
+        cdef timespec ts
+        cdef timespec* tp = NULL
+        if n == 0:
+            return []
+        pfd = np.zeros(n, np.dtype([("fd", "<i4"), ("events", "<i2"), ("revents", "<i2")]))
+        pfd["fd"] = self.fds[:n]
+        pfd["events"] = self.events[:n]
+        cdef uint8_t[::1] raw = pfd.view(np.uint8)
+        if timeout_us >= 0:
+            ts.tv_sec = <long>(timeout_us // 1000000)
+            ts.tv_nsec = <long>((timeout_us - ts.tv_sec * 1000000.0) * 1000)
+            tp = &ts
+        with nogil:
+            r = ppoll(<pollfd*>&raw[0], n, tp, NULL)
+        if r <= 0:
+            return []
+        got = np.flatnonzero(pfd["revents"])
+        return [(int(pfd["fd"][i]), int(pfd["revents"][i])) for i in got]

@@ -67,7 +67,10 @@ cdef enum:
     R_TOO_MANY_EXT = 13
     R_NO_UPLINK = 14
     R_HOP_LIMIT = 15
-    N_REASONS = 16
+    R_OVERSIZE = 16
+    R_NO_NEIGHBOUR = 17
+    R_BAD_OFFLOAD = 18
+    N_REASONS = 19
 
 # row flags
 cdef enum:

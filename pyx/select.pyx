@@ -25,19 +25,6 @@ DEF TIE = 1e-9
 
 
 cdef class Selector:
-    cdef readonly int n_uplinks
-    cdef readonly object policy_numbers      # slot -> preference number
-    cdef object terms                        # slot -> list of (char index, weights[4])
-    cdef object pins                         # slot -> pinned uplink index or None
-    cdef uint16_t[::1] pref_slot             # preference -> slot (0 when undefined)
-    cdef uint8_t[::1] pref_defined
-    cdef int16_t[:, ::1] best                # [slot, service] -> uplink or -1
-    cdef object _norm
-    cdef object _chars
-    cdef object _usable
-    cdef object _metric
-    cdef uint64_t[::1] selected
-    cdef uint64_t undefined, no_uplink
 
     def __init__(self, cfg):
         from engine.config import characteristics_matrix
@@ -95,23 +82,29 @@ cdef class Selector:
             n = service.shape[0]
         if n > service.shape[0] or n > pref.shape[0] or n > out.shape[0]:
             raise ValueError("n is larger than the arrays")
+        if n == 0:
+            return
+        with nogil:
+            self.select_c(&service[0], &pref[0], &out[0], n)
+
+    cdef void select_c(self, const uint8_t* service, const uint16_t* pref, int16_t* out,
+                       Py_ssize_t n) noexcept nogil:
         cdef Py_ssize_t i
         cdef int s, u
         cdef uint16_t p
-        with nogil:
-            for i in range(n):
-                p = pref[i]
-                if not self.pref_defined[p]:
-                    self.undefined += 1
-                s = service[i]
-                if s > 3:
-                    s = 0
-                u = self.best[self.pref_slot[p], s]
-                out[i] = <int16_t>u
-                if u < 0:
-                    self.no_uplink += 1
-                else:
-                    self.selected[u] += 1
+        for i in range(n):
+            p = pref[i]
+            if not self.pref_defined[p]:
+                self.undefined += 1
+            s = service[i]
+            if s > 3:
+                s = 0
+            u = self.best[self.pref_slot[p], s]
+            out[i] = <int16_t>u
+            if u < 0:
+                self.no_uplink += 1
+            else:
+                self.selected[u] += 1
 
     def scores(self, int service, int preference):
         """F(u) for every uplink (nan for unusable ones) for one (service, preference)."""

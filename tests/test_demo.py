@@ -31,7 +31,7 @@ def test_demo_reproduces_section_6_2():
     assert carried(p.stdout, "echo requests (untagged)") == (0, 20)
     assert "at CN: 100/100 video datagrams received; echo 20/20 answered" in p.stdout
     assert "result: video via AR1 and echo via AR2, as in draft section 6.2" in p.stdout
-    assert "engine: mmr: lan_rx=" in p.stdout and "(ar1=100 ar2=20)" in p.stdout
+    assert "engine: mmr: rx_inside=" in p.stdout and "up_ar1=100 up_ar2=20" in p.stdout
     assert not [n for n in namespaces() if n.startswith(prefix)]
 
 

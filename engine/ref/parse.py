@@ -1,6 +1,9 @@
 """Reference parser: the oracle for engine._parse, written plainly, one frame at a time.
 
 Same semantics as pyx/parse.pyx (its docstring is the specification); readability first.
+Protocol numbers and ethertypes are written here as the RFCs give them, on purpose: the
+compiled parser takes them from the kernel headers, and an oracle typed independently
+catches a wrong constant on either side.
 """
 from __future__ import annotations
 

@@ -1,65 +1,53 @@
-# TPACKET_V3 ring structures and constants, from <linux/if_packet.h>; sendmmsg from
-# <sys/socket.h>.  Declared once here; pyx/ring.pyx uses them.
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+# <linux/if_packet.h>: packet socket options and the TPACKET_V2 ring.  Declared once here;
+# values come from the header at build time.  pyx/ring.pyx uses them, pyx/kernel.pyx
+# exports the ones Python needs.
+from libc.stdint cimport uint8_t, uint16_t, uint32_t
 
 cdef extern from "<linux/if_packet.h>":
-    # struct tpacket_bd_ts (linux/if_packet.h)
-    struct tpacket_bd_ts:
-        uint32_t ts_sec
-        uint32_t ts_nsec
-    # struct tpacket_hdr_v1: the block header of a TPACKET_V3 block
-    struct tpacket_hdr_v1:
-        uint32_t block_status
-        uint32_t num_pkts
-        uint32_t offset_to_first_pkt
-        uint32_t blk_len
-        uint64_t seq_num
-        tpacket_bd_ts ts_first_pkt
-        tpacket_bd_ts ts_last_pkt
-    union tpacket_bd_header_u:
-        tpacket_hdr_v1 bh1
-    struct tpacket_block_desc:
-        uint32_t version
-        uint32_t offset_to_priv
-        tpacket_bd_header_u hdr
-    struct tpacket_hdr_variant1:
-        uint32_t tp_rxhash
-        uint32_t tp_vlan_tci
-        uint16_t tp_vlan_tpid
-        uint16_t tp_padding
-    # struct tpacket3_hdr: one frame inside a block
-    struct tpacket3_hdr:
-        uint32_t tp_next_offset
-        uint32_t tp_sec
-        uint32_t tp_nsec
-        uint32_t tp_snaplen
-        uint32_t tp_len
+    # struct tpacket2_hdr: the header in front of every frame slot of a TPACKET_V2 ring
+    struct tpacket2_hdr:
         uint32_t tp_status
+        uint32_t tp_len
+        uint32_t tp_snaplen
         uint16_t tp_mac
         uint16_t tp_net
-        tpacket_hdr_variant1 hv1
+        uint32_t tp_sec
+        uint32_t tp_nsec
+        uint16_t tp_vlan_tci
+        uint16_t tp_vlan_tpid
+
+    # struct tpacket_req: the PACKET_RX_RING request of TPACKET_V1/V2
+    struct tpacket_req:
+        unsigned int tp_block_size
+        unsigned int tp_block_nr
+        unsigned int tp_frame_size
+        unsigned int tp_frame_nr
+
+    # struct tpacket_stats: PACKET_STATISTICS of TPACKET_V1/V2 (reset when read)
+    struct tpacket_stats:
+        unsigned int tp_packets
+        unsigned int tp_drops
 
     enum:
+        PACKET_ADD_MEMBERSHIP
+        PACKET_RX_RING
+        PACKET_STATISTICS
+        PACKET_COPY_THRESH
+        PACKET_VERSION
+        PACKET_VNET_HDR
+        PACKET_QDISC_BYPASS
+        PACKET_IGNORE_OUTGOING
+        PACKET_MR_PROMISC
+        PACKET_OUTGOING
+        TPACKET_V2
+        TPACKET_ALIGNMENT
+        TPACKET2_HDRLEN
+
+        # tp_status bits, RX
         TP_STATUS_KERNEL
         TP_STATUS_USER
-        TP_STATUS_COPY
+        TP_STATUS_COPY              # too long for the slot; a full copy waits on the socket
         TP_STATUS_LOSING
-        TP_STATUS_CSUMNOTREADY
+        TP_STATUS_CSUMNOTREADY      # checksum left for the device (a local or veth sender)
         TP_STATUS_VLAN_VALID
-
-cdef extern from "<sys/socket.h>":
-    struct iovec:
-        void* iov_base
-        size_t iov_len
-    struct msghdr:
-        void* msg_name
-        unsigned int msg_namelen
-        iovec* msg_iov
-        size_t msg_iovlen
-        void* msg_control
-        size_t msg_controllen
-        int msg_flags
-    struct mmsghdr:
-        msghdr msg_hdr
-        unsigned int msg_len
-    int sendmmsg(int fd, mmsghdr* msgvec, unsigned int vlen, int flags) nogil
+        TP_STATUS_CSUM_VALID

@@ -1,0 +1,550 @@
+"""The one engine of ``mmr run`` and ``mmr host``: sources, the poll loop, housekeeping, the
+connection manager, the control socket, metrics, the summary line and close.
+
+    inside source ---------> Forwarder.step_inside -----> uplink TxSockets
+    (router: LAN ring;          (engine._forward: parse, what is ours, route,
+     host: the TUN, the VI)      next hop, MTU, rewrite, send)
+    uplink rings ----------> Forwarder.step_uplink(u) --> inside sink
+                                                          (router: LAN TxSocket; host: TUN)
+    punts (ICMP errors, neighbour resolution) ---------> Python, rate-limited in C
+
+    netlink events ---> State ---> Forwarder tables (MACs, MTUs, gateways, LAN hosts, own
+                                   addresses) and the connection manager
+    probes, control socket, timers: the same poll loop, never waiting on anything
+
+The two modes differ only in their inside (engine/router.py: ``Lan``; engine/host.py:
+``VirtualInterface``): how it is opened, which addresses are the engine's to deliver, what
+the kernel guard (engine/guard.py) keeps the kernel from doing, and their names in the log.
+
+Latency.  A TPACKET_V2 ring hands every frame over on its own, so a lone frame is forwarded
+as soon as the loop sees it; after traffic the loop keeps looking (busy-poll, ``spin_us``)
+instead of sleeping, so the answer to what it just sent is taken without a wake-up; under
+load the loop never sleeps and frames that arrive while it works form the next batch.
+"""
+from __future__ import annotations
+
+import ipaddress
+import select
+import signal
+import socket
+import sys
+import time
+
+import numpy as np
+
+from engine import _forward
+from engine import counters as CT
+from engine import constants as C
+from engine._pipeline import Pipeline
+from engine.connmgr import ConnectionManager
+from engine.control import ControlServer
+from engine.errors import UserError
+from engine.icmperr import packet_too_big, time_exceeded
+from engine.log import Log
+from engine.netlink import Netlink, addr16
+
+SPIN_US = 200            # keep polling this long after the last frame before sleeping
+IDLE_WAIT_US = 10000     # the longest sleep in poll(): timers (probes, expiry) run at least this often
+HOUSEKEEPING_S = 1.0
+PROMPT_EVERY_S = 1.0
+TIMER = {"summary": "stats_interval"}
+
+
+def mac_text(b: bytes) -> str:
+    return ":".join(f"{x:02x}" for x in b)
+
+
+def mac_bytes(text: str) -> bytes:
+    return bytes.fromhex(text.replace(":", ""))
+
+
+class Poller:
+    """The engine's poll set: fd -> callback(revents)."""
+
+    def __init__(self):
+        from engine._ring import Poll
+
+        self.p = Poll()
+        self.callbacks: dict[int, object] = {}
+
+    def register(self, fd: int, events: int, callback) -> None:
+        if fd in self.callbacks:
+            self.p.modify(fd, events)
+        else:
+            self.p.register(fd, events)
+        self.callbacks[fd] = callback
+
+    def unregister(self, fd: int) -> None:
+        if self.callbacks.pop(fd, None) is not None:
+            try:
+                self.p.unregister(fd)
+            except (KeyError, ValueError):
+                pass
+
+    def poll(self, timeout_us: float) -> list[tuple[int, int]]:
+        return self.p.poll(timeout_us)
+
+
+class Datapath:
+    """Set up with a config and an inside (``Lan`` or ``VirtualInterface``); ``run()`` until
+    SIGINT/SIGTERM or ``duration``; everything it changed is undone when it stops."""
+
+    def __init__(self, cfg, inside, batch: int = 256, stats_interval: float = 5.0, stream=None,
+                 spin_us: float = SPIN_US, resolve_wait: float = 3.0, idle_wait_us: float = IDLE_WAIT_US):
+        from engine._ring import RxRing, TxSocket
+
+        if batch < 1 or batch > 4096:
+            raise UserError(f"--batch {batch}: use 1 to 4096 frames per batch (default 256)")
+        self.cfg, self.inside = cfg, inside
+        self.mode = inside.mode
+        self.stats_interval, self.spin_s, self.idle_wait_us = stats_interval, spin_us / 1e6, idle_wait_us
+        self.log = Log(stream)
+        self.stop = False
+        self.reload_requested = False
+        self.reloads = 0
+        self.started = time.time()
+        self.closables: list = []
+        self.poller = Poller()
+        self.netlink = Netlink()
+        self.closables.append(self.netlink)
+        try:
+            self.state = self.netlink.sync()
+            for dev in [u.device for u in cfg.uplinks] + inside.devices_needed(cfg):
+                if self.state.link(dev) is None:
+                    raise UserError(f"device {dev!r} does not exist; check the device names in the "
+                                    f"policy file ('ip link' lists them)")
+            self.n_up = len(cfg.uplinks)
+            self.up_index = [self.state.index(u.device) for u in cfg.uplinks]
+            self.pipe = Pipeline(cfg, batch=batch)
+            self.fw = _forward.Forwarder(self.pipe, inside.router, self.n_up, batch)
+            self.counters = self.fw.counters          # the one table (engine/counters.py)
+            for u, up in enumerate(cfg.uplinks):
+                link = self.state.link(up.device)
+                self.fw.up_mac[u] = list(link.mac[:6])
+                self.fw.up_mtu[u] = link.mtu
+            inside.open(self, batch)
+            self.up_rx: list = [None] * self.n_up
+            self.up_tx: list = [None] * self.n_up
+            for u, up in enumerate(cfg.uplinks):
+                self.up_rx[u] = RxRing(up.device, mtu=self.state.link(up.device).mtu, capacity=batch)
+                self.closables.append(self.up_rx[u])
+                self.up_tx[u] = TxSocket(up.device, qdisc_bypass=up.qdisc_bypass)
+                self.closables.append(self.up_tx[u])
+            self.fw.attach(up_rx=self.up_rx, up_tx=self.up_tx)
+            self.prompted: dict[tuple[str, bytes], float] = {}
+            self.truncated_seen: dict[int, int] = {}
+            self.sent_before = [(0, 0)] * self.n_up
+            self.gw_addr = [ipaddress.ip_address(u.gateway).packed if u.gateway else None for u in cfg.uplinks]
+            self._resolve_gateways(resolve_wait)
+            self.inside.tables(self)
+            self.conn = ConnectionManager(cfg, self.pipe.selector, self.pipe.flows, self.state,
+                                          self.next_hop_known, self.log, backlog=self.netlink.qdisc.get)
+            self.closables.append(self.conn)
+            self.control = ControlServer(cfg.monitor["control_socket"], self.handle_control, self.poller, self.log)
+            self.closables.append(self.control)
+            self.metrics = None
+            if cfg.monitor["metrics_listen"]:
+                from engine.metrics import Metrics
+                self.metrics = Metrics(cfg.monitor["metrics_listen"])
+                self.closables.append(self.metrics)
+        except BaseException:
+            self._close_all()
+            raise
+
+    # ------------------------------------------------------------------ neighbours
+    def _prompt(self, dev: str, addr: bytes) -> None:
+        """Make the kernel resolve addr on dev (at most once a second per address): a
+        datagram to the discard port from a socket bound to the device."""
+        key = (dev, addr)
+        now = time.monotonic()
+        if now - self.prompted.get(key, -10.0) < PROMPT_EVERY_S:
+            return
+        self.prompted[key] = now
+        ip = ipaddress.ip_address(addr[12:] if len(addr) == 16 and addr[:12] == bytes(10) + b"\xff\xff" else addr)
+        fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+        try:
+            with socket.socket(fam, socket.SOCK_DGRAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode())
+                s.setblocking(False)
+                s.sendto(b"", (str(ip), 9))
+            self.counters[CT.INDEX["neighbour_asked"]] += 1
+        except OSError:
+            pass
+
+    def _resolve_gateways(self, wait: float) -> None:
+        """Each uplink's next-hop MAC: static, or from the neighbour table.  An uplink whose
+        link is down at start is left unresolved with a warning (used once it is up and its
+        gateway answers); a gateway that does not answer on a link that is up is a start-up
+        error."""
+        pending = []
+        for u, up in enumerate(self.cfg.uplinks):
+            if up.gateway_mac:
+                self.fw.gw_mac[u] = list(mac_bytes(up.gateway_mac))
+                continue
+            if not up.gateway:
+                raise UserError(f"uplink {up.name!r} has neither gateway nor gateway_mac; add "
+                                f"gateway = \"<next hop address>\" to its [[uplink]] table")
+            link = self.state.link(up.device)
+            if not link.up:
+                self.log(f"mmr: warning: uplink {up.name} ({up.device}) is down at start; it will carry "
+                         f"flows once it is up and its gateway {up.gateway} answers")
+                continue
+            pending.append(u)
+        deadline = time.monotonic() + wait
+        while pending:
+            for u in list(pending):
+                if self._learn_gateway(u):
+                    pending.remove(u)
+                else:
+                    self._prompt(self.cfg.uplinks[u].device, self.gw_addr[u])
+            if not pending:
+                break
+            if time.monotonic() > deadline:
+                up = self.cfg.uplinks[pending[0]]
+                raise UserError(f"gateway {up.gateway} of uplink {up.name!r} does not answer neighbour "
+                                f"discovery on {up.device}; check the link and the address, or set "
+                                f"gateway_mac")
+            select.select([self.netlink.fileno()], [], [], 0.05)
+            self.netlink.read()
+            self.prompted.clear()
+
+    def _learn_gateway(self, u: int) -> bool:
+        """Take uplink u's gateway MAC from the state; True when it is known."""
+        up = self.cfg.uplinks[u]
+        if up.gateway_mac or self.gw_addr[u] is None:
+            return bool(self.fw.gw_mac[u].any())
+        idx = self.state.index(up.device)
+        mac = None if idx is None else self.state.neighbour(idx, self.gw_addr[u])
+        if mac is None:
+            return False
+        if bytes(self.fw.gw_mac[u]) != mac:
+            known = bool(self.fw.gw_mac[u].any())
+            self.fw.gw_mac[u] = list(mac)
+            if known:
+                self.log(f"mmr: gateway of {up.name} is now {mac_text(mac)}")
+        return True
+
+    def next_hop_known(self) -> np.ndarray:
+        return np.array([bool(self.fw.gw_mac[u].any()) and self.up_rx[u] is not None
+                         for u in range(self.n_up)], bool)
+
+    def _follow_gateways(self) -> None:
+        """A gateway that is not known (or went stale and was dropped) is asked for."""
+        for u, up in enumerate(self.cfg.uplinks):
+            if up.gateway_mac or self.gw_addr[u] is None or self.up_rx[u] is None:
+                continue
+            if not self._learn_gateway(u):
+                self._prompt(up.device, self.gw_addr[u])
+
+    # ------------------------------------------------------------------ netlink
+    def _netlink_events(self, revents: int) -> None:
+        links = gateways = False
+        for ev in self.netlink.read():
+            kind = ev[0]
+            if kind == "neigh":
+                _, index, addr = ev
+                self.inside.neighbour(self, index, addr)
+                if index in self.up_index:
+                    gateways = True
+            elif kind in ("link", "addr", "resync"):
+                links = True
+                if kind == "link" and ev[1] in self.up_index:
+                    u = self.up_index.index(ev[1])
+                    link = self.state.links[ev[1]]
+                    self.fw.up_mtu[u] = link.mtu
+                    if link.mac and len(link.mac) == 6:
+                        self.fw.up_mac[u] = list(link.mac)
+                self.inside.link_event(self, ev)
+            elif kind == "gone":
+                links = True
+                if ev[1] in self.up_index:
+                    self._uplink_gone(self.up_index.index(ev[1]))
+                self.inside.link_event(self, ev)
+        if gateways:
+            before = self.next_hop_known()
+            for u in range(self.n_up):
+                if not self._learn_gateway(u) and self.fw.gw_mac[u].any() and not self.cfg.uplinks[u].gateway_mac:
+                    idx = self.up_index[u]
+                    if idx is not None and self.state.neighbour(idx, self.gw_addr[u]) is None:
+                        self.fw.gw_mac[u] = 0         # the gateway's entry failed: not usable
+            if (self.next_hop_known() != before).any():
+                self.conn.apply()
+        if links:
+            self.conn.links_changed()
+
+    def _uplink_gone(self, u: int) -> None:
+        up = self.cfg.uplinks[u]
+        if self.up_rx[u] is None:
+            return
+        self.log(f"mmr: device {up.device} of uplink {up.name} disappeared; the other devices keep "
+                 f"forwarding (restart mmr once it is back)")
+        self._read_ring_drops()
+        self.sent_before[u] = self.uplink_sent(u)
+        self.fw.detach_uplink(u)
+        self.poller.unregister(self.up_rx[u].fileno())
+        self.up_rx[u].close()
+        self.up_tx[u].close()
+        self.up_rx[u] = self.up_tx[u] = None
+        self.up_index[u] = None
+
+    # ------------------------------------------------------------------ punts
+    def _punts(self) -> None:
+        """ICMP errors and neighbour resolutions the compiled steps asked for."""
+        sent = 0
+        for p in self.fw.take_punts():
+            kind, side, u = int(p["kind"]), int(p["side"]), int(p["uplink"])
+            if kind == _forward.KIND_NEIGHBOUR:
+                self.inside.resolve(self, bytes(p["addr"]))
+                continue
+            dev, tx = self.inside.punt_port(self, side, u)
+            if tx is None:
+                continue
+            frame = bytes(p["data"][:p["caplen"]])
+            l3, fam = int(p["l3_off"]), int(p["family"])
+            ip6, ip4 = self.my_ip(dev)
+            mac = bytes(self.state.link(dev).mac) if self.state.link(dev) else None
+            if mac is None or len(frame) < l3 + 20:
+                continue
+            if kind == _forward.KIND_TOO_BIG:
+                if fam == 4 and not frame[l3 + 6] & 0x40:
+                    continue              # IPv4 without DF: mmr does not fragment; dropped, counted
+                reply = packet_too_big(frame, l3, fam, mac, int(p["mtu"]), ip6, ip4)
+            else:
+                reply = time_exceeded(frame, l3, fam, mac, ip6, ip4)
+            if reply is not None:
+                sent += tx.send_frames([reply])
+        self.counters[CT.INDEX["icmp_sent"]] += sent
+
+    def my_ip(self, dev: str) -> tuple[bytes | None, bytes | None]:
+        """(first global IPv6, first IPv4) of dev: the source of the ICMP errors sent there."""
+        idx = self.state.index(dev)
+        addrs = self.state.addresses(idx) if idx is not None else []
+        a6 = [a.packed for a in addrs if a.version == 6 and not a.is_link_local]
+        a4 = [a.packed for a in addrs if a.version == 4]
+        return (a6[0] if a6 else None, a4[0] if a4 else None)
+
+    # ------------------------------------------------------------------ loop
+    def install_signals(self) -> dict:
+        """SIGINT/SIGTERM: stop (handing the packets back to the kernel first); SIGHUP: reload."""
+        def on_stop(signum, frame):
+            self.stop = True
+
+        def on_hup(signum, frame):
+            self.reload_requested = True
+
+        old = {s: signal.signal(s, on_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
+        return old
+
+    def run(self, duration: float | None = None) -> dict:
+        old = self.install_signals()
+        fw = self.fw
+        ring_fds = set()
+        try:
+            self.poller.register(self.netlink.fileno(), select.POLLIN, self._netlink_events)
+            for fd, u in self.conn.fds().items():
+                self.poller.register(fd, select.POLLIN, lambda ev, u=u: self.conn.probe_readable(u))
+            for fd in self.inside.fds():
+                ring_fds.add(fd)
+                self.poller.register(fd, select.POLLIN, None)
+            for u, r in enumerate(self.up_rx):
+                ring_fds.add(r.fileno())
+                self.poller.register(r.fileno(), select.POLLIN, None)
+            start = self.inside.take_over(self)
+            fw.t_start = start
+            fw.t_end = float("inf")
+            ready = False
+            t0 = time.monotonic()
+            spin_until = 0.0
+            next_house = t0 + HOUSEKEEPING_S
+            next_stats = t0 + (self.stats_interval or 0)
+            end_at = None                     # realtime: after the handover back
+            while True:
+                now = time.monotonic()
+                events = self.poller.poll(0 if now < spin_until else self.idle_wait_us)
+                n = fw.step_inside()
+                for u in range(self.n_up):
+                    n += fw.step_uplink(u)
+                if fw.punt_n:
+                    self._safely(self._punts)
+                for fd, ev in events:
+                    cb = self.poller.callbacks.get(fd)
+                    if cb is not None:
+                        self._safely(cb, ev)
+                    elif fd in ring_fds and ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+                        self.poller.unregister(fd)   # a device went away; netlink says which
+                now = time.monotonic()
+                if n:
+                    spin_until = now + self.spin_s
+                self._safely(self.conn.tick, now)
+                self.control.tick(now)
+                if not ready and time.time() >= start:
+                    ready = True
+                    self.log(self.inside.ready_line(self))
+                if self.reload_requested:
+                    self.reload_requested = False
+                    self.log(f"mmr: SIGHUP: {self.reload()['message']}")
+                if now >= next_house:
+                    next_house = now + HOUSEKEEPING_S
+                    self._safely(self._housekeeping)
+                if self.stats_interval and now >= next_stats:
+                    next_stats = now + self.stats_interval
+                    self.log(self.summary_line())
+                if duration is not None and now - t0 >= duration:
+                    self.stop = True
+                if self.stop and end_at is None:
+                    end_at = self.inside.hand_back(self)
+                    fw.t_end = end_at
+                if end_at is not None and time.time() >= end_at + 0.05:
+                    break                     # every frame mmr owned is out; the kernel has the rest
+        finally:
+            try:
+                self.inside.release(self)
+            finally:
+                for s, h in old.items():
+                    signal.signal(s, h)
+                self._read_ring_drops()
+                self.log(self.summary_line())
+                self.close()
+        return CT.snapshot(self.counters)
+
+    def _safely(self, fn, *args) -> None:
+        """Control work (netlink, probes, punts, timers, control socket): a fault there is
+        logged and counted, and the forwarding goes on."""
+        try:
+            fn(*args)
+        except Exception as exc:
+            self.counters[CT.INDEX["internal_errors"]] += 1
+            self.log(f"mmr: internal error in {getattr(fn, '__name__', 'a handler')}: "
+                     f"{type(exc).__name__}: {exc}; forwarding goes on")
+
+    def _housekeeping(self) -> None:
+        self._follow_gateways()
+        self.pipe.expire(time.time())
+        self._read_ring_drops()
+        stale = time.monotonic() - 10
+        for k in [k for k, t in self.prompted.items() if t < stale]:
+            del self.prompted[k]
+        if self.conn.m["measure"]:
+            self.netlink.request_qdisc(0)
+        if self.metrics is not None:
+            self.metrics.publish(self.snapshot())
+
+    def _read_ring_drops(self) -> None:
+        """PACKET_STATISTICS resets on read: add the kernel's ring-full drops and what the
+        rings could not take whole."""
+        rings = [r for r in self.up_rx if r is not None] + self.inside.rings()
+        drops = 0
+        for r in rings:
+            try:
+                drops += r.kernel_stats()["drops"]
+            except OSError:
+                pass
+        self.counters[CT.INDEX["ring_drops"]] += drops
+        for r in rings:
+            seen = self.truncated_seen.get(id(r), 0)
+            self.counters[CT.INDEX["truncated"]] += int(r.truncated) - seen
+            self.truncated_seen[id(r)] = int(r.truncated)
+
+    SUMMARY = ["rx_inside", "rx_uplink", "tx_uplink", "tx_inside", "kernel", "handover", "csum_finished",
+               "super_frames", "icmp_sent", "ring_drops", "tx_errors"]
+
+    def summary_line(self) -> str:
+        """One logfmt line: the main counters, packets per uplink, flows, every non-zero drop."""
+        t = self.table()
+        per = " ".join(f"up_{u.name}={self.uplink_sent(i)[0]}" for i, u in enumerate(self.cfg.uplinks))
+        drops = " ".join(f"drop_{k}={v}" for k, v in CT.drops(t).items() if v)
+        return " ".join(x for x in (f"{self.inside.log_prefix}:", CT.logfmt(t, self.SUMMARY, with_drops=False),
+                                    per, f"flows={len(self.pipe.flows)}", drops) if x)
+
+    def uplink_sent(self, u: int) -> tuple[int, int]:
+        """(packets, bytes) sent on uplink u so far, its device gone or not."""
+        p, b = self.sent_before[u]
+        tx = self.up_tx[u]
+        return (p + int(tx.sent), b + int(tx.bytes)) if tx is not None else (p, b)
+
+    def table(self) -> np.ndarray:
+        return self.counters.copy()
+
+    # ------------------------------------------------------------------ control
+    def reload(self) -> dict:
+        """Re-read the policy file.  A valid file replaces classification and selection at
+        once and keeps the flowbase; an invalid one is rejected and the old policy runs on."""
+        from engine.config import load_config
+        from engine.errors import ConfigError
+
+        path = None if self.cfg.path.startswith("<") else self.cfg.path
+        try:
+            new = load_config(path, default=self.inside.default_policy)
+        except ConfigError as exc:
+            return {"ok": False, "message": f"rejected, the old policy keeps running: {exc}"}
+        old = self.cfg
+        same = (new.lan == old.lan and [(u.name, u.device) for u in new.uplinks] ==
+                [(u.name, u.device) for u in old.uplinks] and new.option_type == old.option_type
+                and new.host == old.host)
+        if not same:
+            return {"ok": False, "message": "rejected, the old policy keeps running: the LAN device, the "
+                                            "uplinks (names, devices, order), the option type or [host] "
+                                            "changed; those need a restart"}
+        self.pipe.apply(new)
+        self.cfg = new
+        self.inside.apply(self, new)
+        self.conn.apply(new, self.pipe.selector)
+        self.reloads += 1
+        return {"ok": True, "message": f"policy reloaded from {new.path} ({len(self.pipe.flows)} flows kept)"}
+
+    def snapshot(self) -> dict:
+        names = [u.name for u in self.cfg.uplinks]
+        t = self.table()
+        return {"uplinks": self.conn.status(), "flows": len(self.pipe.flows),
+                "counters": CT.snapshot(t), "drops": CT.drops(t),
+                "uplink_packets": {n: self.uplink_sent(i)[0] for i, n in enumerate(names)},
+                "uplink_bytes": {n: self.uplink_sent(i)[1] for i, n in enumerate(names)}}
+
+    def handle_control(self, req: dict) -> dict:
+        cmd = req["cmd"]
+        if cmd == "ping":
+            return {"ok": True}
+        if cmd == "status":
+            snap = self.snapshot()
+            return {"ok": True, "policy": self.cfg.path, "uptime_s": round(time.time() - self.started, 1),
+                    "reloads": self.reloads, "flows": snap["flows"], "uplinks": snap["uplinks"],
+                    "failovers": self.conn.moves, "moved_flows": self.conn.moved_flows,
+                    "mode": self.mode, "counters": snap["counters"], "drops": snap["drops"]}
+        if cmd == "flows":
+            from engine.replay import address_text
+
+            names = [u.name for u in self.cfg.uplinks]
+            want = req.get("uplink")
+            if want is not None and want not in names:
+                return {"ok": False, "error": f"no uplink named {want!r}; the uplinks are {', '.join(names)}"}
+            recs = self.pipe.flows.dump()
+            if want is not None:
+                recs = recs[recs["uplink"] == names.index(want)]
+            limit = req.get("limit")
+            limit = 1000 if limit is None else int(limit)
+            out = [{"src": address_text(r["src"]), "dst": address_text(r["dst"]), "proto": int(r["proto"]),
+                    "sport": int(r["sport"]), "dport": int(r["dport"]),
+                    "service": C.SERVICE_NAMES[min(int(r["service"]), 3)], "preference": int(r["preference"]),
+                    "uplink": names[int(r["uplink"])] if int(r["uplink"]) < len(names) else None,
+                    "packets": int(r["packets"]), "bytes": int(r["bytes"])} for r in recs[:limit]]
+            return {"ok": True, "total": int(len(recs)), "flows": out}
+        if cmd == "reload":
+            res = self.reload()
+            self.log(f"mmr: reload: {res['message']}")
+            return res
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    # ------------------------------------------------------------------ close
+    def _close_all(self) -> None:
+        for c in reversed(self.closables):
+            try:
+                c.close()
+            except Exception:      # closing must go on; what failed is logged
+                self.log(f"mmr: warning: closing {type(c).__name__} failed")
+        self.closables = []
+
+    def close(self) -> None:
+        self._close_all()
+        self.inside.close(self)
+        self.log.close()

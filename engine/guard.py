@@ -1,0 +1,152 @@
+"""The kernel guard: while mmr forwards, this machine's kernel leaves the packets mmr handles
+alone, and it takes them back the moment mmr stops, even when mmr is killed.
+
+mmr reads frames from AF_PACKET taps, which see a packet before the kernel's IP layer; the
+kernel would route the same packet too.  An nftables table drops, at prerouting (priority
+raw, before the route lookup), the packets mmr forwards: so the kernel neither forwards them
+nor answers them (no ICMP unreachable "no route", no redirect, no time exceeded) whatever
+routes it has.  What is for the machine itself still reaches it: its own addresses,
+broadcast, multicast and link-local (neighbour discovery, DHCP, ping, SSH).
+
+Handover without a gap and without duplicates.  Both sides use one clock, CLOCK_REALTIME: the
+table's rules accept everything before START and from END on (``meta time``, whole seconds),
+and mmr forwards exactly the frames its ring stamped in [START, END).  So at every instant
+one of the two forwards a packet: at start mmr runs (and skips older frames) before START
+arrives; at stop mmr sets END a moment ahead, forwards until then, and only then exits.
+
+Crash safety.  The table is created with ``flags owner`` by an ``nft -i`` child whose
+standard input is a pipe from mmr: when mmr dies, however it dies, the pipe closes, nft
+exits and the kernel removes the table with its owner.  Kernels or nft versions without the
+flag get a plain table (logged), removed at a clean stop only.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import time
+
+from engine.errors import UserError
+
+FAR_FUTURE = 4102444800          # 2100-01-01: "until mmr hands back"
+
+
+def whole_second_after(t: float, margin: float) -> int:
+    return int(math.ceil(t + margin))
+
+
+class KernelGuard:
+    """One nftables table (``table``) whose ``pre`` chain holds ``rules`` (nft rule text,
+    one per line) and whose ``window`` chain lets the kernel have everything outside the
+    handover window."""
+
+    def __init__(self, table: str, devices: list[str], rules: list[str], log):
+        if shutil.which("nft") is None:
+            raise UserError("nftables ('nft') is not installed; mmr needs it to keep the kernel "
+                            "from forwarding what mmr forwards (apt-get install nftables)")
+        self.table, self.devices, self.rules, self.log = table, devices, rules, log
+        self.proc: subprocess.Popen | None = None
+        self.owned = False
+        self.start = self.end = None
+
+    # ------------------------------------------------------------------ text
+    def _table_text(self, start: int, end: int, owner: bool) -> str:
+        devs = ", ".join(f'"{d}"' for d in self.devices)
+        flags = "flags owner; " if owner else ""
+        rules = " ".join(f"{r};" for r in self.rules)
+        return (f"table inet {self.table} {{ {flags}"
+                f"chain window {{ meta time < {start} accept; meta time >= {end} accept; }}; "
+                f"chain pre {{ type filter hook prerouting priority raw; policy accept; "
+                f"iifname != {{ {devs} }} accept; jump window; {rules} }}; }}")
+
+    def _window_text(self, start: int, end: int) -> str:
+        return (f"flush chain inet {self.table} window; "
+                f"add rule inet {self.table} window meta time < {start} accept; "
+                f"add rule inet {self.table} window meta time >= {end} accept")
+
+    # ------------------------------------------------------------------ life
+    def take_over(self, margin: float = 0.25) -> float:
+        """Install the table; returns START (epoch seconds), from which mmr forwards."""
+        subprocess.run(["nft", "delete", "table", "inet", self.table], capture_output=True)  # a stale plain one
+        start = whole_second_after(time.time(), margin)
+        self.proc = subprocess.Popen(["nft", "-i"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True, bufsize=1)
+        os.set_blocking(self.proc.stderr.fileno(), False)
+        self._send(self._table_text(start, FAR_FUTURE, owner=True))
+        if self._present(2.0):
+            self.owned = True
+        else:
+            err = self._errors()
+            self.close()
+            p = subprocess.run(["nft", "-f", "-"], input=self._table_text(start, FAR_FUTURE, owner=False) + "\n",
+                               capture_output=True, text=True)
+            if p.returncode != 0:
+                raise UserError(f"cannot install the nftables table that keeps the kernel from "
+                                f"forwarding what mmr forwards ({(p.stderr or err).strip()}); check "
+                                f"that nftables works here")
+            self.log(f"mmr: warning: nftables refused an owned table ({err.strip() or 'no reason given'}); "
+                     f"the table 'inet {self.table}' stays if mmr is killed: remove it with "
+                     f"'nft delete table inet {self.table}'")
+        self.start, self.end = start, FAR_FUTURE
+        if time.time() >= start:
+            self.log(f"mmr: warning: the kernel guard took longer than {margin} s to install; "
+                     f"a few packets may have been forwarded twice")
+        return float(start)
+
+    def hand_back(self, margin: float = 0.15) -> float:
+        """Give the kernel everything from END on; returns END (epoch seconds)."""
+        end = whole_second_after(time.time(), margin)
+        text = self._window_text(self.start, end)
+        if self.owned:
+            self._send(text)
+        else:
+            subprocess.run(["nft", "-f", "-"], input=text + "\n", capture_output=True, text=True)
+        self.end = end
+        return float(end)
+
+    def close(self) -> None:
+        """Remove the table (the kernel forwards everything again)."""
+        if self.proc is not None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+        if not self.owned and self.start is not None:
+            subprocess.run(["nft", "delete", "table", "inet", self.table], capture_output=True)
+        self.start = None
+
+    # ------------------------------------------------------------------ helpers
+    def _send(self, line: str) -> None:
+        try:
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass
+
+    def _errors(self) -> str:
+        try:
+            return self.proc.stderr.read() or ""
+        except (OSError, TypeError, ValueError):
+            return ""
+
+    def _present(self, wait: float) -> bool:
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            p = subprocess.run(["nft", "list", "table", "inet", self.table], capture_output=True, text=True)
+            if p.returncode == 0 and "chain pre" in p.stdout:
+                return True
+            time.sleep(0.02)
+        return False
+
+    def counters(self) -> str:
+        p = subprocess.run(["nft", "list", "table", "inet", self.table], capture_output=True, text=True)
+        return p.stdout

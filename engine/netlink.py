@@ -1,0 +1,266 @@
+"""What the kernel knows about links, addresses and neighbours, kept current from rtnetlink
+events: the engine's picture of the machine, read without a subprocess or a full dump in the
+forwarding loop.
+
+    start:   one dump of links, addresses, neighbours (blocking; before the loop runs)
+    loop:    the same socket, subscribed to link, address and neighbour groups, is in the
+             engine's poll set; ``read()`` parses what arrived (non-blocking) and updates
+             ``State``; a lost event (ENOBUFS) asks for a fresh dump, whose answers arrive on
+             the same socket like events, so nothing ever waits for the kernel
+    queries: ``State`` answers link flags, MTUs, MACs, addresses and neighbour MACs from
+             memory; ``request_qdisc(ifindex)`` asks for a device's qdisc statistics, which
+             come back as a ``("qdisc", ...)`` event
+
+Messages are parsed with struct, header sizes and numbers from the kernel headers
+(engine._kernel).
+"""
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+from dataclasses import dataclass, field
+
+from engine import _kernel as K
+
+NLMSG = struct.Struct("=IHHII")          # struct nlmsghdr
+IFINFO = struct.Struct("=BxHiII")        # struct ifinfomsg
+IFADDR = struct.Struct("=BBBBI")         # struct ifaddrmsg
+NDMSG = struct.Struct("=BxxxiHBB")       # struct ndmsg
+TCMSG = struct.Struct("=BxxxiIII")       # struct tcmsg
+RTA = struct.Struct("=HH")               # struct rtattr
+assert (IFINFO.size, IFADDR.size, NDMSG.size, TCMSG.size) == (
+    K.SIZEOF_IFINFOMSG, K.SIZEOF_IFADDRMSG, K.SIZEOF_NDMSG, K.SIZEOF_TCMSG)
+
+NUD_VALID = (K.NUD_REACHABLE | K.NUD_STALE | K.NUD_DELAY | K.NUD_PROBE | K.NUD_PERMANENT
+             | K.NUD_NOARP)
+GROUPS = K.RTMGRP_LINK | K.RTMGRP_NEIGH | K.RTMGRP_IPV4_IFADDR | K.RTMGRP_IPV6_IFADDR
+
+
+def _attrs(data: bytes, off: int, end: int) -> dict[int, bytes]:
+    out = {}
+    while off + 4 <= end:
+        ln, typ = RTA.unpack_from(data, off)
+        if ln < 4:
+            break
+        out[typ & 0x3FFF] = data[off + 4:off + ln]
+        off += (ln + 3) & ~3
+    return out
+
+
+def addr16(packed: bytes) -> bytes:
+    """The row form of an address: IPv6 as is, IPv4 as IPv4-mapped."""
+    return bytes(10) + b"\xff\xff" + packed if len(packed) == 4 else packed
+
+
+@dataclass
+class Link:
+    index: int
+    name: str
+    flags: int = 0
+    mtu: int = 0
+    mac: bytes = b""
+
+    @property
+    def up(self) -> bool:
+        return bool(self.flags & K.IFF_UP) and bool(self.flags & K.IFF_LOWER_UP)
+
+
+@dataclass
+class State:
+    """The machine as the last events described it."""
+    links: dict[int, Link] = field(default_factory=dict)
+    addrs: dict[int, dict[bytes, tuple[int, bytes | None]]] = field(default_factory=dict)
+    neigh: dict[tuple[int, bytes], bytes] = field(default_factory=dict)
+
+    def index(self, name: str) -> int | None:
+        for link in self.links.values():
+            if link.name == name:
+                return link.index
+        return None
+
+    def link(self, name: str) -> Link | None:
+        i = self.index(name)
+        return None if i is None else self.links[i]
+
+    def addresses(self, index: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        return [ipaddress.ip_address(a) for a in self.addrs.get(index, {})]
+
+    def has_address(self, index: int) -> bool:
+        """An address beyond link-local: the device's own on its network."""
+        return any(not a.is_link_local for a in self.addresses(index))
+
+    def local16(self) -> set[bytes]:
+        """Every address of this machine (every device) and every IPv4 broadcast address of
+        its subnets, in the row form."""
+        out = set()
+        for per in self.addrs.values():
+            for a, (plen, brd) in per.items():
+                out.add(addr16(a))
+                if brd:
+                    out.add(addr16(brd))
+                if len(a) == 4 and plen < 31:      # the subnet's broadcast, set or not
+                    net = ipaddress.IPv4Network((a, plen), strict=False)
+                    out.add(addr16(net.broadcast_address.packed))
+        return out
+
+    def neighbour(self, index: int, addr: bytes) -> bytes | None:
+        return self.neigh.get((index, addr))
+
+
+class Netlink:
+    """One rtnetlink socket: dumps at start, then events (non-blocking) in the poll loop."""
+
+    def __init__(self, groups: int = GROUPS):
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, K.NETLINK_ROUTE)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sock.bind((0, groups))
+        self.seq = 0
+        self.state = State()
+        self.qdisc: dict[int, int] = {}            # ifindex -> root qdisc backlog (bytes)
+        self.lost = 0
+        self._dumps_pending: list[int] = []
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def _request(self, mtype: int, body: bytes, flags: int = K.NLM_F_REQUEST | K.NLM_F_DUMP) -> None:
+        self.seq += 1
+        self.sock.send(NLMSG.pack(NLMSG.size + len(body), mtype, flags, self.seq, 0) + body)
+
+    def request_dumps(self) -> None:
+        """Ask for links, addresses and neighbours; the answers come in like events."""
+        self._request(K.RTM_GETLINK, IFINFO.pack(0, 0, 0, 0, 0))
+        self._dumps_pending = [K.RTM_GETADDR, K.RTM_GETNEIGH]
+
+    def request_qdisc(self, index: int) -> None:
+        """Ask for the qdisc statistics of a device (answered as ("qdisc", ...) events)."""
+        try:
+            self._request(K.RTM_GETQDISC, TCMSG.pack(0, index, 0, 0, 0))
+        except OSError:
+            pass
+
+    def sync(self) -> State:
+        """Blocking dumps of links, addresses and neighbours (at start only)."""
+        for mtype, body in ((K.RTM_GETLINK, IFINFO.pack(0, 0, 0, 0, 0)),
+                            (K.RTM_GETADDR, IFADDR.pack(0, 0, 0, 0, 0)),
+                            (K.RTM_GETNEIGH, NDMSG.pack(0, 0, 0, 0, 0))):
+            self._request(mtype, body)
+            want = self.seq
+            self.sock.setblocking(True)
+            done = False
+            while not done:
+                data = self.sock.recv(1 << 20)
+                for ev in self._parse(data):
+                    if ev[0] == "done" and ev[1] == want:
+                        done = True
+        self.sock.setblocking(False)
+        return self.state
+
+    def read(self) -> list[tuple]:
+        """Everything that arrived, applied to ``state``; returns the events:
+        ("link", index), ("gone", index), ("addr", index), ("neigh", index, addr),
+        ("qdisc", index, backlog), ("resync",) when events were lost."""
+        out = []
+        while True:
+            try:
+                data = self.sock.recv(1 << 20)
+            except (BlockingIOError, InterruptedError):
+                return out
+            except OSError:                    # ENOBUFS: events lost; ask for the whole picture
+                self.lost += 1
+                out.append(("resync",))
+                self.state.addrs.clear()          # rebuilt by the dumps below
+                self.state.neigh.clear()
+                for mtype, body in ((K.RTM_GETLINK, IFINFO.pack(0, 0, 0, 0, 0)),):
+                    self._request(mtype, body)
+                self._dumps_pending = [K.RTM_GETADDR, K.RTM_GETNEIGH]
+                continue
+            for ev in self._parse(data):
+                if ev[0] == "done":
+                    pend = getattr(self, "_dumps_pending", None)
+                    if pend:                     # one dump at a time on a netlink socket
+                        mtype = pend.pop(0)
+                        body = IFADDR.pack(0, 0, 0, 0, 0) if mtype == K.RTM_GETADDR else NDMSG.pack(0, 0, 0, 0, 0)
+                        self._request(mtype, body)
+                    continue
+                out.append(ev)
+
+    def _parse(self, data: bytes):
+        off = 0
+        st = self.state
+        while off + NLMSG.size <= len(data):
+            length, mtype, flags, seq, _ = NLMSG.unpack_from(data, off)
+            if length < NLMSG.size or off + length > len(data):
+                break
+            body, end = off + NLMSG.size, off + length
+            off += (length + 3) & ~3
+            if mtype == K.NLMSG_DONE or mtype == K.NLMSG_ERROR:
+                yield ("done", seq)
+                continue
+            if mtype in (K.RTM_NEWLINK, K.RTM_DELLINK) and body + IFINFO.size <= end:
+                _, _, index, iflags, _ = IFINFO.unpack_from(data, body)
+                at = _attrs(data, body + IFINFO.size, end)
+                if mtype == K.RTM_DELLINK:
+                    st.links.pop(index, None)
+                    st.addrs.pop(index, None)
+                    for key in [k for k in st.neigh if k[0] == index]:
+                        del st.neigh[key]
+                    yield ("gone", index)
+                    continue
+                name = at.get(K.IFLA_IFNAME, b"").rstrip(b"\0").decode(errors="replace")
+                link = st.links.get(index) or Link(index, name)
+                link.name = name or link.name
+                link.flags = iflags
+                if K.IFLA_MTU in at:
+                    link.mtu = struct.unpack("=I", at[K.IFLA_MTU][:4])[0]
+                if K.IFLA_ADDRESS in at:
+                    link.mac = at[K.IFLA_ADDRESS]
+                st.links[index] = link
+                yield ("link", index)
+            elif mtype in (K.RTM_NEWADDR, K.RTM_DELADDR) and body + IFADDR.size <= end:
+                family, plen, aflags, _, index = IFADDR.unpack_from(data, body)
+                at = _attrs(data, body + IFADDR.size, end)
+                a = at.get(K.IFA_LOCAL) or at.get(K.IFA_ADDRESS)
+                if not a or len(a) not in (4, 16):
+                    continue
+                if K.IFA_FLAGS in at:
+                    aflags = struct.unpack("=I", at[K.IFA_FLAGS][:4])[0]
+                per = st.addrs.setdefault(index, {})
+                if mtype == K.RTM_DELADDR or aflags & (K.IFA_F_TENTATIVE | K.IFA_F_DADFAILED):
+                    per.pop(bytes(a), None)
+                else:
+                    brd = at.get(K.IFA_BROADCAST)
+                    per[bytes(a)] = (plen, bytes(brd) if brd else None)
+                yield ("addr", index)
+            elif mtype in (K.RTM_NEWNEIGH, K.RTM_DELNEIGH) and body + NDMSG.size <= end:
+                _, index, state, _, _ = NDMSG.unpack_from(data, body)
+                at = _attrs(data, body + NDMSG.size, end)
+                dst, mac = at.get(K.NDA_DST), at.get(K.NDA_LLADDR)
+                if not dst or len(dst) not in (4, 16):
+                    continue
+                key = (index, bytes(dst))
+                if mtype == K.RTM_NEWNEIGH and mac and len(mac) == 6 and state & NUD_VALID:
+                    st.neigh[key] = bytes(mac)
+                else:
+                    st.neigh.pop(key, None)
+                yield ("neigh", index, bytes(dst))
+            elif mtype == K.RTM_NEWQDISC and body + TCMSG.size <= end:
+                _, index, _, parent, _ = TCMSG.unpack_from(data, body)
+                if parent != K.TC_H_ROOT:
+                    continue
+                at = _attrs(data, body + TCMSG.size, end)
+                backlog = None
+                if K.TCA_STATS2 in at:
+                    inner = _attrs(at[K.TCA_STATS2], 0, len(at[K.TCA_STATS2]))
+                    q = inner.get(K.TCA_STATS_QUEUE)
+                    if q and len(q) >= 8:
+                        backlog = struct.unpack_from("=II", q)[1]
+                if backlog is None and K.TCA_STATS in at and len(at[K.TCA_STATS]) >= 36:
+                    backlog = struct.unpack_from("=QIIIIIII", at[K.TCA_STATS])[-1]
+                if backlog is not None:
+                    self.qdisc[index] = backlog
+                    yield ("qdisc", index, backlog)
+
+    def close(self) -> None:
+        self.sock.close()

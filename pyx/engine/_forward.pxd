@@ -1,0 +1,97 @@
+# The C contract of pyx/forward.pyx (engine._forward): the forwarding decisions and steps.
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t, int64_t
+from rows cimport mmr_row, N_REASONS
+from virtio_net cimport virtio_net_hdr
+from engine._pipeline cimport Pipeline
+from engine._ring cimport RxRing, TxSocket
+from engine._tun cimport Tun
+
+# the events of the counter table, after the reasons (engine/counters.py: EVENTS, same order)
+cdef enum:
+    CNT_RX_INSIDE = N_REASONS
+    CNT_RX_UPLINK
+    CNT_TX_UPLINK
+    CNT_TX_INSIDE
+    CNT_KERNEL
+    CNT_HANDOVER
+    CNT_CSUM_FINISHED
+    CNT_SUPER_FRAMES
+    CNT_ICMP_SENT
+    CNT_ICMP_LIMITED
+    CNT_NEIGHBOUR_ASKED
+    CNT_TX_ERRORS
+    CNT_TRUNCATED
+    CNT_RING_DROPS
+    CNT_INTERNAL_ERRORS
+    CNT_SIZE
+
+# what the data path hands to Python (engine/datapath.py answers it)
+cdef enum:
+    PUNT_TIME_EXCEEDED = 1
+    PUNT_TOO_BIG = 2
+    PUNT_NEIGHBOUR = 3
+
+ctypedef struct punt_rec:
+    uint8_t kind
+    uint8_t side                 # 0: came in on the inside (LAN / VI), 1: on uplink `uplink`
+    uint8_t uplink
+    uint8_t family
+    uint16_t l3_off
+    uint16_t caplen              # bytes of the frame kept in data
+    uint32_t mtu
+    uint32_t length
+    uint8_t addr[16]             # the address to resolve (PUNT_NEIGHBOUR)
+    uint8_t data[1280]           # the frame's first bytes (the ICMP error quotes them)
+
+
+cdef class AddrTable:
+    cdef uint8_t* keys
+    cdef int32_t* vals
+    cdef readonly uint32_t capacity
+    cdef uint32_t mask, size
+    cdef uint64_t k0, k1
+
+    cdef int32_t get_c(self, const uint8_t* key) noexcept nogil
+
+
+cdef class Forwarder:
+    cdef readonly Pipeline pipe
+    cdef readonly bint router
+    cdef readonly int n_up
+    cdef readonly Py_ssize_t cap
+    cdef readonly object counters, up_mac, gw_mac, up_mtu, in_mac, host_mac, lan_net
+    cdef uint64_t* cnt
+    cdef uint8_t* up_mac_c
+    cdef uint8_t* gw_mac_c
+    cdef int32_t* up_mtu_c
+    cdef uint8_t* in_mac_c
+    cdef uint8_t* host_mac_c
+    cdef uint8_t* lan_net_c
+    cdef readonly Py_ssize_t n_hosts, n_lan
+    cdef public int in_mtu
+    cdef readonly AddrTable local, hosts
+    cdef public double t_start, t_end
+    cdef readonly object verdict, port_idx, port_n, punts, zero_vnet, now_ts, l3buf
+    cdef uint8_t* verd
+    cdef uint16_t* l3c
+    cdef int32_t* pidx
+    cdef int32_t* pn
+    cdef punt_rec* pc
+    cdef public Py_ssize_t punt_n
+    cdef double icmp_tokens, icmp_last, neigh_tokens, neigh_last
+    cdef public double icmp_rate, icmp_burst, neigh_rate, neigh_burst
+    cdef RxRing in_ring
+    cdef TxSocket in_tx
+    cdef Tun tun
+    cdef list up_rx, up_tx
+
+    cdef bint take_token(self, bint icmp, double now) noexcept nogil
+    cdef inline void drop(self, Py_ssize_t i, int reason) noexcept nogil
+    cdef void punt(self, int kind, int side, int uplink, const uint8_t* frame, uint32_t length,
+                   const mmr_row* r, uint32_t mtu) noexcept nogil
+    cdef uint32_t seg_len(self, const uint8_t* frame, const mmr_row* r,
+                          const virtio_net_hdr* vh, uint32_t length) noexcept nogil
+    cdef void outbound_c(self, uint8_t* base, int64_t* off, uint32_t* lens, virtio_net_hdr* vh,
+                         const double* ts, Py_ssize_t n) noexcept nogil
+    cdef void inbound_c(self, int u, uint8_t* base, int64_t* off, uint32_t* lens,
+                        virtio_net_hdr* vh, const double* ts, Py_ssize_t n) noexcept nogil

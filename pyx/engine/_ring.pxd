@@ -1,0 +1,42 @@
+# The C contract of pyx/ring.pyx (the module engine._ring): what other compiled stages may
+# call without Python in between.  The path mirrors the module's import name, which Cython
+# needs to import the types at run time.
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t, int64_t
+from virtio_net cimport virtio_net_hdr
+from sys_net cimport mmsghdr, iovec
+
+
+cdef class RxRing:
+    cdef readonly str ifname
+    cdef readonly object sock
+    cdef readonly int fd
+    cdef uint8_t* base                  # ring slots, then the side area for long frames
+    cdef size_t map_len, ring_len
+    cdef readonly uint32_t frame_size, frame_nr
+    cdef uint32_t cur, held_first, held_n
+    cdef size_t side_used
+    cdef readonly Py_ssize_t capacity
+    cdef readonly object offsets, lengths, stamps, vnet, view
+    cdef int64_t* off
+    cdef uint32_t* lens
+    cdef double* ts
+    cdef virtio_net_hdr* vh
+    cdef public uint64_t frames, truncated, copied, csum_not_ready, gso, vlan_stripped
+
+    cdef Py_ssize_t batch_c(self, Py_ssize_t max_frames) noexcept nogil
+    cdef void release_c(self) noexcept nogil
+    cdef bint ready_c(self) noexcept nogil
+
+
+cdef class TxSocket:
+    cdef readonly str ifname
+    cdef readonly object sock
+    cdef readonly int fd
+    cdef mmsghdr* msgs
+    cdef iovec* iov
+    cdef Py_ssize_t cap
+    cdef public uint64_t sent, errors, bytes
+    cdef public int last_errno
+
+    cdef Py_ssize_t send_c(self, const uint8_t* base, const int64_t* off, const uint32_t* lens,
+                           const virtio_net_hdr* vh, const int32_t* idx, Py_ssize_t n) noexcept nogil

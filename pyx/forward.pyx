@@ -1,0 +1,677 @@
+# cython: language_level=3
+"""forward: the forwarding decisions of the live engine, per batch, and the steps that run
+them between a source and its sinks.
+
+Two directions, one engine for ``mmr run`` (router) and ``mmr host`` (virtual interface):
+
+  outbound   inside -> uplinks    router: LAN ring        host: TUN (the VI)
+      parse, verdict                         (engine._pipeline: parse_c)
+      not ours? -> KERNEL                    router: for the router itself (its addresses,
+                                             multicast, link-local, another MAC, a link-local
+                                             source), or outside the handover window
+      route                                  (engine._pipeline: route_c: classify, flowbase,
+                                             select)
+      next hop known?  else DROP no_neighbour        (the uplink's gateway MAC)
+      fits the uplink's MTU?  else DROP oversize, punt packet too big
+      rewrite  MACs, hop limit - 1 (router), VLAN tags off, unfinished checksums finished
+               (engine._rewrite)           hop limit ran out -> DROP hop_limit, punt
+                                           time exceeded
+      -> per-uplink index lists -> one sendmmsg per uplink
+
+  inbound    uplink u -> inside
+      parse, verdict
+      ours?    router: to uplink u's MAC, to a LAN prefix, not to the router itself;
+               host: to an address of the VI.  Else KERNEL (probe replies, ND, ...)
+      router: the LAN host's MAC known?  else DROP no_neighbour, punt a resolution
+      fits the inside MTU?  else DROP oversize, punt packet too big
+      rewrite  router: MACs, hop limit - 1; host: checksums finished (super-frames too:
+               the VI takes them as one packet)
+      -> LAN sendmmsg / TUN writes
+
+Takes   a Pipeline and tables that Python keeps current from netlink events: MACs, MTUs,
+        gateway MACs, the LAN hosts' MACs (``hosts``: address -> row of ``host_mac``), the
+        addresses that are the machine's own (``local``), the LAN prefixes, and the
+        handover window [t_start, t_end) outside which the kernel forwards, not mmr.
+Emits   ``outbound()`` / ``inbound()``: (out, verdict) per frame, frames rewritten in place;
+        callable offline with any buffer (tests).  ``step_inside()`` / ``step_uplink(u)``:
+        the same over the live sources, and the sends.
+Drops   every dropped frame has one reason in the counter table (engine/counters.py).
+        ICMP errors and neighbour resolutions are punted to Python (``punts``), at most
+        1000 ICMP errors a second (burst 50, as the kernel's icmp_msgs_per_sec) and 100
+        resolutions a second: a flood cannot make the engine spend its time in Python.
+"""
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t, int64_t
+from libc.string cimport memcpy, memset, memcmp
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
+
+cimport rows
+from rows cimport mmr_row
+from virtio_net cimport virtio_net_hdr, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE
+from netinet_in cimport IPPROTO_TCP
+from engine._pipeline cimport Pipeline, OUT_ROUTE, OUT_KERNEL, OUT_DROP
+from engine._rewrite cimport (rewrite_one, finish_checksum, RW_MACS, RW_HOP, RW_CSUM_GSO,
+                              VERDICT_OK, VERDICT_HOP_LIMIT, VERDICT_BAD_OFFLOAD)
+from engine._ring cimport RxRing, TxSocket
+from engine._tun cimport Tun
+
+import os
+import time
+
+import numpy as np
+
+from engine import constants as C
+from engine import counters as CT
+from engine.constants import ROW_DTYPE, VNET_DTYPE
+
+PUNT_DTYPE = np.dtype([
+    ("kind", "u1"), ("side", "u1"), ("uplink", "u1"), ("family", "u1"), ("l3_off", "<u2"),
+    ("caplen", "<u2"), ("mtu", "<u4"), ("length", "<u4"), ("addr", "u1", (16,)),
+    ("data", "u1", (1280,)),
+])
+PUNT_KINDS = {PUNT_TIME_EXCEEDED: "time_exceeded", PUNT_TOO_BIG: "too_big", PUNT_NEIGHBOUR: "neighbour"}
+KIND_TIME_EXCEEDED, KIND_TOO_BIG, KIND_NEIGHBOUR = PUNT_TIME_EXCEEDED, PUNT_TOO_BIG, PUNT_NEIGHBOUR
+cdef enum:
+    MAX_PUNTS = 64
+
+cdef extern from *:
+    """
+    static inline uint64_t mmr_rotl64(uint64_t x, int b) { return (x << b) | (x >> (64 - b)); }
+    static inline uint64_t mmr_ld64(const uint8_t* p) { uint64_t v; memcpy(&v, p, 8); return v; }
+    """
+    uint64_t rotl "mmr_rotl64"(uint64_t x, int b) nogil
+    uint64_t ld64 "mmr_ld64"(const uint8_t* p) nogil
+
+
+cdef inline uint32_t addr_hash(const uint8_t* k, uint64_t k0, uint64_t k1) noexcept nogil:
+    """SipHash-1-3 of a 16-byte address under a per-process key (LAN hosts choose their
+    addresses: no crafted set may pile up in one probe chain)."""
+    cdef uint64_t v0 = k0 ^ 0x736f6d6570736575ULL
+    cdef uint64_t v1 = k1 ^ 0x646f72616e646f6dULL
+    cdef uint64_t v2 = k0 ^ 0x6c7967656e657261ULL
+    cdef uint64_t v3 = k1 ^ 0x7465646279746573ULL
+    cdef uint64_t m
+    cdef int i, r
+    for i in range(3):
+        m = ld64(k + 8 * i) if i < 2 else (<uint64_t>16) << 56
+        v3 ^= m
+        v0 += v1; v1 = rotl(v1, 13); v1 ^= v0; v0 = rotl(v0, 32)
+        v2 += v3; v3 = rotl(v3, 16); v3 ^= v2
+        v0 += v3; v3 = rotl(v3, 21); v3 ^= v0
+        v2 += v1; v1 = rotl(v1, 17); v1 ^= v2; v2 = rotl(v2, 32)
+        v0 ^= m
+    v2 ^= 0xFF
+    for r in range(3):
+        v0 += v1; v1 = rotl(v1, 13); v1 ^= v0; v0 = rotl(v0, 32)
+        v2 += v3; v3 = rotl(v3, 16); v3 ^= v2
+        v0 += v3; v3 = rotl(v3, 21); v3 ^= v0
+        v2 += v1; v1 = rotl(v1, 17); v1 ^= v2; v2 = rotl(v2, 32)
+    return <uint32_t>(v0 ^ v1 ^ v2 ^ v3)
+
+
+cdef class AddrTable:
+    """16-byte address -> int32, open addressing with linear probing and backward-shift
+    deletion; fixed capacity (at most half full).  Addresses are in the row form
+    (IPv4-mapped for IPv4).  Lookups are C; changes come from Python (netlink events)."""
+
+    def __cinit__(self, capacity=4096):
+        self.keys = NULL
+        self.vals = NULL
+
+    def __init__(self, capacity=4096):
+        cdef uint32_t n = 16
+        while n < 2 * int(capacity):
+            n *= 2
+        self.capacity = int(capacity)
+        self.mask = n - 1
+        self.keys = <uint8_t*>PyMem_Malloc(n * 16)
+        self.vals = <int32_t*>PyMem_Malloc(n * sizeof(int32_t))
+        if self.keys == NULL or self.vals == NULL:
+            raise MemoryError()
+        seed = os.urandom(16)
+        self.k0 = int.from_bytes(seed[:8], "little")
+        self.k1 = int.from_bytes(seed[8:], "little")
+        self.clear()
+
+    def __dealloc__(self):
+        PyMem_Free(self.keys)
+        PyMem_Free(self.vals)
+
+    def clear(self):
+        cdef uint32_t i
+        for i in range(self.mask + 1):
+            self.vals[i] = -1
+        self.size = 0
+
+    def __len__(self):
+        return self.size
+
+    cdef int32_t get_c(self, const uint8_t* key) noexcept nogil:
+        cdef uint32_t i = addr_hash(key, self.k0, self.k1) & self.mask
+        while self.vals[i] >= 0:
+            if memcmp(self.keys + 16 * i, key, 16) == 0:
+                return self.vals[i]
+            i = (i + 1) & self.mask
+        return -1
+
+    @staticmethod
+    def _key(key):
+        key = bytes(key)
+        if len(key) == 4:
+            key = bytes(10) + b"\xff\xff" + key
+        if len(key) != 16:
+            raise ValueError("an address is 16 bytes (or 4 for IPv4)")
+        return key
+
+    def get(self, key):
+        cdef bytes k = AddrTable._key(key)
+        return self.get_c(<const uint8_t*>k)
+
+    def __contains__(self, key):
+        return self.get(key) >= 0
+
+    def set(self, key, int value):
+        """Insert or replace; False when the table is full (the caller counts it)."""
+        if value < 0:
+            raise ValueError("values are >= 0")
+        cdef bytes k = AddrTable._key(key)
+        cdef const uint8_t* kp = k
+        cdef uint32_t i = addr_hash(kp, self.k0, self.k1) & self.mask
+        while self.vals[i] >= 0:
+            if memcmp(self.keys + 16 * i, kp, 16) == 0:
+                self.vals[i] = value
+                return True
+            i = (i + 1) & self.mask
+        if self.size >= self.capacity:
+            return False
+        memcpy(self.keys + 16 * i, kp, 16)
+        self.vals[i] = value
+        self.size += 1
+        return True
+
+    def remove(self, key):
+        """Remove key if present (backward-shift deletion); returns its value or -1."""
+        cdef bytes k = AddrTable._key(key)
+        cdef const uint8_t* kp = k
+        cdef uint32_t i = addr_hash(kp, self.k0, self.k1) & self.mask
+        cdef uint32_t j, home
+        cdef int32_t old
+        while self.vals[i] >= 0:
+            if memcmp(self.keys + 16 * i, kp, 16) == 0:
+                break
+            i = (i + 1) & self.mask
+        else:
+            return -1
+        old = self.vals[i]
+        j = i
+        while True:
+            j = (j + 1) & self.mask
+            if self.vals[j] < 0:
+                break
+            home = addr_hash(self.keys + 16 * j, self.k0, self.k1) & self.mask
+            # move j back to i when its home is not in (i, j] (cyclically)
+            if ((j - home) & self.mask) >= ((j - i) & self.mask):
+                memcpy(self.keys + 16 * i, self.keys + 16 * j, 16)
+                self.vals[i] = self.vals[j]
+                i = j
+        self.vals[i] = -1
+        self.size -= 1
+        return old
+
+    def items(self):
+        cdef uint32_t i
+        return [(bytes(self.keys[16 * i:16 * i + 16]), self.vals[i])
+                for i in range(self.mask + 1) if self.vals[i] >= 0]
+
+
+cdef inline bint not_routable(const mmr_row* r) noexcept nogil:
+    """Destinations a router leaves to its own stack: multicast, IPv6 link-local, IPv4
+    multicast and broadcast (224/3); sources it must not forward: IPv6 link-local and
+    unspecified."""
+    if r.family == 6:
+        if r.dst[0] == 0xFF or (r.dst[0] == 0xFE and (r.dst[1] & 0xC0) == 0x80):
+            return True
+        if r.src[0] == 0xFE and (r.src[1] & 0xC0) == 0x80:
+            return True
+        return False
+    return r.dst[12] >= 224
+
+
+cdef class Forwarder:
+    """The decisions of one engine (``router``: mmr run; else mmr host) over ``n_uplinks``
+    uplinks, for batches of up to ``batch`` frames."""
+
+    def __init__(self, Pipeline pipe, bint router, int n_uplinks, Py_ssize_t batch=256,
+                 int hosts=4096, int lan_prefixes=64):
+        self.pipe = pipe
+        self.router = router
+        self.n_up = n_uplinks
+        self.cap = max(1, batch)
+        if self.pipe.cap < self.cap:
+            self.pipe.alloc(self.cap)
+        self.counters = CT.new_table()
+        pipe.count_into(self.counters)
+        self.up_mac = np.zeros((max(n_uplinks, 1), 6), np.uint8)
+        self.gw_mac = np.zeros((max(n_uplinks, 1), 6), np.uint8)
+        self.up_mtu = np.full(max(n_uplinks, 1), 1500, np.int32)
+        self.in_mac = np.zeros((1, 6), np.uint8)
+        self.host_mac = np.zeros((hosts, 6), np.uint8)
+        self.lan_net = np.zeros((lan_prefixes, 2, 16), np.uint8)      # value, mask
+        self.n_hosts = hosts
+        self.n_lan = 0
+        self.in_mtu = 1500
+        self.local = AddrTable(1024)
+        self.hosts = AddrTable(hosts)
+        self.t_start = 0.0
+        self.t_end = float("inf")
+        self.verdict = np.zeros(self.cap, np.uint8)
+        self.port_idx = np.zeros((max(n_uplinks, 1) + 1, self.cap), np.int32)
+        self.port_n = np.zeros(max(n_uplinks, 1) + 1, np.int32)
+        self.punts = np.zeros(MAX_PUNTS, PUNT_DTYPE)
+        self.zero_vnet = np.zeros(self.cap, VNET_DTYPE)
+        self.now_ts = np.zeros(self.cap, np.float64)
+        self.l3buf = np.zeros(self.cap, np.uint16)
+        self.punt_n = 0
+        self.icmp_rate, self.icmp_burst = 1000.0, 50.0
+        self.neigh_rate, self.neigh_burst = 100.0, 20.0
+        self.icmp_tokens, self.neigh_tokens = self.icmp_burst, self.neigh_burst
+        self.icmp_last = self.neigh_last = 0.0
+        cdef uint64_t[::1] c = self.counters
+        cdef uint8_t[:, ::1] a = self.up_mac
+        cdef uint8_t[:, ::1] g = self.gw_mac
+        cdef int32_t[::1] m = self.up_mtu
+        cdef uint8_t[:, ::1] im = self.in_mac
+        cdef uint8_t[:, ::1] hm = self.host_mac
+        cdef uint8_t[:, :, ::1] ln = self.lan_net
+        cdef uint8_t[::1] v = self.verdict
+        cdef int32_t[:, ::1] pi = self.port_idx
+        cdef int32_t[::1] pn = self.port_n
+        cdef uint8_t[::1] pb = self.punts.view(np.uint8)
+        cdef uint16_t[::1] l3b = self.l3buf
+        self.l3c = &l3b[0]
+        self.cnt, self.up_mac_c, self.gw_mac_c, self.up_mtu_c = &c[0], &a[0, 0], &g[0, 0], &m[0]
+        self.in_mac_c, self.host_mac_c, self.lan_net_c = &im[0, 0], &hm[0, 0], &ln[0, 0, 0]
+        self.verd, self.pidx, self.pn, self.pc = &v[0], &pi[0, 0], &pn[0], <punt_rec*>&pb[0]
+        self.up_rx = [None] * n_uplinks
+        self.up_tx = [None] * n_uplinks
+
+    # ------------------------------------------------------------------ tables
+    def set_lan_prefixes(self, nets):
+        """The LAN prefixes as (value, mask) over the 16 row bytes (IPv4 as IPv4-mapped)."""
+        nets = list(nets)
+        if len(nets) > self.lan_net.shape[0]:
+            raise ValueError(f"at most {self.lan_net.shape[0]} LAN prefixes")
+        self.lan_net[:] = 0
+        for k, (value, mask) in enumerate(nets):
+            self.lan_net[k, 0] = np.frombuffer(bytes(value), np.uint8)
+            self.lan_net[k, 1] = np.frombuffer(bytes(mask), np.uint8)
+        self.n_lan = len(nets)
+
+    def attach(self, in_ring=False, in_tx=False, tun=False, up_rx=None, up_tx=None):
+        """The live sources and sinks: the LAN ring and socket (router) or the TUN (host),
+        and per uplink its ring and socket.  Only what is given changes (None detaches)."""
+        if in_ring is not False:
+            self.in_ring = in_ring
+        if in_tx is not False:
+            self.in_tx = in_tx
+        if tun is not False:
+            self.tun = tun
+        if up_rx is not None:
+            self.up_rx = list(up_rx)
+        if up_tx is not None:
+            self.up_tx = list(up_tx)
+
+    def detach_uplink(self, int u):
+        """Uplink u's device is gone: no more reads from it or sends to it."""
+        self.up_rx[u] = None
+        self.up_tx[u] = None
+
+    # ------------------------------------------------------------------ helpers
+    cdef bint take_token(self, bint icmp, double now) noexcept nogil:
+        if icmp:
+            if now > self.icmp_last:
+                self.icmp_tokens = min(self.icmp_burst, self.icmp_tokens + (now - self.icmp_last) * self.icmp_rate)
+                self.icmp_last = now
+            if self.icmp_tokens >= 1.0:
+                self.icmp_tokens -= 1.0
+                return True
+            return False
+        if now > self.neigh_last:
+            self.neigh_tokens = min(self.neigh_burst, self.neigh_tokens + (now - self.neigh_last) * self.neigh_rate)
+            self.neigh_last = now
+        if self.neigh_tokens >= 1.0:
+            self.neigh_tokens -= 1.0
+            return True
+        return False
+
+    cdef void punt(self, int kind, int side, int uplink, const uint8_t* frame, uint32_t length,
+                   const mmr_row* r, uint32_t mtu) noexcept nogil:
+        cdef punt_rec* p
+        cdef uint32_t k
+        if self.punt_n >= MAX_PUNTS:
+            if kind != PUNT_NEIGHBOUR:
+                self.cnt[CNT_ICMP_LIMITED] += 1
+            return
+        p = &self.pc[self.punt_n]
+        self.punt_n += 1
+        p.kind = <uint8_t>kind
+        p.side = <uint8_t>side
+        p.uplink = <uint8_t>uplink
+        p.family = r.family
+        p.l3_off = r.l3_off
+        p.mtu = mtu
+        p.length = length
+        memcpy(p.addr, r.dst, 16)
+        k = length if length < 1280 else 1280
+        p.caplen = <uint16_t>k
+        memcpy(p.data, frame, k)
+
+    cdef uint32_t seg_len(self, const uint8_t* frame, const mmr_row* r,
+                          const virtio_net_hdr* vh, uint32_t length) noexcept nogil:
+        """The largest IP packet this frame puts on the wire: the frame's IP packet, or for
+        a super-frame one segment (its headers + gso_size)."""
+        cdef uint32_t l4end
+        if vh.gso_type == VIRTIO_NET_HDR_GSO_NONE or r.l4_off == 0:
+            return length - r.l3_off
+        if r.proto == IPPROTO_TCP and r.l4_off + 13 <= length:
+            l4end = r.l4_off + ((frame[r.l4_off + 12] >> 4) * 4)
+        else:
+            l4end = r.l4_off + 8
+        return l4end - r.l3_off + vh.gso_size
+
+    # ------------------------------------------------------------------ decisions
+    cdef void outbound_c(self, uint8_t* base, int64_t* off, uint32_t* lens, virtio_net_hdr* vh,
+                         const double* ts, Py_ssize_t n) noexcept nogil:
+        """inside -> uplinks: self.pipe.outp[i] ends as an uplink (frame rewritten and listed in
+        port_idx[u]), KERNEL or DROP."""
+        cdef Py_ssize_t i
+        cdef int u, v, k, how
+        cdef mmr_row* r
+        cdef const uint8_t* f
+        cdef uint32_t mtu
+        cdef int16_t* out = self.pipe.outp
+        cdef double now = ts[n - 1] if n else 0.0
+        self.pipe.parse_c(base, off, lens, n)
+        for i in range(n):                      # pre-route: what is not for mmr to forward
+            if out[i] != OUT_ROUTE:
+                continue
+            if not self.router:
+                continue                        # the VI's packets: nobody else would send them
+            if ts[i] < self.t_start or ts[i] >= self.t_end:
+                out[i] = OUT_KERNEL
+                self.cnt[CNT_HANDOVER] += 1
+                continue
+            if True:
+                r = &self.pipe.rp[i]
+                f = base + off[i]
+                if memcmp(f, self.in_mac_c, 6) != 0 or not_routable(r) or self.local.get_c(r.dst) >= 0:
+                    out[i] = OUT_KERNEL
+        self.pipe.route_c(ts, n)
+        for k in range(self.n_up):
+            self.pn[k] = 0
+        how = RW_MACS | (RW_HOP if self.router else 0)
+        for i in range(n):
+            u = out[i]
+            if u < 0:
+                if u == OUT_KERNEL:
+                    self.cnt[CNT_KERNEL] += 1
+                continue
+            r = &self.pipe.rp[i]
+            f = base + off[i]
+            if (self.gw_mac_c[6 * u] | self.gw_mac_c[6 * u + 1] | self.gw_mac_c[6 * u + 2] |
+                    self.gw_mac_c[6 * u + 3] | self.gw_mac_c[6 * u + 4] | self.gw_mac_c[6 * u + 5]) == 0:
+                self.drop(i, rows.R_NO_NEIGHBOUR)
+                continue
+            mtu = <uint32_t>self.up_mtu_c[u]
+            if self.seg_len(f, r, &vh[i], lens[i]) > mtu:
+                self.drop(i, rows.R_OVERSIZE)
+                if self.router:
+                    if self.take_token(True, now):
+                        self.punt(PUNT_TOO_BIG, 0, 0, f, lens[i], r, mtu)
+                    else:
+                        self.cnt[CNT_ICMP_LIMITED] += 1
+                continue
+            if vh[i].flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+                if vh[i].gso_type == VIRTIO_NET_HDR_GSO_NONE:
+                    self.cnt[CNT_CSUM_FINISHED] += 1
+                else:
+                    self.cnt[CNT_SUPER_FRAMES] += 1
+            v = rewrite_one(base, &off[i], &lens[i], r, &vh[i], self.up_mac_c + 6 * u,
+                            self.gw_mac_c + 6 * u, how)
+            if v == VERDICT_HOP_LIMIT:
+                self.drop(i, rows.R_HOP_LIMIT)
+                if self.take_token(True, now):
+                    self.punt(PUNT_TIME_EXCEEDED, 0, 0, f, lens[i], r, 0)
+                else:
+                    self.cnt[CNT_ICMP_LIMITED] += 1
+                continue
+            if v == VERDICT_BAD_OFFLOAD:
+                self.drop(i, rows.R_BAD_OFFLOAD)
+                continue
+            self.pidx[u * self.cap + self.pn[u]] = <int32_t>i
+            self.pn[u] += 1
+
+    cdef inline void drop(self, Py_ssize_t i, int reason) noexcept nogil:
+        self.pipe.outp[i] = OUT_DROP
+        self.pipe.rp[i].reason = <uint8_t>reason
+        self.cnt[reason] += 1
+
+    cdef void inbound_c(self, int u, uint8_t* base, int64_t* off, uint32_t* lens,
+                        virtio_net_hdr* vh, const double* ts, Py_ssize_t n) noexcept nogil:
+        """uplink u -> inside: self.pipe.outp[i] ends as 0 (frame ready, listed in the inside
+        list), KERNEL or DROP."""
+        cdef Py_ssize_t i, k
+        cdef int h, v, how
+        cdef mmr_row* r
+        cdef const uint8_t* f
+        cdef const uint8_t* net
+        cdef bint inside
+        cdef int16_t* out = self.pipe.outp
+        cdef int32_t* lst = self.pidx + self.n_up * self.cap
+        cdef double now = ts[n - 1] if n else 0.0
+        self.pipe.parse_c(base, off, lens, n)
+        self.pn[self.n_up] = 0
+        how = (RW_MACS | RW_HOP) if self.router else RW_CSUM_GSO
+        for i in range(n):
+            if out[i] != OUT_ROUTE:
+                if out[i] == OUT_KERNEL:
+                    self.cnt[CNT_KERNEL] += 1
+                continue
+            r = &self.pipe.rp[i]
+            f = base + off[i]
+            if ts[i] < self.t_start or ts[i] >= self.t_end:
+                out[i] = OUT_KERNEL
+                self.cnt[CNT_HANDOVER] += 1
+                continue
+            if self.router:
+                inside = False
+                if memcmp(f, self.up_mac_c + 6 * u, 6) == 0 and self.local.get_c(r.dst) < 0:
+                    for k in range(self.n_lan):
+                        net = self.lan_net_c + 32 * k
+                        if ((ld64(r.dst) & ld64(net + 16)) == ld64(net) and
+                                (ld64(r.dst + 8) & ld64(net + 24)) == ld64(net + 8)):
+                            inside = True
+                            break
+            else:
+                inside = self.local.get_c(r.dst) >= 0
+            if not inside:
+                out[i] = OUT_KERNEL
+                self.cnt[CNT_KERNEL] += 1
+                continue
+            h = 0
+            if self.router:
+                h = self.hosts.get_c(r.dst)
+                if h < 0 or h >= self.n_hosts:
+                    self.drop(i, rows.R_NO_NEIGHBOUR)
+                    if self.take_token(False, now):
+                        self.punt(PUNT_NEIGHBOUR, 1, u, f, 0, r, 0)
+                    continue
+            if self.seg_len(f, r, &vh[i], lens[i]) > <uint32_t>self.in_mtu:
+                self.drop(i, rows.R_OVERSIZE)
+                if self.router:
+                    if self.take_token(True, now):
+                        self.punt(PUNT_TOO_BIG, 1, u, f, lens[i], r, <uint32_t>self.in_mtu)
+                    else:
+                        self.cnt[CNT_ICMP_LIMITED] += 1
+                continue
+            if vh[i].flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+                if vh[i].gso_type == VIRTIO_NET_HDR_GSO_NONE or not self.router:
+                    self.cnt[CNT_CSUM_FINISHED] += 1
+                else:
+                    self.cnt[CNT_SUPER_FRAMES] += 1
+            v = rewrite_one(base, &off[i], &lens[i], r, &vh[i], self.in_mac_c, self.host_mac_c + 6 * h, how)
+            if v == VERDICT_HOP_LIMIT:
+                self.drop(i, rows.R_HOP_LIMIT)
+                if self.take_token(True, now):
+                    self.punt(PUNT_TIME_EXCEEDED, 1, u, f, lens[i], r, 0)
+                else:
+                    self.cnt[CNT_ICMP_LIMITED] += 1
+                continue
+            if v == VERDICT_BAD_OFFLOAD:
+                self.drop(i, rows.R_BAD_OFFLOAD)
+                continue
+            out[i] = 0
+            lst[self.pn[self.n_up]] = <int32_t>i
+            self.pn[self.n_up] += 1
+
+    # ------------------------------------------------------------------ offline API
+    def _batch_args(self, buf, offsets, lengths, vnet, ts):
+        n = len(offsets)
+        if n > self.cap:
+            raise ValueError(f"a batch is at most {self.cap} frames")
+        blen = buf.shape[0]
+        off = np.ascontiguousarray(offsets, np.int64)
+        ln = np.ascontiguousarray(lengths, np.uint32)
+        if len(ln) != n or ((off < 0) | (off > blen) | (ln.astype(np.int64) > blen - off)).any():
+            raise ValueError("every frame must lie inside the buffer")
+        vnet = np.zeros(max(n, 1), VNET_DTYPE) if vnet is None else np.ascontiguousarray(vnet)
+        if vnet.dtype != VNET_DTYPE or len(vnet) < n:
+            raise TypeError("vnet must be a VNET_DTYPE array covering the batch")
+        ts = np.full(max(n, 1), time.time()) if ts is None else np.ascontiguousarray(ts, np.float64)
+        if len(ts) < n:
+            raise ValueError("ts must cover the batch")
+        return n, off, ln, vnet, ts
+
+    def outbound(self, uint8_t[::1] buf, offsets, lengths, vnet=None, ts=None):
+        """Decide a batch going out (inside -> uplinks), rewriting in place.  Returns
+        (out, offsets, lengths): out[i] = uplink, KERNEL or DROP (reason in self.pipe.rows);
+        offsets/lengths of the frames as they would be sent."""
+        n, off, ln, vnet, ts = self._batch_args(np.asarray(buf), offsets, lengths, vnet, ts)
+        if n == 0:
+            return np.zeros(0, np.int16), off, ln
+        cdef int64_t[::1] o = off
+        cdef uint32_t[::1] l = ln
+        cdef uint8_t[::1] vb = vnet.view(np.uint8)
+        cdef double[::1] t = ts
+        self.outbound_c(&buf[0], &o[0], &l[0], <virtio_net_hdr*>&vb[0], &t[0], n)
+        return np.asarray(self.pipe.out[:n]).copy(), off, ln
+
+    def inbound(self, int u, uint8_t[::1] buf, offsets, lengths, vnet=None, ts=None):
+        """Decide a batch coming in on uplink u (-> inside); as outbound(), with out[i] = 0
+        for frames to pass inside."""
+        if not 0 <= u < self.n_up:
+            raise ValueError("no such uplink")
+        n, off, ln, vnet, ts = self._batch_args(np.asarray(buf), offsets, lengths, vnet, ts)
+        if n == 0:
+            return np.zeros(0, np.int16), off, ln
+        cdef int64_t[::1] o = off
+        cdef uint32_t[::1] l = ln
+        cdef uint8_t[::1] vb = vnet.view(np.uint8)
+        cdef double[::1] t = ts
+        self.inbound_c(u, &buf[0], &o[0], &l[0], <virtio_net_hdr*>&vb[0], &t[0], n)
+        return np.asarray(self.pipe.out[:n]).copy(), off, ln
+
+    def take_punts(self):
+        """The punted records since the last call (a copy), and reset."""
+        p = self.punts[:self.punt_n].copy()
+        self.punt_n = 0
+        return p
+
+    # ------------------------------------------------------------------ live steps
+    def step_inside(self):
+        """One batch from the inside source (LAN ring / TUN) to the uplinks; returns the
+        number of frames read."""
+        cdef Py_ssize_t n, u, k
+        cdef RxRing ring = self.in_ring
+        cdef Tun tun = self.tun
+        cdef TxSocket tx
+        cdef double now
+        cdef double[::1] nts = self.now_ts
+        cdef uint8_t[::1] zv = self.zero_vnet.view(np.uint8)
+        if ring is not None:
+            with nogil:
+                n = ring.batch_c(self.cap)
+                if n:
+                    self.cnt[CNT_RX_INSIDE] += n
+                    self.outbound_c(ring.base, ring.off, ring.lens, ring.vh, ring.ts, n)
+        elif tun is not None:
+            now = time.time()
+            with nogil:
+                n = tun.read_c()
+                if n:
+                    for k in range(n):
+                        nts[k] = now
+                    memset(&zv[0], 0, n * sizeof(virtio_net_hdr))
+                    self.cnt[CNT_RX_INSIDE] += n
+                    self.outbound_c(tun.buf, tun.off, tun.lens, <virtio_net_hdr*>&zv[0], &nts[0], n)
+        else:
+            return 0
+        if n:
+            for u in range(self.n_up):
+                if self.pn[u] == 0:
+                    continue
+                tx = self.up_tx[u]
+                if tx is None:
+                    self.cnt[CNT_TX_ERRORS] += self.pn[u]
+                    continue
+                if ring is not None:
+                    k = tx.send_c(ring.base, ring.off, ring.lens, ring.vh, self.pidx + u * self.cap, self.pn[u])
+                else:
+                    k = tx.send_c(tun.buf, tun.off, tun.lens, <virtio_net_hdr*>&zv[0], self.pidx + u * self.cap, self.pn[u])
+                self.cnt[CNT_TX_UPLINK] += k
+                self.cnt[CNT_TX_ERRORS] += self.pn[u] - k
+        if ring is not None:
+            ring.release_c()
+        return n
+
+    def step_uplink(self, int u):
+        """One batch from uplink u to the inside; returns the number of frames read."""
+        cdef RxRing ring = self.up_rx[u]
+        cdef Py_ssize_t n, k = 0, i, j
+        cdef int m
+        cdef uint16_t* l3
+        if ring is None:
+            return 0
+        with nogil:
+            n = ring.batch_c(self.cap)
+            if n:
+                self.cnt[CNT_RX_UPLINK] += n
+                self.inbound_c(u, ring.base, ring.off, ring.lens, ring.vh, ring.ts, n)
+                m = self.pn[self.n_up]
+                if m:
+                    if self.router and self.in_tx is not None:
+                        k = self.in_tx.send_c(ring.base, ring.off, ring.lens, ring.vh,
+                                              self.pidx + self.n_up * self.cap, m)
+                    elif self.tun is not None:
+                        # the TUN takes the IP packet: write from each frame's L3 offset
+                        l3 = self.l3c
+                        for i in range(m):
+                            j = self.pidx[self.n_up * self.cap + i]
+                            l3[j] = self.pipe.rp[j].l3_off
+                        k = self.tun.write_c(ring.base, ring.off, ring.lens, l3,
+                                             self.pidx + self.n_up * self.cap, m)
+                    self.cnt[CNT_TX_INSIDE] += k
+                    self.cnt[CNT_TX_ERRORS] += m - k
+            ring.release_c()
+        return n
+
+    def ready_rings(self):
+        """Indices of the rings with a frame waiting (-1: the inside ring), no system call."""
+        out = []
+        cdef RxRing r
+        if self.in_ring is not None and self.in_ring.ready_c():
+            out.append(-1)
+        for u in range(self.n_up):
+            r = self.up_rx[u]
+            if r is not None and r.ready_c():
+                out.append(u)
+        return out
