@@ -45,6 +45,11 @@ ENGINE_KEYS = {
     "flow_capacity": Key("int", 65536, 1, 1 << 26, hint="a flow count from 1 to 67108864"),
     "idle_timeout_s": Key("float", 120.0, 0.001, 86400 * 365, hint="seconds, e.g. 120"),
     "default_preference": Key("int", 0, 0, 65535, hint="a preference 0..65535"),
+    "busy_poll_ms": Key("float", 1000.0, 0, 60000,
+                        hint="milliseconds mmr keeps polling after the last frame before it sleeps, "
+                             "e.g. 1000 (0: sleep at once; saves a core, costs latency)"),
+    "ring_frames": Key("int", 8192, 256, 1 << 20,
+                       hint="frames a receive ring holds per device, e.g. 8192 (2 KiB each at MTU 1500)"),
 }
 
 UPLINK_KEYS = {
@@ -173,6 +178,8 @@ class Config:
     flow_capacity: int = 65536
     idle_timeout_s: float = 120.0
     default_preference: int = 0
+    busy_poll_ms: float = 1000.0
+    ring_frames: int = 8192
     uplinks: list[Uplink] = field(default_factory=list)
     classes: dict[str, tuple] = field(default_factory=dict)
     policies: dict[int, Policy] = field(default_factory=dict)

@@ -34,7 +34,6 @@ from engine.inet import checksum
 
 MAX_HOLD_S = 60.0
 MIN_TIMEOUT_S = 0.25
-EXPIRY_SCAN_S = 0.01
 
 
 class Prober:
@@ -224,7 +223,6 @@ class ConnectionManager:
             ok = probes and self.m["probes"] and u.probe_targets
             self.probers.append(Prober(u.device, u.probe_targets, base + i) if ok else None)
         self.next_probe = now
-        self.next_expiry_scan = 0.0
         for h in self.health:
             h.timeout_s = h.timeout(self.m["probe_timeout_ms"] / 1000)
         self.failback_at: float | None = None
@@ -281,16 +279,14 @@ class ConnectionManager:
             self.apply()
 
     def tick(self, now: float | None = None) -> None:
-        """Runs on every wake-up of the loop: the expiry scan at most every 10 ms, probes
-        every probe_interval_ms, failback and measurements when due."""
+        """Runs on every return of the loop to Python (at the latest at next_due()): lost
+        probes, probes to send every probe_interval_ms, failback and measurements when due."""
         now = self.clock() if now is None else now
-        if now >= self.next_expiry_scan:
-            self.next_expiry_scan = now + EXPIRY_SCAN_S
-            for i, p in enumerate(self.probers):
-                if p is not None and p.pending:
-                    h = self.health[i]
-                    for _ in range(p.expired(now, h.timeout_s)):
-                        self._probe_result(h, None, now)
+        for i, p in enumerate(self.probers):
+            if p is not None and p.pending:
+                h = self.health[i]
+                for _ in range(p.expired(now, h.timeout_s)):
+                    self._probe_result(h, None, now)
         if now >= self.next_probe:
             for p in self.probers:
                 if p is not None:
@@ -302,6 +298,19 @@ class ConnectionManager:
         if self.m["measure"] and now - self.last_measure >= 1.0:
             self.last_measure = now
             self._measure()
+
+    def next_due(self, now: float) -> float:
+        """When tick() has something to do next: a probe to send, one to give up on, a
+        failback, a measurement."""
+        due = [self.next_probe if any(p is not None for p in self.probers) else now + 1.0]
+        for i, p in enumerate(self.probers):
+            if p is not None and p.pending:
+                due.append(min(p.pending.values()) + self.health[i].timeout_s)
+        if self.failback_at is not None:
+            due.append(self.failback_at)
+        if self.m["measure"]:
+            due.append(self.last_measure + 1.0)
+        return min(due)
 
     # ---------------------------------------------------------------- decisions
     def chars(self) -> np.ndarray:

@@ -177,6 +177,9 @@ class ControlServer:
             self.conns.pop(fd, None)
         c.sock.close()
 
+    def next_due(self, now: float) -> float:
+        return min((c.deadline for c in self.conns.values()), default=now + 1.0)
+
     def tick(self, now: float) -> None:
         """Close connections past their deadline (slow or silent clients)."""
         for c in [c for c in self.conns.values() if now > c.deadline]:

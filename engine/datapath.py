@@ -24,6 +24,7 @@ load the loop never sleeps and frames that arrive while it works form the next b
 from __future__ import annotations
 
 import ipaddress
+import os
 import select
 import signal
 import socket
@@ -43,8 +44,7 @@ from engine.icmperr import packet_too_big, time_exceeded
 from engine.log import Log
 from engine.netlink import Netlink, addr16
 
-SPIN_US = 200            # keep polling this long after the last frame before sleeping
-IDLE_WAIT_US = 10000     # the longest sleep in poll(): timers (probes, expiry) run at least this often
+IDLE_WAIT_US = 100000    # the longest sleep; timers (probes, expiry, housekeeping) wake it earlier
 HOUSEKEEPING_S = 1.0
 PROMPT_EVERY_S = 1.0
 TIMER = {"summary": "stats_interval"}
@@ -59,30 +59,42 @@ def mac_bytes(text: str) -> bytes:
 
 
 class Poller:
-    """The engine's poll set: fd -> callback(revents)."""
+    """The engine's descriptors: side ones (netlink, probes, control) with a callback each,
+    then the sources (rings, TUN), as the struct pollfd array Forwarder.run() waits on."""
+
+    PFD = np.dtype([("fd", "<i4"), ("events", "<i2"), ("revents", "<i2")])
 
     def __init__(self):
-        from engine._ring import Poll
-
-        self.p = Poll()
         self.callbacks: dict[int, object] = {}
+        self.events: dict[int, int] = {}
+        self.sources: list[int] = []
+        self._pfd = None
 
     def register(self, fd: int, events: int, callback) -> None:
-        if fd in self.callbacks:
-            self.p.modify(fd, events)
-        else:
-            self.p.register(fd, events)
+        self.events[fd] = events
         self.callbacks[fd] = callback
+        self._pfd = None
 
     def unregister(self, fd: int) -> None:
-        if self.callbacks.pop(fd, None) is not None:
-            try:
-                self.p.unregister(fd)
-            except (KeyError, ValueError):
-                pass
+        if self.callbacks.pop(fd, None) is not None or fd in self.sources:
+            self.events.pop(fd, None)
+            if fd in self.sources:
+                self.sources.remove(fd)
+            self._pfd = None
 
-    def poll(self, timeout_us: float) -> list[tuple[int, int]]:
-        return self.p.poll(timeout_us)
+    def add_source(self, fd: int) -> None:
+        self.sources.append(fd)
+        self._pfd = None
+
+    def array(self) -> tuple[np.ndarray, int]:
+        """(pollfd array, number of side descriptors at its start)."""
+        if self._pfd is None:
+            side = list(self.callbacks)
+            pfd = np.zeros(len(side) + len(self.sources), self.PFD)
+            pfd["fd"] = side + self.sources
+            pfd["events"] = [self.events[fd] for fd in side] + [select.POLLIN] * len(self.sources)
+            self._pfd = (pfd, len(side))
+        return self._pfd
 
 
 class Datapath:
@@ -90,14 +102,15 @@ class Datapath:
     SIGINT/SIGTERM or ``duration``; everything it changed is undone when it stops."""
 
     def __init__(self, cfg, inside, batch: int = 256, stats_interval: float = 5.0, stream=None,
-                 spin_us: float = SPIN_US, resolve_wait: float = 3.0, idle_wait_us: float = IDLE_WAIT_US):
+                 spin_us: float | None = None, resolve_wait: float = 3.0):
         from engine._ring import RxRing, TxSocket
 
         if batch < 1 or batch > 4096:
             raise UserError(f"--batch {batch}: use 1 to 4096 frames per batch (default 256)")
         self.cfg, self.inside = cfg, inside
         self.mode = inside.mode
-        self.stats_interval, self.spin_s, self.idle_wait_us = stats_interval, spin_us / 1e6, idle_wait_us
+        self.stats_interval = stats_interval
+        self.spin_s = (cfg.busy_poll_ms * 1000 if spin_us is None else spin_us) / 1e6
         self.log = Log(stream)
         self.stop = False
         self.reload_requested = False
@@ -126,7 +139,8 @@ class Datapath:
             self.up_rx: list = [None] * self.n_up
             self.up_tx: list = [None] * self.n_up
             for u, up in enumerate(cfg.uplinks):
-                self.up_rx[u] = RxRing(up.device, mtu=self.state.link(up.device).mtu, capacity=batch)
+                self.up_rx[u] = RxRing(up.device, frames=cfg.ring_frames, mtu=self.state.link(up.device).mtu,
+                                       capacity=batch)
                 self.closables.append(self.up_rx[u])
                 self.up_tx[u] = TxSocket(up.device, qdisc_bypass=up.qdisc_bypass)
                 self.closables.append(self.up_tx[u])
@@ -339,43 +353,43 @@ class Datapath:
     def run(self, duration: float | None = None) -> dict:
         old = self.install_signals()
         fw = self.fw
-        ring_fds = set()
         try:
             self.poller.register(self.netlink.fileno(), select.POLLIN, self._netlink_events)
             for fd, u in self.conn.fds().items():
                 self.poller.register(fd, select.POLLIN, lambda ev, u=u: self.conn.probe_readable(u))
-            for fd in self.inside.fds():
-                ring_fds.add(fd)
-                self.poller.register(fd, select.POLLIN, None)
-            for u, r in enumerate(self.up_rx):
-                ring_fds.add(r.fileno())
-                self.poller.register(r.fileno(), select.POLLIN, None)
-            start = self.inside.take_over(self)
+            for fd in self.inside.fds() + [r.fileno() for r in self.up_rx]:
+                self.poller.add_source(fd)
+            start = self.inside.take_over(self)      # realtime: mmr forwards from here on
             fw.t_start = start
             fw.t_end = float("inf")
             ready = False
             t0 = time.monotonic()
-            spin_until = 0.0
             next_house = t0 + HOUSEKEEPING_S
             next_stats = t0 + (self.stats_interval or 0)
-            end_at = None                     # realtime: after the handover back
+            end_at = None                     # realtime: when mmr hands back to the kernel
             while True:
                 now = time.monotonic()
-                events = self.poller.poll(0 if now < spin_until else self.idle_wait_us)
-                n = fw.step_inside()
-                for u in range(self.n_up):
-                    n += fw.step_uplink(u)
+                due = [next_house, self.conn.next_due(now), self.control.next_due(now),
+                       now + IDLE_WAIT_US / 1e6]
+                if self.stats_interval:
+                    due.append(next_stats)
+                if not ready:
+                    due.append(now + max(0.0, start - time.time()))
+                if end_at is not None:
+                    due.append(now + max(0.0, end_at + 0.05 - time.time()))
+                pfd, n_side = self.poller.array()
+                fw.run(pfd, n_side, max(0.0, min(due) - now) * 1e6, self.spin_s * 1e6)
                 if fw.punt_n:
                     self._safely(self._punts)
-                for fd, ev in events:
+                for i in np.flatnonzero(pfd["revents"]):
+                    fd, ev = int(pfd["fd"][i]), int(pfd["revents"][i])
                     cb = self.poller.callbacks.get(fd)
                     if cb is not None:
                         self._safely(cb, ev)
-                    elif fd in ring_fds and ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+                    elif ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
                         self.poller.unregister(fd)   # a device went away; netlink says which
+                pfd["revents"] = 0
                 now = time.monotonic()
-                if n:
-                    spin_until = now + self.spin_s
                 self._safely(self.conn.tick, now)
                 self.control.tick(now)
                 if not ready and time.time() >= start:

@@ -53,7 +53,7 @@ class Lan:
         self.index = link.index
         dp.fw.in_mac[0] = list(link.mac[:6])
         dp.fw.in_mtu = link.mtu
-        self.ring = RxRing(self.dev, mtu=link.mtu, capacity=batch)
+        self.ring = RxRing(self.dev, frames=dp.cfg.ring_frames, mtu=link.mtu, capacity=batch)
         dp.closables.append(self.ring)
         self.tx = TxSocket(self.dev)
         dp.closables.append(self.tx)

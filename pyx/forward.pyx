@@ -48,6 +48,7 @@ cimport rows
 from rows cimport mmr_row
 from virtio_net cimport virtio_net_hdr, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE
 from netinet_in cimport IPPROTO_TCP
+from sys_net cimport pollfd, ppoll, timespec, POLLERR, POLLHUP, POLLNVAL
 from engine._pipeline cimport Pipeline, OUT_ROUTE, OUT_KERNEL, OUT_DROP
 from engine._rewrite cimport (rewrite_one, finish_checksum, RW_MACS, RW_HOP, RW_CSUM_GSO,
                               VERDICT_OK, VERDICT_HOP_LIMIT, VERDICT_BAD_OFFLOAD)
@@ -75,11 +76,22 @@ cdef enum:
 
 cdef extern from *:
     """
+    #include <sched.h>
+    #include <time.h>
+    static inline double mmr_mono(void) {
+        struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9;
+    }
+    static inline double mmr_wall(void) {
+        struct timespec t; clock_gettime(CLOCK_REALTIME, &t); return t.tv_sec + t.tv_nsec * 1e-9;
+    }
     static inline uint64_t mmr_rotl64(uint64_t x, int b) { return (x << b) | (x >> (64 - b)); }
     static inline uint64_t mmr_ld64(const uint8_t* p) { uint64_t v; memcpy(&v, p, 8); return v; }
     """
     uint64_t rotl "mmr_rotl64"(uint64_t x, int b) nogil
     uint64_t ld64 "mmr_ld64"(const uint8_t* p) nogil
+    double mono "mmr_mono"() nogil
+    double wall "mmr_wall"() nogil
+    int sched_yield() nogil
 
 
 cdef inline uint32_t addr_hash(const uint8_t* k, uint64_t k0, uint64_t k1) noexcept nogil:
@@ -263,6 +275,8 @@ cdef class Forwarder:
         self.hosts = AddrTable(hosts)
         self.t_start = 0.0
         self.t_end = float("inf")
+        self.last_active = 0.0
+        self.tun_ready = True
         self.verdict = np.zeros(self.cap, np.uint8)
         self.port_idx = np.zeros((max(n_uplinks, 1) + 1, self.cap), np.int32)
         self.port_n = np.zeros(max(n_uplinks, 1) + 1, np.int32)
@@ -288,6 +302,9 @@ cdef class Forwarder:
         cdef uint8_t[::1] pb = self.punts.view(np.uint8)
         cdef uint16_t[::1] l3b = self.l3buf
         self.l3c = &l3b[0]
+        cdef double[::1] nt = self.now_ts
+        cdef uint8_t[::1] zvb = self.zero_vnet.view(np.uint8)
+        self.now_c, self.zero_vh = &nt[0], <virtio_net_hdr*>&zvb[0]
         self.cnt, self.up_mac_c, self.gw_mac_c, self.up_mtu_c = &c[0], &a[0, 0], &g[0, 0], &m[0]
         self.in_mac_c, self.host_mac_c, self.lan_net_c = &im[0, 0], &hm[0, 0], &ln[0, 0, 0]
         self.verd, self.pidx, self.pn, self.pc = &v[0], &pi[0, 0], &pn[0], <punt_rec*>&pb[0]
@@ -587,32 +604,37 @@ cdef class Forwarder:
         return p
 
     # ------------------------------------------------------------------ live steps
-    def step_inside(self):
+    cpdef Py_ssize_t step_inside(self):
         """One batch from the inside source (LAN ring / TUN) to the uplinks; returns the
-        number of frames read."""
-        cdef Py_ssize_t n, u, k
+        number of frames read.  C only: after a wake-up every Python-level step would cost
+        its cold-cache price before the frame goes out."""
+        cdef Py_ssize_t n = 0, u, k
         cdef RxRing ring = self.in_ring
         cdef Tun tun = self.tun
         cdef TxSocket tx
         cdef double now
-        cdef double[::1] nts = self.now_ts
-        cdef uint8_t[::1] zv = self.zero_vnet.view(np.uint8)
+        cdef uint8_t* base
+        cdef int64_t* off
+        cdef uint32_t* lens
+        cdef virtio_net_hdr* vh
         if ring is not None:
             with nogil:
                 n = ring.batch_c(self.cap)
                 if n:
                     self.cnt[CNT_RX_INSIDE] += n
                     self.outbound_c(ring.base, ring.off, ring.lens, ring.vh, ring.ts, n)
+            base, off, lens, vh = ring.base, ring.off, ring.lens, ring.vh
         elif tun is not None:
-            now = time.time()
             with nogil:
                 n = tun.read_c()
                 if n:
+                    now = wall()
                     for k in range(n):
-                        nts[k] = now
-                    memset(&zv[0], 0, n * sizeof(virtio_net_hdr))
+                        self.now_c[k] = now
+                    memset(self.zero_vh, 0, n * sizeof(virtio_net_hdr))
                     self.cnt[CNT_RX_INSIDE] += n
-                    self.outbound_c(tun.buf, tun.off, tun.lens, <virtio_net_hdr*>&zv[0], &nts[0], n)
+                    self.outbound_c(tun.buf, tun.off, tun.lens, self.zero_vh, self.now_c, n)
+            base, off, lens, vh = tun.buf, tun.off, tun.lens, self.zero_vh
         else:
             return 0
         if n:
@@ -623,17 +645,15 @@ cdef class Forwarder:
                 if tx is None:
                     self.cnt[CNT_TX_ERRORS] += self.pn[u]
                     continue
-                if ring is not None:
-                    k = tx.send_c(ring.base, ring.off, ring.lens, ring.vh, self.pidx + u * self.cap, self.pn[u])
-                else:
-                    k = tx.send_c(tun.buf, tun.off, tun.lens, <virtio_net_hdr*>&zv[0], self.pidx + u * self.cap, self.pn[u])
+                with nogil:
+                    k = tx.send_c(base, off, lens, vh, self.pidx + u * self.cap, self.pn[u])
                 self.cnt[CNT_TX_UPLINK] += k
                 self.cnt[CNT_TX_ERRORS] += self.pn[u] - k
         if ring is not None:
             ring.release_c()
         return n
 
-    def step_uplink(self, int u):
+    cpdef Py_ssize_t step_uplink(self, int u):
         """One batch from uplink u to the inside; returns the number of frames read."""
         cdef RxRing ring = self.up_rx[u]
         cdef Py_ssize_t n, k = 0, i, j
@@ -663,6 +683,67 @@ cdef class Forwarder:
                     self.cnt[CNT_TX_ERRORS] += m - k
             ring.release_c()
         return n
+
+    def run(self, pfd, Py_ssize_t n_side, double max_wait_us, double spin_us):
+        """The forwarding loop's inner part, in C: forward whatever the sources hold, then
+        keep looking (busy-poll, yielding the CPU to whoever else is runnable) for spin_us
+        after the last frame, then sleep in ppoll() on every source and side descriptor.
+        Returns the number of frames read as soon as Python has something to do: a side
+        descriptor (pfd[:n_side]: netlink, probes, control) is ready, a source descriptor
+        reports an error, a punt waits, a signal came, or max_wait_us passed (a timer).
+        ``pfd``: a numpy array of struct pollfd (fd, events, revents); sources after the
+        side descriptors."""
+        cdef uint8_t[::1] raw = pfd.view(np.uint8)
+        cdef pollfd* fds = <pollfd*>&raw[0] if pfd.shape[0] else NULL
+        cdef Py_ssize_t nfds = pfd.shape[0], i, k, frames = 0
+        cdef double t0 = mono(), t, deadline = t0 + max_wait_us * 1e-6
+        cdef double spin = spin_us * 1e-6, wait
+        cdef int r, u
+        cdef bint spinning, side = False
+        cdef timespec ts
+        while True:
+            k = 0
+            if self.in_ring is not None:
+                if self.in_ring.ready_c():
+                    k += self.step_inside()
+            elif self.tun is not None and self.tun_ready:
+                self.tun_ready = False
+                k += self.step_inside()
+                if k >= self.cap:
+                    self.tun_ready = True          # a full batch: more is waiting
+            for u in range(self.n_up):
+                if self.up_rx[u] is not None and (<RxRing>self.up_rx[u]).ready_c():
+                    k += self.step_uplink(u)
+            t = mono()
+            if k:
+                frames += k
+                self.last_active = t
+            if self.punt_n or t >= deadline:
+                break
+            if k:
+                continue
+            spinning = t - self.last_active < spin
+            wait = 0.0 if spinning else deadline - t
+            ts.tv_sec = <long>wait
+            ts.tv_nsec = <long>((wait - ts.tv_sec) * 1e9)
+            with nogil:
+                if spinning:
+                    sched_yield()
+                r = ppoll(fds, nfds, &ts, NULL)
+            if r < 0:
+                break                              # EINTR: a signal for Python to handle
+            if r == 0:
+                continue
+            for i in range(nfds):
+                if fds[i].revents == 0:
+                    continue
+                if i < n_side or fds[i].revents & (POLLERR | POLLHUP | POLLNVAL):
+                    side = True
+                elif self.tun is not None and fds[i].fd == self.tun.fd:
+                    self.tun_ready = True
+            if side:
+                break
+        return frames
 
     def ready_rings(self):
         """Indices of the rings with a frame waiting (-1: the inside ring), no system call."""

@@ -70,7 +70,10 @@ cdef class Forwarder:
     cdef readonly Py_ssize_t n_hosts, n_lan
     cdef public int in_mtu
     cdef readonly AddrTable local, hosts
-    cdef public double t_start, t_end
+    cdef public double t_start, t_end, last_active
+    cdef bint tun_ready
+    cdef double* now_c
+    cdef virtio_net_hdr* zero_vh
     cdef readonly object verdict, port_idx, port_n, punts, zero_vnet, now_ts, l3buf
     cdef uint8_t* verd
     cdef uint16_t* l3c
@@ -93,5 +96,7 @@ cdef class Forwarder:
                           const virtio_net_hdr* vh, uint32_t length) noexcept nogil
     cdef void outbound_c(self, uint8_t* base, int64_t* off, uint32_t* lens, virtio_net_hdr* vh,
                          const double* ts, Py_ssize_t n) noexcept nogil
+    cpdef Py_ssize_t step_inside(self)
+    cpdef Py_ssize_t step_uplink(self, int u)
     cdef void inbound_c(self, int u, uint8_t* base, int64_t* off, uint32_t* lens,
                         virtio_net_hdr* vh, const double* ts, Py_ssize_t n) noexcept nogil
