@@ -135,12 +135,13 @@ class UplinkHealth:
         return self.link_up and self.probe_ok
 
     def set_link(self, ok: bool, why: str) -> bool:
-        """The link's state from netlink; True when it changed."""
+        """The link's state from netlink (while down, the latest cause is the reason); True
+        when it changed."""
+        if not ok:
+            self.reason = why
         if ok == self.link_up:
             return False
         self.link_up = ok
-        if not ok:
-            self.reason = why
         return True
 
     def probe(self, rtt: float | None, now: float, down_after: int, up_after: int) -> bool:

@@ -262,9 +262,9 @@ class Datapath:
                     gateways = True
             elif kind in ("link", "addr", "resync"):
                 links = True
-                if kind == "link" and ev[1] in self.up_index:
+                link = self.state.links.get(ev[1]) if kind == "link" else None
+                if link is not None and ev[1] in self.up_index:   # (gone again later in the batch: None)
                     u = self.up_index.index(ev[1])
-                    link = self.state.links[ev[1]]
                     self.fw.up_mtu[u] = link.mtu
                     if link.mac and len(link.mac) == 6:
                         self.fw.up_mac[u] = list(link.mac)

@@ -7,10 +7,10 @@ import subprocess
 from engine.errors import UserError
 
 
-def sh(*args: str, ns: str | None = None, check: bool = True, timeout: float = 20) -> str:
+def sh(*args: str, ns: str | None = None, check: bool = True, timeout: float = 20, cwd: str | None = None) -> str:
     """Run a command (in namespace ns); returns stdout; raises RuntimeError with stderr."""
     cmd = (["ip", "netns", "exec", ns] if ns else []) + list(args)
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd)
     if check and p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: {p.stderr.strip() or p.stdout.strip()}")
     return p.stdout
@@ -27,7 +27,9 @@ def namespaces() -> list[str]:
 
 
 def sysctl(ns: str | None, key: str, value) -> None:
-    sh("sysctl", "-qw", f"{key}={value}", ns=ns)
+    """Write /proc/sys/KEY (in namespace ns): no procps needed."""
+    path = "/proc/sys/" + key.replace(".", "/")
+    sh("sh", "-c", f"echo {int(value)} > {path}", ns=ns)
 
 
 def link_mac(dev: str, ns: str | None = None) -> bytes:

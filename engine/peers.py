@@ -10,12 +10,15 @@
   echo-client DST PORT N         N requests, print JSON {"sent", "answered", "rtt_ms"}
   tcp-sink PORT                  accept one connection, answer "<bytes> <sha256>", print the
                                  longest pause between arrivals
+  reach DST [SECONDS]            one ICMPv6/ICMP echo answered in time: exit 0 (no ping needed)
   tcp-send DST PORT NBYTES [SVC PREF] [PACE_MS]
                                  send NBYTES of a fixed pseudo-random stream (tagged unless
                                  SVC is -1; 64 KiB every PACE_MS ms), print the answer
 """
 import hashlib
+import ipaddress
 import json
+import os
 import signal
 import socket
 import struct
@@ -190,9 +193,35 @@ def tcp_send(dst, port, nbytes, svc=-1, pref=-1, pace_ms=0):
     print(json.dumps({"answer": answer, "expect": f"{len(data)} {hashlib.sha256(data).hexdigest()}"}))
 
 
+def reach(dst, seconds=1.0):
+    """One ICMPv6/ICMP echo to dst (a raw socket: root), answered within SECONDS: exit 0,
+    else 1.  The testbed checks itself with it, so it needs no ping program."""
+    ip = ipaddress.ip_address(dst)
+    v6 = ip.version == 6
+    s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_RAW,
+                      socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP)
+    ident = os.getpid() & 0xFFFF
+    body = struct.pack("!BBHHH", 128 if v6 else 8, 0, 0, ident, 1) + b"mmr-reach"
+    if not v6:
+        body = body[:2] + struct.pack("!H", checksum(body)) + body[4:]
+    s.sendto(body, (dst, 0))
+    end = time.monotonic() + float(seconds)
+    while time.monotonic() < end:
+        s.settimeout(max(0.01, end - time.monotonic()))
+        try:
+            data = s.recv(2048)
+        except socket.timeout:
+            break
+        if not v6:
+            data = data[(data[0] & 0x0F) * 4:]
+        if len(data) >= 8 and data[0] == (129 if v6 else 0) and struct.unpack_from("!H", data, 4)[0] == ident:
+            sys.exit(0)
+    sys.exit(1)
+
+
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
         sys.exit(__doc__)
     cmd, args = sys.argv[1], sys.argv[2:]
     {"udp-sink": udp_sink, "udp-send": udp_send, "tcp-sink": tcp_sink, "tcp-send": tcp_send,
-     "echo-server": echo_server, "udp-count": udp_count, "echo-client": echo_client}[cmd](*args)
+     "echo-server": echo_server, "udp-count": udp_count, "echo-client": echo_client, "reach": reach}[cmd](*args)

@@ -108,8 +108,8 @@ class Lan:
             for key in list(self.rows):
                 dp.fw.hosts.remove(key)
                 self.free.append(self.rows.pop(key))
-        if kind == "link" and ev[1] == self.index:
-            link = dp.state.links[self.index]
+        link = dp.state.links.get(ev[1]) if kind == "link" and ev[1] == self.index else None
+        if link is not None:                 # (None: gone again later in the same batch)
             dp.fw.in_mtu = link.mtu
             if len(link.mac) == 6:
                 dp.fw.in_mac[0] = list(link.mac)

@@ -21,6 +21,8 @@ ignored, so their backup route over the AR1-AR2 link takes over.
 """
 from __future__ import annotations
 
+import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -28,6 +30,7 @@ from engine.errors import UserError
 from engine.netns import namespaces, require_tools, sh, sysctl
 
 NODES = ("mn", "mmr", "ar1", "ar2", "cn")
+ENGINE_HOME = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (ns a, dev a, ns b, dev b)
 LINKS = [
@@ -208,11 +211,33 @@ class Testbed:
             for r in routes:
                 sh("ip", *r, ns=self.ns(n))
 
+    def relink(self, node_a: str, dev_a: str) -> None:
+        """Re-create the link of dev_a on node_a (after a test deleted it): the veth pair, its
+        addresses on both ends and the routes of both nodes (those still there are kept)."""
+        for a, da, b, db in self.topo.links:
+            if (a, da) == (node_a, dev_a) or (b, db) == (node_a, dev_a):
+                break
+        else:
+            raise ValueError(f"no link {node_a}:{dev_a}")
+        sh("ip", "link", "add", da, "netns", self.ns(a), "type", "veth", "peer", "name", db, "netns", self.ns(b))
+        for ns, dev in ((a, da), (b, db)):
+            sh("ip", "link", "set", dev, "up", ns=self.ns(ns))
+            for d, addr in self.topo.addrs.get(ns, []):
+                if d == dev:
+                    sh("ip", "addr", "add", addr, "dev", dev, *(["nodad"] if ":" in addr else []), ns=self.ns(ns))
+        for ns in (a, b):
+            for r in self.topo.routes.get(ns, []):
+                sh("ip", *r, ns=self.ns(ns), check=False)
+
     def _wait(self, wait: float) -> None:
         deadline = time.monotonic() + wait
         while True:
             node, target = self.topo.check
-            ok = self.run(node, "ping", "-6", "-c", "1", "-W", "1", target, check=False)
+            try:         # the engine this process imported, not a source tree in the cwd
+                sh(sys.executable, "-m", "engine.peers", "reach", target, "1", ns=self.ns(node), cwd=ENGINE_HOME)
+                ok = True
+            except RuntimeError:
+                ok = None
             if ok is not None:
                 return
             if time.monotonic() > deadline:

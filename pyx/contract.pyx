@@ -41,3 +41,29 @@ def reason_codes():
         "hop_limit": rows.R_HOP_LIMIT, "oversize": rows.R_OVERSIZE,
         "no_neighbour": rows.R_NO_NEIGHBOUR, "bad_offload": rows.R_BAD_OFFLOAD,
     }, rows.N_REASONS
+
+
+from virtio_net cimport virtio_net_hdr
+cimport engine._forward as F
+
+
+def event_codes():
+    """The counter-table events as pyx/engine/_forward.pxd numbers them."""
+    return {
+        "rx_inside": F.CNT_RX_INSIDE, "rx_uplink": F.CNT_RX_UPLINK, "tx_uplink": F.CNT_TX_UPLINK,
+        "tx_inside": F.CNT_TX_INSIDE, "kernel": F.CNT_KERNEL, "handover": F.CNT_HANDOVER,
+        "csum_finished": F.CNT_CSUM_FINISHED, "super_frames": F.CNT_SUPER_FRAMES,
+        "icmp_sent": F.CNT_ICMP_SENT, "icmp_limited": F.CNT_ICMP_LIMITED,
+        "neighbour_asked": F.CNT_NEIGHBOUR_ASKED, "tx_errors": F.CNT_TX_ERRORS,
+        "truncated": F.CNT_TRUNCATED, "ring_drops": F.CNT_RING_DROPS,
+        "internal_errors": F.CNT_INTERNAL_ERRORS,
+    }, F.CNT_SIZE
+
+
+def struct_sizes():
+    """sizeof of the C structs that numpy dtypes mirror."""
+    cdef F.punt_rec p
+    cdef size_t base = <size_t>&p
+    return {"virtio_net_hdr": sizeof(virtio_net_hdr), "punt_rec": sizeof(F.punt_rec),
+            "punt_rec.data": <size_t>&p.data - base, "punt_rec.addr": <size_t>&p.addr - base,
+            "punt_rec.mtu": <size_t>&p.mtu - base}

@@ -26,8 +26,9 @@ what was parsed before the error and every field not reached stays 0.  The walk:
         option_type) counts in the hop-by-hop header only: data length must be 3 (else
         bad_opt_len): service u8, preference u16 big-endian.  If it occurs twice the first
         wins.
-  IPv4: version 4, IHL >= 5, total length >= header, within the frame; fragments (MF or an
-        offset) are keyed without ports.  Addresses are IPv4-mapped (::ffff:a.b.c.d).
+  IPv4: version 4, IHL >= 5, total length >= header, within the frame, the header checksum
+        right (RFC 1812 5.2.2; else bad_ip_header); fragments (MF or an offset) are keyed
+        without ports.  Addresses are IPv4-mapped (::ffff:a.b.c.d).
   upper layer: TCP (20 bytes), UDP/UDP-Lite (8), SCTP/DCCP (12) give ports, else
         truncated_l4; ICMPv6/ICMP need 4 bytes, their echo request/reply 8 and give the
         identifier as source port.  Known port-less protocols are ok with ports 0; any
@@ -54,6 +55,16 @@ DEF MAX_EXT = 16
 
 cdef inline uint16_t be16(const uint8_t* p) noexcept nogil:
     return (<uint16_t>p[0] << 8) | p[1]
+
+
+cdef inline bint header_sum_ok(const uint8_t* h, uint32_t ihl) noexcept nogil:
+    """The IPv4 header's one's complement sum (its checksum included) is 0xFFFF."""
+    cdef uint32_t s = 0, i
+    for i in range(0, ihl, 2):
+        s += (<uint32_t>h[i] << 8) | h[i + 1]
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s == 0xFFFF
 
 
 cdef inline bint has_ports(uint8_t proto, uint32_t* need) noexcept nogil:
@@ -241,6 +252,8 @@ cdef int parse_one(const uint8_t* p, uint32_t flen, int option_type, mmr_row* r)
             return rows.R_BAD_IP_HEADER
         if tot > flen - off:
             return rows.R_TRUNCATED_L3
+        if not header_sum_ok(p + off, ihl):       # RFC 1812 5.2.2: a router checks it
+            return rows.R_BAD_IP_HEADER
         end = off + tot
         r.tclass = p[off + 1]
         r.hlim = p[off + 8]

@@ -67,9 +67,24 @@ cdef uint16_t csum_fold(const uint8_t* p, size_t n, uint64_t seed) noexcept nogi
     return <uint16_t>s
 
 
-cdef int finish_checksum(uint8_t* frame, uint32_t length, virtio_net_hdr* vh, bint gso_too) noexcept nogil:
-    """Complete a NEEDS_CSUM request in place (gso_too: a super-frame as well).  Returns a
-    VERDICT_*; a finished frame's header says DATA_VALID."""
+cdef uint32_t ip_end(const uint8_t* frame, uint32_t length, const mmr_row* r) noexcept nogil:
+    """Where the IP packet of a parsed frame ends (Ethernet padding after it is not summed)."""
+    cdef uint32_t l3 = r.l3_off, plen
+    if r.family == 4 and l3 + 4 <= length:
+        plen = (<uint32_t>frame[l3 + 2] << 8) | frame[l3 + 3]
+        return l3 + plen if l3 + plen <= length else length
+    if r.family == 6 and l3 + 6 <= length:
+        plen = (<uint32_t>frame[l3 + 4] << 8) | frame[l3 + 5]
+        if plen == 0:
+            return length                    # a jumbogram or a big super-frame: to the end
+        return l3 + 40 + plen if l3 + 40 + plen <= length else length
+    return length
+
+
+cdef int finish_checksum(uint8_t* frame, uint32_t end, virtio_net_hdr* vh, bint gso_too) noexcept nogil:
+    """Complete a NEEDS_CSUM request in place, summing from csum_start to ``end`` (the end of
+    the IP packet); gso_too: a super-frame as well.  Returns a VERDICT_*; a finished frame's
+    header says DATA_VALID."""
     cdef uint32_t start = vh.csum_start
     cdef uint32_t at
     cdef uint16_t c
@@ -78,9 +93,9 @@ cdef int finish_checksum(uint8_t* frame, uint32_t length, virtio_net_hdr* vh, bi
     if vh.gso_type != VIRTIO_NET_HDR_GSO_NONE and not gso_too:
         return VERDICT_OK
     at = start + vh.csum_offset
-    if start >= length or at + 2 > length:
+    if start >= end or at + 2 > end:
         return VERDICT_BAD_OFFLOAD
-    c = <uint16_t>(~csum_fold(frame + start, length - start, 0) & 0xFFFF)
+    c = <uint16_t>(~csum_fold(frame + start, end - start, 0) & 0xFFFF)
     if c == 0:
         c = 0xFFFF                   # as the kernel's skb_checksum_help: 0 means "none" in UDP
     frame[at] = c >> 8
@@ -109,7 +124,7 @@ cdef int rewrite_one(uint8_t* base, int64_t* off, uint32_t* length, const mmr_ro
                 return VERDICT_HOP_LIMIT
         elif p[l3 + 8] <= 1:
             return VERDICT_HOP_LIMIT
-    v = finish_checksum(p, length[0], vh, (how & RW_CSUM_GSO) != 0)
+    v = finish_checksum(p, ip_end(p, length[0], r), vh, (how & RW_CSUM_GSO) != 0)
     if v != VERDICT_OK:
         return v
     if how & RW_HOP:
@@ -197,11 +212,14 @@ def rewrite(uint8_t[::1] buf, int64_t[::1] offsets, uint32_t[::1] lengths, rows_
 
 
 def finish_checksums(uint8_t[::1] buf, const int64_t[::1] offsets, const uint32_t[::1] lengths,
-                     vnet, Py_ssize_t n=-1, bint gso_too=False):
-    """Finish the unfinished checksums of frames i < n in place; returns a verdict array."""
+                     rows_arr, vnet, Py_ssize_t n=-1, bint gso_too=False):
+    """Finish the unfinished checksums of parsed frames i < n in place; returns a verdict
+    array."""
+    if rows_arr.dtype != ROW_DTYPE or not rows_arr.flags.c_contiguous:
+        raise TypeError("rows must be a C-contiguous array of ROW_DTYPE")
     if n < 0:
         n = offsets.shape[0]
-    if n > offsets.shape[0] or n > lengths.shape[0]:
+    if n > offsets.shape[0] or n > lengths.shape[0] or n > rows_arr.shape[0]:
         raise ValueError("every array must cover n frames")
     vnet = _vnet_ptr(vnet, n)
     cdef Py_ssize_t i
@@ -215,9 +233,13 @@ def finish_checksums(uint8_t[::1] buf, const int64_t[::1] offsets, const uint32_
     cdef uint8_t[::1] o = out
     cdef uint8_t[::1] vb = vnet.view(np.uint8)
     cdef virtio_net_hdr* vp = <virtio_net_hdr*>&vb[0]
+    cdef uint8_t[::1] rb = rows_arr.view(np.uint8).reshape(-1)
+    cdef mmr_row* rp = <mmr_row*>&rb[0]
+    cdef uint8_t* f
     with nogil:
         for i in range(n):
-            o[i] = finish_checksum(&buf[0] + offsets[i], lengths[i], &vp[i], gso_too)
+            f = &buf[0] + offsets[i]
+            o[i] = finish_checksum(f, ip_end(f, lengths[i], &rp[i]), &vp[i], gso_too)
     return out
 
 

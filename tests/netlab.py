@@ -79,6 +79,9 @@ def running_mmr(tb, node, command, ready, *args):
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+        rest = p.stderr.read() if not p.stderr.closed else ""
+    # what the engine logged after it was ready (unless the test read it): no fault inside
+    assert "internal error" not in rest and "Traceback" not in rest, rest
 
 
 def running_router(tb, *args):

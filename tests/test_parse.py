@@ -3,7 +3,7 @@ import ipaddress
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import assume, HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import framegen as g
@@ -347,6 +347,11 @@ def test_scapy_agrees_on_valid_frames(frame):
         assert ipaddress.IPv6Address(ip.dst).packed == bytes(r["dst"])
         assert ip.hlim == r["hlim"] and ip.tc == r["tclass"]
         if IPv6ExtHdrHopByHop in p:
+            # scapy decodes some option types by their RFC layout (jumbo payload 0xC2, home
+            # address 0xC9, router alert, ...) even when their length says otherwise; such
+            # examples say nothing about mmr, so the oracle is only asked about the rest
+            from scapy.layers.inet6 import HBHOptUnknown, Pad1, PadN
+            assume(all(isinstance(o, (HBHOptUnknown, Pad1, PadN)) for o in p[IPv6ExtHdrHopByHop].options))
             opts = [o for o in p[IPv6ExtHdrHopByHop].options if getattr(o, "otype", None) == 0x3E]
             if opts:
                 data = bytes(opts[0].optdata)

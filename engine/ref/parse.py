@@ -141,6 +141,13 @@ def _ipv6(frame: bytes, off: int, option_type: int, r: dict) -> None:
     _upper(pkt, pos, nh, True, r)
 
 
+def _ones_sum(data: bytes) -> int:
+    s = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
 def _ipv4(frame: bytes, off: int, r: dict) -> None:
     r["family"] = 4
     r["l3_off"] = off
@@ -154,6 +161,8 @@ def _ipv4(frame: bytes, off: int, r: dict) -> None:
         raise _Stop(C.REASON_BAD_IP_HEADER)
     if off + total > len(frame):
         raise _Stop(C.REASON_TRUNCATED_L3)
+    if _ones_sum(frame[off:off + ihl]) != 0xFFFF:     # RFC 1812 5.2.2: a router checks it
+        raise _Stop(C.REASON_BAD_IP_HEADER)
     pkt = frame[:off + total]
     r["tclass"] = frame[off + 1]
     r["hlim"] = frame[off + 8]

@@ -1,32 +1,109 @@
-"""Reference rewrite: one frame at a time, the IPv4 checksum recomputed from scratch."""
+"""Reference rewrite: one frame at a time; the IPv4 header checksum and every finished
+upper-layer checksum are recomputed from scratch (pseudo-header and all), not completed
+incrementally as the compiled stage does, so the two are independent."""
 from __future__ import annotations
 
 import struct
 
+from engine import constants as C
+
+NEEDS_CSUM, DATA_VALID = 1, 2            # virtio-net header flags (RFC-level values, typed here)
+
+
+def ones_sum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
 
 def ipv4_checksum(header: bytes) -> int:
     h = header[:10] + b"\0\0" + header[12:]
-    s = sum(struct.unpack(f"!{len(h) // 2}H", h))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
+    return ~ones_sum(h) & 0xFFFF
 
 
-def rewrite_frame(frame: bytes, row, src_mac: bytes, dst_mac: bytes) -> tuple[bytes | None, int]:
-    """(new frame, verdict): verdict 1 = hop limit exhausted (frame None)."""
+def ip_end(frame: bytes, l3: int, family: int) -> int:
+    """Where the IP packet ends (Ethernet padding excluded)."""
+    if family == 4:
+        return min(len(frame), l3 + int.from_bytes(frame[l3 + 2:l3 + 4], "big"))
+    plen = int.from_bytes(frame[l3 + 4:l3 + 6], "big")
+    return len(frame) if plen == 0 else min(len(frame), l3 + 40 + plen)
+
+
+def l4_checksum(frame: bytes, l3: int, family: int, start: int, at: int, end: int) -> int:
+    """The checksum of the upper-layer data frame[start:end] with its field (at) as zero,
+    over the pseudo-header of RFC 8200 8.1 / RFC 793 (none for ICMP over IPv4)."""
+    data = frame[start:at] + b"\0\0" + frame[at + 2:end]
+    if family == 6:
+        nh = _upper_proto6(frame, l3, start)
+        pseudo = frame[l3 + 8:l3 + 40] + struct.pack("!I3xB", end - start, nh)
+    else:
+        proto = frame[l3 + 9]
+        pseudo = b"" if proto == C.IPPROTO_ICMP else frame[l3 + 12:l3 + 20] + struct.pack("!xBH", proto, end - start)
+    c = ~ones_sum(pseudo + data) & 0xFFFF
+    return c or 0xFFFF
+
+
+def _upper_proto6(frame: bytes, l3: int, start: int) -> int:
+    """The next-header value that leads to the header at ``start``."""
+    nh, pos = frame[l3 + 6], l3 + 40
+    while pos < start:
+        if nh == 51:
+            hl = (frame[pos + 1] + 2) * 4
+        elif nh == 44:
+            hl = 8
+        else:
+            hl = (frame[pos + 1] + 1) * 8
+        nh, pos = frame[pos], pos + hl
+    return nh
+
+
+def finish_checksum(frame: bytes, row, vnet: dict, gso_too: bool) -> tuple[bytes, dict, int]:
+    """(frame, vnet, verdict) with a NEEDS_CSUM request completed from scratch."""
+    if not vnet["flags"] & NEEDS_CSUM or (vnet["gso_type"] and not gso_too):
+        return frame, vnet, 0
+    l3, fam = int(row["l3_off"]), int(row["family"])
+    end = ip_end(frame, l3, fam)
+    start, at = vnet["csum_start"], vnet["csum_start"] + vnet["csum_offset"]
+    if start >= end or at + 2 > end:
+        return frame, vnet, 2
+    c = l4_checksum(frame, l3, fam, start, at, end)
+    frame = frame[:at] + struct.pack("!H", c) + frame[at + 2:]
+    return frame, dict(flags=DATA_VALID, gso_type=0, hdr_len=vnet["hdr_len"], gso_size=0, csum_start=0,
+                       csum_offset=0), 0
+
+
+def rewrite_frame(frame: bytes, row, src_mac: bytes, dst_mac: bytes, vnet: dict | None = None,
+                  hop: bool = True, gso_too: bool = False, macs: bool = True):
+    """(new frame, verdict, vnet after): verdict 1 = hop limit exhausted (frame None),
+    2 = a checksum request outside the packet (frame None)."""
+    keys = ("flags", "gso_type", "hdr_len", "gso_size", "csum_start", "csum_offset")
+    vnet = {k: 0 for k in keys} if vnet is None else {k: int(vnet[k]) for k in keys}
     l3 = int(row["l3_off"])
     fam = int(row["family"])
     f = bytearray(frame)
-    if fam == 6:
-        if f[l3 + 7] <= 1:
-            return None, 1
-        f[l3 + 7] -= 1
-        etype = b"\x86\xdd"
-    else:
-        if f[l3 + 8] <= 1:
-            return None, 1
-        f[l3 + 8] -= 1
-        ihl = (f[l3] & 0x0F) * 4
-        f[l3 + 10:l3 + 12] = struct.pack("!H", ipv4_checksum(bytes(f[l3:l3 + ihl])))
-        etype = b"\x08\x00"
-    return dst_mac + src_mac + etype + bytes(f[l3:]), 0
+    if hop:
+        if f[l3 + (7 if fam == 6 else 8)] <= 1:
+            return None, 1, vnet
+    done, vnet, v = finish_checksum(bytes(f), row, vnet, gso_too)
+    if v:
+        return None, v, vnet
+    f = bytearray(done)
+    if hop:
+        if fam == 6:
+            f[l3 + 7] -= 1
+        else:
+            f[l3 + 8] -= 1
+            ihl = (f[l3] & 0x0F) * 4
+            f[l3 + 10:l3 + 12] = struct.pack("!H", ipv4_checksum(bytes(f[l3:l3 + ihl])))
+    shift = l3 - 14
+    if shift:
+        if vnet["flags"] & NEEDS_CSUM:
+            vnet["csum_start"] -= shift
+        if vnet["hdr_len"] > shift:
+            vnet["hdr_len"] -= shift
+    etype = b"\x86\xdd" if fam == 6 else b"\x08\x00"
+    head = (dst_mac + src_mac) if macs else bytes(f[shift:shift + 12])
+    return head + etype + bytes(f[l3:]), 0, vnet

@@ -14,6 +14,7 @@ cdef enum:
     VERDICT_BAD_OFFLOAD = 2   # a checksum request that points outside the frame: drop
 
 cdef uint16_t csum_fold(const uint8_t* p, size_t n, uint64_t seed) noexcept nogil
-cdef int finish_checksum(uint8_t* frame, uint32_t length, virtio_net_hdr* vh, bint gso_too) noexcept nogil
+cdef uint32_t ip_end(const uint8_t* frame, uint32_t length, const mmr_row* r) noexcept nogil
+cdef int finish_checksum(uint8_t* frame, uint32_t end, virtio_net_hdr* vh, bint gso_too) noexcept nogil
 cdef int rewrite_one(uint8_t* base, int64_t* off, uint32_t* length, const mmr_row* r,
                      virtio_net_hdr* vh, const uint8_t* smac, const uint8_t* dmac, int how) noexcept nogil

@@ -1,0 +1,184 @@
+"""Reference forwarding decisions: the oracle for engine._forward, one frame at a time.
+
+The same tables as the compiled Forwarder, as plain Python values; the same pipeline built
+from the reference stages; the same verdicts, rewritten bytes, virtio-net headers, counters
+and punts.  pyx/forward.pyx's docstring is the specification.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from engine import constants as C
+from engine.ref.classify import Classifier
+from engine.ref.flowbase import FlowTable
+from engine.ref.parse import parse_batch
+from engine.ref.rewrite import NEEDS_CSUM, rewrite_frame
+from engine.ref.select import Selector
+
+KERNEL, DROP = -2, -3
+_ACTION = {"forward": -1, "kernel": KERNEL, "drop": DROP}
+TIME_EXCEEDED, TOO_BIG, NEIGHBOUR = 1, 2, 3
+
+
+def _vnet(v) -> dict:
+    return {k: int(v[k]) for k in ("flags", "gso_type", "hdr_len", "gso_size", "csum_start", "csum_offset")}
+
+
+class RefForwarder:
+    def __init__(self, cfg, router: bool, n_uplinks: int):
+        self.router, self.n_up = router, n_uplinks
+        self.option_type = cfg.option_type
+        self.classifier, self.selector = Classifier(cfg), Selector(cfg)
+        self.flows = FlowTable(cfg.flow_capacity, None, cfg.idle_timeout_s)
+        self.in_mac = bytes(6)
+        self.up_mac = [bytes(6)] * n_uplinks
+        self.gw_mac = [bytes(6)] * n_uplinks
+        self.up_mtu = [1500] * n_uplinks
+        self.in_mtu = 1500
+        self.local: set[bytes] = set()
+        self.lan_nets: list[tuple[bytes, bytes]] = []
+        self.hosts: dict[bytes, bytes] = {}
+        self.t_start, self.t_end = 0.0, float("inf")
+        self.counters: dict[str, int] = {}
+        self.punts: list[tuple[int, int]] = []        # (kind, frame index)
+
+    def count(self, name: str, k: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + k
+
+    @staticmethod
+    def _not_routable(row) -> bool:
+        dst, src = bytes(row["dst"]), bytes(row["src"])
+        if row["family"] == 6:
+            return (dst[0] == 0xFF or (dst[0] == 0xFE and dst[1] & 0xC0 == 0x80)
+                    or (src[0] == 0xFE and src[1] & 0xC0 == 0x80))
+        return dst[12] >= 224
+
+    @staticmethod
+    def _seg_len(frame: bytes, row, vnet: dict) -> int:
+        l3, l4 = int(row["l3_off"]), int(row["l4_off"])
+        if not vnet["gso_type"] or l4 == 0:
+            return len(frame) - l3
+        l4end = l4 + (frame[l4 + 12] >> 4) * 4 if row["proto"] == 6 and l4 + 13 <= len(frame) else l4 + 8
+        return l4end - l3 + vnet["gso_size"]
+
+    def _parse(self, frames):
+        from engine.frames import pack_frames
+
+        buf, off, ln = pack_frames(frames)
+        rows = np.zeros(len(frames), C.ROW_DTYPE)
+        reasons = np.zeros(C.N_REASONS, np.uint64)
+        parse_batch(buf, off, ln, rows, self.option_type, reasons)
+        for code, n in enumerate(reasons):
+            if n:
+                self.count(C.REASON_NAMES[code], int(n))
+        out = np.array([_ACTION[C.REASON_ACTION[int(r)]] for r in rows["reason"]], np.int16)
+        return rows, out
+
+    def _drop(self, out, rows, i, reason: str) -> None:
+        out[i] = DROP
+        rows[i]["reason"] = C.REASON_CODE[reason]
+        self.count(reason)
+
+    def outbound(self, frames, vnets, ts):
+        """inside -> uplinks: (out, [(frame, vnet) as sent or None], rows)."""
+        n = len(frames)
+        rows, out = self._parse(frames)
+        for i in range(n):
+            if out[i] != -1 or not self.router:
+                continue
+            if ts[i] < self.t_start or ts[i] >= self.t_end:
+                out[i] = KERNEL
+                self.count("handover")
+            elif (frames[i][:6] != self.in_mac or self._not_routable(rows[i])
+                  or bytes(rows[i]["dst"]) in self.local):
+                out[i] = KERNEL
+        svc, pref = np.zeros(n, np.uint8), np.zeros(n, np.uint16)
+        self.classifier.classify(rows, svc, pref)
+        if self.flows.lookup(rows, ts, out):
+            choice = np.zeros(n, np.int16)
+            self.selector.select(svc, pref, choice)
+            self.flows.insert(rows, ts, out, choice, svc, pref)
+        for i in range(n):
+            if out[i] == -1:
+                self._drop(out, rows, i, "no_uplink")
+        sent = [None] * n
+        for i in range(n):
+            u = int(out[i])
+            if u < 0:
+                if u == KERNEL:
+                    self.count("kernel")
+                continue
+            v = _vnet(vnets[i])
+            if self.gw_mac[u] == bytes(6):
+                self._drop(out, rows, i, "no_neighbour")
+                continue
+            if self._seg_len(frames[i], rows[i], v) > self.up_mtu[u]:
+                self._drop(out, rows, i, "oversize")
+                if self.router:
+                    self.punts.append((TOO_BIG, i))
+                continue
+            if v["flags"] & NEEDS_CSUM:
+                self.count("csum_finished" if not v["gso_type"] else "super_frames")
+            f, verdict, v = rewrite_frame(frames[i], rows[i], self.up_mac[u], self.gw_mac[u], v, hop=self.router)
+            if verdict == 1:
+                self._drop(out, rows, i, "hop_limit")
+                self.punts.append((TIME_EXCEEDED, i))
+                continue
+            if verdict == 2:
+                self._drop(out, rows, i, "bad_offload")
+                continue
+            sent[i] = (f, v)
+        return out, sent, rows
+
+    def inbound(self, u: int, frames, vnets, ts):
+        """uplink u -> inside: (out, [(frame, vnet) or None], rows); out 0 = to the inside."""
+        n = len(frames)
+        rows, out = self._parse(frames)
+        sent = [None] * n
+        for i in range(n):
+            if out[i] != -1:
+                if out[i] == KERNEL:
+                    self.count("kernel")
+                continue
+            r, f = rows[i], frames[i]
+            if ts[i] < self.t_start or ts[i] >= self.t_end:
+                out[i] = KERNEL
+                self.count("handover")
+                continue
+            dst = bytes(r["dst"])
+            if self.router:
+                inside = (f[:6] == self.up_mac[u] and dst not in self.local and any(
+                    bytes(a & b for a, b in zip(dst, mask)) == value for value, mask in self.lan_nets))
+            else:
+                inside = dst in self.local
+            if not inside:
+                out[i] = KERNEL
+                self.count("kernel")
+                continue
+            v = _vnet(vnets[i])
+            host = bytes(6)
+            if self.router:
+                if dst not in self.hosts:
+                    self._drop(out, rows, i, "no_neighbour")
+                    self.punts.append((NEIGHBOUR, i))
+                    continue
+                host = self.hosts[dst]
+            if self._seg_len(f, r, v) > self.in_mtu:
+                self._drop(out, rows, i, "oversize")
+                if self.router:
+                    self.punts.append((TOO_BIG, i))
+                continue
+            if v["flags"] & NEEDS_CSUM:
+                self.count("csum_finished" if not v["gso_type"] or not self.router else "super_frames")
+            g, verdict, v = rewrite_frame(f, r, self.in_mac, host, v, hop=self.router,
+                                          gso_too=not self.router, macs=self.router)
+            if verdict == 1:
+                self._drop(out, rows, i, "hop_limit")
+                self.punts.append((TIME_EXCEEDED, i))
+                continue
+            if verdict == 2:
+                self._drop(out, rows, i, "bad_offload")
+                continue
+            out[i] = 0
+            sent[i] = (g, v)
+        return out, sent, rows

@@ -1,0 +1,303 @@
+"""The forwarding decisions: compiled engine._forward against the per-frame reference
+(engine/ref/forward.py), offline, on framegen frames; the address table against a dict."""
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import framegen as g
+from engine import _forward, _pipeline
+from engine import constants as C
+from engine import counters as CT
+from engine.config import load_config, to_mapped
+from engine.frames import pack_frames
+from engine.ref.forward import RefForwarder
+from engine.ref.rewrite import ones_sum
+
+CFG = load_config(None)
+UP_MAC = [bytes.fromhex("0200000001" + f"{k:02x}") for k in range(1, 3)]
+GW_MAC = [bytes.fromhex("0200000002" + f"{k:02x}") for k in range(1, 3)]
+HOST_MAC = bytes.fromhex("020000000301")
+
+
+def test_compiled_forward_is_loaded():
+    assert _forward.__file__.endswith(".so")
+    assert _pipeline.__file__.endswith(".so")
+
+
+def pair(router=True, mtus=(1500, 1500), gw_known=(True, True), local=(), hosts=(), in_mtu=1500,
+         t_start=0.0, t_end=float("inf")):
+    """A compiled Forwarder and a RefForwarder with the same tables."""
+    fw = _forward.Forwarder(_pipeline.Pipeline(CFG, batch=64), router, 2, 64)
+    ref = RefForwarder(CFG, router, 2)
+    fw.in_mac[0] = list(g.MAC_B)
+    ref.in_mac = g.MAC_B
+    nets = [to_mapped(n) for n in CFG.lan_prefixes]
+    fw.set_lan_prefixes([(n.network_address.packed, n.netmask.packed) for n in nets])
+    ref.lan_nets = [(n.network_address.packed, n.netmask.packed) for n in nets]
+    for u in range(2):
+        fw.up_mac[u] = list(UP_MAC[u])
+        fw.gw_mac[u] = list(GW_MAC[u]) if gw_known[u] else [0] * 6
+        fw.up_mtu[u] = mtus[u]
+    ref.up_mac = list(UP_MAC)
+    ref.gw_mac = [GW_MAC[u] if gw_known[u] else bytes(6) for u in range(2)]
+    ref.up_mtu = list(mtus)
+    fw.in_mtu = ref.in_mtu = in_mtu
+    for a in local:
+        fw.local.set(a, 1)
+        ref.local.add(a)
+    for k, a in enumerate(hosts):
+        fw.host_mac[k] = list(HOST_MAC)
+        fw.hosts.set(a, k)
+        ref.hosts[a] = HOST_MAC
+    fw.t_start, fw.t_end = ref.t_start, ref.t_end = t_start, t_end
+    return fw, ref
+
+
+def vnet_array(vs):
+    a = np.zeros(max(1, len(vs)), C.VNET_DTYPE)
+    for i, v in enumerate(vs):
+        for k, x in v.items():
+            a[i][k] = x
+    return a
+
+
+def compare(fw, ref, frames, vnets, ts, direction, u=0):
+    buf, off, ln = pack_frames(frames)
+    buf = np.array(buf, np.uint8)
+    va = vnet_array(vnets)
+    rva = va.copy()                      # the compiled stage rewrites va in place
+    if direction == "out":
+        out, off2, ln2 = fw.outbound(buf, off, ln, va, ts)
+        rout, sent, rows = ref.outbound(frames, rva, ts)
+    else:
+        out, off2, ln2 = fw.inbound(u, buf, off, ln, va, ts)
+        rout, sent, rows = ref.inbound(u, frames, rva, ts)
+    assert out.tolist() == rout.tolist()
+    assert fw.pipe.rows["reason"][:len(frames)].tolist() == rows["reason"].tolist()
+    for i in range(len(frames)):
+        if sent[i] is None:
+            continue
+        f, v = sent[i]
+        assert bytes(buf[off2[i]:off2[i] + ln2[i]]) == f, i
+        assert {k: int(va[i][k]) for k in v} == v, i
+    kinds = sorted(int(k) for k in fw.take_punts()["kind"])
+    assert kinds == sorted(k for k, _ in ref.punts)
+    ref.punts.clear()
+    table = fw.counters
+    for name in ("kernel", "handover", "csum_finished", "super_frames", "no_uplink", "hop_limit", "oversize",
+                 "no_neighbour", "bad_offload"):
+        assert int(table[CT.INDEX[name]]) == ref.counters.get(name, 0), name
+    return out
+
+
+# ------------------------------------------------------------------ frames with offloads
+def partial(frame: bytes, l3: int, l4: int, proto: int, family: int) -> tuple[bytes, dict]:
+    """A frame whose checksum a sender left to the device: the right checksum replaced by the
+    pseudo-header sum (folded, not complemented), as the kernel leaves it with NEEDS_CSUM."""
+    at = l4 + {6: 16, 17: 6, 58: 2}[proto]
+    end = len(frame)
+    if family == 6:
+        pseudo = frame[l3 + 8:l3 + 40] + struct.pack("!I3xB", end - l4, proto)
+    else:
+        pseudo = frame[l3 + 12:l3 + 20] + struct.pack("!xBH", proto, end - l4)
+    f = frame[:at] + struct.pack("!H", ones_sum(pseudo)) + frame[at + 2:]
+    return f, dict(flags=1, gso_type=0, hdr_len=0, gso_size=0, csum_start=l4, csum_offset=at - l4)
+
+
+@st.composite
+def offload_frame(draw):
+    """(frame, vnet): finished, unfinished, a super-frame, or a bad request."""
+    family = draw(st.sampled_from([4, 6]))
+    proto = draw(st.sampled_from([6, 17] + ([58] if family == 6 else [])))
+    size = draw(st.integers(0, 3000))
+    payload = bytes(draw(st.integers(0, 255)) for _ in range(min(size, 8))) + bytes(size)
+    sp, dp = draw(g.port), draw(g.port)
+    l4 = g.tcp(sp, dp, payload) if proto == 6 else g.udp(sp, dp, payload) if proto == 17 else \
+        g.icmpv6_echo(ident=sp, payload=payload)
+    vlans = tuple(draw(st.lists(st.integers(1, 4094), max_size=1)))
+    hl = draw(st.integers(1, 255))
+    if family == 6:
+        ip = g.ipv6(l4, proto, src="2001:db8:1::10", dst=draw(g.addr6), hlim=hl)
+        frame, l3 = g.eth(ip, vlans=vlans), 14 + 4 * len(vlans)
+        l4off = l3 + 40
+    else:
+        ip = g.ipv4(l4, proto, src="192.0.2.10", dst=draw(g.addr4), ttl=hl)
+        frame, l3 = g.eth(ip, 0x0800, vlans=vlans), 14 + 4 * len(vlans)
+        l4off = l3 + 20
+    kind = draw(st.sampled_from(["finished", "partial", "partial", "gso", "bad"]))
+    if kind == "finished":
+        return frame, {}
+    frame, v = partial(frame, l3, l4off, proto, family)
+    if kind == "gso":
+        v.update(gso_type={(4, 6): 1, (6, 6): 4}.get((family, proto), 5), gso_size=draw(st.integers(1, 1500)),
+                 hdr_len=l4off + (20 if proto == 6 else 8))
+    elif kind == "bad":
+        v["csum_start"] = draw(st.integers(len(frame) - 1, 65535))
+    return frame, v
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(offload_frame(), min_size=1, max_size=24), st.sampled_from([(1500, 1500), (1280, 600)]),
+       st.booleans())
+def test_outbound_matches_reference(batch, mtus, gw1):
+    frames = [f for f, _ in batch]
+    fw, ref = pair(router=True, mtus=mtus, gw_known=(True, gw1))
+    compare(fw, ref, frames, [v for _, v in batch], np.full(len(frames), 100.0), "out")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(g.valid_frame(), g.mutated_frame()), min_size=1, max_size=24), st.data())
+def test_outbound_arbitrary_frames_match_reference(frames, data):
+    """Any frame, with some destinations the router's own, some link-local or multicast,
+    some for another MAC, a handover window cutting the batch."""
+    local = [bytes(16 - 4) + b"\xc6\x33\x64\x01"]
+    frames = [f if data.draw(st.integers(0, 5)) else g.MAC_A + f[6:] for f in frames]
+    ts = np.array([data.draw(st.sampled_from([50.0, 100.0, 150.0])) for _ in frames])
+    fw, ref = pair(router=True, local=local, t_start=60.0, t_end=140.0)
+    compare(fw, ref, frames, [{}] * len(frames), ts, "out")
+
+
+@st.composite
+def inbound_frame(draw):
+    """(frame, vnet) arriving on uplink 0: to a LAN host known or not, to the router, to
+    elsewhere, to another MAC; partial checksums and super-frames too."""
+    f, v = draw(offload_frame())
+    f = bytearray(f)
+    dst_kind = draw(st.sampled_from(["lan-known", "lan-unknown", "router", "elsewhere"]))
+    l3 = 14 + (4 if f[12:14] == b"\x81\x00" else 0)
+    if f[l3] >> 4 == 6:
+        dst = {"lan-known": g.a6("2001:db8:1::10"), "lan-unknown": g.a6("2001:db8:1::99"),
+               "router": g.a6("2001:db8:a1::2"), "elsewhere": g.a6("2001:db8:77::1")}[dst_kind]
+        f[l3 + 24:l3 + 40] = dst
+    else:
+        dst = {"lan-known": g.a4("192.0.2.10"), "lan-unknown": g.a4("192.0.2.99"),
+               "router": g.a4("198.18.1.2"), "elsewhere": g.a4("203.0.113.5")}[dst_kind]
+        f[l3 + 16:l3 + 20] = dst
+        hdr = bytes(f[l3:l3 + 20])
+        f[l3 + 10:l3 + 12] = struct.pack("!H", g.checksum(hdr[:10] + b"\0\0" + hdr[12:]))
+    f[:6] = UP_MAC[0] if draw(st.integers(0, 5)) else g.MAC_A
+    if v.get("flags"):          # the pseudo-header changed with the destination: partial again
+        fam = 6 if f[l3] >> 4 == 6 else 4
+        proto = f[l3 + 6] if fam == 6 else f[l3 + 9]
+        start = v["csum_start"]
+        if start < len(f):
+            g2, v2 = partial(bytes(f), l3, l3 + (40 if fam == 6 else 20), proto, fam)
+            v2.update({k: v[k] for k in ("gso_type", "gso_size", "hdr_len", "csum_start") if k in v})
+            return g2, v2
+    return bytes(f), v
+
+
+LOCAL = [g.a6("2001:db8:a1::2"), bytes(10) + b"\xff\xff" + g.a4("198.18.1.2")]
+HOSTS = [g.a6("2001:db8:1::10"), bytes(10) + b"\xff\xff" + g.a4("192.0.2.10")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(inbound_frame(), min_size=1, max_size=24), st.sampled_from([1500, 900]))
+def test_inbound_router_matches_reference(batch, in_mtu):
+    fw, ref = pair(router=True, local=LOCAL, hosts=HOSTS, in_mtu=in_mtu)
+    compare(fw, ref, [f for f, _ in batch], [v for _, v in batch], np.full(len(batch), 100.0), "in", u=0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(inbound_frame(), min_size=1, max_size=24))
+def test_inbound_host_mode_matches_reference(batch):
+    """Host mode: frames for the VI's addresses go in whole, super-frames' checksums finished
+    too (the stack takes them as one packet), no hop, no MACs."""
+    fw, ref = pair(router=False, local=HOSTS, in_mtu=65535)
+    compare(fw, ref, [f for f, _ in batch], [v for _, v in batch], np.full(len(batch), 100.0), "in", u=0)
+
+
+def test_checksums_are_finished_correctly():
+    """An unfinished UDP checksum leaves finished: the receiver's check (sum incl. the
+    pseudo-header = 0xFFFF) holds; a super-frame keeps its request for the kernel."""
+    frame = g.eth(g.ipv6(g.udp(5, 6, b"hello world!"), 17, src="2001:db8:1::10", dst="2001:db8:ff::1"))
+    f, v = partial(frame, 14, 54, 17, 6)
+    fw, _ = pair()
+    buf, off, ln = pack_frames([f])
+    buf = np.array(buf, np.uint8)
+    va = vnet_array([v])
+    out, off2, ln2 = fw.outbound(buf, off, ln, va, np.full(1, 100.0))
+    assert out.tolist() == [1]
+    sent = bytes(buf[off2[0]:off2[0] + ln2[0]])
+    pseudo = sent[22:54] + struct.pack("!I3xB", len(sent) - 54, 17)
+    assert ones_sum(pseudo + sent[54:]) == 0xFFFF
+    assert int(va[0]["flags"]) == 2 and int(fw.counters[CT.INDEX["csum_finished"]]) == 1
+
+
+def test_punts_are_rate_limited():
+    """A flood of hop-limit-1 packets costs at most the ICMP budget in Python work."""
+    fw, _ = pair()
+    frames = [g.eth(g.ipv6(g.udp(k, 6), 17, src="2001:db8:1::10", hlim=1)) for k in range(64)]
+    buf, off, ln = pack_frames(frames)
+    total = 0
+    for _ in range(4):
+        fw.outbound(np.array(buf, np.uint8), off, ln, None, np.full(64, 100.0))
+        total += len(fw.take_punts())
+    assert total == 50                                       # the burst; no time passed
+    assert int(fw.counters[CT.INDEX["icmp_limited"]]) == 4 * 64 - 50
+    assert int(fw.counters[CT.INDEX["hop_limit"]]) == 4 * 64
+
+
+# ------------------------------------------------------------------ the address table
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["set", "remove"]), st.integers(0, 40), st.integers(0, 1000)),
+                max_size=300))
+def test_addr_table_against_a_dict(ops):
+    t = _forward.AddrTable(64)
+    model = {}
+    keys = [bytes([k]) * 16 for k in range(41)]
+    for op, k, v in ops:
+        if op == "set":
+            ok = t.set(keys[k], v)
+            if k in model or len(model) < 64:
+                assert ok
+                model[k] = v
+            else:
+                assert not ok
+        else:
+            assert t.remove(keys[k]) == model.pop(k, -1)
+        assert len(t) == len(model)
+    for k in range(41):
+        assert t.get(keys[k]) == model.get(k, -1)
+    assert sorted(v for _, v in t.items()) == sorted(model.values())
+
+
+def test_addr_table_ipv4_is_mapped():
+    t = _forward.AddrTable(8)
+    t.set(bytes([192, 0, 2, 1]), 3)
+    assert t.get(bytes(10) + b"\xff\xff" + bytes([192, 0, 2, 1])) == 3
+    with pytest.raises(ValueError):
+        t.set(b"\x01\x02", 1)
+
+
+def test_every_outbound_verdict_is_exercised():
+    """One batch with one frame per outcome, compared with the reference and with what a
+    router must do with each."""
+    src = dict(src="2001:db8:1::10")
+    big = g.eth(g.ipv6(g.udp(1, 2, bytes(1400)), 17, dst="2001:db8:ff::9", **src))
+    ok_frame, ok_v = partial(g.eth(g.ipv6(g.udp(7, 8, b"x" * 30), 17, dst="2001:db8:ff::1", **src)), 14, 54, 17, 6)
+    gso_frame, gso_v = partial(g.eth(g.ipv6(g.tcp(9, 80, bytes(4000)), 6, dst="2001:db8:ff::2", **src)), 14, 54, 6, 6)
+    gso_v.update(gso_type=4, gso_size=1200, hdr_len=74)         # segments of 1260 bytes fit 1280
+    bad_frame, bad_v = partial(g.eth(g.ipv6(g.udp(3, 4), 17, dst="2001:db8:ff::3", **src)), 14, 54, 17, 6)
+    bad_v["csum_start"] = 4000
+    cases = [
+        ("forward, checksum finished", ok_frame, ok_v, 1),
+        ("super-frame: the kernel segments it", gso_frame, gso_v, 1),
+        ("multicast", g.eth(g.ipv6(g.udp(), 17, dst="ff02::1", **src)), {}, -2),
+        ("link-local destination", g.eth(g.ipv6(g.udp(), 17, dst="fe80::1", **src)), {}, -2),
+        ("the router's own address", g.eth(g.ipv6(g.udp(), 17, dst="2001:db8:a1::2", **src)), {}, -2),
+        ("another MAC", g.eth(g.ipv6(g.udp(), 17, **src), dst=g.MAC_A), {}, -2),
+        ("ARP", g.eth(bytes(28), 0x0806), {}, -2),
+        ("hop limit 1", g.eth(g.ipv6(g.udp(5, 5), 17, dst="2001:db8:ff::4", hlim=1, **src)), {}, -3),
+        ("over the MTU", big, {}, -3),
+        ("checksum request outside the packet", bad_frame, bad_v, -3),
+        ("malformed", g.eth(g.ipv6(b"", 17, plen=900, **src)), {}, -3),
+    ]
+    fw, ref = pair(mtus=(1500, 1280), local=[g.a6("2001:db8:a1::2")])
+    out = compare(fw, ref, [c[1] for c in cases], [c[2] for c in cases], np.full(len(cases), 100.0), "out")
+    assert [int(x) for x in out] == [c[3] for c in cases], list(zip([c[0] for c in cases], out))
+    reasons = [C.REASON_NAMES[r] for r in fw.pipe.rows["reason"][:len(cases)]]
+    assert reasons[7:] == ["hop_limit", "oversize", "bad_offload", "truncated_l3"]
