@@ -40,6 +40,7 @@ from engine._pipeline import Pipeline
 from engine.connmgr import ConnectionManager
 from engine.control import ControlServer
 from engine.errors import UserError
+from engine.guard import KernelGuard
 from engine.icmperr import packet_too_big, time_exceeded
 from engine.log import Log
 from engine.netlink import Netlink, addr16
@@ -97,6 +98,57 @@ class Poller:
         return self._pfd
 
 
+class Inside:
+    """What ``mmr run`` (engine/router.py: ``Lan``) and ``mmr host`` (engine/host.py:
+    ``VirtualInterface``) put behind the engine; the defaults do nothing."""
+
+    mode = ""
+    router = False
+    log_prefix = "mmr"
+    default_policy = "default.toml"
+
+    def devices_needed(self, cfg) -> list[str]:
+        return []
+
+    def open(self, dp: "Datapath", batch: int) -> None:
+        """Create the inside source and sink; Forwarder.attach them."""
+
+    def tables(self, dp: "Datapath") -> None:
+        """Fill the Forwarder's tables that are the inside's (own addresses, LAN hosts)."""
+
+    def apply(self, dp: "Datapath", cfg) -> None:
+        """A reloaded policy."""
+
+    def guard(self, dp: "Datapath") -> tuple[str, list[str], list[str]]:
+        """(nftables table, devices, rules): what the kernel must leave to mmr."""
+        raise NotImplementedError
+
+    def neighbour(self, dp: "Datapath", index: int, addr: bytes) -> None:
+        """A neighbour entry changed."""
+
+    def link_event(self, dp: "Datapath", ev: tuple) -> None:
+        """A link or address changed (or was resynchronised)."""
+
+    def resolve(self, dp: "Datapath", addr: bytes) -> None:
+        """A frame waits for this inside neighbour's MAC."""
+
+    def punt_port(self, dp: "Datapath", side: int, u: int):
+        """(device, TxSocket) an ICMP error goes out of, or (None, None)."""
+        return None, None
+
+    def fds(self) -> list[int]:
+        return []
+
+    def rings(self) -> list:
+        return []
+
+    def ready_line(self, dp: "Datapath") -> str:
+        raise NotImplementedError
+
+    def close(self, dp: "Datapath") -> None:
+        """Undo what open() did."""
+
+
 class Datapath:
     """Set up with a config and an inside (``Lan`` or ``VirtualInterface``); ``run()`` until
     SIGINT/SIGTERM or ``duration``; everything it changed is undone when it stops."""
@@ -117,6 +169,7 @@ class Datapath:
         self.reloads = 0
         self.started = time.time()
         self.closables: list = []
+        self.guard = None
         self.poller = Poller()
         self.netlink = Netlink()
         self.closables.append(self.netlink)
@@ -359,7 +412,9 @@ class Datapath:
                 self.poller.register(fd, select.POLLIN, lambda ev, u=u: self.conn.probe_readable(u))
             for fd in self.inside.fds() + [r.fileno() for r in self.up_rx]:
                 self.poller.add_source(fd)
-            start = self.inside.take_over(self)      # realtime: mmr forwards from here on
+            table, devices, rules = self.inside.guard(self)
+            self.guard = KernelGuard(table, devices, rules, self.log)
+            start = self.guard.take_over()           # realtime: mmr forwards from here on
             fw.t_start = start
             fw.t_end = float("inf")
             ready = False
@@ -407,13 +462,15 @@ class Datapath:
                 if duration is not None and now - t0 >= duration:
                     self.stop = True
                 if self.stop and end_at is None:
-                    end_at = self.inside.hand_back(self)
+                    end_at = self.guard.hand_back()
                     fw.t_end = end_at
                 if end_at is not None and time.time() >= end_at + 0.05:
                     break                     # every frame mmr owned is out; the kernel has the rest
         finally:
             try:
-                self.inside.release(self)
+                if self.guard is not None:
+                    self.guard.close()
+                    self.guard = None
             finally:
                 for s, h in old.items():
                     signal.signal(s, h)

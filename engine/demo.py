@@ -64,10 +64,10 @@ class Demo:
     def check_host(self) -> None:
         if os.geteuid() != 0:
             raise UserError("mmr demo builds network namespaces and runs the router; run it as root")
-        missing = [t for t in ("ip", "nft", "ethtool") if shutil.which(t) is None]
+        missing = [t for t in ("ip", "nft") if shutil.which(t) is None]
         if missing:
             raise UserError(f"mmr demo needs {', '.join(missing)}; install them with "
-                            f"'apt-get install -y iproute2 nftables ethtool'")
+                            f"'apt-get install -y iproute2 nftables'")
 
     def expectations(self):
         from engine import _select

@@ -20,15 +20,14 @@ import ipaddress
 import os
 import subprocess
 
-from engine.datapath import Datapath
+from engine.datapath import Datapath, Inside
 from engine.errors import UserError
-from engine.guard import KernelGuard
 from engine.inet import mapped16
 
 NFT_TABLE = "mmrhost"
 
 
-class VirtualInterface:
+class VirtualInterface(Inside):
     mode = "host"
     router = False
     log_prefix = "mmr host"
@@ -37,7 +36,7 @@ class VirtualInterface:
     def __init__(self, cfg):
         self.vi = cfg.host["vi"]
         self.addrs = [ipaddress.ip_interface(a) for a in cfg.host["addresses"]]
-        self.tun = self.guard = None
+        self.tun = None
 
     def devices_needed(self, cfg) -> list[str]:
         return []
@@ -88,41 +87,15 @@ class VirtualInterface:
         for a in self.addrs:
             dp.fw.local.set(mapped16(a.ip), 1)
 
-    def apply(self, dp: Datapath, cfg) -> None:
-        pass
-
-    def neighbour(self, dp: Datapath, index: int, addr: bytes) -> None:
-        pass
-
-    def link_event(self, dp: Datapath, ev: tuple) -> None:
-        pass
-
-    def resolve(self, dp: Datapath, addr: bytes) -> None:
-        pass
-
-    def punt_port(self, dp: Datapath, side: int, u: int):
-        return None, None
-
     def fds(self) -> list[int]:
         return [self.tun.fileno()]
 
-    def rings(self) -> list:
-        return []
-
-    def take_over(self, dp: Datapath) -> float:
+    def guard(self, dp: Datapath):
+        """The kernel must not also take the VI's packets off the interfaces."""
         a6 = ", ".join(str(a.ip) for a in self.addrs if a.version == 6)
         a4 = ", ".join(str(a.ip) for a in self.addrs if a.version == 4)
         rules = ([f"ip6 daddr {{ {a6} }} drop"] if a6 else []) + ([f"ip daddr {{ {a4} }} drop"] if a4 else [])
-        self.guard = KernelGuard(NFT_TABLE, [u.device for u in dp.cfg.uplinks], rules, dp.log)
-        return self.guard.take_over()
-
-    def hand_back(self, dp: Datapath) -> float:
-        return self.guard.hand_back()
-
-    def release(self, dp: Datapath) -> None:
-        if self.guard is not None:
-            self.guard.close()
-            self.guard = None
+        return NFT_TABLE, [u.device for u in dp.cfg.uplinks], rules
 
     def ready_line(self, dp: Datapath) -> str:
         return (f"mmr host: {self.vi} up ({', '.join(str(a) for a in self.addrs)}; routes "
@@ -130,9 +103,6 @@ class VirtualInterface:
                 ", ".join(f"{u.name}({u.device})" for u in dp.cfg.uplinks))
 
     def close(self, dp: Datapath | None = None) -> None:
-        if self.guard is not None:
-            self.guard.close()
-            self.guard = None
         if self.tun is not None:
             self.tun.close()                  # the TUN device, its addresses and routes go
             self.tun = None

@@ -12,11 +12,16 @@ def mapped16(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
     return bytes(10) + b"\xff\xff" + ip.packed if ip.version == 4 else ip.packed
 
 
-def checksum(data: bytes) -> int:
-    """One's complement of the one's complement sum of the 16-bit words (odd length: padded)."""
+def ones_sum(data: bytes) -> int:
+    """The one's complement sum of the 16-bit big-endian words (odd length: padded), folded."""
     if len(data) % 2:
         data += b"\0"
     s = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
+    return s
+
+
+def checksum(data: bytes) -> int:
+    """RFC 1071: the one's complement of the one's complement sum."""
+    return ~ones_sum(data) & 0xFFFF

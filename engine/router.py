@@ -13,8 +13,7 @@ prompting the kernel (a datagram to the discard port), rate-limited.
 from __future__ import annotations
 
 from engine.config import to_mapped
-from engine.datapath import Datapath
-from engine.guard import KernelGuard
+from engine.datapath import Datapath, Inside
 from engine.netlink import addr16
 
 NFT_TABLE = "mmr"
@@ -29,7 +28,7 @@ GUARD_RULES = [
 ]
 
 
-class Lan:
+class Lan(Inside):
     mode = "router"
     router = True
     log_prefix = "mmr"
@@ -37,7 +36,7 @@ class Lan:
 
     def __init__(self, cfg):
         self.dev = cfg.lan
-        self.ring = self.tx = self.guard = None
+        self.ring = self.tx = None
         self.index = None
         self.rows: dict[bytes, int] = {}           # LAN host address -> row of host_mac
         self.free: list[int] = []
@@ -134,26 +133,13 @@ class Lan:
     def rings(self) -> list:
         return [self.ring] if self.ring is not None else []
 
-    def take_over(self, dp: Datapath) -> float:
-        devices = [self.dev] + [u.device for u in dp.cfg.uplinks]
-        self.guard = KernelGuard(NFT_TABLE, devices, GUARD_RULES, dp.log)
-        return self.guard.take_over()
-
-    def hand_back(self, dp: Datapath) -> float:
-        return self.guard.hand_back()
-
-    def release(self, dp: Datapath) -> None:
-        if self.guard is not None:
-            self.guard.close()
-            self.guard = None
+    def guard(self, dp: Datapath):
+        return NFT_TABLE, [self.dev] + [u.device for u in dp.cfg.uplinks], GUARD_RULES
 
     def ready_line(self, dp: Datapath) -> str:
         ups = ", ".join(f"{u.name}({u.device})" for u in dp.cfg.uplinks)
         return (f"mmr: forwarding {self.dev} -> {ups}; the kernel leaves transit packets on these "
                 f"devices to mmr")
-
-    def close(self, dp: Datapath) -> None:
-        self.release(dp)
 
 
 class Router(Datapath):

@@ -8,3 +8,18 @@ def add_loop_options(p, what: str = "frames") -> None:
                    help="seconds between summary lines, 0 for none (default 5)")
     p.add_argument("--duration", type=float, default=None, metavar="S",
                    help="stop after S seconds (default: run until SIGINT/SIGTERM)")
+
+
+def run_engine(args, mode: str) -> int:
+    """``mmr run`` / ``mmr host``: load the policy (the mode's built-in by default), build the
+    engine, run it until a signal or --duration."""
+    from engine.config import load_config
+
+    if mode == "host":
+        from engine.host import Host as Engine
+        cfg = load_config(args.config, default="default-host.toml")
+    else:
+        from engine.router import Router as Engine
+        cfg = load_config(args.config)
+    Engine(cfg, batch=args.batch, stats_interval=args.stats_interval).run(args.duration)
+    return 0

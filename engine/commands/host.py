@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from engine.commands import add_loop_options
+from engine.commands import add_loop_options, run_engine
 
 DESCRIPTION = """\
 Run host mode (draft-hong-mif): create a TUN device, the virtual interface (VI, default vi0),
@@ -23,7 +23,8 @@ connections continue.  Rules may pin a destination, port or service to one inter
 
 On stop (SIGINT/SIGTERM) the TUN device goes, with its addresses and routes, and the
 nftables table 'inet mmrhost' (which keeps the kernel from also taking VI-addressed packets
-off the physical interfaces) is removed: the host is as it was."""
+off the physical interfaces) is removed: the host is as it was.  The table belongs to an
+'nft -i' child that exits with mmr, so a killed mmr leaves no table behind either."""
 
 EPILOG = """\
 needs: root, /dev/net/tun, nftables; the peers behind the interfaces must route the VI's
@@ -44,9 +45,4 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from engine.config import load_config
-    from engine.host import Host
-
-    cfg = load_config(args.config, default="default-host.toml")
-    Host(cfg, batch=args.batch, stats_interval=args.stats_interval).run(args.duration)
-    return 0
+    return run_engine(args, "host")

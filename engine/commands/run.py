@@ -3,36 +3,50 @@ from __future__ import annotations
 
 import argparse
 
-from engine.commands import add_loop_options
+from engine.commands import add_loop_options, run_engine
 
 DESCRIPTION = """\
-Run the multihomed router: open AF_PACKET TPACKET_V3 rings on the LAN device and on every
-uplink device of the policy file and forward, per flow, over the uplink the metric function
-chooses.  LAN -> uplink: parse, flowbase lookup, selection for new flows, Ethernet rewrite
-(uplink MAC -> gateway MAC), hop limit / TTL - 1 (ICMP time exceeded when it runs out),
-batched send on the chosen uplink.  Uplink -> LAN: packets for the LAN prefixes go to the
-host's MAC from the neighbour table.  Packets for the router itself, multicast and
-link-local traffic (neighbour discovery) are left to the kernel.
+Run the multihomed router: receive on the LAN device and on every uplink device of the policy
+file (AF_PACKET TPACKET_V2 rings: every frame is handed over as it arrives) and forward, per
+flow, over the uplink the metric function chooses.
 
-While mmr runs, an nftables table 'inet mmr' stops the kernel from also forwarding between
-these devices; it is removed when mmr stops (SIGINT or SIGTERM).  Receive coalescing
-(GRO/LRO) is switched off on them with a warning and restored at exit.  Packets larger than
-the egress MTU get ICMPv6 packet too big (IPv4 with DF: fragmentation needed).
+LAN -> uplink: parse, flowbase lookup, selection for new flows, Ethernet rewrite (uplink MAC
+-> gateway MAC), hop limit / TTL - 1 (ICMP time exceeded when it runs out), batched send on
+the chosen uplink.  Uplink -> LAN: packets for the LAN prefixes go to the host's MAC from
+the neighbour table.  Packets for the router itself (any of its addresses), broadcast,
+multicast and link-local traffic (neighbour discovery, DHCP) stay with its kernel.
+
+The kernel's default offloads are fine: a checksum a sender left unfinished is finished,
+and super-frames (GRO, a local TSO sender) are passed on whole for the kernel to segment
+on the way out.  Packets larger than the egress MTU get ICMPv6 packet too big (IPv4 with DF:
+fragmentation needed; mmr does not fragment).  ICMP errors: at most 1000 a second.
+
+While mmr runs, an nftables table 'inet mmr' keeps the router's kernel from forwarding or
+answering what mmr forwards (at prerouting, before any route lookup), whatever routes it
+has.  The handover is timed on one clock: the kernel forwards until a whole second, mmr
+from then on, and the reverse when mmr stops, so no packet is lost or sent twice.  The table
+belongs to an 'nft -i' child that exits with mmr, so even after a kill the kernel forwards
+again at once.
+
+After traffic mmr keeps polling its rings for engine.busy_poll_ms (default 1000 ms; one core
+busy while traffic flows) so a frame is forwarded without a wake-up; 0 sleeps at once (no
+CPU, a wake-up per frame at low rates: about +0.1 ms per round trip).
 
 The connection manager ([monitor] in the policy file) follows every uplink: link and address
 events from netlink, ICMPv6/ICMP probes out of each uplink (RTT, loss, jitter; down after
 down_after losses, up after up_after answers and a hold-down).  When an uplink becomes
 unusable, only its flows move, in one step, to the best usable uplink.  SIGHUP re-reads the
 policy file (an invalid one is rejected, the old policy keeps running); 'mmr status',
-'mmr flows' and 'mmr reload' talk to the control socket.  A one-line summary is logged every
---stats-interval seconds and at exit."""
+'mmr flows' and 'mmr reload' talk to the control socket.  A one-line logfmt summary is logged
+every --stats-interval seconds and at exit."""
 
 EPILOG = """\
 requirements: root (or CAP_NET_RAW + CAP_NET_ADMIN), nftables, the devices of the policy
 file, and gateways that answer neighbour discovery (or a static gateway_mac).  A missing
 device, privilege or gateway ends with one sentence and exit status 2.
 
-signals: SIGINT/SIGTERM stop (restoring nftables and offloads), SIGHUP reloads the policy.
+signals: SIGINT/SIGTERM stop (handing the packets back to the kernel first: up to a second),
+SIGHUP reloads the policy.
 
 examples:
   mmr testbed up && ip netns exec mmr-mmr mmr run
@@ -48,9 +62,4 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from engine.config import load_config
-    from engine.router import Router
-
-    cfg = load_config(args.config)
-    Router(cfg, batch=args.batch, stats_interval=args.stats_interval).run(args.duration)
-    return 0
+    return run_engine(args, "router")

@@ -9,14 +9,10 @@ from __future__ import annotations
 import numpy as np
 
 from engine import constants as C
-from engine.ref.classify import Classifier
-from engine.ref.flowbase import FlowTable
-from engine.ref.parse import parse_batch
+from engine.ref.pipeline import RefPipeline
 from engine.ref.rewrite import NEEDS_CSUM, rewrite_frame
-from engine.ref.select import Selector
 
 KERNEL, DROP = -2, -3
-_ACTION = {"forward": -1, "kernel": KERNEL, "drop": DROP}
 TIME_EXCEEDED, TOO_BIG, NEIGHBOUR = 1, 2, 3
 
 
@@ -27,9 +23,7 @@ def _vnet(v) -> dict:
 class RefForwarder:
     def __init__(self, cfg, router: bool, n_uplinks: int):
         self.router, self.n_up = router, n_uplinks
-        self.option_type = cfg.option_type
-        self.classifier, self.selector = Classifier(cfg), Selector(cfg)
-        self.flows = FlowTable(cfg.flow_capacity, None, cfg.idle_timeout_s)
+        self.pipe = RefPipeline(cfg)
         self.in_mac = bytes(6)
         self.up_mac = [bytes(6)] * n_uplinks
         self.gw_mac = [bytes(6)] * n_uplinks
@@ -64,15 +58,24 @@ class RefForwarder:
     def _parse(self, frames):
         from engine.frames import pack_frames
 
-        buf, off, ln = pack_frames(frames)
-        rows = np.zeros(len(frames), C.ROW_DTYPE)
-        reasons = np.zeros(C.N_REASONS, np.uint64)
-        parse_batch(buf, off, ln, rows, self.option_type, reasons)
-        for code, n in enumerate(reasons):
+        before = self.pipe.reasons.copy()
+        rows, out = self.pipe.parse(*pack_frames(frames))
+        for code, n in enumerate(self.pipe.reasons - before):
             if n:
                 self.count(C.REASON_NAMES[code], int(n))
-        out = np.array([_ACTION[C.REASON_ACTION[int(r)]] for r in rows["reason"]], np.int16)
         return rows, out
+
+    def _emit(self, out, rows, i, frame, v, src, dst, **how):
+        """Rewrite one frame for its port; (frame, vnet) to send, or None (dropped)."""
+        f, verdict, v = rewrite_frame(frame, rows[i], src, dst, v, **how)
+        if verdict == 1:
+            self._drop(out, rows, i, "hop_limit")
+            self.punts.append((TIME_EXCEEDED, i))
+            return None
+        if verdict == 2:
+            self._drop(out, rows, i, "bad_offload")
+            return None
+        return f, v
 
     def _drop(self, out, rows, i, reason: str) -> None:
         out[i] = DROP
@@ -92,15 +95,9 @@ class RefForwarder:
             elif (frames[i][:6] != self.in_mac or self._not_routable(rows[i])
                   or bytes(rows[i]["dst"]) in self.local):
                 out[i] = KERNEL
-        svc, pref = np.zeros(n, np.uint8), np.zeros(n, np.uint16)
-        self.classifier.classify(rows, svc, pref)
-        if self.flows.lookup(rows, ts, out):
-            choice = np.zeros(n, np.int16)
-            self.selector.select(svc, pref, choice)
-            self.flows.insert(rows, ts, out, choice, svc, pref)
-        for i in range(n):
-            if out[i] == -1:
-                self._drop(out, rows, i, "no_uplink")
+        before = int(self.pipe.reasons[C.REASON_NO_UPLINK])
+        self.pipe.route(rows, out, ts)
+        self.count("no_uplink", int(self.pipe.reasons[C.REASON_NO_UPLINK]) - before)
         sent = [None] * n
         for i in range(n):
             u = int(out[i])
@@ -119,15 +116,7 @@ class RefForwarder:
                 continue
             if v["flags"] & NEEDS_CSUM:
                 self.count("csum_finished" if not v["gso_type"] else "super_frames")
-            f, verdict, v = rewrite_frame(frames[i], rows[i], self.up_mac[u], self.gw_mac[u], v, hop=self.router)
-            if verdict == 1:
-                self._drop(out, rows, i, "hop_limit")
-                self.punts.append((TIME_EXCEEDED, i))
-                continue
-            if verdict == 2:
-                self._drop(out, rows, i, "bad_offload")
-                continue
-            sent[i] = (f, v)
+            sent[i] = self._emit(out, rows, i, frames[i], v, self.up_mac[u], self.gw_mac[u], hop=self.router)
         return out, sent, rows
 
     def inbound(self, u: int, frames, vnets, ts):
@@ -170,15 +159,8 @@ class RefForwarder:
                 continue
             if v["flags"] & NEEDS_CSUM:
                 self.count("csum_finished" if not v["gso_type"] or not self.router else "super_frames")
-            g, verdict, v = rewrite_frame(f, r, self.in_mac, host, v, hop=self.router,
-                                          gso_too=not self.router, macs=self.router)
-            if verdict == 1:
-                self._drop(out, rows, i, "hop_limit")
-                self.punts.append((TIME_EXCEEDED, i))
-                continue
-            if verdict == 2:
-                self._drop(out, rows, i, "bad_offload")
-                continue
-            out[i] = 0
-            sent[i] = (g, v)
+            sent[i] = self._emit(out, rows, i, f, v, self.in_mac, host, hop=self.router, gso_too=not self.router,
+                                 macs=self.router)
+            if sent[i] is not None:
+                out[i] = 0
         return out, sent, rows

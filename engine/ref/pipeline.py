@@ -24,11 +24,15 @@ class RefPipeline:
         self.flows = FlowTable(cfg.flow_capacity, None, cfg.idle_timeout_s)
         self.reasons = np.zeros(C.N_REASONS, np.uint64)
 
-    def process(self, buf, offsets, lengths, ts):
-        n = len(offsets)
-        rows = np.zeros(n, C.ROW_DTYPE)
+    def parse(self, buf, offsets, lengths):
+        """Rows and initial verdicts (-1: to route, KERNEL, DROP) of a batch."""
+        rows = np.zeros(len(offsets), C.ROW_DTYPE)
         parse_batch(buf, offsets, lengths, rows, self.cfg.option_type, self.reasons)
-        out = np.array([_ACTION[C.REASON_ACTION[int(r)]] for r in rows["reason"]], np.int16)
+        return rows, np.array([_ACTION[C.REASON_ACTION[int(r)]] for r in rows["reason"]], np.int16)
+
+    def route(self, rows, out, ts) -> None:
+        """Every row still at -1 gets its flow's uplink or a new flow's, else DROP (no_uplink)."""
+        n = len(rows)
         svc = np.zeros(n, np.uint8)
         pref = np.zeros(n, np.uint16)
         self.classifier.classify(rows, svc, pref)
@@ -36,8 +40,13 @@ class RefPipeline:
             choice = np.zeros(n, np.int16)
             self.selector.select(svc, pref, choice)
             self.flows.insert(rows, ts, out, choice, svc, pref)
-            for i in range(n):
-                if out[i] == -1:
-                    self.reasons[C.REASON_NO_UPLINK] += 1
-                    out[i] = DROP
+        for i in range(n):
+            if out[i] == -1:
+                self.reasons[C.REASON_NO_UPLINK] += 1
+                rows[i]["reason"] = C.REASON_NO_UPLINK
+                out[i] = DROP
+
+    def process(self, buf, offsets, lengths, ts):
+        rows, out = self.parse(buf, offsets, lengths)
+        self.route(rows, out, ts)
         return out

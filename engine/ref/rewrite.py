@@ -6,17 +6,9 @@ from __future__ import annotations
 import struct
 
 from engine import constants as C
+from engine.inet import ones_sum
 
 NEEDS_CSUM, DATA_VALID = 1, 2            # virtio-net header flags (RFC-level values, typed here)
-
-
-def ones_sum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
 
 
 def ipv4_checksum(header: bytes) -> int:
