@@ -137,6 +137,7 @@ def fmt(s: dict) -> str:
 
 def plot(results: dict, path: str) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -151,6 +152,8 @@ def plot(results: dict, path: str) -> None:
         ax.set_title(cond)
         ax.set_xlabel("round-trip time, ms")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
     axes[0].set_ylabel("fraction of pings")
@@ -169,10 +172,18 @@ def test_latency_kernel_vs_mmr(bed, tmp_path):
     with running_router(bed):
         ping(bed, 5)                            # neighbours resolved, flows created
         results["mmr"] = {c: measure(bed, pps) for c, pps in conds.items()}
+    # the other end of the trade-off: no busy-poll (a wake-up per frame, no CPU when idle)
+    from engine.config import default_config_path
+
+    sleepy = tmp_path / "sleepy.toml"
+    sleepy.write_text(open(default_config_path()).read().replace("[engine]\n", "[engine]\nbusy_poll_ms = 0\n", 1))
+    with running_router(bed, "--config", str(sleepy)):
+        ping(bed, 5)
+        no_spin = measure(bed, 0.0)
     out = os.environ.get("MMR_BENCH_OUT") or str(tmp_path)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "latency.json"), "w") as f:
-        json.dump({"pings": PINGS, "kernel_rate_pps": rate, "results": results}, f)
+        json.dump({"pings": PINGS, "kernel_rate_pps": rate, "results": results, "busy_poll_0": no_spin}, f)
     plot(results, os.path.join(out, "latency.png"))
     RESULTS.append(Figure("latency: kernel small-packet rate (the 100 % of the loads)", f"{rate:,.0f} pps"))
     for c in conds:
@@ -180,6 +191,9 @@ def test_latency_kernel_vs_mmr(bed, tmp_path):
         RESULTS.append(Figure(f"latency {c}: kernel", fmt(k)))
         RESULTS.append(Figure(f"latency {c}: mmr", fmt(m) + f"; added median {m['median'] - k['median']:+.3f} ms, "
                                                           f"added p99 {m['p99'] - k['p99']:+.3f} ms"))
+    k = results["kernel"]["idle"]
+    RESULTS.append(Figure("latency idle: mmr with busy_poll_ms = 0", fmt(no_spin) +
+                          f"; added median {no_spin['median'] - k['median']:+.3f} ms"))
     RESULTS.append(Figure("latency plot", os.path.join(out, "latency.png")))
     for c in conds:
         k, m = results["kernel"][c], results["mmr"][c]

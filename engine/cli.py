@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -65,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mmr {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:                   # a fault of mmr's own: one line, the details on demand
+        if os.environ.get("MMR_DEBUG"):
+            raise
+        print(f"mmr {args.command}: internal error ({type(exc).__name__}: {exc}); run again with "
+              f"MMR_DEBUG=1 for the details and report them", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

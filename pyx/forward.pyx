@@ -744,15 +744,3 @@ cdef class Forwarder:
             if side:
                 break
         return frames
-
-    def ready_rings(self):
-        """Indices of the rings with a frame waiting (-1: the inside ring), no system call."""
-        out = []
-        cdef RxRing r
-        if self.in_ring is not None and self.in_ring.ready_c():
-            out.append(-1)
-        for u in range(self.n_up):
-            r = self.up_rx[u]
-            if r is not None and r.ready_c():
-                out.append(u)
-        return out

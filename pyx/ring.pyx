@@ -33,7 +33,7 @@ from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from if_packet cimport (tpacket2_hdr, tpacket_req, TP_STATUS_KERNEL, TP_STATUS_USER,
                         TP_STATUS_COPY, TP_STATUS_CSUMNOTREADY, TP_STATUS_VLAN_VALID)
 from virtio_net cimport virtio_net_hdr, VIRTIO_NET_HDR_GSO_NONE
-from sys_net cimport (iovec, msghdr, mmsghdr, sendmmsg, recv, mmap, munmap, MAP_FAILED, pollfd, ppoll, timespec,
+from sys_net cimport (iovec, msghdr, mmsghdr, sendmmsg, recv, mmap, munmap, MAP_FAILED,
                       PROT_READ, PROT_WRITE, MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED,
                       MAP_NORESERVE, MSG_DONTWAIT, MSG_TRUNC)
 cimport if_packet
@@ -388,66 +388,3 @@ cdef class TxSocket:
     def close(self):
         self.sock.close()
 
-
-cdef class Poll:
-    """poll() with a timeout in microseconds (ppoll): the engine sleeps for less than a
-    millisecond when it wants to, which select.poll cannot do.  fd -> events."""
-    cdef object fds, events, revents, index
-    cdef Py_ssize_t n
-
-    def __init__(self):
-        self.fds = np.zeros(64, np.int32)
-        self.events = np.zeros(64, np.int16)
-        self.revents = np.zeros(64, np.int16)
-        self.index = {}
-        self.n = 0
-
-    def register(self, int fd, int events):
-        if fd in self.index:
-            self.events[self.index[fd]] = events
-            return
-        if self.n == len(self.fds):
-            self.fds = np.resize(self.fds, 2 * self.n)
-            self.events = np.resize(self.events, 2 * self.n)
-            self.revents = np.resize(self.revents, 2 * self.n)
-        self.fds[self.n] = fd
-        self.events[self.n] = events
-        self.index[fd] = self.n
-        self.n += 1
-
-    def modify(self, int fd, int events):
-        self.register(fd, events)
-
-    def unregister(self, int fd):
-        k = self.index.pop(fd, None)
-        if k is None:
-            return
-        last = self.n - 1
-        if k != last:
-            self.fds[k] = self.fds[last]
-            self.events[k] = self.events[last]
-            self.index[int(self.fds[k])] = k
-        self.n = last
-
-    def poll(self, double timeout_us):
-        """[(fd, revents)] of the ready descriptors; waits at most timeout_us (< 0: forever)."""
-        cdef Py_ssize_t i, n = self.n
-        cdef int r
-        cdef timespec ts
-        cdef timespec* tp = NULL
-        if n == 0:
-            return []
-        pfd = np.zeros(n, np.dtype([("fd", "<i4"), ("events", "<i2"), ("revents", "<i2")]))
-        pfd["fd"] = self.fds[:n]
-        pfd["events"] = self.events[:n]
-        cdef uint8_t[::1] raw = pfd.view(np.uint8)
-        if timeout_us >= 0:
-            ts.tv_sec = <long>(timeout_us // 1000000)
-            ts.tv_nsec = <long>((timeout_us - ts.tv_sec * 1000000.0) * 1000)
-            tp = &ts
-        with nogil:
-            r = ppoll(<pollfd*>&raw[0], n, tp, NULL)
-        if r <= 0:
-            return []
-        got = np.flatnonzero(pfd["revents"])
-        return [(int(pfd["fd"][i]), int(pfd["revents"][i])) for i in got]
