@@ -76,9 +76,9 @@ def status(args) -> int:
               f"{u['probes']:<9}{rtt:>8}{loss:>7}{u['flows']:>8}  {u['reason']}")
     for m in ans["failovers"][-5:]:
         print(f"failover: {m['uplink']} ({m['reason']}): {m['flows']} flows moved in {m['rebind_ms']} ms")
-    print("counters: " + " ".join(f"{k}={v}" for k, v in ans["counters"].items()))
-    if ans["drops"]:
-        print("drops: " + " ".join(f"{k}={v}" for k, v in ans["drops"].items()))
+    drops = {k: v for k, v in ans["drops"].items() if v}
+    print("counters: " + " ".join(f"{k}={v}" for k, v in ans["counters"].items() if k not in ans["drops"]))
+    print("drops: " + (" ".join(f"{k}={v}" for k, v in drops.items()) or "none"))
     return 0
 
 
