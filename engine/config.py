@@ -321,6 +321,9 @@ class _Loader:
         eng = self.table(raw.get("engine", {}), ENGINE_KEYS, "engine")
         cfg = Config(path=self.path, raw=raw, **eng)
         cfg.lan_prefixes = eng["lan_prefixes"]
+        if len(cfg.lan_prefixes) > 64:
+            self.err("engine.lan_prefixes", f"{len(cfg.lan_prefixes)} prefixes is more than mmr takes",
+                     "list at most 64 (aggregate them)")
         self.uplinks(raw, cfg)
         self.classes(raw, cfg)
         self.policies(raw, cfg)

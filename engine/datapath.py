@@ -47,6 +47,7 @@ from engine.netlink import Netlink, addr16
 
 IDLE_WAIT_US = 100000    # the longest sleep; timers (probes, expiry, housekeeping) wake it earlier
 HOUSEKEEPING_S = 1.0
+MAX_FLOWS_ANSWERED = 10000  # a control answer never walks more of the flowbase than this
 PROMPT_EVERY_S = 1.0
 TIMER = {"summary": "stats_interval"}
 
@@ -441,8 +442,10 @@ class Datapath:
                     cb = self.poller.callbacks.get(fd)
                     if cb is not None:
                         self._safely(cb, ev)
-                    elif ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
-                        self.poller.unregister(fd)   # a device went away; netlink says which
+                    elif ev & select.POLLNVAL:
+                        self.poller.unregister(fd)
+                    elif ev & (select.POLLERR | select.POLLHUP):
+                        self._source_error(fd)
                 pfd["revents"] = 0
                 now = time.monotonic()
                 self._safely(self.conn.tick, now)
@@ -452,7 +455,7 @@ class Datapath:
                     self.log(self.inside.ready_line(self))
                 if self.reload_requested:
                     self.reload_requested = False
-                    self.log(f"mmr: SIGHUP: {self.reload()['message']}")
+                    self._safely(lambda: self.log(f"mmr: SIGHUP: {self.reload()['message']}"))
                 if now >= next_house:
                     next_house = now + HOUSEKEEPING_S
                     self._safely(self._housekeeping)
@@ -479,6 +482,17 @@ class Datapath:
                 self.close()
         return CT.snapshot(self.counters)
 
+    def _source_error(self, fd: int) -> None:
+        """A ring reports a socket error (ENETDOWN after its device went down and up):
+        reading SO_ERROR clears it; the ring stays (a vanished device is netlink's to say)."""
+        for r in [r for r in self.up_rx if r is not None] + self.inside.rings():
+            if r.fileno() == fd:
+                try:
+                    r.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                except OSError:
+                    self.poller.unregister(fd)
+                return
+
     def _safely(self, fn, *args) -> None:
         """Control work (netlink, probes, punts, timers, control socket): a fault there is
         logged and counted, and the forwarding goes on."""
@@ -497,7 +511,7 @@ class Datapath:
         for k in [k for k, t in self.prompted.items() if t < stale]:
             del self.prompted[k]
         if self.conn.m["measure"]:
-            self.netlink.request_qdisc(0)
+            self.netlink.request_qdisc()
         if self.metrics is not None:
             self.metrics.publish(self.snapshot())
 
@@ -557,10 +571,13 @@ class Datapath:
             return {"ok": False, "message": "rejected, the old policy keeps running: the LAN device, the "
                                             "uplinks (names, devices, order), the option type or [host] "
                                             "changed; those need a restart"}
-        self.pipe.apply(new)
+        if len(new.lan_prefixes) > self.fw.lan_net.shape[0]:
+            return {"ok": False, "message": f"rejected, the old policy keeps running: more than "
+                                            f"{self.fw.lan_net.shape[0]} lan_prefixes"}
+        self.pipe.apply(new)                      # new rules and selector; flows kept
         self.cfg = new
+        self.conn.apply(new, self.pipe.selector)  # usable mask and measurements into it at once
         self.inside.apply(self, new)
-        self.conn.apply(new, self.pipe.selector)
         self.reloads += 1
         return {"ok": True, "message": f"policy reloaded from {new.path} ({len(self.pipe.flows)} flows kept)"}
 
@@ -589,17 +606,17 @@ class Datapath:
             want = req.get("uplink")
             if want is not None and want not in names:
                 return {"ok": False, "error": f"no uplink named {want!r}; the uplinks are {', '.join(names)}"}
-            recs = self.pipe.flows.dump()
-            if want is not None:
-                recs = recs[recs["uplink"] == names.index(want)]
             limit = req.get("limit")
-            limit = 1000 if limit is None else int(limit)
+            limit = 1000 if limit is None else min(int(limit), MAX_FLOWS_ANSWERED)
+            uplink = -1 if want is None else names.index(want)
+            recs = self.pipe.flows.dump(limit, uplink)       # walks at most `limit` matches
+            total = int(self.pipe.flows.uplink_counts(len(names))[uplink]) if want is not None else len(self.pipe.flows)
             out = [{"src": address_text(r["src"]), "dst": address_text(r["dst"]), "proto": int(r["proto"]),
                     "sport": int(r["sport"]), "dport": int(r["dport"]),
                     "service": C.SERVICE_NAMES[min(int(r["service"]), 3)], "preference": int(r["preference"]),
                     "uplink": names[int(r["uplink"])] if int(r["uplink"]) < len(names) else None,
-                    "packets": int(r["packets"]), "bytes": int(r["bytes"])} for r in recs[:limit]]
-            return {"ok": True, "total": int(len(recs)), "flows": out}
+                    "packets": int(r["packets"]), "bytes": int(r["bytes"])} for r in recs]
+            return {"ok": True, "total": total, "flows": out}
         if cmd == "reload":
             res = self.reload()
             self.log(f"mmr: reload: {res['message']}")

@@ -70,8 +70,10 @@ class KernelGuard:
         """Install the table; returns START (epoch seconds), from which mmr forwards."""
         subprocess.run(["nft", "delete", "table", "inet", self.table], capture_output=True)  # a stale plain one
         start = whole_second_after(time.time(), margin)
+        # its own session: a Ctrl-C or a service stop signals mmr's process group, and the
+        # table must stay until mmr has handed back; the pipe still ends it with mmr
         self.proc = subprocess.Popen(["nft", "-i"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1)
+                                     stderr=subprocess.PIPE, text=True, bufsize=1, start_new_session=True)
         os.set_blocking(self.proc.stderr.fileno(), False)
         self._send(self._table_text(start, FAR_FUTURE, owner=True))
         if self._present(2.0):

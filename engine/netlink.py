@@ -109,52 +109,70 @@ class State:
 
 
 class Netlink:
-    """One rtnetlink socket: dumps at start, then events (non-blocking) in the poll loop."""
+    """One rtnetlink socket: dumps at start, then events (non-blocking) in the poll loop.
+
+    Requests go out one at a time and each answer is matched by its sequence number; a
+    request the kernel refuses as busy is sent again.  After lost events (ENOBUFS) links,
+    addresses and neighbours are dumped again, and every entry the dump no longer shows is
+    removed (mark and sweep): the state never keeps a device or an address that is gone."""
+
+    DUMPS = {K.RTM_GETLINK: IFINFO.pack(0, 0, 0, 0, 0), K.RTM_GETADDR: IFADDR.pack(0, 0, 0, 0, 0),
+             K.RTM_GETNEIGH: NDMSG.pack(0, 0, 0, 0, 0)}
+    SWEPT = {K.RTM_GETLINK: "links", K.RTM_GETADDR: "addrs", K.RTM_GETNEIGH: "neigh"}
 
     def __init__(self, groups: int = GROUPS):
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, K.NETLINK_ROUTE)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self.sock.bind((0, groups))
+        self.sock.setblocking(False)
         self.seq = 0
         self.state = State()
         self.qdisc: dict[int, int] = {}            # ifindex -> root qdisc backlog (bytes)
         self.lost = 0
-        self._dumps_pending: list[int] = []
+        self.queue: list[tuple[int, bytes]] = []   # requests waiting their turn
+        self.inflight: tuple[int, int, bytes] | None = None     # (seq, type, body)
+        self.seen: dict[str, set] | None = None    # keys a sweeping dump has shown
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def _request(self, mtype: int, body: bytes, flags: int = K.NLM_F_REQUEST | K.NLM_F_DUMP) -> None:
+    def _ask(self, mtype: int, body: bytes) -> None:
+        if (mtype, body) not in self.queue and not (self.inflight and self.inflight[1:] == (mtype, body)):
+            self.queue.append((mtype, body))
+        self._pump()
+
+    def _pump(self) -> None:
+        if self.inflight is not None or not self.queue:
+            return
+        mtype, body = self.queue.pop(0)
         self.seq += 1
-        self.sock.send(NLMSG.pack(NLMSG.size + len(body), mtype, flags, self.seq, 0) + body)
-
-    def request_dumps(self) -> None:
-        """Ask for links, addresses and neighbours; the answers come in like events."""
-        self._request(K.RTM_GETLINK, IFINFO.pack(0, 0, 0, 0, 0))
-        self._dumps_pending = [K.RTM_GETADDR, K.RTM_GETNEIGH]
-
-    def request_qdisc(self, index: int) -> None:
-        """Ask for the qdisc statistics of a device (answered as ("qdisc", ...) events)."""
         try:
-            self._request(K.RTM_GETQDISC, TCMSG.pack(0, index, 0, 0, 0))
+            self.sock.send(NLMSG.pack(NLMSG.size + len(body), mtype, K.NLM_F_REQUEST | K.NLM_F_DUMP,
+                                      self.seq, 0) + body)
         except OSError:
-            pass
+            return
+        self.inflight = (self.seq, mtype, body)
+        if mtype in self.SWEPT:
+            self.seen = {"links": set(), "addrs": set(), "neigh": set()}
+
+    def request_qdisc(self, index: int = 0) -> None:
+        """Ask for the qdisc statistics (answered as ("qdisc", ...) events)."""
+        self._ask(K.RTM_GETQDISC, TCMSG.pack(0, index, 0, 0, 0))
+
+    def resync(self) -> None:
+        for mtype, body in self.DUMPS.items():
+            self._ask(mtype, body)
 
     def sync(self) -> State:
         """Blocking dumps of links, addresses and neighbours (at start only)."""
-        for mtype, body in ((K.RTM_GETLINK, IFINFO.pack(0, 0, 0, 0, 0)),
-                            (K.RTM_GETADDR, IFADDR.pack(0, 0, 0, 0, 0)),
-                            (K.RTM_GETNEIGH, NDMSG.pack(0, 0, 0, 0, 0))):
-            self._request(mtype, body)
-            want = self.seq
-            self.sock.setblocking(True)
-            done = False
-            while not done:
-                data = self.sock.recv(1 << 20)
-                for ev in self._parse(data):
-                    if ev[0] == "done" and ev[1] == want:
-                        done = True
-        self.sock.setblocking(False)
+        self.resync()
+        self.sock.setblocking(True)
+        try:
+            while self.inflight is not None:
+                for _ in self._parse(self.sock.recv(1 << 20)):
+                    pass
+        finally:
+            self.sock.setblocking(False)
         return self.state
 
     def read(self) -> list[tuple]:
@@ -170,21 +188,45 @@ class Netlink:
             except OSError:                    # ENOBUFS: events lost; ask for the whole picture
                 self.lost += 1
                 out.append(("resync",))
-                self.state.addrs.clear()          # rebuilt by the dumps below
-                self.state.neigh.clear()
-                for mtype, body in ((K.RTM_GETLINK, IFINFO.pack(0, 0, 0, 0, 0)),):
-                    self._request(mtype, body)
-                self._dumps_pending = [K.RTM_GETADDR, K.RTM_GETNEIGH]
+                self.resync()
                 continue
-            for ev in self._parse(data):
-                if ev[0] == "done":
-                    pend = getattr(self, "_dumps_pending", None)
-                    if pend:                     # one dump at a time on a netlink socket
-                        mtype = pend.pop(0)
-                        body = IFADDR.pack(0, 0, 0, 0, 0) if mtype == K.RTM_GETADDR else NDMSG.pack(0, 0, 0, 0, 0)
-                        self._request(mtype, body)
-                    continue
-                out.append(ev)
+            out.extend(self._parse(data))
+
+    def _done(self, seq: int, error: int):
+        """The answer to a request is complete (or refused): sweep, next request."""
+        if self.inflight is None or seq != self.inflight[0]:
+            return
+        _, mtype, body = self.inflight
+        self.inflight = None
+        if error == -16:                       # EBUSY: a dump was already running; again
+            self.queue.insert(0, (mtype, body))
+        elif mtype in self.SWEPT and self.seen is not None and error == 0:
+            yield from self._sweep(self.SWEPT[mtype], self.seen[self.SWEPT[mtype]])
+        self.seen = None if mtype in self.SWEPT else self.seen
+        self._pump()
+
+    def _sweep(self, what: str, seen: set):
+        st = self.state
+        if what == "links":
+            for index in [i for i in st.links if i not in seen]:
+                del st.links[index]
+                st.addrs.pop(index, None)
+                yield ("gone", index)
+        elif what == "addrs":
+            for index, per in st.addrs.items():
+                stale = [a for a in per if (index, a) not in seen]
+                for a in stale:
+                    del per[a]
+                if stale:
+                    yield ("addr", index)
+        else:
+            for key in [k for k in st.neigh if k not in seen]:
+                del st.neigh[key]
+                yield ("neigh", key[0], key[1])
+
+    def _mark(self, what: str, key) -> None:
+        if self.seen is not None:
+            self.seen[what].add(key)
 
     def _parse(self, data: bytes):
         off = 0
@@ -196,7 +238,8 @@ class Netlink:
             body, end = off + NLMSG.size, off + length
             off += (length + 3) & ~3
             if mtype == K.NLMSG_DONE or mtype == K.NLMSG_ERROR:
-                yield ("done", seq)
+                error = struct.unpack_from("=i", data, body)[0] if mtype == K.NLMSG_ERROR and body + 4 <= end else 0
+                yield from self._done(seq, error)
                 continue
             if mtype in (K.RTM_NEWLINK, K.RTM_DELLINK) and body + IFINFO.size <= end:
                 _, _, index, iflags, _ = IFINFO.unpack_from(data, body)
@@ -208,6 +251,7 @@ class Netlink:
                         del st.neigh[key]
                     yield ("gone", index)
                     continue
+                self._mark("links", index)
                 name = at.get(K.IFLA_IFNAME, b"").rstrip(b"\0").decode(errors="replace")
                 link = st.links.get(index) or Link(index, name)
                 link.name = name or link.name
@@ -232,6 +276,7 @@ class Netlink:
                 else:
                     brd = at.get(K.IFA_BROADCAST)
                     per[bytes(a)] = (plen, bytes(brd) if brd else None)
+                    self._mark("addrs", (index, bytes(a)))
                 yield ("addr", index)
             elif mtype in (K.RTM_NEWNEIGH, K.RTM_DELNEIGH) and body + NDMSG.size <= end:
                 _, index, state, _, _ = NDMSG.unpack_from(data, body)
@@ -242,6 +287,7 @@ class Netlink:
                 key = (index, bytes(dst))
                 if mtype == K.RTM_NEWNEIGH and mac and len(mac) == 6 and state & NUD_VALID:
                     st.neigh[key] = bytes(mac)
+                    self._mark("neigh", key)
                 else:
                     st.neigh.pop(key, None)
                 yield ("neigh", index, bytes(dst))

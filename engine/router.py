@@ -73,8 +73,11 @@ class Lan(Inside):
     def refresh_local(self, dp: Datapath) -> None:
         """The router's own addresses (every device) and IPv4 broadcasts: left to its kernel."""
         dp.fw.local.clear()
-        for a in dp.state.local16():
-            dp.fw.local.set(a, 1)
+        full = [a for a in dp.state.local16() if not dp.fw.local.set(a, 1)]
+        if full and not self.full_warned:
+            dp.log(f"mmr: warning: more than {dp.fw.local.capacity} addresses on this machine; "
+                   f"{len(full)} are not recognised as the router's own")
+            self.full_warned = True
 
     def neighbour(self, dp: Datapath, index: int, addr: bytes) -> None:
         if index != self.index:

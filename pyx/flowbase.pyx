@@ -491,15 +491,18 @@ cdef class FlowTable:
         out["bytes"] = by
         return out
 
-    def dump(self):
-        """Every flow as FLOW_DTYPE, in LRU order (most recently used first)."""
-        ids = np.zeros(max(self.size, 1), np.uint32)
+    def dump(self, limit=None, int uplink=-1):
+        """The flows as FLOW_DTYPE, in LRU order (most recently used first): at most
+        ``limit`` of them, only those of ``uplink`` when it is >= 0."""
+        cdef size_t cap = self.size if limit is None else min(<size_t>max(int(limit), 0), self.size)
+        ids = np.zeros(max(cap, 1), np.uint32)
         cdef uint32_t[::1] idv = ids
         cdef uint32_t r = self.head
         cdef size_t k = 0
-        while r != NIL:
-            idv[k] = r
-            k += 1
+        while r != NIL and k < cap:
+            if uplink < 0 or self.recs[r].uplink == uplink:
+                idv[k] = r
+                k += 1
             r = self.recs[r].next
         return self.recs_to_array(self.recs, &idv[0], k, True)
 

@@ -244,7 +244,7 @@ cdef inline bint not_routable(const mmr_row* r) noexcept nogil:
             return True
         if r.src[0] == 0xFE and (r.src[1] & 0xC0) == 0x80:
             return True
-        return False
+        return ld64(r.src) == 0 and ld64(r.src + 8) == 0          # ::
     return r.dst[12] >= 224
 
 
@@ -326,6 +326,11 @@ cdef class Forwarder:
     def attach(self, in_ring=False, in_tx=False, tun=False, up_rx=None, up_tx=None):
         """The live sources and sinks: the LAN ring and socket (router) or the TUN (host),
         and per uplink its ring and socket.  Only what is given changes (None detaches)."""
+        for src in (in_ring, tun, *(up_rx or [])):
+            if src not in (None, False) and src.capacity > self.cap:
+                raise ValueError(f"a source's batches ({src.capacity}) exceed the forwarder's ({self.cap})")
+        if up_rx is not None and len(up_rx) != self.n_up or up_tx is not None and len(up_tx) != self.n_up:
+            raise ValueError(f"give {self.n_up} uplink rings and sockets")
         if in_ring is not False:
             self.in_ring = in_ring
         if in_tx is not False:
@@ -339,6 +344,8 @@ cdef class Forwarder:
 
     def detach_uplink(self, int u):
         """Uplink u's device is gone: no more reads from it or sends to it."""
+        if not 0 <= u < self.n_up:
+            raise ValueError("no such uplink")
         self.up_rx[u] = None
         self.up_tx[u] = None
 
@@ -397,7 +404,7 @@ cdef class Forwarder:
 
     # ------------------------------------------------------------------ decisions
     cdef void outbound_c(self, uint8_t* base, int64_t* off, uint32_t* lens, virtio_net_hdr* vh,
-                         const double* ts, Py_ssize_t n) noexcept nogil:
+                         const double* ts, const uint8_t* vlan, Py_ssize_t n) noexcept nogil:
         """inside -> uplinks: self.pipe.outp[i] ends as an uplink (frame rewritten and listed in
         port_idx[u]), KERNEL or DROP."""
         cdef Py_ssize_t i
@@ -417,11 +424,11 @@ cdef class Forwarder:
                 out[i] = OUT_KERNEL
                 self.cnt[CNT_HANDOVER] += 1
                 continue
-            if True:
-                r = &self.pipe.rp[i]
-                f = base + off[i]
-                if memcmp(f, self.in_mac_c, 6) != 0 or not_routable(r) or self.local.get_c(r.dst) >= 0:
-                    out[i] = OUT_KERNEL
+            r = &self.pipe.rp[i]
+            f = base + off[i]
+            if (vlan != NULL and vlan[i]) or memcmp(f, self.in_mac_c, 6) != 0 or not_routable(r) \
+                    or self.local.get_c(r.dst) >= 0:
+                out[i] = OUT_KERNEL
         self.pipe.route_c(ts, n)
         for k in range(self.n_up):
             self.pn[k] = 0
@@ -473,7 +480,7 @@ cdef class Forwarder:
         self.cnt[reason] += 1
 
     cdef void inbound_c(self, int u, uint8_t* base, int64_t* off, uint32_t* lens,
-                        virtio_net_hdr* vh, const double* ts, Py_ssize_t n) noexcept nogil:
+                        virtio_net_hdr* vh, const double* ts, const uint8_t* vlan, Py_ssize_t n) noexcept nogil:
         """uplink u -> inside: self.pipe.outp[i] ends as 0 (frame ready, listed in the inside
         list), KERNEL or DROP."""
         cdef Py_ssize_t i, k
@@ -499,7 +506,9 @@ cdef class Forwarder:
                 out[i] = OUT_KERNEL
                 self.cnt[CNT_HANDOVER] += 1
                 continue
-            if self.router:
+            if (vlan != NULL and vlan[i]) or not_routable(r):
+                inside = False                   # a VLAN device's, multicast, link-local
+            elif self.router:
                 inside = False
                 if memcmp(f, self.up_mac_c + 6 * u, 6) == 0 and self.local.get_c(r.dst) < 0:
                     for k in range(self.n_lan):
@@ -579,7 +588,7 @@ cdef class Forwarder:
         cdef uint32_t[::1] l = ln
         cdef uint8_t[::1] vb = vnet.view(np.uint8)
         cdef double[::1] t = ts
-        self.outbound_c(&buf[0], &o[0], &l[0], <virtio_net_hdr*>&vb[0], &t[0], n)
+        self.outbound_c(&buf[0], &o[0], &l[0], <virtio_net_hdr*>&vb[0], &t[0], NULL, n)
         return np.asarray(self.pipe.out[:n]).copy(), off, ln
 
     def inbound(self, int u, uint8_t[::1] buf, offsets, lengths, vnet=None, ts=None):
@@ -594,7 +603,7 @@ cdef class Forwarder:
         cdef uint32_t[::1] l = ln
         cdef uint8_t[::1] vb = vnet.view(np.uint8)
         cdef double[::1] t = ts
-        self.inbound_c(u, &buf[0], &o[0], &l[0], <virtio_net_hdr*>&vb[0], &t[0], n)
+        self.inbound_c(u, &buf[0], &o[0], &l[0], <virtio_net_hdr*>&vb[0], &t[0], NULL, n)
         return np.asarray(self.pipe.out[:n]).copy(), off, ln
 
     def take_punts(self):
@@ -622,7 +631,7 @@ cdef class Forwarder:
                 n = ring.batch_c(self.cap)
                 if n:
                     self.cnt[CNT_RX_INSIDE] += n
-                    self.outbound_c(ring.base, ring.off, ring.lens, ring.vh, ring.ts, n)
+                    self.outbound_c(ring.base, ring.off, ring.lens, ring.vh, ring.ts, ring.vlanp, n)
             base, off, lens, vh = ring.base, ring.off, ring.lens, ring.vh
         elif tun is not None:
             with nogil:
@@ -633,7 +642,7 @@ cdef class Forwarder:
                         self.now_c[k] = now
                     memset(self.zero_vh, 0, n * sizeof(virtio_net_hdr))
                     self.cnt[CNT_RX_INSIDE] += n
-                    self.outbound_c(tun.buf, tun.off, tun.lens, self.zero_vh, self.now_c, n)
+                    self.outbound_c(tun.buf, tun.off, tun.lens, self.zero_vh, self.now_c, NULL, n)
             base, off, lens, vh = tun.buf, tun.off, tun.lens, self.zero_vh
         else:
             return 0
@@ -659,24 +668,24 @@ cdef class Forwarder:
         cdef Py_ssize_t n, k = 0, i, j
         cdef int m
         cdef uint16_t* l3
-        if ring is None:
+        if ring is None or not 0 <= u < self.n_up:
             return 0
         with nogil:
             n = ring.batch_c(self.cap)
             if n:
                 self.cnt[CNT_RX_UPLINK] += n
-                self.inbound_c(u, ring.base, ring.off, ring.lens, ring.vh, ring.ts, n)
+                self.inbound_c(u, ring.base, ring.off, ring.lens, ring.vh, ring.ts, ring.vlanp, n)
                 m = self.pn[self.n_up]
                 if m:
                     if self.router and self.in_tx is not None:
                         k = self.in_tx.send_c(ring.base, ring.off, ring.lens, ring.vh,
                                               self.pidx + self.n_up * self.cap, m)
                     elif self.tun is not None:
-                        # the TUN takes the IP packet: write from each frame's L3 offset
+                        # the TUN takes the IP packet; rewrite moved every header to 14
                         l3 = self.l3c
                         for i in range(m):
                             j = self.pidx[self.n_up * self.cap + i]
-                            l3[j] = self.pipe.rp[j].l3_off
+                            l3[j] = 14
                         k = self.tun.write_c(ring.base, ring.off, ring.lens, l3,
                                              self.pidx + self.n_up * self.cap, m)
                     self.cnt[CNT_TX_INSIDE] += k

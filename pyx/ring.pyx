@@ -148,6 +148,9 @@ cdef class RxRing:
         self.lengths = np.zeros(self.capacity, np.uint32)
         self.stamps = np.zeros(self.capacity, np.float64)
         self.vnet = np.zeros(self.capacity, VNET_DTYPE)
+        self.vlan = np.zeros(self.capacity, np.uint8)
+        cdef uint8_t[::1] vl = self.vlan
+        self.vlanp = &vl[0]
         cdef int64_t[::1] o = self.offsets
         cdef uint32_t[::1] l = self.lengths
         cdef double[::1] t = self.stamps
@@ -199,11 +202,7 @@ cdef class RxRing:
                 if self.side_used + COPY_SLOT > <size_t>COPY_SLOT * COPY_SLOTS:
                     break                            # side area full: the rest next batch
                 dst = self.base + self.ring_len + self.side_used
-                while True:
-                    r = recv(self.fd, dst, COPY_SLOT, MSG_DONTWAIT | MSG_TRUNC)
-                    if r < 0 and errno == EINTR:
-                        continue
-                    break
+                r = self.read_copy(dst, h.tp_len)
                 self.held_n += 1
                 if r < VNET + 14 or r > COPY_SLOT:
                     self.truncated += 1
@@ -221,13 +220,34 @@ cdef class RxRing:
             self.ts[n] = h.tp_sec + h.tp_nsec * 1e-9
             if status & TP_STATUS_CSUMNOTREADY:
                 self.csum_not_ready += 1
+            self.vlanp[n] = 0
             if status & TP_STATUS_VLAN_VALID:
                 self.vlan_stripped += 1
+                self.vlanp[n] = 1                  # another device's (a VLAN of this one)
             if self.vh[n].gso_type != VIRTIO_NET_HDR_GSO_NONE:
                 self.gso += 1
             n += 1
         self.frames += n
         return n
+
+    cdef ssize_t read_copy(self, uint8_t* dst, uint32_t want) noexcept nogil:
+        """The queued copy of a long frame of ``want`` bytes, into dst (vnet header first).
+        A pending socket error (ENETDOWN after the device went down and up) is returned once
+        by recv and cleared: read again.  A copy of another length belongs to a slot whose
+        copy was lost: skip it, so the queue and the ring stay in step."""
+        cdef ssize_t r = -1
+        cdef int tries = 0
+        while tries < 8:
+            tries += 1
+            r = recv(self.fd, dst, COPY_SLOT, MSG_DONTWAIT | MSG_TRUNC)
+            if r < 0:
+                if errno == EAGAIN:
+                    return -1
+                continue                          # EINTR, or a pending error now cleared
+            if r == VNET + want:
+                return r
+            self.resynced += 1
+        return -1
 
     cdef void release_c(self) noexcept nogil:
         cdef uint32_t i, slot
@@ -330,11 +350,15 @@ cdef class TxSocket:
                 self.iov[2 * i + 1].iov_len = lens[j]
                 self.msgs[i].msg_hdr.msg_iov = &self.iov[2 * i]
                 self.msgs[i].msg_hdr.msg_iovlen = 2
-            r = sendmmsg(self.fd, self.msgs, <unsigned int>chunk, 0)
+            r = sendmmsg(self.fd, self.msgs, <unsigned int>chunk, MSG_DONTWAIT)
             if r < 0:
                 if errno == EINTR:
                     continue
                 self.last_errno = errno
+                if errno == EAGAIN or errno == ENOBUFS:
+                    self.errors += chunk      # the device (or its qdisc) is full: drop, never wait
+                    done += chunk
+                    continue
                 self.errors += 1          # the first frame of the chunk was refused: skip it
                 done += 1
                 continue

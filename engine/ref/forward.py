@@ -44,7 +44,7 @@ class RefForwarder:
         dst, src = bytes(row["dst"]), bytes(row["src"])
         if row["family"] == 6:
             return (dst[0] == 0xFF or (dst[0] == 0xFE and dst[1] & 0xC0 == 0x80)
-                    or (src[0] == 0xFE and src[1] & 0xC0 == 0x80))
+                    or (src[0] == 0xFE and src[1] & 0xC0 == 0x80) or src == bytes(16))
         return dst[12] >= 224
 
     @staticmethod
@@ -135,7 +135,9 @@ class RefForwarder:
                 self.count("handover")
                 continue
             dst = bytes(r["dst"])
-            if self.router:
+            if self._not_routable(r):
+                inside = False
+            elif self.router:
                 inside = (f[:6] == self.up_mac[u] and dst not in self.local and any(
                     bytes(a & b for a, b in zip(dst, mask)) == value for value, mask in self.lan_nets))
             else:

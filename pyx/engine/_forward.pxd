@@ -95,8 +95,8 @@ cdef class Forwarder:
     cdef uint32_t seg_len(self, const uint8_t* frame, const mmr_row* r,
                           const virtio_net_hdr* vh, uint32_t length) noexcept nogil
     cdef void outbound_c(self, uint8_t* base, int64_t* off, uint32_t* lens, virtio_net_hdr* vh,
-                         const double* ts, Py_ssize_t n) noexcept nogil
+                         const double* ts, const uint8_t* vlan, Py_ssize_t n) noexcept nogil
     cpdef Py_ssize_t step_inside(self)
     cpdef Py_ssize_t step_uplink(self, int u)
     cdef void inbound_c(self, int u, uint8_t* base, int64_t* off, uint32_t* lens,
-                        virtio_net_hdr* vh, const double* ts, Py_ssize_t n) noexcept nogil
+                        virtio_net_hdr* vh, const double* ts, const uint8_t* vlan, Py_ssize_t n) noexcept nogil

@@ -16,14 +16,16 @@ cdef class RxRing:
     cdef uint32_t cur, held_first, held_n
     cdef size_t side_used
     cdef readonly Py_ssize_t capacity
-    cdef readonly object offsets, lengths, stamps, vnet, view
+    cdef readonly object offsets, lengths, stamps, vnet, vlan, view
     cdef int64_t* off
     cdef uint32_t* lens
     cdef double* ts
     cdef virtio_net_hdr* vh
-    cdef public uint64_t frames, truncated, copied, csum_not_ready, gso, vlan_stripped
+    cdef uint8_t* vlanp
+    cdef public uint64_t frames, truncated, copied, csum_not_ready, gso, vlan_stripped, resynced
 
     cdef Py_ssize_t batch_c(self, Py_ssize_t max_frames) noexcept nogil
+    cdef ssize_t read_copy(self, uint8_t* dst, uint32_t want) noexcept nogil
     cdef void release_c(self) noexcept nogil
     cdef bint ready_c(self) noexcept nogil
 
