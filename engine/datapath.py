@@ -120,8 +120,8 @@ class Inside:
     def apply(self, dp: "Datapath", cfg) -> None:
         """A reloaded policy."""
 
-    def guard(self, dp: "Datapath") -> tuple[str, list[str], list[str]]:
-        """(nftables table, devices, rules): what the kernel must leave to mmr."""
+    def guard(self, dp: "Datapath") -> tuple[str, list[str], list[str], dict | None]:
+        """(nftables table, devices, rules, sets): what the kernel must leave to mmr."""
         raise NotImplementedError
 
     def neighbour(self, dp: "Datapath", index: int, addr: bytes) -> None:
@@ -314,6 +314,8 @@ class Datapath:
                 self.inside.neighbour(self, index, addr)
                 if index in self.up_index:
                     gateways = True
+            elif kind == "route":
+                self.inside.link_event(self, ev)
             elif kind in ("link", "addr", "resync"):
                 links = True
                 link = self.state.links.get(ev[1]) if kind == "link" else None
@@ -413,8 +415,8 @@ class Datapath:
                 self.poller.register(fd, select.POLLIN, lambda ev, u=u: self.conn.probe_readable(u))
             for fd in self.inside.fds() + [r.fileno() for r in self.up_rx]:
                 self.poller.add_source(fd)
-            table, devices, rules = self.inside.guard(self)
-            self.guard = KernelGuard(table, devices, rules, self.log)
+            table, devices, rules, sets = self.inside.guard(self)
+            self.guard = KernelGuard(table, devices, rules, self.log, sets)
             start = self.guard.take_over()           # realtime: mmr forwards from here on
             fw.t_start = start
             fw.t_end = float("inf")

@@ -39,13 +39,15 @@ def whole_second_after(t: float, margin: float) -> int:
 class KernelGuard:
     """One nftables table (``table``) whose ``pre`` chain holds ``rules`` (nft rule text,
     one per line) and whose ``window`` chain lets the kernel have everything outside the
-    handover window."""
+    handover window.  ``sets``: named prefix sets the rules use (``@name``), {name: (type,
+    [prefix text])}, kept current with update_sets()."""
 
-    def __init__(self, table: str, devices: list[str], rules: list[str], log):
+    def __init__(self, table: str, devices: list[str], rules: list[str], log, sets: dict | None = None):
         if shutil.which("nft") is None:
             raise UserError("nftables ('nft') is not installed; mmr needs it to keep the kernel "
                             "from forwarding what mmr forwards (apt-get install nftables)")
         self.table, self.devices, self.rules, self.log = table, devices, rules, log
+        self.sets = {k: (t, sorted(v)) for k, (t, v) in (sets or {}).items()}
         self.proc: subprocess.Popen | None = None
         self.owned = False
         self.start = self.end = None
@@ -55,7 +57,10 @@ class KernelGuard:
         devs = ", ".join(f'"{d}"' for d in self.devices)
         flags = "flags owner; " if owner else ""
         rules = " ".join(f"{r};" for r in self.rules)
-        return (f"table inet {self.table} {{ {flags}"
+        sets = "".join(f"set {name} {{ type {t}; flags interval; "
+                       + (f"elements = {{ {', '.join(v)} }}; " if v else "") + "}; "
+                       for name, (t, v) in self.sets.items())
+        return (f"table inet {self.table} {{ {flags}{sets}"
                 f"chain window {{ meta time < {start} accept; meta time >= {end} accept; }}; "
                 f"chain pre {{ type filter hook prerouting priority raw; policy accept; "
                 f"iifname != {{ {devs} }} accept; jump window; {rules} }}; }}")
@@ -106,6 +111,24 @@ class KernelGuard:
             subprocess.run(["nft", "-f", "-"], input=text + "\n", capture_output=True, text=True)
         self.end = end
         return float(end)
+
+    def update_sets(self, sets: dict) -> None:
+        """New contents for named sets (one transaction: flush and refill)."""
+        cmds = []
+        for name, (t, v) in sets.items():
+            v = sorted(v)
+            if self.sets.get(name, (t, None))[1] == v:
+                continue
+            self.sets[name] = (t, v)
+            cmds.append(f"flush set inet {self.table} {name}")
+            if v:
+                cmds.append(f"add element inet {self.table} {name} {{ {', '.join(v)} }}")
+        if not cmds or self.start is None:
+            return
+        if self.owned:
+            self._send("; ".join(cmds))
+        else:
+            subprocess.run(["nft", "-f", "-"], input="; ".join(cmds) + "\n", capture_output=True, text=True)
 
     def close(self) -> None:
         """Remove the table (the kernel forwards everything again)."""

@@ -95,7 +95,7 @@ class VirtualInterface(Inside):
         a6 = ", ".join(str(a.ip) for a in self.addrs if a.version == 6)
         a4 = ", ".join(str(a.ip) for a in self.addrs if a.version == 4)
         rules = ([f"ip6 daddr {{ {a6} }} drop"] if a6 else []) + ([f"ip daddr {{ {a4} }} drop"] if a4 else [])
-        return NFT_TABLE, [u.device for u in dp.cfg.uplinks], rules
+        return NFT_TABLE, [u.device for u in dp.cfg.uplinks], rules, None
 
     def ready_line(self, dp: Datapath) -> str:
         return (f"mmr host: {self.vi} up ({', '.join(str(a) for a in self.addrs)}; routes "

@@ -28,13 +28,16 @@ IFINFO = struct.Struct("=BxHiII")        # struct ifinfomsg
 IFADDR = struct.Struct("=BBBBI")         # struct ifaddrmsg
 NDMSG = struct.Struct("=BxxxiHBB")       # struct ndmsg
 TCMSG = struct.Struct("=BxxxiIII")       # struct tcmsg
+RTMSG = struct.Struct("=BBBBBBBBI")      # struct rtmsg
+RTNH = struct.Struct("=HBBi")            # struct rtnexthop
 RTA = struct.Struct("=HH")               # struct rtattr
-assert (IFINFO.size, IFADDR.size, NDMSG.size, TCMSG.size) == (
-    K.SIZEOF_IFINFOMSG, K.SIZEOF_IFADDRMSG, K.SIZEOF_NDMSG, K.SIZEOF_TCMSG)
+assert (IFINFO.size, IFADDR.size, NDMSG.size, TCMSG.size, RTMSG.size) == (
+    K.SIZEOF_IFINFOMSG, K.SIZEOF_IFADDRMSG, K.SIZEOF_NDMSG, K.SIZEOF_TCMSG, K.SIZEOF_RTMSG)
 
 NUD_VALID = (K.NUD_REACHABLE | K.NUD_STALE | K.NUD_DELAY | K.NUD_PROBE | K.NUD_PERMANENT
              | K.NUD_NOARP)
-GROUPS = K.RTMGRP_LINK | K.RTMGRP_NEIGH | K.RTMGRP_IPV4_IFADDR | K.RTMGRP_IPV6_IFADDR
+GROUPS = (K.RTMGRP_LINK | K.RTMGRP_NEIGH | K.RTMGRP_IPV4_IFADDR | K.RTMGRP_IPV6_IFADDR
+          | K.RTMGRP_IPV4_ROUTE | K.RTMGRP_IPV6_ROUTE)
 
 
 def _attrs(data: bytes, off: int, end: int) -> dict[int, bytes]:
@@ -72,6 +75,7 @@ class State:
     links: dict[int, Link] = field(default_factory=dict)
     addrs: dict[int, dict[bytes, tuple[int, bytes | None]]] = field(default_factory=dict)
     neigh: dict[tuple[int, bytes], bytes] = field(default_factory=dict)
+    routes: set = field(default_factory=set)     # (dst, plen, table, oifs): unicast routes
 
     def index(self, name: str) -> int | None:
         for link in self.links.values():
@@ -107,6 +111,17 @@ class State:
     def neighbour(self, index: int, addr: bytes) -> bytes | None:
         return self.neigh.get((index, addr))
 
+    def routed_elsewhere(self, devices: set[int]) -> list[tuple[bytes, int]]:
+        """(prefix in the row form, length over 128 bits) of the main table's unicast routes
+        (not default ones) that leave through none of ``devices``: the networks this
+        machine's kernel reaches by itself (a DMZ, a VPN, a subnet behind a LAN router)."""
+        out = set()
+        for dst, plen, table, oifs in self.routes:
+            if table != K.RT_TABLE_MAIN or plen == 0 or not oifs or set(oifs) & devices:
+                continue
+            out.add((addr16(dst), plen + (96 if len(dst) == 4 else 0)))
+        return sorted(out)
+
 
 class Netlink:
     """One rtnetlink socket: dumps at start, then events (non-blocking) in the poll loop.
@@ -117,8 +132,8 @@ class Netlink:
     removed (mark and sweep): the state never keeps a device or an address that is gone."""
 
     DUMPS = {K.RTM_GETLINK: IFINFO.pack(0, 0, 0, 0, 0), K.RTM_GETADDR: IFADDR.pack(0, 0, 0, 0, 0),
-             K.RTM_GETNEIGH: NDMSG.pack(0, 0, 0, 0, 0)}
-    SWEPT = {K.RTM_GETLINK: "links", K.RTM_GETADDR: "addrs", K.RTM_GETNEIGH: "neigh"}
+             K.RTM_GETNEIGH: NDMSG.pack(0, 0, 0, 0, 0), K.RTM_GETROUTE: RTMSG.pack(0, 0, 0, 0, 0, 0, 0, 0, 0)}
+    SWEPT = {K.RTM_GETLINK: "links", K.RTM_GETADDR: "addrs", K.RTM_GETNEIGH: "neigh", K.RTM_GETROUTE: "routes"}
 
     def __init__(self, groups: int = GROUPS):
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, K.NETLINK_ROUTE)
@@ -153,7 +168,7 @@ class Netlink:
             return
         self.inflight = (self.seq, mtype, body)
         if mtype in self.SWEPT:
-            self.seen = {"links": set(), "addrs": set(), "neigh": set()}
+            self.seen = {"links": set(), "addrs": set(), "neigh": set(), "routes": set()}
 
     def request_qdisc(self, index: int = 0) -> None:
         """Ask for the qdisc statistics (answered as ("qdisc", ...) events)."""
@@ -219,6 +234,11 @@ class Netlink:
                     del per[a]
                 if stale:
                     yield ("addr", index)
+        elif what == "routes":
+            stale = st.routes - seen
+            if stale:
+                st.routes -= stale
+                yield ("route",)
         else:
             for key in [k for k in st.neigh if k not in seen]:
                 del st.neigh[key]
@@ -291,6 +311,32 @@ class Netlink:
                 else:
                     st.neigh.pop(key, None)
                 yield ("neigh", index, bytes(dst))
+            elif mtype in (K.RTM_NEWROUTE, K.RTM_DELROUTE) and body + RTMSG.size <= end:
+                family, dlen, _, _, table, _, _, rtype, _ = RTMSG.unpack_from(data, body)
+                at = _attrs(data, body + RTMSG.size, end)
+                if rtype != K.RTN_UNICAST or family not in (socket.AF_INET, socket.AF_INET6):
+                    continue
+                if K.RTA_TABLE in at:
+                    table = struct.unpack("=I", at[K.RTA_TABLE][:4])[0]
+                dst = at.get(K.RTA_DST, bytes(4 if family == socket.AF_INET else 16))
+                oifs = []
+                if K.RTA_OIF in at:
+                    oifs.append(struct.unpack("=i", at[K.RTA_OIF][:4])[0])
+                mp = at.get(K.RTA_MULTIPATH, b"")
+                k = 0
+                while k + RTNH.size <= len(mp):
+                    ln, _, _, oif = RTNH.unpack_from(mp, k)
+                    if ln < RTNH.size:
+                        break
+                    oifs.append(oif)
+                    k += (ln + 3) & ~3
+                key = (bytes(dst), dlen, table, tuple(sorted(oifs)))
+                if mtype == K.RTM_NEWROUTE:
+                    st.routes.add(key)
+                    self._mark("routes", key)
+                else:
+                    st.routes.discard(key)
+                yield ("route",)
             elif mtype == K.RTM_NEWQDISC and body + TCMSG.size <= end:
                 _, index, _, parent, _ = TCMSG.unpack_from(data, body)
                 if parent != K.TC_H_ROOT:

@@ -12,20 +12,39 @@ prompting the kernel (a datagram to the discard port), rate-limited.
 """
 from __future__ import annotations
 
+import ipaddress
+
 from engine.config import to_mapped
 from engine.datapath import Datapath, Inside
 from engine.netlink import addr16
 
 NFT_TABLE = "mmr"
 
-# what the kernel keeps while mmr runs (the rest that arrives on mmr's devices is mmr's)
-GUARD_RULES = [
-    "ip6 daddr { fe80::/10, ff00::/8 } accept",        # link-local, multicast (ND, DHCPv6, RA)
-    "ip6 saddr fe80::/10 accept",                      # never forwarded, by mmr or the kernel
-    "ip daddr 224.0.0.0/3 accept",                     # multicast, limited broadcast
-    "fib daddr type { local, broadcast, multicast, anycast } accept",   # the router itself
-    "counter drop",                                    # transit: mmr forwards it
-]
+def guard_rules(uplinks: list[str]) -> list[str]:
+    """What the kernel keeps while mmr runs, on mmr's devices; the rest is mmr's.  The sets
+    are the engine's own tables: @lan6/@lan4 its LAN prefixes (from an uplink: mmr delivers),
+    @kernel6/@kernel4 what the kernel routes itself (the LAN's prefixes, a DMZ, a VPN: from
+    the LAN, the kernel forwards), so the two never disagree about a packet."""
+    ups = ", ".join(f'"{d}"' for d in uplinks)
+    return [
+        "ip6 daddr { fe80::/10, ff00::/8 } accept",    # link-local, multicast (ND, DHCPv6, RA)
+        "ip6 saddr { fe80::/10, :: } accept",          # never forwarded, by mmr or the kernel
+        "ip daddr 224.0.0.0/3 accept",                 # multicast, limited broadcast
+        "fib daddr type { local, broadcast, multicast, anycast } accept",   # the router itself
+        f"iifname {{ {ups} }} ip6 daddr @lan6 counter drop",  # ISP -> LAN: mmr delivers it
+        f"iifname {{ {ups} }} ip daddr @lan4 counter drop",
+        f"iifname {{ {ups} }} accept",                 # ISP -> elsewhere: the kernel's business
+        "ip6 daddr @kernel6 accept",                   # LAN -> the kernel's other networks
+        "ip daddr @kernel4 accept",
+        "counter drop",                                # LAN -> the world: mmr forwards it
+    ]
+
+
+def prefix_text(value: bytes, plen: int) -> tuple[str, str]:
+    """(nft set type, prefix text) of a row-form prefix (IPv4-mapped for IPv4)."""
+    if value[:12] == bytes(10) + b"\xff\xff" and plen >= 96:
+        return "ipv4_addr", str(ipaddress.ip_network((value[12:], plen - 96), strict=False))
+    return "ipv6_addr", str(ipaddress.ip_network((value, plen), strict=False))
 
 
 class Lan(Inside):
@@ -37,6 +56,8 @@ class Lan(Inside):
     def __init__(self, cfg):
         self.dev = cfg.lan
         self.ring = self.tx = None
+        self.guard_sets = None
+        self.routes_warned = False
         self.index = None
         self.rows: dict[bytes, int] = {}           # LAN host address -> row of host_mac
         self.free: list[int] = []
@@ -62,6 +83,7 @@ class Lan(Inside):
     def tables(self, dp: Datapath) -> None:
         self.apply(dp, dp.cfg)
         self.refresh_local(dp)
+        self.refresh_kernel_routes(dp)
         for (index, addr) in list(dp.state.neigh):
             if index == self.index:
                 self.neighbour(dp, index, addr)
@@ -69,6 +91,8 @@ class Lan(Inside):
     def apply(self, dp: Datapath, cfg) -> None:
         nets = [to_mapped(n) for n in cfg.lan_prefixes]
         dp.fw.set_lan_prefixes([(n.network_address.packed, n.netmask.packed) for n in nets])
+        if self.guard_sets is not None:
+            self.refresh_kernel_routes(dp)
 
     def refresh_local(self, dp: Datapath) -> None:
         """The router's own addresses (every device) and IPv4 broadcasts: left to its kernel."""
@@ -106,6 +130,8 @@ class Lan(Inside):
         kind = ev[0]
         if kind in ("addr", "resync"):
             self.refresh_local(dp)
+        if kind in ("route", "resync", "gone"):
+            self.refresh_kernel_routes(dp)
         if kind == "resync":
             for key in list(self.rows):
                 dp.fw.hosts.remove(key)
@@ -137,7 +163,36 @@ class Lan(Inside):
         return [self.ring] if self.ring is not None else []
 
     def guard(self, dp: Datapath):
-        return NFT_TABLE, [self.dev] + [u.device for u in dp.cfg.uplinks], GUARD_RULES
+        ups = [u.device for u in dp.cfg.uplinks]
+        return NFT_TABLE, [self.dev] + ups, guard_rules(ups), self.guard_sets
+
+    def refresh_kernel_routes(self, dp: Datapath) -> None:
+        """The destinations the kernel routes itself: the main table's routes through no
+        uplink, and the LAN prefixes; into the Forwarder and the guard's sets together."""
+        ups = {i for i in dp.up_index if i is not None}
+        nets = [to_mapped(n) for n in dp.cfg.lan_prefixes]
+        lan = [(n.network_address.packed, n.prefixlen) for n in nets]
+        kernel = sorted(set(lan) | set(dp.state.routed_elsewhere(ups)))
+        if len(kernel) > dp.fw.kernel_net.shape[0]:
+            if not self.routes_warned:
+                dp.log(f"mmr: warning: more than {dp.fw.kernel_net.shape[0]} routes through other devices; "
+                       f"the longest prefixes are used")
+                self.routes_warned = True
+            kernel = sorted(kernel, key=lambda x: -x[1])[:dp.fw.kernel_net.shape[0]]
+        masks = []
+        for v, p in kernel:
+            mask = ipaddress.IPv6Network(("::", p)).netmask.packed
+            masks.append((bytes(a & b for a, b in zip(v, mask)), mask))
+        dp.fw.set_kernel_prefixes(masks)
+        sets = {"lan6": ("ipv6_addr", []), "lan4": ("ipv4_addr", []),
+                "kernel6": ("ipv6_addr", []), "kernel4": ("ipv4_addr", [])}
+        for name, items in (("lan", lan), ("kernel", kernel)):
+            for v, p in items:
+                t, text = prefix_text(v, p)
+                sets[name + ("4" if t == "ipv4_addr" else "6")][1].append(text)
+        self.guard_sets = sets
+        if dp.guard is not None:
+            dp.guard.update_sets(sets)
 
     def ready_line(self, dp: Datapath) -> str:
         ups = ", ".join(f"{u.name}({u.device})" for u in dp.cfg.uplinks)

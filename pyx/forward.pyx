@@ -248,6 +248,17 @@ cdef inline bint not_routable(const mmr_row* r) noexcept nogil:
     return r.dst[12] >= 224
 
 
+cdef inline bint in_nets(const uint8_t* a, const uint8_t* nets, Py_ssize_t n) noexcept nogil:
+    """a (16 bytes) inside one of n (value[16], mask[16]) prefixes."""
+    cdef Py_ssize_t k
+    cdef const uint8_t* net
+    for k in range(n):
+        net = nets + 32 * k
+        if ((ld64(a) & ld64(net + 16)) == ld64(net) and (ld64(a + 8) & ld64(net + 24)) == ld64(net + 8)):
+            return True
+    return False
+
+
 cdef class Forwarder:
     """The decisions of one engine (``router``: mmr run; else mmr host) over ``n_uplinks``
     uplinks, for batches of up to ``batch`` frames."""
@@ -268,6 +279,7 @@ cdef class Forwarder:
         self.in_mac = np.zeros((1, 6), np.uint8)
         self.host_mac = np.zeros((hosts, 6), np.uint8)
         self.lan_net = np.zeros((lan_prefixes, 2, 16), np.uint8)      # value, mask
+        self.kernel_net = np.zeros((256, 2, 16), np.uint8)
         self.n_hosts = hosts
         self.n_lan = 0
         self.in_mtu = 1500
@@ -296,6 +308,9 @@ cdef class Forwarder:
         cdef uint8_t[:, ::1] im = self.in_mac
         cdef uint8_t[:, ::1] hm = self.host_mac
         cdef uint8_t[:, :, ::1] ln = self.lan_net
+        cdef uint8_t[:, :, ::1] kn = self.kernel_net
+        self.kernel_net_c = &kn[0, 0, 0]
+        self.n_kernel = 0
         cdef uint8_t[::1] v = self.verdict
         cdef int32_t[:, ::1] pi = self.port_idx
         cdef int32_t[::1] pn = self.port_n
@@ -312,16 +327,26 @@ cdef class Forwarder:
         self.up_tx = [None] * n_uplinks
 
     # ------------------------------------------------------------------ tables
-    def set_lan_prefixes(self, nets):
-        """The LAN prefixes as (value, mask) over the 16 row bytes (IPv4 as IPv4-mapped)."""
+    @staticmethod
+    def _fill(table, nets):
         nets = list(nets)
-        if len(nets) > self.lan_net.shape[0]:
-            raise ValueError(f"at most {self.lan_net.shape[0]} LAN prefixes")
-        self.lan_net[:] = 0
+        if len(nets) > table.shape[0]:
+            raise ValueError(f"at most {table.shape[0]} prefixes")
+        table[:] = 0
         for k, (value, mask) in enumerate(nets):
-            self.lan_net[k, 0] = np.frombuffer(bytes(value), np.uint8)
-            self.lan_net[k, 1] = np.frombuffer(bytes(mask), np.uint8)
-        self.n_lan = len(nets)
+            table[k, 0] = np.frombuffer(bytes(value), np.uint8)
+            table[k, 1] = np.frombuffer(bytes(mask), np.uint8)
+        return len(nets)
+
+    def set_lan_prefixes(self, nets):
+        """The LAN prefixes, whose packets from the uplinks mmr delivers: (value, mask) over
+        the 16 row bytes (IPv4 as IPv4-mapped)."""
+        self.n_lan = Forwarder._fill(self.lan_net, nets)
+
+    def set_kernel_prefixes(self, nets):
+        """Destinations the machine's kernel routes itself (its other networks, the LAN's own
+        prefixes): a LAN frame to one of them is left to the kernel.  At most 256."""
+        self.n_kernel = Forwarder._fill(self.kernel_net, nets)
 
     def attach(self, in_ring=False, in_tx=False, tun=False, up_rx=None, up_tx=None):
         """The live sources and sinks: the LAN ring and socket (router) or the TUN (host),
@@ -427,7 +452,7 @@ cdef class Forwarder:
             r = &self.pipe.rp[i]
             f = base + off[i]
             if (vlan != NULL and vlan[i]) or memcmp(f, self.in_mac_c, 6) != 0 or not_routable(r) \
-                    or self.local.get_c(r.dst) >= 0:
+                    or self.local.get_c(r.dst) >= 0 or in_nets(r.dst, self.kernel_net_c, self.n_kernel):
                 out[i] = OUT_KERNEL
         self.pipe.route_c(ts, n)
         for k in range(self.n_up):
@@ -510,13 +535,8 @@ cdef class Forwarder:
                 inside = False                   # a VLAN device's, multicast, link-local
             elif self.router:
                 inside = False
-                if memcmp(f, self.up_mac_c + 6 * u, 6) == 0 and self.local.get_c(r.dst) < 0:
-                    for k in range(self.n_lan):
-                        net = self.lan_net_c + 32 * k
-                        if ((ld64(r.dst) & ld64(net + 16)) == ld64(net) and
-                                (ld64(r.dst + 8) & ld64(net + 24)) == ld64(net + 8)):
-                            inside = True
-                            break
+                inside = (memcmp(f, self.up_mac_c + 6 * u, 6) == 0 and self.local.get_c(r.dst) < 0
+                          and in_nets(r.dst, self.lan_net_c, self.n_lan))
             else:
                 inside = self.local.get_c(r.dst) >= 0
             if not inside:

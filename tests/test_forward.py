@@ -1,5 +1,6 @@
 """The forwarding decisions: compiled engine._forward against the per-frame reference
 (engine/ref/forward.py), offline, on framegen frames; the address table against a dict."""
+import ipaddress
 import struct
 
 import numpy as np
@@ -28,7 +29,7 @@ def test_compiled_forward_is_loaded():
 
 
 def pair(router=True, mtus=(1500, 1500), gw_known=(True, True), local=(), hosts=(), in_mtu=1500,
-         t_start=0.0, t_end=float("inf")):
+         t_start=0.0, t_end=float("inf"), kernel_nets=()):
     """A compiled Forwarder and a RefForwarder with the same tables."""
     fw = _forward.Forwarder(_pipeline.Pipeline(CFG, batch=64), router, 2, 64)
     ref = RefForwarder(CFG, router, 2)
@@ -37,6 +38,9 @@ def pair(router=True, mtus=(1500, 1500), gw_known=(True, True), local=(), hosts=
     nets = [to_mapped(n) for n in CFG.lan_prefixes]
     fw.set_lan_prefixes([(n.network_address.packed, n.netmask.packed) for n in nets])
     ref.lan_nets = [(n.network_address.packed, n.netmask.packed) for n in nets]
+    knets = [to_mapped(ipaddress.ip_network(n)) for n in kernel_nets]
+    fw.set_kernel_prefixes([(n.network_address.packed, n.netmask.packed) for n in knets])
+    ref.kernel_nets = [(n.network_address.packed, n.netmask.packed) for n in knets]
     for u in range(2):
         fw.up_mac[u] = list(UP_MAC[u])
         fw.gw_mac[u] = list(GW_MAC[u]) if gw_known[u] else [0] * 6
@@ -156,7 +160,8 @@ def test_outbound_arbitrary_frames_match_reference(frames, data):
     local = [bytes(16 - 4) + b"\xc6\x33\x64\x01"]
     frames = [f if data.draw(st.integers(0, 5)) else g.MAC_A + f[6:] for f in frames]
     ts = np.array([data.draw(st.sampled_from([50.0, 100.0, 150.0])) for _ in frames])
-    fw, ref = pair(router=True, local=local, t_start=60.0, t_end=140.0)
+    fw, ref = pair(router=True, local=local, t_start=60.0, t_end=140.0,
+                   kernel_nets=["2001:db8:1::/64", "192.0.2.0/24", "8000::/2", "10.0.0.0/8"])
     compare(fw, ref, frames, [{}] * len(frames), ts, "out")
 
 
@@ -290,14 +295,17 @@ def test_every_outbound_verdict_is_exercised():
         ("link-local destination", g.eth(g.ipv6(g.udp(), 17, dst="fe80::1", **src)), {}, -2),
         ("the router's own address", g.eth(g.ipv6(g.udp(), 17, dst="2001:db8:a1::2", **src)), {}, -2),
         ("another MAC", g.eth(g.ipv6(g.udp(), 17, **src), dst=g.MAC_A), {}, -2),
+        ("a network the kernel routes (a DMZ)", g.eth(g.ipv6(g.udp(), 17, dst="2001:db8:d::5", **src)), {}, -2),
+        ("the LAN's own prefix (hairpin)", g.eth(g.ipv6(g.udp(), 17, dst="2001:db8:1::77", **src)), {}, -2),
         ("ARP", g.eth(bytes(28), 0x0806), {}, -2),
         ("hop limit 1", g.eth(g.ipv6(g.udp(5, 5), 17, dst="2001:db8:ff::4", hlim=1, **src)), {}, -3),
         ("over the MTU", big, {}, -3),
         ("checksum request outside the packet", bad_frame, bad_v, -3),
         ("malformed", g.eth(g.ipv6(b"", 17, plen=900, **src)), {}, -3),
     ]
-    fw, ref = pair(mtus=(1500, 1280), local=[g.a6("2001:db8:a1::2")])
+    fw, ref = pair(mtus=(1500, 1280), local=[g.a6("2001:db8:a1::2")],
+                   kernel_nets=["2001:db8:d::/64", "2001:db8:1::/64"])
     out = compare(fw, ref, [c[1] for c in cases], [c[2] for c in cases], np.full(len(cases), 100.0), "out")
     assert [int(x) for x in out] == [c[3] for c in cases], list(zip([c[0] for c in cases], out))
     reasons = [C.REASON_NAMES[r] for r in fw.pipe.rows["reason"][:len(cases)]]
-    assert reasons[7:] == ["hop_limit", "oversize", "bad_offload", "truncated_l3"]
+    assert reasons[-4:] == ["hop_limit", "oversize", "bad_offload", "truncated_l3"]

@@ -110,3 +110,51 @@ def test_the_router_itself_still_answers(testbed, routed):
         counts = watch(testbed)
     assert counts["forwarded"] == 0, counts
     assert MN_ADDR                                     # (the LAN host the router answered)
+
+
+AR_WATCH = """table inet leak {
+ chain pre {
+  type filter hook prerouting priority -300; policy accept;
+  iifname "eth0" ip6 daddr 2001:db8:d::/64 counter comment "to-dmz"
+ }
+}
+"""
+
+
+def test_the_routers_other_networks_stay_the_kernels(testbed):
+    """The MMR has a third network of its own (a DMZ on dmz0, not an mmr device), routed by
+    its kernel: LAN <-> DMZ and ISP -> DMZ keep working while mmr runs, and nothing for the
+    DMZ is sent out an uplink (counters on the ARs' MMR-side ports)."""
+    dmz = testbed.ns("dmz")
+    subprocess.run(["ip", "netns", "add", dmz], check=True)
+    try:
+        testbed.run("mmr", "ip", "link", "add", "dmz0", "type", "veth", "peer", "name", "eth0", "netns", dmz)
+        testbed.run("mmr", "ip", "link", "set", "dmz0", "up")
+        testbed.run("mmr", "ip", "addr", "add", "2001:db8:d::1/64", "dev", "dmz0", "nodad")
+        for cmd in (["link", "set", "lo", "up"], ["link", "set", "eth0", "up"],
+                    ["addr", "add", "2001:db8:d::10/64", "dev", "eth0", "nodad"],
+                    ["-6", "route", "add", "default", "via", "2001:db8:d::1"]):
+            subprocess.run(["ip", "netns", "exec", dmz, "ip", *cmd], check=True)
+        testbed.run("ar2", "ip", "-6", "route", "add", "2001:db8:d::/64", "via", "2001:db8:a2::2")
+        testbed.run("cn", "ip", "-6", "route", "add", "2001:db8:d::/64", "via", "2001:db8:c2::1")
+        for ar in ("ar1", "ar2"):
+            subprocess.run(["ip", "netns", "exec", testbed.ns(ar), "nft", "-f", "-"], input=AR_WATCH, text=True,
+                           check=True)
+        with running_router(testbed):
+            for node, dst in (("mn", "2001:db8:d::10"), ("cn", "2001:db8:d::10")):
+                out = testbed.run(node, "ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", dst, check=False)
+                assert out is not None and " 0% packet loss" in out, (node, out)
+            out = subprocess.run(["ip", "netns", "exec", dmz, "ping", "-6", "-c", "3", "-i", "0.2", "-W", "2",
+                                  MN_ADDR], capture_output=True, text=True).stdout
+            assert " 0% packet loss" in out, out
+            # the LAN still reaches the world through mmr meanwhile
+            assert " 0% packet loss" in testbed.run("mn", "ping", "-6", "-c", "2", "-i", "0.2", CN_ADDR)
+        for ar in ("ar1", "ar2"):
+            listing = testbed.run(ar, "nft", "list", "table", "inet", "leak")
+            assert "counter packets 0 " in listing, (ar, listing)       # nothing for the DMZ from the MMR
+    finally:
+        subprocess.run(["ip", "netns", "del", dmz], capture_output=True)
+        for ar in ("ar1", "ar2"):
+            testbed.run(ar, "nft", "delete", "table", "inet", "leak", check=False)
+        testbed.run("ar2", "ip", "-6", "route", "del", "2001:db8:d::/64", check=False)
+        testbed.run("cn", "ip", "-6", "route", "del", "2001:db8:d::/64", check=False)

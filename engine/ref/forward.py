@@ -31,6 +31,7 @@ class RefForwarder:
         self.in_mtu = 1500
         self.local: set[bytes] = set()
         self.lan_nets: list[tuple[bytes, bytes]] = []
+        self.kernel_nets: list[tuple[bytes, bytes]] = []
         self.hosts: dict[bytes, bytes] = {}
         self.t_start, self.t_end = 0.0, float("inf")
         self.counters: dict[str, int] = {}
@@ -46,6 +47,10 @@ class RefForwarder:
             return (dst[0] == 0xFF or (dst[0] == 0xFE and dst[1] & 0xC0 == 0x80)
                     or (src[0] == 0xFE and src[1] & 0xC0 == 0x80) or src == bytes(16))
         return dst[12] >= 224
+
+    @staticmethod
+    def _in(addr: bytes, nets) -> bool:
+        return any(bytes(a & b for a, b in zip(addr, mask)) == value for value, mask in nets)
 
     @staticmethod
     def _seg_len(frame: bytes, row, vnet: dict) -> int:
@@ -93,7 +98,7 @@ class RefForwarder:
                 out[i] = KERNEL
                 self.count("handover")
             elif (frames[i][:6] != self.in_mac or self._not_routable(rows[i])
-                  or bytes(rows[i]["dst"]) in self.local):
+                  or bytes(rows[i]["dst"]) in self.local or self._in(bytes(rows[i]["dst"]), self.kernel_nets)):
                 out[i] = KERNEL
         before = int(self.pipe.reasons[C.REASON_NO_UPLINK])
         self.pipe.route(rows, out, ts)
@@ -138,8 +143,7 @@ class RefForwarder:
             if self._not_routable(r):
                 inside = False
             elif self.router:
-                inside = (f[:6] == self.up_mac[u] and dst not in self.local and any(
-                    bytes(a & b for a, b in zip(dst, mask)) == value for value, mask in self.lan_nets))
+                inside = f[:6] == self.up_mac[u] and dst not in self.local and self._in(dst, self.lan_nets)
             else:
                 inside = dst in self.local
             if not inside:

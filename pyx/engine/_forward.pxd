@@ -59,7 +59,7 @@ cdef class Forwarder:
     cdef readonly bint router
     cdef readonly int n_up
     cdef readonly Py_ssize_t cap
-    cdef readonly object counters, up_mac, gw_mac, up_mtu, in_mac, host_mac, lan_net
+    cdef readonly object counters, up_mac, gw_mac, up_mtu, in_mac, host_mac, lan_net, kernel_net
     cdef uint64_t* cnt
     cdef uint8_t* up_mac_c
     cdef uint8_t* gw_mac_c
@@ -67,7 +67,8 @@ cdef class Forwarder:
     cdef uint8_t* in_mac_c
     cdef uint8_t* host_mac_c
     cdef uint8_t* lan_net_c
-    cdef readonly Py_ssize_t n_hosts, n_lan
+    cdef uint8_t* kernel_net_c
+    cdef readonly Py_ssize_t n_hosts, n_lan, n_kernel
     cdef public int in_mtu
     cdef readonly AddrTable local, hosts
     cdef public double t_start, t_end, last_active

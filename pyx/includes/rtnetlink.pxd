@@ -23,6 +23,8 @@ cdef extern from *:
         pass
     struct tcmsg:
         pass
+    struct rtmsg:
+        pass
     const unsigned int TC_H_ROOT       # 0xFFFFFFFF: not an int enum
     enum:
         NETLINK_ROUTE
@@ -38,6 +40,17 @@ cdef extern from *:
         RTMGRP_NEIGH
         RTMGRP_IPV4_IFADDR
         RTMGRP_IPV6_IFADDR
+        RTMGRP_IPV4_ROUTE
+        RTMGRP_IPV6_ROUTE
+        RTM_NEWROUTE
+        RTM_DELROUTE
+        RTM_GETROUTE
+        RTA_DST
+        RTA_OIF
+        RTA_TABLE
+        RTA_MULTIPATH
+        RTN_UNICAST
+        RT_TABLE_MAIN
         RTM_NEWLINK
         RTM_DELLINK
         RTM_GETLINK
