@@ -103,10 +103,8 @@ class Inside:
     """What ``mmr run`` (engine/router.py: ``Lan``) and ``mmr host`` (engine/host.py:
     ``VirtualInterface``) put behind the engine; the defaults do nothing."""
 
-    mode = ""
-    router = False
-    log_prefix = "mmr"
-    default_policy = "default.toml"
+    def __init__(self, mode: str, router: bool, log_prefix: str, default_policy: str):
+        self.mode, self.router, self.log_prefix, self.default_policy = mode, router, log_prefix, default_policy
 
     def devices_needed(self, cfg) -> list[str]:
         return []

@@ -28,12 +28,8 @@ NFT_TABLE = "mmrhost"
 
 
 class VirtualInterface(Inside):
-    mode = "host"
-    router = False
-    log_prefix = "mmr host"
-    default_policy = "default-host.toml"
-
     def __init__(self, cfg):
+        super().__init__("host", router=False, log_prefix="mmr host", default_policy="default-host.toml")
         self.vi = cfg.host["vi"]
         self.addrs = [ipaddress.ip_interface(a) for a in cfg.host["addresses"]]
         self.tun = None

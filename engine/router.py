@@ -48,12 +48,8 @@ def prefix_text(value: bytes, plen: int) -> tuple[str, str]:
 
 
 class Lan(Inside):
-    mode = "router"
-    router = True
-    log_prefix = "mmr"
-    default_policy = "default.toml"
-
     def __init__(self, cfg):
+        super().__init__("router", router=True, log_prefix="mmr", default_policy="default.toml")
         self.dev = cfg.lan
         self.ring = self.tx = None
         self.guard_sets = None

@@ -318,6 +318,10 @@ cdef class TxSocket:
             except OSError:
                 pass
         s.bind((ifname, 0))
+        try:        # super-frames in flight until the device completes them: room, never a wait
+            s.setsockopt(socket.SOL_SOCKET, 32, 4 << 20)      # SO_SNDBUFFORCE
+        except OSError:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         self.sock = s
         self.fd = s.fileno()
         self.cap = capacity

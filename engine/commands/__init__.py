@@ -10,6 +10,16 @@ def add_loop_options(p, what: str = "frames") -> None:
                    help="stop after S seconds (default: run until SIGINT/SIGTERM)")
 
 
+def register_engine(sub, name: str, helptext: str, description: str, epilog: str, what: str, mode: str) -> None:
+    """The parser of ``mmr run`` / ``mmr host``: the same options, its own texts."""
+    import argparse
+
+    p = sub.add_parser(name, help=helptext, description=description, epilog=epilog,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_loop_options(p, what)
+    p.set_defaults(func=lambda args: run_engine(args, mode))
+
+
 def run_engine(args, mode: str) -> int:
     """``mmr run`` / ``mmr host``: load the policy (the mode's built-in by default), build the
     engine, run it until a signal or --duration."""

@@ -1,9 +1,7 @@
 """mmr host: the virtual interface bridge of draft-hong-mif."""
 from __future__ import annotations
 
-import argparse
-
-from engine.commands import add_loop_options, run_engine
+from engine.commands import register_engine
 
 DESCRIPTION = """\
 Run host mode (draft-hong-mif): create a TUN device, the virtual interface (VI, default vi0),
@@ -37,12 +35,4 @@ examples:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("host", help="host mode: the virtual interface bridge (TUN, needs root)",
-                       description=DESCRIPTION, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_loop_options(p, "packets")
-    p.set_defaults(func=run)
-
-
-def run(args) -> int:
-    return run_engine(args, "host")
+    register_engine(sub, "host", "host mode: the virtual interface bridge (TUN, needs root)", DESCRIPTION, EPILOG, "packets", "host")

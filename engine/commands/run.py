@@ -1,9 +1,7 @@
 """mmr run: the live router on the LAN device and every uplink of the policy file."""
 from __future__ import annotations
 
-import argparse
-
-from engine.commands import add_loop_options, run_engine
+from engine.commands import register_engine
 
 DESCRIPTION = """\
 Run the multihomed router: receive on the LAN device and on every uplink device of the policy
@@ -54,12 +52,4 @@ examples:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("run", help="run the live router (AF_PACKET datapath)",
-                       description=DESCRIPTION, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_loop_options(p, "frames")
-    p.set_defaults(func=run)
-
-
-def run(args) -> int:
-    return run_engine(args, "router")
+    register_engine(sub, "run", "run the live router (AF_PACKET datapath)", DESCRIPTION, EPILOG, "frames", "router")
