@@ -67,7 +67,7 @@ class Prober:
             if t.version == 6:
                 msg = struct.pack("!BBHHH", K.ICMP6_ECHO_REQUEST, 0, 0, self.ident, self.seq) + b"mmr-probe"
             else:
-                body = struct.pack("!BBHHH", 8, 0, 0, self.ident, self.seq) + b"mmr-probe"
+                body = struct.pack("!BBHHH", K.ICMP_ECHO, 0, 0, self.ident, self.seq) + b"mmr-probe"
                 msg = body[:2] + struct.pack("!H", checksum(body)) + body[4:]
             try:
                 self.socks[t.version].sendto(msg, (str(t), 0))
@@ -88,7 +88,7 @@ class Prober:
                     break
                 if fam == 4:
                     data = data[(data[0] & 0x0F) * 4:]
-                    want = 0
+                    want = K.ICMP_ECHOREPLY
                 else:
                     want = K.ICMP6_ECHO_REPLY
                 if len(data) < 8 or data[0] != want:

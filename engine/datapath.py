@@ -24,11 +24,9 @@ load the loop never sleeps and frames that arrive while it works form the next b
 from __future__ import annotations
 
 import ipaddress
-import os
 import select
 import signal
 import socket
-import sys
 import time
 
 import numpy as np
@@ -43,7 +41,7 @@ from engine.errors import UserError
 from engine.guard import KernelGuard
 from engine.icmperr import packet_too_big, time_exceeded
 from engine.log import Log
-from engine.netlink import Netlink, addr16
+from engine.netlink import Netlink
 
 IDLE_WAIT_US = 100000    # the longest sleep; timers (probes, expiry, housekeeping) wake it earlier
 HOUSEKEEPING_S = 1.0

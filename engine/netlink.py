@@ -16,6 +16,7 @@ Messages are parsed with struct, header sizes and numbers from the kernel header
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 import struct
@@ -213,7 +214,7 @@ class Netlink:
             return
         _, mtype, body = self.inflight
         self.inflight = None
-        if error == -16:                       # EBUSY: a dump was already running; again
+        if error == -errno.EBUSY:              # a dump was already running: again
             self.queue.insert(0, (mtype, body))
         elif mtype in self.SWEPT and self.seen is not None and error == 0:
             yield from self._sweep(self.SWEPT[mtype], self.seen[self.SWEPT[mtype]])

@@ -25,7 +25,9 @@ import struct
 import sys
 import time
 
-IPV6_RECVPKTINFO, IPV6_PKTINFO, IPV6_RECVHOPLIMIT, IPV6_HOPLIMIT = 49, 50, 51, 52
+from engine.inet import checksum  # noqa: E402
+from engine._kernel import (ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST, ICMP_ECHO, ICMP_ECHOREPLY,  # noqa: E402
+                            IPV6_HOPLIMIT, IPV6_PKTINFO, IPV6_RECVHOPLIMIT, IPV6_RECVPKTINFO)
 
 
 def udp_sink(port, seconds):
@@ -201,7 +203,7 @@ def reach(dst, seconds=1.0):
     s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_RAW,
                       socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP)
     ident = os.getpid() & 0xFFFF
-    body = struct.pack("!BBHHH", 128 if v6 else 8, 0, 0, ident, 1) + b"mmr-reach"
+    body = struct.pack("!BBHHH", ICMP6_ECHO_REQUEST if v6 else ICMP_ECHO, 0, 0, ident, 1) + b"mmr-reach"
     if not v6:
         body = body[:2] + struct.pack("!H", checksum(body)) + body[4:]
     s.sendto(body, (dst, 0))
@@ -214,7 +216,8 @@ def reach(dst, seconds=1.0):
             break
         if not v6:
             data = data[(data[0] & 0x0F) * 4:]
-        if len(data) >= 8 and data[0] == (129 if v6 else 0) and struct.unpack_from("!H", data, 4)[0] == ident:
+        if len(data) >= 8 and data[0] == (ICMP6_ECHO_REPLY if v6 else ICMP_ECHOREPLY) and \
+                struct.unpack_from("!H", data, 4)[0] == ident:
             sys.exit(0)
     sys.exit(1)
 

@@ -10,9 +10,8 @@ import socket
 import struct
 
 from engine import constants as C
+from engine._kernel import IPV6_HOPOPTS  # <netinet/in.h>
 from engine.errors import UserError
-
-IPV6_HOPOPTS = 54   # from <linux/in6.h>
 
 
 def hbh_option_bytes(service: int, preference: int, option_type: int = C.DEFAULT_OPTION_TYPE) -> bytes:

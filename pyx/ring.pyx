@@ -115,7 +115,7 @@ cdef class RxRing:
                 pass   # kernels before 4.20: our own frames come back; the datapath ignores them by MAC
             s.setsockopt(K.SOL_PACKET, K.PACKET_COPY_THRESH, 1)
             try:       # room for the copies of long frames (root may exceed rmem_max)
-                s.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)     # SO_RCVBUFFORCE
+                s.setsockopt(socket.SOL_SOCKET, K.SO_RCVBUFFORCE, 8 << 20)
             except OSError:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
             s.setsockopt(K.SOL_PACKET, K.PACKET_RX_RING,
@@ -319,7 +319,7 @@ cdef class TxSocket:
                 pass
         s.bind((ifname, 0))
         try:        # super-frames in flight until the device completes them: room, never a wait
-            s.setsockopt(socket.SOL_SOCKET, 32, 4 << 20)      # SO_SNDBUFFORCE
+            s.setsockopt(socket.SOL_SOCKET, K.SO_SNDBUFFORCE, 4 << 20)
         except OSError:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         self.sock = s

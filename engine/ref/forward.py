@@ -6,8 +6,6 @@ and punts.  pyx/forward.pyx's docstring is the specification.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from engine import constants as C
 from engine.ref.pipeline import RefPipeline
 from engine.ref.rewrite import NEEDS_CSUM, rewrite_frame

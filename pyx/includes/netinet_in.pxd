@@ -1,4 +1,5 @@
-# <netinet/in.h>: IP protocol numbers (IPv6 extension headers included).
+# <netinet/in.h>: IP protocol numbers (IPv6 extension headers included) and the IPv6
+# socket options of RFC 3542 that the tagging and the test peers use.
 cdef extern from "<netinet/in.h>":
     enum:
         IPPROTO_HOPOPTS
@@ -20,3 +21,8 @@ cdef extern from "<netinet/in.h>":
         IPPROTO_IPV6
         IPPROTO_PIM
         IPPROTO_MH
+        IPV6_RECVPKTINFO
+        IPV6_PKTINFO
+        IPV6_RECVHOPLIMIT
+        IPV6_HOPLIMIT
+        IPV6_HOPOPTS

@@ -22,6 +22,8 @@ cdef extern from "<sys/socket.h>":
         SOL_PACKET
         MSG_DONTWAIT
         MSG_TRUNC
+        SO_RCVBUFFORCE          # root may go past the rmem_max / wmem_max limits
+        SO_SNDBUFFORCE
 
 cdef extern from "<poll.h>":
     struct pollfd:
