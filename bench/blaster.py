@@ -1,11 +1,13 @@
 """The project's own AF_PACKET traffic generator for the forwarding benchmark.
 
-    python3 bench/blaster.py DEV DST_MAC SRC_IP DST_IP SECONDS [PPS] [FLOWS] [SIZE]
+    python3 bench/blaster.py DEV DST_MAC SRC_IP DST_IP SECONDS [PPS] [FLOWS] [SIZE] [KIND]
 
 Sends SIZE-byte Ethernet/IPv6/UDP frames (default 64, the classic small-packet size without
 FCS) to DST_MAC on DEV for SECONDS, at PPS frames per second (0: as fast as it can), cycling
-over FLOWS source ports.  Batches of 64 frames go out with one sendmmsg (PACKET_QDISC_BYPASS).
-Prints one JSON line: frames offered (accepted by the kernel), errors, elapsed seconds.
+over FLOWS source ports.  KIND "malformed" sends the same frames with an IPv6 payload length
+that runs past the frame (a flood every receiver must drop).  Batches of 64 frames go out
+with one sendmmsg (PACKET_QDISC_BYPASS).  Prints one JSON line: frames offered (accepted by
+the kernel), errors, elapsed seconds.
 """
 import json
 import os
@@ -35,7 +37,7 @@ def frame(src_mac: bytes, dst_mac: bytes, src: bytes, dst: bytes, sport: int, si
     return dst_mac + src_mac + b"\x86\xdd" + ip6 + udp
 
 
-def main(dev, dst_mac, src_ip, dst_ip, seconds, pps="0", flows="16", size="64"):
+def main(dev, dst_mac, src_ip, dst_ip, seconds, pps="0", flows="16", size="64", kind="valid"):
     import ipaddress
 
     src_mac = bytes.fromhex(open(f"/sys/class/net/{dev}/address").read().strip().replace(":", ""))
@@ -43,6 +45,8 @@ def main(dev, dst_mac, src_ip, dst_ip, seconds, pps="0", flows="16", size="64"):
     src, dst = ipaddress.IPv6Address(src_ip).packed, ipaddress.IPv6Address(dst_ip).packed
     nflows, size, pps, seconds = int(flows), int(size), float(pps), float(seconds)
     frames = [frame(src_mac, dmac, src, dst, 20000 + i % nflows, size) for i in range(BATCH * 4)]
+    if kind == "malformed":                      # payload length 1000 in a 64-byte frame
+        frames = [f[:18] + struct.pack("!H", 1000) + f[20:] for f in frames]
     buf, off, ln = pack_frames(frames)
     idx = [np.arange(k * BATCH, (k + 1) * BATCH, dtype=np.int64) for k in range(4)]
     tx = _ring.TxSocket(dev, qdisc_bypass=True, capacity=BATCH)

@@ -726,10 +726,12 @@ cdef class Forwarder:
         cdef pollfd* fds = <pollfd*>&raw[0] if pfd.shape[0] else NULL
         cdef Py_ssize_t nfds = pfd.shape[0], i, k, frames = 0
         cdef double t0 = mono(), t, deadline = t0 + max_wait_us * 1e-6
-        cdef double spin = spin_us * 1e-6, wait
+        cdef double spin = spin_us * 1e-6, wait, side_at = t0
         cdef int r, u
         cdef bint spinning, side = False
-        cdef timespec ts
+        cdef timespec ts, zero
+        zero.tv_sec = 0
+        zero.tv_nsec = 0
         while True:
             k = 0
             if self.in_ring is not None:
@@ -750,6 +752,14 @@ cdef class Forwarder:
             if self.punt_n or t >= deadline:
                 break
             if k:
+                # under load the sources never run dry: look at the side descriptors (probe
+                # replies, netlink, control) every half millisecond all the same
+                if t - side_at >= 0.0005 and n_side:
+                    side_at = t
+                    with nogil:
+                        r = ppoll(fds, n_side, &zero, NULL)
+                    if r > 0:
+                        break
                 continue
             spinning = t - self.last_active < spin
             wait = 0.0 if spinning else deadline - t
