@@ -217,6 +217,54 @@ def to_mapped(net) -> ipaddress.IPv6Network:
     return net
 
 
+def _short(v) -> str:
+    """A value as an error message may show it: long ones cut."""
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+MAX_FILE = 1 << 20          # bytes of a policy file
+MAX_NESTING = 32            # brackets / braces inside one another, dotted table-header parts
+
+
+def _nesting(text: str) -> int:
+    """The deepest nesting of [ ] and { } outside strings and comments, and the most parts
+    of a dotted table header: a file deeper than any policy needs is refused before the TOML
+    parser recurses into it."""
+    depth = deepest = 0
+    i, n = 0, len(text)
+    at_line_start = True
+    while i < n:
+        c = text[i]
+        if c in "\"'":
+            q = text[i:i + 3] if text[i:i + 3] in ('"""', "'''") else c
+            j = text.find(q, i + len(q))
+            while q == '"' and j > 0 and text[j - 1] == "\\":
+                j = text.find(q, j + 1)
+            i = n if j < 0 else j + len(q)
+            at_line_start = False
+            continue
+        if c == "#":
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+            continue
+        if c == "\n":
+            at_line_start = True
+        elif c in "[{":
+            if c == "[" and at_line_start:
+                end = text.find("\n", i)
+                deepest = max(deepest, text[i:end if end > 0 else n].count(".") + 1)
+            depth += 1
+            deepest = max(deepest, depth)
+            at_line_start = False
+        elif c in "]}":
+            depth = max(0, depth - 1)
+        elif not c.isspace():
+            at_line_start = False
+        i += 1
+    return deepest
+
+
 # ------------------------------------------------------------------------------- loading
 class _Loader:
     def __init__(self, path: str):
@@ -236,29 +284,25 @@ class _Loader:
         kind = spec.kind
         if kind == "int":
             if isinstance(v, bool) or not isinstance(v, int):
-                self.err(key, f"must be an integer, got {type(v).__name__} {v!r}", f"write {spec.hint}")
+                self.err(key, f"must be an integer, got {type(v).__name__} {_short(v)}", f"write {spec.hint}")
         elif kind == "float":
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                self.err(key, f"must be a number, got {type(v).__name__} {v!r}", f"write {spec.hint}")
-            v = float(v)
-            if not math.isfinite(v):
-                self.err(key, f"must be a finite number, got {v}", f"write {spec.hint}")
+            v = self.number(key, v, f"write {spec.hint}")
         elif kind == "bool":
             if not isinstance(v, bool):
-                self.err(key, f"must be true or false, got {v!r}", "write true or false")
+                self.err(key, f"must be true or false, got {_short(v)}", "write true or false")
         elif kind in ("str", "device", "addr", "mac"):
             if not isinstance(v, str) or not v:
-                self.err(key, f"must be a non-empty string, got {v!r}", f"write {spec.hint}")
+                self.err(key, f"must be a non-empty string, got {_short(v)}", f"write {spec.hint}")
             if kind == "device" and not DEV_RE.match(v):
-                self.err(key, f"{v!r} is not a valid device name (1-15 characters, no spaces or '/')",
+                self.err(key, f"{_short(v)} is not a valid device name (1-15 characters, no spaces or '/')",
                          f"write {spec.hint}")
             if kind == "addr":
                 try:
                     v = str(ipaddress.ip_address(v.split("%")[0]))
                 except ValueError:
-                    self.err(key, f"{v!r} is not an IPv6 or IPv4 address", f"write {spec.hint}")
+                    self.err(key, f"{_short(v)} is not an IPv6 or IPv4 address", f"write {spec.hint}")
             if kind == "mac" and not MAC_RE.match(v):
-                self.err(key, f"{v!r} is not a MAC address", f"write {spec.hint}")
+                self.err(key, f"{_short(v)} is not a MAC address", f"write {spec.hint}")
         elif kind == "prefixes":
             if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
                 self.err(key, "must be a list of prefix strings", f"write {spec.hint}")
@@ -278,20 +322,31 @@ class _Loader:
                     try:
                         out.append(str(ipaddress.ip_address(x)))
                     except ValueError:
-                        self.err(key, f"{x!r} is not an IPv6 or IPv4 address", f"write {spec.hint}")
+                        self.err(key, f"{_short(x)} is not an IPv6 or IPv4 address", f"write {spec.hint}")
                 v = out
         if kind in ("int", "float"):
             if spec.lo is not None and v < spec.lo or spec.hi is not None and v > spec.hi:
-                self.err(key, f"{v!r} is out of range", f"write {spec.hint}")
+                self.err(key, f"{_short(v)} is out of range", f"write {spec.hint}")
+        return v
+
+    def number(self, key, v, fix: str) -> float:
+        """A finite number (an integer too large for a float is out of range, not a crash)."""
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            self.err(key, f"must be a number, got {type(v).__name__} {_short(v)}", fix)
+        if isinstance(v, int) and v.bit_length() > 1000:
+            self.err(key, f"{_short(v)} is out of range", fix)
+        v = float(v)
+        if not math.isfinite(v):
+            self.err(key, f"must be a finite number, got {v}", fix)
         return v
 
     def prefix(self, key, text):
         if not isinstance(text, str):
-            self.err(key, f"must be a prefix string, got {text!r}", 'write e.g. "2001:db8::/32"')
+            self.err(key, f"must be a prefix string, got {_short(text)}", 'write e.g. "2001:db8::/32"')
         try:
             return ipaddress.ip_network(text, strict=True)
         except ValueError as exc:
-            self.err(key, f"{text!r} is not a valid prefix ({exc})",
+            self.err(key, f"{_short(text)} is not a valid prefix ({exc})",
                      'write the network address and length, e.g. "2001:db8::/32"')
 
     def table(self, t, keys: dict, where: str) -> dict:
@@ -313,10 +368,18 @@ class _Loader:
 
     # ----------------------------------------------------------------------------
     def load(self, text: str) -> Config:
+        if len(text) > MAX_FILE:
+            self.err(None, f"is {len(text)} characters long, more than a policy file needs",
+                     f"keep it under {MAX_FILE} bytes")
+        if _nesting(text) > MAX_NESTING:
+            self.err(None, f"nests tables or arrays more than {MAX_NESTING} deep",
+                     "write a flat policy file (see 'mmr config --show')")
         try:
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             self.err(None, f"is not valid TOML ({exc})", "fix the syntax at that line")
+        except RecursionError:
+            self.err(None, "nests tables or arrays too deeply", "write a flat policy file")
         self.unknown(raw, ("engine", "uplink", "classes", "policy", "rule", "monitor", "host"), "")
         eng = self.table(raw.get("engine", {}), ENGINE_KEYS, "engine")
         cfg = Config(path=self.path, raw=raw, **eng)
@@ -340,10 +403,10 @@ class _Loader:
             try:
                 ipaddress.ip_interface(a)
             except ValueError:
-                self.err(f"host.addresses[{i}]", f"{a!r} is not an address with length",
+                self.err(f"host.addresses[{i}]", f"{_short(a)} is not an address with length",
                          'write e.g. "2001:db8:99::10/128"')
             if "/" not in a:
-                self.err(f"host.addresses[{i}]", f"{a!r} has no length", 'write e.g. "2001:db8:99::10/128"')
+                self.err(f"host.addresses[{i}]", f"{_short(a)} has no length", 'write e.g. "2001:db8:99::10/128"')
         for i, r in enumerate(h["routes"]):
             if r != "default":
                 self.prefix(f"host.routes[{i}]", r)
@@ -355,7 +418,7 @@ class _Loader:
         m = self.table(raw.get("monitor", {}), MONITOR_KEYS, "monitor")
         for x in m["measure"]:
             if x not in MEASURABLE:
-                self.err("monitor.measure", f"{x!r} cannot be measured",
+                self.err("monitor.measure", f"{_short(x)} cannot be measured",
                          f"use any of {', '.join(MEASURABLE)}")
         if m["failback"] not in ("stay", "return"):
             self.err("monitor.failback", f"{m['failback']!r} is not a failback policy", 'write "stay" or "return"')
@@ -365,11 +428,11 @@ class _Loader:
         ml = m["metrics_listen"]
         if ml:
             host, _, port = ml.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                self.err("monitor.metrics_listen", f"{ml!r} is not host:port", 'write e.g. "127.0.0.1:9464"')
+            if not host or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
+                self.err("monitor.metrics_listen", f"{_short(ml)} is not host:port", 'write e.g. "127.0.0.1:9464"')
         cs = m["control_socket"]
         if not cs or (not cs.startswith("@") and not cs.startswith("/")):
-            self.err("monitor.control_socket", f"{cs!r} is neither @name nor an absolute path",
+            self.err("monitor.control_socket", f"{_short(cs)} is neither @name nor an absolute path",
                      'write "@mmr" or "/run/mmr/mmr.sock"')
         cfg.monitor = m
 
@@ -411,20 +474,16 @@ class _Loader:
         for name, v in t.items():
             key = f"classes.{name}"
             if isinstance(v, bool):
-                self.err(key, f"must be a number or a table of the four classes, got {v!r}",
+                self.err(key, f"must be a number or a table of the four classes, got {_short(v)}",
                          "write e.g. 1.0 or { data = 1.0, control = 0.1, voip = 0.5, video = 1.0 }")
             if isinstance(v, (int, float)):
-                if not math.isfinite(v):
-                    self.err(key, "must be finite", "write a number")
-                cls[name] = (float(v),) * 4
+                cls[name] = (self.number(key, v, "write a number such as 0.5"),) * 4
             elif isinstance(v, dict):
                 base = list(cls.get(name, (None,) * 4))
                 for k, x in v.items():
                     if k not in C.SERVICE_CODE:
                         self.err(f"{key}.{k}", "unknown class", "use data, control, voip or video")
-                    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-                        self.err(f"{key}.{k}", f"must be a number, got {x!r}", "write a number such as 0.5")
-                    base[C.SERVICE_CODE[k]] = float(x)
+                    base[C.SERVICE_CODE[k]] = self.number(f"{key}.{k}", x, "write a number such as 0.5")
                 if None in base:
                     missing = [C.SERVICE_NAMES[i] for i, x in enumerate(base) if x is None]
                     self.err(key, f"has no value for {', '.join(missing)}",
@@ -442,8 +501,8 @@ class _Loader:
             self.err("policy", "must be a table of [policy.N] tables", "write [policy.4] ...")
         for num, body in t.items():
             where = f"policy.{num}"
-            if not num.isdigit() or not 0 <= int(num) <= 65535:
-                self.err(where, f"{num!r} is not a preference number", "name it [policy.N] with N in 4..65535")
+            if not re.fullmatch(r"[0-9]{1,5}", num) or not 0 <= int(num) <= 65535:
+                self.err(where, f"{_short(num)} is not a preference number", "name it [policy.N] with N in 4..65535")
             n = int(num)
             if n < 4:
                 self.err(where, f"preference {n} is built in (draft section 5)",
@@ -451,20 +510,20 @@ class _Loader:
             v = self.table(body, POLICY_KEYS, where)
             net, flow = v["network"], v["flow"]
             for i, c in enumerate(net):
-                if c not in C.CHAR_INDEX:
-                    self.err(f"{where}.network[{i}]", f"unknown characteristic {c!r}",
+                if not isinstance(c, str) or c not in C.CHAR_INDEX:
+                    self.err(f"{where}.network[{i}]", f"unknown characteristic {_short(c)}",
                              "use one of: " + ", ".join(C.CHAR_NAMES))
             out_flow = []
             for i, f in enumerate(flow):
                 if isinstance(f, bool):
-                    self.err(f"{where}.flow[{i}]", f"{f!r} is not a class parameter or number",
+                    self.err(f"{where}.flow[{i}]", f"{_short(f)} is not a class parameter or number",
                              "write a number or a name from [classes]")
                 if isinstance(f, (int, float)):
-                    out_flow.append(float(f))
+                    out_flow.append(self.number(f"{where}.flow[{i}]", f, "write a finite number"))
                 elif isinstance(f, str) and f in cfg.classes:
                     out_flow.append(f)
                 else:
-                    self.err(f"{where}.flow[{i}]", f"unknown class parameter {f!r}",
+                    self.err(f"{where}.flow[{i}]", f"unknown class parameter {_short(f)}",
                              "use a number or one of: " + ", ".join(sorted(cfg.classes)))
             if len(net) != len(out_flow):
                 self.err(where, f"network has {len(net)} entries but flow has {len(out_flow)}",
@@ -493,7 +552,7 @@ class _Loader:
                 elif isinstance(p, int) and not isinstance(p, bool) and 0 <= p <= 255:
                     r.proto = p
                 else:
-                    self.err(f"{where}.proto", f"{p!r} is not a protocol",
+                    self.err(f"{where}.proto", f"{_short(p)} is not a protocol",
                              "write tcp, udp, icmp, icmpv6, sctp, udplite, gre, esp or a number 0..255")
             for k in ("sport", "dport"):
                 if k in t:
@@ -508,26 +567,28 @@ class _Loader:
                 elif isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 63:
                     r.dscp = d
                 else:
-                    self.err(f"{where}.dscp", f"{d!r} is not a DSCP", "write 0..63 or a name like EF, AF41, CS6")
+                    self.err(f"{where}.dscp", f"{_short(d)} is not a DSCP", "write 0..63 or a name like EF, AF41, CS6")
             if "service" in t:
                 s = t["service"]
-                if s not in C.SERVICE_CODE:
-                    self.err(f"{where}.service", f"{s!r} is not a service class",
+                if not isinstance(s, str) or s not in C.SERVICE_CODE:
+                    self.err(f"{where}.service", f"{_short(s)} is not a service class",
                              "write data, control, voip or video")
                 r.service = C.SERVICE_CODE[s]
             if "preference" in t:
                 p = t["preference"]
                 if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= 65535:
-                    self.err(f"{where}.preference", f"{p!r} is not a preference", "write an integer 0..65535")
+                    self.err(f"{where}.preference", f"{_short(p)} is not a preference", "write an integer 0..65535")
                 r.preference = p
             if "uplink" in t:
                 name = t["uplink"]
                 names = [u.name for u in cfg.uplinks]
+                if not isinstance(name, str):
+                    self.err(f"{where}.uplink", f"{_short(name)} is not an uplink name", f"use one of {', '.join(names)}")
                 if "preference" in t:
                     self.err(f"{where}.uplink", "cannot be combined with preference",
                              "a rule either pins an uplink or sets a preference: keep one")
                 if name not in names:
-                    self.err(f"{where}.uplink", f"{name!r} is not an uplink",
+                    self.err(f"{where}.uplink", f"{_short(name)} is not an uplink",
                              f"use one of {', '.join(names)}")
                 k = names.index(name)
                 number = PIN_BASE - k
@@ -544,12 +605,12 @@ class _Loader:
             if 0 <= v <= 65535:
                 return (v, v)
         elif isinstance(v, str):
-            m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", v)
+            m = re.fullmatch(r"\s*([0-9]{1,5})\s*-\s*([0-9]{1,5})\s*", v)
             if m:
                 lo, hi = int(m.group(1)), int(m.group(2))
                 if 0 <= lo <= hi <= 65535:
                     return (lo, hi)
-        self.err(key, f"{v!r} is not a port or port range", 'write a port 0..65535 or a range "lo-hi"')
+        self.err(key, f"{_short(v)} is not a port or port range", 'write a port 0..65535 or a range "lo-hi"')
 
 
 def load_config(path: str | None = None, default: str = "default.toml") -> Config:
@@ -560,7 +621,7 @@ def load_config(path: str | None = None, default: str = "default.toml") -> Confi
         return _Loader(f"<built-in {default}>").load(src.read_text())
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            data = f.read(MAX_FILE + 1)
     except FileNotFoundError:
         raise ConfigError(path, None, "no such file", "give the path of a policy file, or omit --config "
                           "to use the built-in default") from None

@@ -54,9 +54,12 @@ class Prober:
             else:
                 s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode())
+            # the kernel stamps each reply as it arrives: time it spends waiting for mmr
+            # (a flood keeping the engine busy) is not counted in the RTT
+            s.setsockopt(socket.SOL_SOCKET, K.SO_TIMESTAMPNS, 1)
             s.setblocking(False)
             self.socks[fam] = s
-        self.pending: dict[int, float] = {}     # seq -> send time
+        self.pending: dict[int, tuple[float, float]] = {}     # seq -> (send time, wall time)
 
     def fds(self):
         return [s.fileno() for s in self.socks.values()]
@@ -73,19 +76,24 @@ class Prober:
                 self.socks[t.version].sendto(msg, (str(t), 0))
             except OSError:
                 pass                            # unreachable now: it will count as lost
-            self.pending[self.seq] = now
+            self.pending[self.seq] = (now, time.time())
 
     def receive(self, now: float) -> list[float]:
-        """RTTs (seconds) of the replies that arrived."""
+        """RTTs (seconds) of the replies that arrived, from their kernel receive stamps."""
         rtts = []
         for fam, s in self.socks.items():
             while True:
                 try:
-                    data = s.recv(2048)
+                    data, anc, _, _ = s.recvmsg(2048, 64)
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError:
                     break
+                stamp = None
+                for level, kind, val in anc:
+                    if level == socket.SOL_SOCKET and kind == K.SCM_TIMESTAMPNS and len(val) >= 16:
+                        sec, nsec = struct.unpack_from("=qq", val)
+                        stamp = sec + nsec * 1e-9
                 if fam == 4:
                     data = data[(data[0] & 0x0F) * 4:]
                     want = K.ICMP_ECHOREPLY
@@ -95,11 +103,12 @@ class Prober:
                     continue
                 ident, seq = struct.unpack_from("!HH", data, 4)
                 if ident == self.ident and seq in self.pending:
-                    rtts.append(now - self.pending.pop(seq))
+                    sent, sent_wall = self.pending.pop(seq)
+                    rtts.append(stamp - sent_wall if stamp is not None else now - sent)
         return rtts
 
     def expired(self, now: float, timeout: float) -> int:
-        old = [q for q, t in self.pending.items() if now - t > timeout]
+        old = [q for q, (t, _) in self.pending.items() if now - t > timeout]
         for q in old:
             del self.pending[q]
         return len(old)
@@ -229,6 +238,7 @@ class ConnectionManager:
         self.failback_at: float | None = None
         self.moves: list[dict] = []          # the last failovers, for status
         self.moved_flows = 0
+        self.suspect: list[int] = []
         self.last_measure = 0.0
         self._usable = None
         self.apply()
@@ -306,7 +316,7 @@ class ConnectionManager:
         due = [self.next_probe if any(p is not None for p in self.probers) else now + 1.0]
         for i, p in enumerate(self.probers):
             if p is not None and p.pending:
-                due.append(min(p.pending.values()) + self.health[i].timeout_s)
+                due.append(min(t for t, _ in p.pending.values()) + self.health[i].timeout_s)
         if self.failback_at is not None:
             due.append(self.failback_at)
         if self.m["measure"]:
@@ -322,10 +332,24 @@ class ConnectionManager:
         return m
 
     def usable_mask(self) -> np.ndarray:
-        """Configured usable, link up, probes answered, and a next hop to send to."""
+        """Configured usable, link up, probes answered, and a next hop to send to.  When the
+        probes alone would leave no uplink at all, the ones whose link is up and whose next
+        hop is known stay in use: every uplink failing at the same moment is more likely the
+        probes' problem than the world's (mwan3 and OPNsense keep a gateway too)."""
         nh = self.next_hop_known()
-        return np.array([u.usable and h.usable and bool(nh[h.index])
+        mask = np.array([u.usable and h.usable and bool(nh[h.index])
                          for u, h in zip(self.cfg.uplinks, self.health)], np.uint8)
+        suspect = []
+        if not mask.any():
+            suspect = [h.index for u, h in zip(self.cfg.uplinks, self.health)
+                       if u.usable and h.link_up and not h.probe_ok and nh[h.index]]
+            mask[suspect] = 1
+        if bool(suspect) != bool(self.suspect):
+            self.log("mmr: every uplink looks down by its probes alone; keeping " +
+                     ", ".join(self.cfg.uplinks[i].name for i in suspect) + " in use until probes answer"
+                     if suspect else "mmr: probes answer again; uplinks are judged by them again")
+        self.suspect = suspect
+        return mask
 
     def apply(self, cfg=None, selector=None) -> None:
         """Push the usable mask and measured values into the selector; move the flows of
@@ -403,7 +427,8 @@ class ConnectionManager:
             out.append({
                 "name": h.name, "device": h.dev, "usable": bool(usable[h.index]),
                 "link": "up" if h.link_up else "down", "probes": "ok" if h.probe_ok else "failing",
-                "reason": h.reason if h.reason or usable[h.index] else "no next hop",
+                "reason": ("kept: every uplink's probes fail" if h.index in self.suspect else
+                           h.reason if h.reason or usable[h.index] else "no next hop"),
                 "changes": h.changes, "hold_down_s": h.hold,
                 "flows": int(counts[h.index]),
                 "rtt_ms": round(st["rtt_ms"], 3) if "rtt_ms" in st else None,

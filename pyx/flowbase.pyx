@@ -551,6 +551,8 @@ cdef class FlowTable:
 
     def key_hash(self, rows_arr, Py_ssize_t i):
         """The 32-bit keyed hash of row i (for tests of the seeding)."""
+        if i < 0 or i >= rows_arr.shape[0]:
+            raise IndexError("no such row")
         cdef mmr_row* rp = self.rows_ptr(rows_arr, i + 1)
         cdef uint8_t key[40]
         make_key(&rp[i], key)

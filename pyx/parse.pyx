@@ -296,7 +296,7 @@ def parse_batch(const uint8_t[::1] buf, const int64_t[::1] offsets, const uint32
             raise ValueError(f"counters must have {N_REASONS} entries")
     for i in range(n):
         o = offsets[i]
-        if o < 0 or o + <int64_t>lengths[i] > blen:
+        if o < 0 or o > blen or <int64_t>lengths[i] > blen - o:     # (no overflow near 2**63)
             raise ValueError(f"frame {i} (offset {o}, length {lengths[i]}) runs past the buffer")
     if n == 0:
         return 0

@@ -125,7 +125,8 @@ cdef class Tun:
         cdef uint16_t[::1] l3v = l3
         for i in range(m):
             j = index[i]
-            if j < 0 or j >= offsets.shape[0] or offsets[j] < 0 or offsets[j] > blen \
+            if j < 0 or j >= offsets.shape[0] or j >= lengths.shape[0] or j >= l3_offsets.shape[0] \
+                    or offsets[j] < 0 or offsets[j] > blen \
                     or lengths[j] > blen - offsets[j] or l3_offsets[j] < 0 or l3_offsets[j] >= lengths[j] \
                     or l3_offsets[j] > 0xFFFF:
                 raise ValueError(f"packet {j} is outside the buffer")

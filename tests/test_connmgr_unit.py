@@ -142,3 +142,36 @@ def test_next_due_is_the_earliest_timer():
     assert cm.next_due(clock.t) >= clock.t
     cm.failback_at = clock.t + 0.5
     assert cm.next_due(clock.t) <= clock.t + 0.5
+
+
+def test_every_uplink_failing_its_probes_at_once_keeps_them():
+    """Probes lost on both uplinks (a flood, a broken probe target, a clock jump): the first
+    goes down, the last one is kept in use (and said so), and judged by its probes again once
+    any probe answers."""
+    cm, st, flows, clock, log = manager()
+    ar1, ar2 = cm.health
+    for _ in range(3):
+        clock.t += 0.2
+        cm._probe_result(ar1, None, clock.t)
+    assert cm.status()[0]["usable"] is False and cm.status()[1]["usable"] is True
+    for _ in range(3):
+        clock.t += 0.2
+        cm._probe_result(ar2, None, clock.t)
+    s = cm.status()
+    assert s[0]["usable"] and s[1]["usable"] and "kept" in s[1]["reason"], s     # both suspect, both kept
+    assert any("every uplink looks down by its probes alone; keeping ar1, ar2" in line for line in log)
+    clock.t += 5                                   # past ar1's hold-down: its probes answer
+    for _ in range(3):
+        cm._probe_result(ar1, 0.001, clock.t)
+    s = cm.status()
+    assert s[0]["usable"] is True and s[1]["usable"] is False
+    assert any("judged by them again" in line for line in log)
+
+
+def test_a_dead_link_is_not_kept():
+    """The suspicion is about probes: a link that is down stays down even if it is the last."""
+    cm, st, flows, clock, log = manager()
+    st.links[2].flags = 0
+    st.links[3].flags = 0
+    cm.links_changed()
+    assert not any(u["usable"] for u in cm.status())

@@ -24,6 +24,8 @@ cdef extern from "<sys/socket.h>":
         MSG_TRUNC
         SO_RCVBUFFORCE          # root may go past the rmem_max / wmem_max limits
         SO_SNDBUFFORCE
+        SO_TIMESTAMPNS          # receive time (CLOCK_REALTIME, ns) as ancillary data
+        SCM_TIMESTAMPNS
 
 cdef extern from "<poll.h>":
     struct pollfd:
