@@ -27,7 +27,7 @@ class Ratio:
                 f"{self.base_ns:,.1f} ns/item, ratio {self.ratio:,.2f}x over {self.items} items")
 
 
-RESULTS: list[Ratio] = []
+RESULTS: list = []           # Ratio and Figure rows, printed at the end of the run (conftest.py)
 
 
 def best_time(fn, min_time=0.05) -> float:
@@ -53,3 +53,13 @@ def compare(name, mmr_fn, base_fn, items, baseline="baseline", rounds=5, min_tim
     r = Ratio(name, items, mmr_best / items * 1e9, base_best / items * 1e9, baseline)
     RESULTS.append(r)
     return r
+
+
+@dataclass
+class Figure:
+    """A measured figure that is not a timing ratio (latency, loss, an outage), reported as is."""
+    name: str
+    text: str
+
+    def line(self) -> str:
+        return f"{self.name}: {self.text}"

@@ -19,7 +19,7 @@ import pytest
 from engine.config import default_config_path
 from engine.testbed import CN_ADDR
 from netlab import ROOT, in_ns, make_testbed, running_router, start_peer
-from ratio import RESULTS
+from ratio import RESULTS, Figure
 
 pytestmark = pytest.mark.privileged
 
@@ -32,12 +32,6 @@ PROFILES = {
 GAP_S = 0.005
 
 
-class Figure:
-    def __init__(self, name, text):
-        self.name, self.text = name, text
-
-    def line(self):
-        return f"{self.name}: {self.text}"
 
 
 @pytest.fixture(scope="module")

@@ -13,25 +13,18 @@ import time
 import numpy as np
 import pytest
 
-from engine.netns import link_mac
-from engine.testbed import CN_ADDR, MN_ADDR
+from engine.testbed import CN_ADDR
 from netlab import ROOT, in_ns, make_testbed, running_router
-from ratio import RESULTS
+from load import blaster_argv
+from ratio import RESULTS, Figure
 
 pytestmark = pytest.mark.privileged
-BLASTER = os.path.join(ROOT, "bench", "blaster.py")
 SECONDS = float(os.environ.get("MMR_BENCH_FLOOD_SECONDS", "30"))
 RATE = 40000
 GATE_P99_RATIO = 20.0           # flood vs quiet, same router, same run; a margin for a shared machine
 GATE_RSS_GROWTH_MB = 16
 
 
-class Figure:
-    def __init__(self, name, text):
-        self.name, self.text = name, text
-
-    def line(self):
-        return f"{self.name}: {self.text}"
 
 
 def rss_mb(pid: int) -> float:
@@ -65,9 +58,7 @@ def test_malformed_flood_fools_nothing(testbed):
         quiet = summary(pings(testbed, 5).communicate(timeout=60)[0])
         rss0 = rss_mb(pid)
         ping = pings(testbed, SECONDS)
-        mac = link_mac("lan0", testbed.ns("mmr")).hex(":")
-        flood = subprocess.run(in_ns(testbed, "mn", sys.executable, BLASTER, "eth0", mac, MN_ADDR, CN_ADDR,
-                                     SECONDS, RATE, 16, 64, "malformed"), capture_output=True, text=True,
+        flood = subprocess.run(blaster_argv(testbed, SECONDS, RATE, 16, 64, "malformed"), capture_output=True, text=True,
                                timeout=SECONDS + 60)
         assert flood.returncode == 0, flood.stderr
         offered = json.loads(flood.stdout)["offered"]

@@ -18,20 +18,17 @@ are and mmr passes on whole for the kernel to segment (PACKET_VNET_HDR).
 import json
 import os
 import subprocess
-import sys
 import time
-from dataclasses import dataclass
 
 import pytest
 
-from engine.netns import link_mac
-from engine.testbed import CN_ADDR, MN_ADDR
-from netlab import iperf, make_testbed, running_router
-from ratio import RESULTS
+from engine.testbed import CN_ADDR
+from load import blaster_argv, cn_count, counting_testbed
+from netlab import iperf, running_router
+from ratio import RESULTS, Figure
 
 pytestmark = pytest.mark.privileged
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 SECONDS = float(os.environ.get("MMR_BENCH_FWD_SECONDS", "2"))
 
 # Gates (ratios, margins a noisy shared 2-core machine still meets; the targets are 1.0x
@@ -40,46 +37,18 @@ GATE_SMALL = 0.5          # half the target
 GATE_TCP = 0.25           # half the target
 GATE_LOSS_AT_LOAD = 0.05  # target 0; a descheduled moment on a shared machine costs some
 
-CN_TABLE = """table inet bench {
- chain pre {
-  type filter hook prerouting priority -300; policy accept;
-  udp dport 9000 counter drop
- }
-}
-"""
 
-
-@dataclass
-class Figure:
-    name: str
-    text: str
-
-    def line(self) -> str:
-        return f"{self.name}: {self.text}"
 
 
 @pytest.fixture(scope="module")
 def bed():
-    with make_testbed("b") as tb:
-        subprocess.run(["ip", "netns", "exec", tb.ns("cn"), "nft", "-f", "-"], input=CN_TABLE, text=True,
-                       check=True)
+    with counting_testbed("b") as tb:
         yield tb
 
 
-def cn_count(tb) -> int:
-    out = tb.run("cn", "nft", "-j", "list", "table", "inet", "bench")
-    for item in json.loads(out)["nftables"]:
-        for e in item.get("rule", {}).get("expr", []):
-            if "counter" in e:
-                return int(e["counter"]["packets"])
-    raise AssertionError("no counter on CN")
-
-
 def blast(tb, seconds: float, pps: float = 0) -> dict:
-    mac = link_mac("lan0", tb.ns("mmr")).hex(":")
     before = cn_count(tb)
-    p = subprocess.run(["ip", "netns", "exec", tb.ns("mn"), sys.executable, os.path.join(HERE, "blaster.py"),
-                        "eth0", mac, MN_ADDR, CN_ADDR, str(seconds), str(pps)],
+    p = subprocess.run(blaster_argv(tb, seconds, pps),
                        capture_output=True, text=True, timeout=seconds + 30)
     assert p.returncode == 0, p.stderr
     res = json.loads(p.stdout)

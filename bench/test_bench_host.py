@@ -14,7 +14,7 @@ import pytest
 
 from engine.testbed import HOST, PEER_ADDR, Testbed
 from netlab import ROOT, in_ns, iperf
-from ratio import RESULTS
+from ratio import RESULTS, Figure
 
 pytestmark = pytest.mark.privileged
 SECONDS = 3
@@ -22,12 +22,6 @@ GATE_LIKE_FOR_LIKE = 0.15      # measured 0.3-0.4x; a margin a noisy machine mee
 GATE_AS_SHIPPED = 0.03         # measured 0.08-0.11x (the TUN's missing offloads)
 
 
-class Figure:
-    def __init__(self, name, text):
-        self.name, self.text = name, text
-
-    def line(self):
-        return f"{self.name}: {self.text}"
 
 
 def test_tcp_through_vi0_vs_direct():

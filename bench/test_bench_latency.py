@@ -19,20 +19,18 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from engine.netns import link_mac
-from engine.testbed import CN_ADDR, MN_ADDR
-from netlab import make_testbed, running_router
-from ratio import RESULTS
+from engine.testbed import CN_ADDR
+from load import blaster_argv, cn_count, counting_testbed
+from netlab import running_router
+from ratio import RESULTS, Figure
 
 pytestmark = pytest.mark.privileged
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 PINGS = int(os.environ.get("MMR_BENCH_PINGS", "200"))
 INTERVAL = 0.05                                   # 20 pings a second
 
@@ -43,21 +41,7 @@ GATE_P99_RATIO_IDLE = 6.0
 GATE_P99_RATIO_LOAD = 20.0
 GATE_LOAD_LOSS = 0.01
 
-CN_TABLE = """table inet bench {
- chain pre {
-  type filter hook prerouting priority -300; policy accept;
-  udp dport 9000 counter drop
- }
-}
-"""
 
-
-class Figure:
-    def __init__(self, name, text):
-        self.name, self.text = name, text
-
-    def line(self):
-        return f"{self.name}: {self.text}"
 
 
 def stats(rtts: list[float]) -> dict:
@@ -68,20 +52,8 @@ def stats(rtts: list[float]) -> dict:
             "p999": float(np.percentile(a, 99.9)), "max": float(a[-1])}
 
 
-def cn_count(tb) -> int:
-    out = tb.run("cn", "nft", "-j", "list", "table", "inet", "bench")
-    for item in json.loads(out)["nftables"]:
-        for e in item.get("rule", {}).get("expr", []):
-            if "counter" in e:
-                return int(e["counter"]["packets"])
-    raise AssertionError("no counter on CN")
-
-
 def blaster(tb, seconds: float, pps: float):
-    mac = link_mac("lan0", tb.ns("mmr")).hex(":")
-    return subprocess.Popen(["ip", "netns", "exec", tb.ns("mn"), sys.executable, os.path.join(HERE, "blaster.py"),
-                             "eth0", mac, MN_ADDR, CN_ADDR, str(seconds), str(pps)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(blaster_argv(tb, seconds, pps), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def ping(tb, n: int) -> dict:
@@ -123,9 +95,7 @@ def kernel_rate(tb) -> float:
 
 @pytest.fixture(scope="module")
 def bed():
-    with make_testbed("lat") as tb:
-        subprocess.run(["ip", "netns", "exec", tb.ns("cn"), "nft", "-f", "-"], input=CN_TABLE, text=True,
-                       check=True)
+    with counting_testbed("lat") as tb:
         yield tb
 
 

@@ -28,6 +28,7 @@ from libc.string cimport memcpy, memset, memcmp
 
 cimport rows
 from rows cimport mmr_row
+from siphash cimport siphash13
 
 import os
 import numpy as np
@@ -37,13 +38,9 @@ cdef extern from *:
     """
     #define MMR_NIL 0xFFFFFFFFu
     #define MMR_PREFETCH(p) __builtin_prefetch((const void*)(p), 0, 1)
-    static inline uint64_t mmr_rotl(uint64_t x, int b) { return (x << b) | (x >> (64 - b)); }
-    static inline uint64_t mmr_load64(const uint8_t* p) { uint64_t v; memcpy(&v, p, 8); return v; }
     """
     const uint32_t NIL "MMR_NIL"
     void MMR_PREFETCH(const void* p) nogil
-    uint64_t mmr_rotl(uint64_t x, int b) nogil
-    uint64_t mmr_load64(const uint8_t* p) nogil
 
 DEF KEYLEN = 40
 DEF MAX_LOAD = 0.8
@@ -53,34 +50,6 @@ FLOW_DTYPE = np.dtype([
     ("dport", "<u2"), ("uplink", "u1"), ("service", "u1"), ("preference", "<u2"),
     ("first_seen", "<f8"), ("last_seen", "<f8"), ("packets", "<u8"), ("bytes", "<u8"),
 ])
-
-
-cdef inline uint32_t siphash13(const uint8_t* k, uint64_t k0, uint64_t k1) noexcept nogil:
-    """SipHash-1-3 of the 40-byte key (five 64-bit words), low 32 bits."""
-    cdef uint64_t v0 = k0 ^ 0x736f6d6570736575ULL
-    cdef uint64_t v1 = k1 ^ 0x646f72616e646f6dULL
-    cdef uint64_t v2 = k0 ^ 0x6c7967656e657261ULL
-    cdef uint64_t v3 = k1 ^ 0x7465646279746573ULL
-    cdef uint64_t m
-    cdef int i, r
-    for i in range(6):
-        if i < 5:
-            m = mmr_load64(k + 8 * i)
-        else:
-            m = (<uint64_t>KEYLEN) << 56
-        v3 ^= m
-        v0 += v1; v1 = mmr_rotl(v1, 13); v1 ^= v0; v0 = mmr_rotl(v0, 32)
-        v2 += v3; v3 = mmr_rotl(v3, 16); v3 ^= v2
-        v0 += v3; v3 = mmr_rotl(v3, 21); v3 ^= v0
-        v2 += v1; v1 = mmr_rotl(v1, 17); v1 ^= v2; v2 = mmr_rotl(v2, 32)
-        v0 ^= m
-    v2 ^= 0xFF
-    for r in range(3):
-        v0 += v1; v1 = mmr_rotl(v1, 13); v1 ^= v0; v0 = mmr_rotl(v0, 32)
-        v2 += v3; v3 = mmr_rotl(v3, 16); v3 ^= v2
-        v0 += v3; v3 = mmr_rotl(v3, 21); v3 ^= v0
-        v2 += v1; v1 = mmr_rotl(v1, 17); v1 ^= v2; v2 = mmr_rotl(v2, 32)
-    return <uint32_t>(v0 ^ v1 ^ v2 ^ v3)
 
 
 cdef inline void make_key(const mmr_row* r, uint8_t* key) noexcept nogil:
@@ -291,7 +260,7 @@ cdef class FlowTable:
                 if out[i + j] != -1:
                     continue
                 make_key(&rp[i + j], key)
-                hs[j] = siphash13(key, self.k0, self.k1)
+                hs[j] = siphash13(key, KEYLEN // 8, self.k0, self.k1)
                 MMR_PREFETCH(&self.idx[hs[j] & self.mask])
             for j in range(m):        # pass 2: probe
                 if out[i + j] != -1:
@@ -346,7 +315,7 @@ cdef class FlowTable:
             if out[i] != -1:
                 continue
             make_key(&rp[i], key)
-            h = siphash13(key, self.k0, self.k1)
+            h = siphash13(key, KEYLEN // 8, self.k0, self.k1)
             rec = self.find(key, h)
             if rec != NIL and ts[i] - self.recs[rec].last_seen > self.idle_timeout:
                 self.delete(rec)
@@ -440,7 +409,7 @@ cdef class FlowTable:
         cdef Py_ssize_t i, k = 0
         for i in range(n):
             make_key(&rp[i], key)
-            rec = self.find(key, siphash13(key, self.k0, self.k1))
+            rec = self.find(key, siphash13(key, KEYLEN // 8, self.k0, self.k1))
             if rec != NIL:
                 self.delete(rec)
                 self.removed += 1
@@ -556,4 +525,4 @@ cdef class FlowTable:
         cdef mmr_row* rp = self.rows_ptr(rows_arr, i + 1)
         cdef uint8_t key[40]
         make_key(&rp[i], key)
-        return siphash13(key, self.k0, self.k1)
+        return siphash13(key, KEYLEN // 8, self.k0, self.k1)

@@ -46,6 +46,7 @@ from cpython.mem cimport PyMem_Malloc, PyMem_Free
 
 cimport rows
 from rows cimport mmr_row
+from siphash cimport siphash13, ld64
 from virtio_net cimport virtio_net_hdr, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE
 from netinet_in cimport IPPROTO_TCP
 from sys_net cimport pollfd, ppoll, timespec, POLLERR, POLLHUP, POLLNVAL
@@ -84,40 +85,16 @@ cdef extern from *:
     static inline double mmr_wall(void) {
         struct timespec t; clock_gettime(CLOCK_REALTIME, &t); return t.tv_sec + t.tv_nsec * 1e-9;
     }
-    static inline uint64_t mmr_rotl64(uint64_t x, int b) { return (x << b) | (x >> (64 - b)); }
-    static inline uint64_t mmr_ld64(const uint8_t* p) { uint64_t v; memcpy(&v, p, 8); return v; }
     """
-    uint64_t rotl "mmr_rotl64"(uint64_t x, int b) nogil
-    uint64_t ld64 "mmr_ld64"(const uint8_t* p) nogil
     double mono "mmr_mono"() nogil
     double wall "mmr_wall"() nogil
     int sched_yield() nogil
 
 
 cdef inline uint32_t addr_hash(const uint8_t* k, uint64_t k0, uint64_t k1) noexcept nogil:
-    """SipHash-1-3 of a 16-byte address under a per-process key (LAN hosts choose their
-    addresses: no crafted set may pile up in one probe chain)."""
-    cdef uint64_t v0 = k0 ^ 0x736f6d6570736575ULL
-    cdef uint64_t v1 = k1 ^ 0x646f72616e646f6dULL
-    cdef uint64_t v2 = k0 ^ 0x6c7967656e657261ULL
-    cdef uint64_t v3 = k1 ^ 0x7465646279746573ULL
-    cdef uint64_t m
-    cdef int i, r
-    for i in range(3):
-        m = ld64(k + 8 * i) if i < 2 else (<uint64_t>16) << 56
-        v3 ^= m
-        v0 += v1; v1 = rotl(v1, 13); v1 ^= v0; v0 = rotl(v0, 32)
-        v2 += v3; v3 = rotl(v3, 16); v3 ^= v2
-        v0 += v3; v3 = rotl(v3, 21); v3 ^= v0
-        v2 += v1; v1 = rotl(v1, 17); v1 ^= v2; v2 = rotl(v2, 32)
-        v0 ^= m
-    v2 ^= 0xFF
-    for r in range(3):
-        v0 += v1; v1 = rotl(v1, 13); v1 ^= v0; v0 = rotl(v0, 32)
-        v2 += v3; v3 = rotl(v3, 16); v3 ^= v2
-        v0 += v3; v3 = rotl(v3, 21); v3 ^= v0
-        v2 += v1; v1 = rotl(v1, 17); v1 ^= v2; v2 = rotl(v2, 32)
-    return <uint32_t>(v0 ^ v1 ^ v2 ^ v3)
+    """A 16-byte address's hash under the per-process key (LAN hosts choose their addresses:
+    no crafted set may pile up in one probe chain)."""
+    return siphash13(k, 2, k0, k1)
 
 
 cdef class AddrTable:
@@ -125,11 +102,11 @@ cdef class AddrTable:
     deletion; fixed capacity (at most half full).  Addresses are in the row form
     (IPv4-mapped for IPv4).  Lookups are C; changes come from Python (netlink events)."""
 
-    def __cinit__(self, capacity=4096):
+    def __cinit__(self, capacity=4096, seed=None):
         self.keys = NULL
         self.vals = NULL
 
-    def __init__(self, capacity=4096):
+    def __init__(self, capacity=4096, seed=None):
         cdef uint32_t n = 16
         while n < 2 * int(capacity):
             n *= 2
@@ -139,7 +116,9 @@ cdef class AddrTable:
         self.vals = <int32_t*>PyMem_Malloc(n * sizeof(int32_t))
         if self.keys == NULL or self.vals == NULL:
             raise MemoryError()
-        seed = os.urandom(16)
+        seed = os.urandom(16) if seed is None else bytes(seed)
+        if len(seed) != 16:
+            raise ValueError("seed must be 16 bytes")
         self.k0 = int.from_bytes(seed[:8], "little")
         self.k1 = int.from_bytes(seed[8:], "little")
         self.clear()
@@ -177,6 +156,11 @@ cdef class AddrTable:
     def get(self, key):
         cdef bytes k = AddrTable._key(key)
         return self.get_c(<const uint8_t*>k)
+
+    def key_hash(self, key):
+        """The 32-bit keyed hash of an address (for tests of the hash)."""
+        cdef bytes k = AddrTable._key(key)
+        return addr_hash(<const uint8_t*>k, self.k0, self.k1)
 
     def __contains__(self, key):
         return self.get(key) >= 0
@@ -297,10 +281,8 @@ cdef class Forwarder:
         self.now_ts = np.zeros(self.cap, np.float64)
         self.l3buf = np.zeros(self.cap, np.uint16)
         self.punt_n = 0
-        self.icmp_rate, self.icmp_burst = 1000.0, 50.0
-        self.neigh_rate, self.neigh_burst = 100.0, 20.0
-        self.icmp_tokens, self.neigh_tokens = self.icmp_burst, self.neigh_burst
-        self.icmp_last = self.neigh_last = 0.0
+        self.icmp_bucket = bucket(rate=1000.0, burst=50.0, tokens=50.0, last=0.0)
+        self.neigh_bucket = bucket(rate=100.0, burst=20.0, tokens=20.0, last=0.0)
         cdef uint64_t[::1] c = self.counters
         cdef uint8_t[:, ::1] a = self.up_mac
         cdef uint8_t[:, ::1] g = self.gw_mac
@@ -375,23 +357,6 @@ cdef class Forwarder:
         self.up_tx[u] = None
 
     # ------------------------------------------------------------------ helpers
-    cdef bint take_token(self, bint icmp, double now) noexcept nogil:
-        if icmp:
-            if now > self.icmp_last:
-                self.icmp_tokens = min(self.icmp_burst, self.icmp_tokens + (now - self.icmp_last) * self.icmp_rate)
-                self.icmp_last = now
-            if self.icmp_tokens >= 1.0:
-                self.icmp_tokens -= 1.0
-                return True
-            return False
-        if now > self.neigh_last:
-            self.neigh_tokens = min(self.neigh_burst, self.neigh_tokens + (now - self.neigh_last) * self.neigh_rate)
-            self.neigh_last = now
-        if self.neigh_tokens >= 1.0:
-            self.neigh_tokens -= 1.0
-            return True
-        return False
-
     cdef void punt(self, int kind, int side, int uplink, const uint8_t* frame, uint32_t length,
                    const mmr_row* r, uint32_t mtu) noexcept nogil:
         cdef punt_rec* p
@@ -474,7 +439,7 @@ cdef class Forwarder:
             if self.seg_len(f, r, &vh[i], lens[i]) > mtu:
                 self.drop(i, rows.R_OVERSIZE)
                 if self.router:
-                    if self.take_token(True, now):
+                    if take_token(&self.icmp_bucket, now):
                         self.punt(PUNT_TOO_BIG, 0, 0, f, lens[i], r, mtu)
                     else:
                         self.cnt[CNT_ICMP_LIMITED] += 1
@@ -488,7 +453,7 @@ cdef class Forwarder:
                             self.gw_mac_c + 6 * u, how)
             if v == VERDICT_HOP_LIMIT:
                 self.drop(i, rows.R_HOP_LIMIT)
-                if self.take_token(True, now):
+                if take_token(&self.icmp_bucket, now):
                     self.punt(PUNT_TIME_EXCEEDED, 0, 0, f, lens[i], r, 0)
                 else:
                     self.cnt[CNT_ICMP_LIMITED] += 1
@@ -548,13 +513,13 @@ cdef class Forwarder:
                 h = self.hosts.get_c(r.dst)
                 if h < 0 or h >= self.n_hosts:
                     self.drop(i, rows.R_NO_NEIGHBOUR)
-                    if self.take_token(False, now):
+                    if take_token(&self.neigh_bucket, now):
                         self.punt(PUNT_NEIGHBOUR, 1, u, f, 0, r, 0)
                     continue
             if self.seg_len(f, r, &vh[i], lens[i]) > <uint32_t>self.in_mtu:
                 self.drop(i, rows.R_OVERSIZE)
                 if self.router:
-                    if self.take_token(True, now):
+                    if take_token(&self.icmp_bucket, now):
                         self.punt(PUNT_TOO_BIG, 1, u, f, lens[i], r, <uint32_t>self.in_mtu)
                     else:
                         self.cnt[CNT_ICMP_LIMITED] += 1
@@ -567,7 +532,7 @@ cdef class Forwarder:
             v = rewrite_one(base, &off[i], &lens[i], r, &vh[i], self.in_mac_c, self.host_mac_c + 6 * h, how)
             if v == VERDICT_HOP_LIMIT:
                 self.drop(i, rows.R_HOP_LIMIT)
-                if self.take_token(True, now):
+                if take_token(&self.icmp_bucket, now):
                     self.punt(PUNT_TIME_EXCEEDED, 1, u, f, lens[i], r, 0)
                 else:
                     self.cnt[CNT_ICMP_LIMITED] += 1

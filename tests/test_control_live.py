@@ -6,19 +6,14 @@ import json
 import os
 import random
 import re
-import socket
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
 from engine.testbed import CN_ADDR
 from netlab import ROOT, in_ns, make_testbed, running_router
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "fuzz"))
-from mutate import mutate  # noqa: E402
 
 pytestmark = pytest.mark.privileged
 BAD = [b"[]", b'"status"', b"1", b"null", b'{"cmd": "flows", "limit": 1e999}', b"[" * 60000,

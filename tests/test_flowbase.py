@@ -209,3 +209,65 @@ def test_one_million_flows():
     assert (out == ch).all()
     assert list(t.uplink_counts(3)) == [333334, 333333, 333333]
     assert 88 < t.bytes_per_flow < 110
+
+
+def siphash13_ref(data: bytes, k0: int, k1: int) -> int:
+    """SipHash-1-3 (one compression round, three finalisation rounds), 64-bit result."""
+    mask = (1 << 64) - 1
+
+    def rotl(x, b):
+        return ((x << b) | (x >> (64 - b))) & mask
+
+    def rnd(v0, v1, v2, v3):
+        v0 = (v0 + v1) & mask; v1 = rotl(v1, 13) ^ v0; v0 = rotl(v0, 32)
+        v2 = (v2 + v3) & mask; v3 = rotl(v3, 16) ^ v2
+        v0 = (v0 + v3) & mask; v3 = rotl(v3, 21) ^ v0
+        v2 = (v2 + v1) & mask; v1 = rotl(v1, 17) ^ v2; v2 = rotl(v2, 32)
+        return v0, v1, v2, v3
+
+    v = [k0 ^ 0x736f6d6570736575, k1 ^ 0x646f72616e646f6d, k0 ^ 0x6c7967656e657261, k1 ^ 0x7465646279746573]
+    tail = data[len(data) // 8 * 8:] + bytes(7 - len(data) % 8)
+    words = [int.from_bytes(data[i:i + 8], "little") for i in range(0, len(data) // 8 * 8, 8)]
+    words.append(int.from_bytes(tail + bytes([len(data) & 0xFF]), "little"))
+    for m in words:
+        v[3] ^= m
+        v = list(rnd(*v))
+        v[0] ^= m
+    v[2] ^= 0xFF
+    for _ in range(3):
+        v = list(rnd(*v))
+    return v[0] ^ v[1] ^ v[2] ^ v[3]
+
+
+def test_siphash_reference_agrees_with_cpython():
+    """The reference above is CPython's own bytes hash when the hash secret is zero
+    (PYTHONHASHSEED=0): an oracle written by someone else. (CPython hashes b"" to 0 without
+    SipHash, so the samples start at one byte.)"""
+    import subprocess
+    import sys
+    samples = [bytes(range(n)) for n in (1, 7, 8, 16, 40)] + [b"\xff" * 40]
+    out = subprocess.run([sys.executable, "-c", f"print([hash(b) for b in {samples!r}])"],
+                         env={"PYTHONHASHSEED": "0"}, capture_output=True, text=True, check=True).stdout
+
+    def as_py_hash(h):
+        h = h - (1 << 64) if h >= 1 << 63 else h
+        return -2 if h == -1 else h
+    assert eval(out) == [as_py_hash(siphash13_ref(b, 0, 0)) for b in samples]
+
+
+def test_compiled_hashes_are_siphash13():
+    """The flowbase's 40-byte flow keys and the forwarder's 16-byte addresses share one
+    compiled SipHash-1-3 (pyx/siphash.pxd): both equal the reference's low 32 bits."""
+    from engine import _forward
+    seed = bytes(range(3, 19))
+    k0, k1 = int.from_bytes(seed[:8], "little"), int.from_bytes(seed[8:], "little")
+    rows = make_rows(range(30))
+    t = _flowbase.FlowTable(64, seed)
+    for i, r in enumerate(rows):
+        key = bytes(r["src"]) + bytes(r["dst"]) + int(r["sport"]).to_bytes(2, "little") + \
+            int(r["dport"]).to_bytes(2, "little") + bytes([int(r["proto"]), 0, 0, 0])
+        assert t.key_hash(rows, i) == siphash13_ref(key, k0, k1) & 0xFFFFFFFF
+    a = _forward.AddrTable(64, seed)
+    for addr in [bytes(16), bytes(range(16)), b"\xfe\x80" + bytes(13) + b"\x01", b"\xff" * 16]:
+        assert a.key_hash(addr) == siphash13_ref(addr, k0, k1) & 0xFFFFFFFF
+    assert a.key_hash(bytes([10, 0, 0, 1])) == siphash13_ref(bytes(10) + b"\xff\xff\x0a\x00\x00\x01", k0, k1) & 0xFFFFFFFF

@@ -54,6 +54,21 @@ cdef class AddrTable:
     cdef int32_t get_c(self, const uint8_t* key) noexcept nogil
 
 
+cdef struct bucket:
+    double rate, burst, tokens, last
+
+
+cdef inline bint take_token(bucket* b, double now) noexcept nogil:
+    """A token bucket: refill at b.rate a second up to b.burst, then take one if there is one."""
+    if now > b.last:
+        b.tokens = min(b.burst, b.tokens + (now - b.last) * b.rate)
+        b.last = now
+    if b.tokens >= 1.0:
+        b.tokens -= 1.0
+        return True
+    return False
+
+
 cdef class Forwarder:
     cdef readonly Pipeline pipe
     cdef readonly bint router
@@ -82,14 +97,12 @@ cdef class Forwarder:
     cdef int32_t* pn
     cdef punt_rec* pc
     cdef public Py_ssize_t punt_n
-    cdef double icmp_tokens, icmp_last, neigh_tokens, neigh_last
-    cdef public double icmp_rate, icmp_burst, neigh_rate, neigh_burst
+    cdef bucket icmp_bucket, neigh_bucket       # ICMP errors the router sends; frames punted for a neighbour
     cdef RxRing in_ring
     cdef TxSocket in_tx
     cdef Tun tun
     cdef list up_rx, up_tx
 
-    cdef bint take_token(self, bint icmp, double now) noexcept nogil
     cdef inline void drop(self, Py_ssize_t i, int reason) noexcept nogil
     cdef void punt(self, int kind, int side, int uplink, const uint8_t* frame, uint32_t length,
                    const mmr_row* r, uint32_t mtu) noexcept nogil

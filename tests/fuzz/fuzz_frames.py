@@ -10,7 +10,6 @@ frame, the compiled rewrite's verdict equals the reference's, and so do its byte
 checksum request is involved (tests/test_rewrite.py compares completed checksums on frames
 that carry a real pseudo-header sum).  A mismatch or a crash stops the run with the input
 saved by libFuzzer (crash-*)."""
-import struct
 import sys
 import os
 
