@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -67,10 +68,15 @@ UPLINK_KEYS = {
     "cost": Key("float", 0.0, 0, 1e12, hint="a cost figure, >= 0"),
     "metric": Key("int", None, 0, 1 << 31, optional=True, hint="an integer >= 0 (lower = primary)"),
     "usable": Key("bool", True, hint="true or false"),
+    "weight": Key("float", None, 0, 1e9, optional=True,
+                  hint="a share of the load-balanced flows, a number >= 0 such as 3 "
+                       "(0: none; default: bandwidth_mbps)"),
     "qdisc_bypass": Key("bool", True, hint="true (fastest) or false (mmr's packets go through the "
                                            "device's qdisc: a shaper applies and its backlog is measured)"),
     "probe_targets": Key("addrs", None, optional=True,
                          hint='addresses to ping out of this uplink, e.g. ["2001:db8:a1::1"] (default: the gateway)'),
+    "reliability": Key("int", 1, 1, 1000,
+                       hint="how many of the uplink's probe targets must answer for a probe round to count, e.g. 1"),
 }
 
 # The connection manager (engine/connmgr.py): link state, probes, failover, control socket.
@@ -88,9 +94,29 @@ MONITOR_KEYS = {
     "failback": Key("str", "stay", hint='"stay" (flows stay where they were moved) or "return"'),
     "failback_hold_s": Key("float", 10.0, 0, 86400, hint="seconds an uplink must be up before flows return"),
     "control_socket": Key("str", "@mmr", hint='"@name" (abstract, per network namespace) or a path'),
+    "control_read_group": Key("str", "", hint='a group, e.g. "mmr-monitor", whose members may read status, '
+                                              'flows and the configuration (leave it out: root only)'),
     "metrics_listen": Key("str", "", hint='"" (off) or "127.0.0.1:9464" for Prometheus metrics'),
+    "degraded_rtt_ms": Key("float", 0.0, 0, 600000,
+                           hint="the mean probe RTT in ms above which a usable uplink is degraded, e.g. 150 (0: off)"),
+    "recovered_rtt_ms": Key("float", 0.0, 0, 600000,
+                            hint="the mean probe RTT in ms a degraded uplink must get below, less than degraded_rtt_ms "
+                                 "(0: 0.8 x degraded_rtt_ms)"),
+    "degraded_loss": Key("float", 0.0, 0, 1, hint="a probe loss ratio above which a usable uplink is degraded, e.g. 0.1 (0: off)"),
+    "recovered_loss": Key("float", 0.0, 0, 1,
+                          hint="a probe loss ratio a degraded uplink must get below, less than degraded_loss "
+                               "(0: 0.8 x degraded_loss)"),
+    "hook": Key("path", "", hint='"" (none) or the absolute path of an executable run on uplink events, '
+                                 'e.g. "/etc/mmr/hook"'),
+    "hook_timeout_s": Key("float", 10.0, 0.1, 3600, hint="seconds a hook may run before it is killed, e.g. 10"),
 }
 MEASURABLE = ("loss", "jitter", "queueing_delay")
+# [monitor] keys an [[uplink]] may set for itself (unset there: the [monitor] value)
+UPLINK_MONITOR_KEYS = ("probes", "probe_interval_ms", "probe_timeout_ms", "down_after", "up_after", "hold_down_s",
+                       "window", "degraded_rtt_ms", "recovered_rtt_ms", "degraded_loss", "recovered_loss", "hook",
+                       "hook_timeout_s")
+UPLINK_KEYS.update({k: Key(MONITOR_KEYS[k].kind, None, MONITOR_KEYS[k].lo, MONITOR_KEYS[k].hi, True,
+                           MONITOR_KEYS[k].hint) for k in UPLINK_MONITOR_KEYS})
 
 # Host mode (mmr host): the virtual interface of draft-hong-mif.
 HOST_KEYS = {
@@ -100,6 +126,13 @@ HOST_KEYS = {
     "routes": Key("strs", ["default"], hint='prefixes routed via the VI, e.g. ["default"] or ["2001:db8::/32"]'),
     "route_metric": Key("int", 10, 0, 1 << 31, hint="a route metric, e.g. 10 (lower wins)"),
     "mtu": Key("int", 0, 0, 65535, hint="0 (the smallest interface MTU) or a number of bytes"),
+}
+
+# Selection of new flows beyond the metric (pyx/select.pyx).
+SELECT_KEYS = {
+    "sticky_s": Key("float", 0.0, 0, 86400 * 365,
+                    hint="seconds a source address keeps the uplink of its last load-balanced "
+                         "flow, e.g. 600 (0: off)"),
 }
 
 POLICY_KEYS = {
@@ -153,6 +186,10 @@ class Uplink:
     usable: bool = True
     probe_targets: list[str] = field(default_factory=list)
     qdisc_bypass: bool = True
+    weight: float | None = None   # share of load-balanced flows; None: bandwidth_mbps
+    reliability: int = 1                                   # targets that must answer per probe round
+    overrides: dict = field(default_factory=dict)          # [monitor] keys this [[uplink]] sets itself
+    monitor: dict = field(default_factory=dict)            # its effective probe/degraded/hook settings
 
 
 @dataclass
@@ -186,6 +223,7 @@ class Config:
     rules: list[Rule] = field(default_factory=list)
     monitor: dict = field(default_factory=dict)
     host: dict = field(default_factory=dict)
+    select: dict = field(default_factory=lambda: {"sticky_s": 0.0})
     raw: dict = field(default_factory=dict)
 
     def uplink_index(self, name: str) -> int:
@@ -277,6 +315,10 @@ class _Loader:
         for k in table:
             if k not in allowed:
                 near = ", ".join(sorted(allowed))
+                if len(near) > 240:               # a long table: the nearest names, if any are near
+                    import difflib
+                    close = difflib.get_close_matches(str(k)[:100], list(allowed), 3, 0.7)
+                    near = ", ".join(close) + " (the nearest keys)" if close else near
                 self.err(f"{where}.{k}" if where else k, "unknown key",
                          f"remove it or use one of: {near}")
 
@@ -290,6 +332,9 @@ class _Loader:
         elif kind == "bool":
             if not isinstance(v, bool):
                 self.err(key, f"must be true or false, got {_short(v)}", "write true or false")
+        elif kind == "path":
+            if not isinstance(v, str):
+                self.err(key, f"must be a string, got {_short(v)}", f"write {spec.hint}")
         elif kind in ("str", "device", "addr", "mac"):
             if not isinstance(v, str) or not v:
                 self.err(key, f"must be a non-empty string, got {_short(v)}", f"write {spec.hint}")
@@ -380,7 +425,8 @@ class _Loader:
             self.err(None, f"is not valid TOML ({exc})", "fix the syntax at that line")
         except RecursionError:
             self.err(None, "nests tables or arrays too deeply", "write a flat policy file")
-        self.unknown(raw, ("engine", "uplink", "classes", "policy", "rule", "monitor", "host"), "")
+        self.unknown(raw, ("engine", "uplink", "classes", "policy", "rule", "monitor", "host",
+                          "select"), "")
         eng = self.table(raw.get("engine", {}), ENGINE_KEYS, "engine")
         cfg = Config(path=self.path, raw=raw, **eng)
         cfg.lan_prefixes = eng["lan_prefixes"]
@@ -393,6 +439,7 @@ class _Loader:
         self.rules(raw, cfg)
         self.monitor(raw, cfg)
         self.host(raw, cfg)
+        cfg.select = self.table(raw.get("select", {}), SELECT_KEYS, "select")
         return cfg
 
     def host(self, raw, cfg):
@@ -434,7 +481,46 @@ class _Loader:
         if not cs or (not cs.startswith("@") and not cs.startswith("/")):
             self.err("monitor.control_socket", f"{_short(cs)} is neither @name nor an absolute path",
                      'write "@mmr" or "/run/mmr/mmr.sock"')
+        rg = m["control_read_group"]
+        if rg:
+            import grp
+            try:
+                grp.getgrnam(rg)
+            except (KeyError, ValueError):       # ValueError: a NUL in the name
+                self.err("monitor.control_read_group", f"there is no group {_short(rg)} on this system",
+                         "create it with groupadd or name an existing group")
+        self.probe_settings(m, "monitor", m)
+        for i, u in enumerate(cfg.uplinks):
+            u.monitor = {**{k: m[k] for k in UPLINK_MONITOR_KEYS}, **u.overrides}
+            self.probe_settings(u.monitor, f"uplink[{i}]", u.overrides)
         cfg.monitor = m
+
+    def probe_settings(self, s: dict, where: str, own: dict):
+        """One uplink's effective probe, degraded and hook settings (or [monitor]'s); an error
+        names the key where it was written (``own``: the keys ``where`` set itself)."""
+        def at(k, *related):
+            return f"{where if k in own or any(r in own for r in related) else 'monitor'}.{k}"
+        if s["probe_timeout_ms"] < s["probe_interval_ms"] / 10:
+            self.err(at("probe_timeout_ms", "probe_interval_ms"), "is shorter than a tenth of the probe interval",
+                     "give probes at least probe_interval_ms / 10 to come back")
+        for kind, unit in (("rtt_ms", " ms"), ("loss", "")):
+            deg, rec = s[f"degraded_{kind}"], s[f"recovered_{kind}"]
+            if rec and not deg:
+                self.err(at(f"recovered_{kind}"), f"is set but degraded_{kind} is not",
+                         f"set degraded_{kind} too or remove recovered_{kind}")
+            if rec and rec >= deg:
+                self.err(at(f"recovered_{kind}", f"degraded_{kind}"),
+                         f"{_short(rec)}{unit} is not below degraded_{kind} ({_short(deg)}{unit})",
+                         f"write a value below {_short(deg)} so that the state does not flap")
+        hook = s["hook"]
+        if hook:
+            if "\x00" in hook:
+                self.err(at("hook"), f"{_short(hook)} contains a NUL character", 'write e.g. "/etc/mmr/hook" or ""')
+            if not hook.startswith("/"):
+                self.err(at("hook"), f"{_short(hook)} is not an absolute path", 'write e.g. "/etc/mmr/hook" or ""')
+            if not os.path.isfile(hook) or not os.access(hook, os.X_OK):
+                self.err(at("hook"), f"{_short(hook)} is not an executable file",
+                         'create it and make it executable (chmod +x), or write hook = ""')
 
     def uplinks(self, raw, cfg):
         ups = raw.get("uplink")
@@ -465,6 +551,12 @@ class _Loader:
                 [v["gateway"]] if v["gateway"] else [])
             cfg.uplinks.append(Uplink(v["name"], v["device"], v["gateway"], v["gateway_mac"],
                                       chars, int(metric), bool(v["usable"]), targets, bool(v["qdisc_bypass"])))
+            cfg.uplinks[-1].weight = v["weight"]
+            if v["reliability"] > max(1, len(targets)):
+                self.err(f"{where}.reliability", f"{v['reliability']} is more than the {len(targets)} probe "
+                         f"target(s) of this uplink", f"write at most {max(1, len(targets))} or list more probe_targets")
+            cfg.uplinks[-1].reliability = v["reliability"]
+            cfg.uplinks[-1].overrides = {k: v[k] for k in UPLINK_MONITOR_KEYS if v[k] is not None}
 
     def classes(self, raw, cfg):
         cls = dict(BUILTIN_CLASSES)

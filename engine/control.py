@@ -1,21 +1,39 @@
 """The control socket of ``mmr run`` / ``mmr host`` and its client (``mmr status``, ``mmr
-flows``, ``mmr reload``).
+flows``, ``mmr reload``, ``mmr uplink``).
 
 One JSON request line in, one JSON answer line out, then the connection closes.  The socket is
 a Unix stream socket: ``@name`` is an abstract address (one per network namespace, so a
-router in each namespace has its own), anything else a path created with mode 0600.  Either
-way only root (uid 0, checked with SO_PEERCRED) is answered.
+router in each namespace has its own), anything else a path created with mode 0600 (0660
+with a read group, see below).  Either way root (uid 0, checked with SO_PEERCRED) is answered
+in full.
+
+``monitor.control_read_group`` names a group whose members may use the read-only commands
+(``READ_ONLY``: ping, status, flows, config) and nothing else; a command that changes state
+(reload, uplink) from them is answered with a "read-only" sentence.  Membership is judged by
+what the kernel recorded when the peer called connect(): its primary group (SO_PEERCRED) and
+its supplementary groups (SO_PEERGROUPS).  Neither /proc/<pid>/status nor getgrouplist() is
+used: the first is read after the fact (the peer may have exited and its pid been reused by
+another process, or changed its groups since), the second says what the group database
+grants the peer's *user*, not what the peer process holds (a process that gave up its groups,
+e.g. a sandboxed agent, would still pass) and is an NSS lookup (LDAP, ...) that could make the
+engine's loop wait.  An abstract address has no permission bits, so the check above is all
+there is; a path socket is also given the group and mode 0660 (its directory, when mmr
+creates it, 0750), so the kernel turns others away at connect() as well.
 
 The server never waits: every socket is non-blocking and lives in the engine's poll set;
 a connection gets a buffer for its request (at most 64 KiB), a deadline (2 s from accept to
-the last byte of the answer) and a slot among at most 16.  A request is a JSON object with a
+the last byte of the answer) and a slot among at most 16, of which the read group may hold 12
+(it cannot lock root out by keeping idle connections open).  A request is a JSON object with a
 known ``cmd`` and typed arguments; anything else, and any error inside a handler, is an error
 answer, never an exception in the engine.
 """
 from __future__ import annotations
 
+import errno
+import grp
 import json
 import os
+import platform
 import select
 import socket
 import struct
@@ -25,8 +43,18 @@ from engine.errors import UserError
 
 MAX_REQUEST = 65536
 MAX_CONNECTIONS = 16
+MAX_READERS = 12          # the read group's share: it cannot take root's last slots
 DEADLINE_S = 2.0
-COMMANDS = {"ping": {}, "status": {}, "reload": {}, "flows": {"uplink": str, "limit": int}}
+ADMIN_MODES = ("down", "up", "auto")
+# cmd -> {argument: type}; a tuple is the set of strings allowed
+COMMANDS = {"ping": {}, "status": {}, "reload": {}, "config": {}, "flows": {"uplink": str, "limit": int},
+            "uplink": {"name": str, "mode": ADMIN_MODES}}
+REQUIRED = {"uplink": ("name", "mode")}
+READ_ONLY = frozenset({"ping", "status", "flows", "config"})    # what control_read_group may ask
+# Python 3.11 does not name it; 59 is asm-generic's (x86, arm, riscv, powerpc, s390); the
+# architectures with their own numbering get primary-group checks only
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", None if platform.machine().startswith(
+    ("mips", "sparc", "parisc", "alpha")) else 59)
 
 
 def _address(addr: str) -> str:
@@ -43,7 +71,7 @@ def validate(raw: bytes) -> dict:
         raise ValueError("a request is a JSON object such as {\"cmd\": \"status\"}")
     cmd = req.get("cmd")
     if not isinstance(cmd, str) or cmd not in COMMANDS:
-        raise ValueError(f"unknown command {cmd!r} (status, flows, reload, ping)")
+        raise ValueError(f"unknown command {cmd!r} (status, flows, config, reload, uplink, ping)")
     args = COMMANDS[cmd]
     for k, v in req.items():
         if k == "cmd":
@@ -56,27 +84,126 @@ def validate(raw: bytes) -> dict:
             raise ValueError(f"{k} must be an integer from 0 to 10000000")
         if args[k] is str and (not isinstance(v, str) or len(v) > 64):
             raise ValueError(f"{k} must be a name")
+        if isinstance(args[k], tuple) and (not isinstance(v, str) or v not in args[k]):
+            raise ValueError(f"{k} must be one of {', '.join(args[k])}")
+    missing = [k for k in REQUIRED.get(cmd, ()) if req.get(k) is None]
+    if missing:
+        raise ValueError(f"{cmd} needs {' and '.join(missing)}")
     return req
 
 
+def peer_credentials(conn: socket.socket) -> tuple[int, int, tuple[int, ...]]:
+    """(uid, gid, supplementary gids) of a Unix socket's peer as the kernel recorded them at
+    connect() (SO_PEERCRED, SO_PEERGROUPS).  A kernel without SO_PEERGROUPS (before 4.13)
+    gives no supplementary groups: only the primary group counts then."""
+    _, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    raw = b""
+    for size in (4 * 32, 4 * 65536) if SO_PEERGROUPS is not None else ():           # ERANGE: more groups than the first buffer holds
+        try:
+            raw = conn.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, size)
+            break
+        except OSError as exc:
+            if exc.errno != errno.ERANGE:
+                break
+    return uid, gid, struct.unpack(f"{len(raw) // 4}I", raw[:len(raw) // 4 * 4])
+
+
+def group_id(name: str) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except (KeyError, ValueError):
+        raise UserError(f"there is no group {name!r} for monitor.control_read_group; create it with "
+                        f"groupadd or name an existing group") from None
+
+
+def config_document(cfg) -> dict:
+    """The running, validated policy as a policy file's tables, every default filled in (what
+    ``mmr status --config`` prints; loading it again gives the same policy)."""
+    import ipaddress
+
+    from engine import constants as C
+    from engine.config import ENGINE_KEYS, PIN_BASE, PROTO_NAMES
+
+    def prefix(net) -> str:                    # rules keep IPv4 as IPv4-mapped IPv6: give it back
+        mapped = ipaddress.ip_network("::ffff:0:0/96")
+        if net.version == 6 and net.prefixlen >= 96 and net.subnet_of(mapped):
+            return f"{net.network_address.ipv4_mapped}/{net.prefixlen - 96}"
+        return str(net)
+
+    eng = {k: getattr(cfg, k) for k in ENGINE_KEYS}
+    eng["lan_prefixes"] = [str(p) for p in cfg.lan_prefixes]
+    uplinks = []
+    for u in cfg.uplinks:
+        t = {"name": u.name, "device": u.device}
+        if u.gateway:
+            t["gateway"] = u.gateway
+        if u.gateway_mac:
+            t["gateway_mac"] = u.gateway_mac
+        t.update({key: u.chars[name] for name, key, _ in C.CHARACTERISTICS})
+        t.update(metric=u.metric, usable=u.usable, qdisc_bypass=u.qdisc_bypass, probe_targets=list(u.probe_targets))
+        t["reliability"] = u.reliability
+        if u.weight is not None:
+            t["weight"] = u.weight
+        t.update(u.overrides)                     # the [monitor] keys this uplink sets itself
+        uplinks.append(t)
+    classes = {k: dict(zip(C.SERVICE_NAMES, v)) for k, v in sorted(cfg.classes.items())}
+    policies = {str(n): {"name": p.name, "network": list(p.network), "flow": list(p.flow)}
+                for n, p in sorted(cfg.policies.items()) if n >= 4 and p.pin is None}
+    proto_names = {v: k for k, v in PROTO_NAMES.items()}
+    rules = []
+    for r in cfg.rules:
+        t = {}
+        if r.proto is not None:
+            t["proto"] = proto_names.get(r.proto, r.proto)
+        for k in ("sport", "dport"):
+            v = getattr(r, k)
+            if v is not None:
+                t[k] = v[0] if v[0] == v[1] else f"{v[0]}-{v[1]}"
+        for k in ("src", "dst"):
+            if getattr(r, k) is not None:
+                t[k] = prefix(getattr(r, k))
+        if r.dscp is not None:
+            t["dscp"] = r.dscp
+        if r.service is not None:
+            t["service"] = C.SERVICE_NAMES[r.service]
+        if r.pin:
+            t["uplink"] = cfg.uplinks[PIN_BASE - r.preference].name
+        elif r.preference is not None:
+            t["preference"] = r.preference
+        rules.append(t)
+    doc = {"engine": eng, "uplink": uplinks, "classes": classes, "policy": policies, "rule": rules,
+           # "" and None: a key left out (a policy file may not write them)
+           "monitor": {k: v for k, v in cfg.monitor.items() if v not in ("", None)},
+           "select": dict(cfg.select),
+           "host": {k: v for k, v in cfg.host.items() if v not in ("", None)}}
+    return {k: v for k, v in doc.items() if v != [] and v != {}}
+
+
 class _Conn:
-    __slots__ = ("sock", "inbuf", "outbuf", "deadline")
+    __slots__ = ("sock", "inbuf", "outbuf", "deadline", "read_only")
 
     def __init__(self, sock, deadline):
         self.sock, self.inbuf, self.outbuf, self.deadline = sock, b"", None, deadline
+        self.read_only = True
 
 
 class ControlServer:
     """``poller``: an object with register(fd, events, callback) / unregister(fd) (the
-    engine's poll set); ``handler(req) -> dict``."""
+    engine's poll set); ``handler(req) -> dict``; ``read_group``: a group name whose members
+    may ask what ``READ_ONLY`` lists, or None (root only)."""
 
-    def __init__(self, addr: str, handler, poller, log):
+    def __init__(self, addr: str, handler, poller, log, read_group: str | None = None):
         self.addr, self.handler, self.poller, self.log = addr, handler, poller, log
         self.conns: dict[int, _Conn] = {}
         self.refused = 0
+        self.read_group, self.read_gid = read_group or None, group_id(read_group) if read_group else None
+        self.made_dir = None
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         if not addr.startswith("@"):
-            os.makedirs(os.path.dirname(addr) or ".", mode=0o700, exist_ok=True)
+            d = os.path.dirname(addr) or "."
+            if not os.path.isdir(d):
+                os.makedirs(d, mode=0o700)
+                self.made_dir = d
             if os.path.exists(addr):
                 try:                       # a live router answers; a stale file does not
                     request(addr, {"cmd": "ping"}, timeout=0.5)
@@ -90,11 +217,36 @@ class ControlServer:
             self.sock.close()
             raise UserError(f"cannot open the control socket {addr} ({exc.strerror}); another "
                             f"mmr in this network namespace? set monitor.control_socket") from None
-        if not addr.startswith("@"):
-            os.chmod(addr, 0o600)
+        self._set_mode()
         self.sock.listen(16)
         self.sock.setblocking(False)
         poller.register(self.sock.fileno(), select.POLLIN, self._accept)
+
+    def _set_mode(self) -> None:
+        """A path socket (and the directory mmr made for it): root's alone, or also the read
+        group's (the kernel then refuses everyone else at connect())."""
+        if self.addr.startswith("@"):
+            return
+        gid = self.read_gid if self.read_gid is not None else 0
+        if self.made_dir:
+            os.chown(self.made_dir, -1, gid)
+            os.chmod(self.made_dir, 0o750 if self.read_gid is not None else 0o700)
+        os.chown(self.addr, -1, gid)
+        os.chmod(self.addr, 0o660 if self.read_gid is not None else 0o600)
+
+    def set_read_group(self, name: str | None) -> None:
+        """A reload's monitor.control_read_group: connections accepted from now on."""
+        self.read_group, self.read_gid = name or None, group_id(name) if name else None
+        self._set_mode()
+
+    def access(self, conn: socket.socket) -> str | None:
+        """"full" for root, "read" for a member of the read group, None for anyone else."""
+        uid, gid, groups = peer_credentials(conn)
+        if uid == 0:
+            return "full"
+        if self.read_gid is not None and (gid == self.read_gid or self.read_gid in groups):
+            return "read"
+        return None
 
     def _accept(self, revents: int) -> None:
         now = time.monotonic()
@@ -110,11 +262,18 @@ class ControlServer:
                 self.refused += 1
                 conn.close()
                 continue
-            _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            access = self.access(conn)
+            if access == "read" and sum(x.read_only for x in self.conns.values()) >= MAX_READERS:
+                self.refused += 1
+                conn.close()
+                continue
             c = _Conn(conn, now + DEADLINE_S)
+            c.read_only = access != "full"
             self.conns[conn.fileno()] = c
-            if uid != 0:      # credentials first: nobody but root may make mmr read
-                self._answer(c, {"ok": False, "error": "only root may control mmr"})
+            if access is None:  # credentials first: nobody else may make mmr read
+                self._answer(c, {"ok": False, "error": "only root may control mmr" if self.read_gid is None else
+                                 f"only root, or the group {self.read_group} for reading, may use mmr's "
+                                 f"control socket"})
             else:
                 self.poller.register(conn.fileno(), select.POLLIN, lambda ev, c=c: self._readable(c, ev))
 
@@ -144,10 +303,14 @@ class ControlServer:
         except ValueError as exc:
             self._answer(c, {"ok": False, "error": f"bad request: {exc}"})
             return
+        if c.read_only and req["cmd"] not in READ_ONLY:
+            self._answer(c, {"ok": False, "error": f"the control socket is read-only for the group "
+                                                   f"{self.read_group}: {req['cmd']} needs root"})
+            return
         try:
             answer = self.handler(req)
         except Exception as exc:            # a handler's fault is an answer, not a stopped router
-            self.log(f"mmr: control: {req.get('cmd')} failed: {type(exc).__name__}: {exc}")
+            self.log(f"control: {req.get('cmd')} failed: {type(exc).__name__}: {exc}")
             answer = {"ok": False, "error": f"{req.get('cmd')} failed inside mmr: {type(exc).__name__}"}
         self._answer(c, answer)
 
@@ -208,7 +371,12 @@ def request(addr: str, req: dict, timeout: float = 5.0) -> dict:
             pass                              # closed early: its answer is still there to read
         data = b""
         while True:
-            chunk = s.recv(1 << 20)
+            try:
+                chunk = s.recv(1 << 20)
+            except ConnectionResetError:      # refused unread: mmr closed with our request unread
+                if not data:
+                    raise
+                break
             if not chunk:
                 break
             data += chunk
@@ -228,6 +396,7 @@ def ask(addr: str, req: dict) -> dict:
         raise UserError(f"no mmr run or mmr host is listening on {addr} in this network namespace; "
                         f"start one (or use 'ip netns exec NS mmr ...' for one in a namespace)") from None
     except PermissionError:
-        raise UserError(f"not allowed to open {addr}; run as root") from None
+        raise UserError(f"not allowed to open {addr}; run as root (or, to read, as a member of the "
+                        f"group named by monitor.control_read_group)") from None
     except socket.timeout:
         raise RuntimeError(f"mmr did not answer on {addr} within 5 s") from None

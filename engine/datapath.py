@@ -41,10 +41,18 @@ from engine.errors import UserError
 from engine.guard import KernelGuard
 from engine.icmperr import packet_too_big, time_exceeded
 from engine.log import Log
+from engine.sdnotify import Notifier
 from engine.netlink import Netlink
 
 IDLE_WAIT_US = 100000    # the longest sleep; timers (probes, expiry, housekeeping) wake it earlier
 HOUSEKEEPING_S = 1.0
+ADMIN_SAYS = {       # what mmr uplink NAME MODE answers
+    "down": "uplink {name} is administratively down: no new flows, its flows moved to the best other uplink "
+            "('mmr uplink {name} auto' ends it)",
+    "up": "uplink {name} is administratively up: used whatever its link and probes say, now {usable} "
+          "('mmr uplink {name} auto' ends it)",
+    "auto": "uplink {name} is back under the monitor: its link and probes decide, now {usable}",
+}
 MAX_FLOWS_ANSWERED = 10000  # a control answer never walks more of the flowbase than this
 PROMPT_EVERY_S = 1.0
 TIMER = {"summary": "stats_interval"}
@@ -150,8 +158,8 @@ class Datapath:
     """Set up with a config and an inside (``Lan`` or ``VirtualInterface``); ``run()`` until
     SIGINT/SIGTERM or ``duration``; everything it changed is undone when it stops."""
 
-    def __init__(self, cfg, inside, batch: int = 256, stats_interval: float = 5.0, stream=None,
-                 spin_us: float | None = None, resolve_wait: float = 3.0):
+    def __init__(self, cfg, inside, batch: int = 256, stats_interval: float = 60.0, stream=None,
+                 spin_us: float | None = None, resolve_wait: float = 3.0, log_level: str = "info"):
         from engine._ring import RxRing, TxSocket
 
         if batch < 1 or batch > 4096:
@@ -160,11 +168,13 @@ class Datapath:
         self.mode = inside.mode
         self.stats_interval = stats_interval
         self.spin_s = (cfg.busy_poll_ms * 1000 if spin_us is None else spin_us) / 1e6
-        self.log = Log(stream)
+        self.log = Log(stream, name=inside.log_prefix, level=log_level)
+        self.notify = Notifier()
         self.stop = False
         self.reload_requested = False
         self.reloads = 0
         self.started = time.time()
+        self.last_reload_ok, self.last_reload_success_s = True, self.started  # the start's load (metrics)
         self.closables: list = []
         self.guard = None
         self.poller = Poller()
@@ -204,7 +214,8 @@ class Datapath:
             self.conn = ConnectionManager(cfg, self.pipe.selector, self.pipe.flows, self.state,
                                           self.next_hop_known, self.log, backlog=self.netlink.qdisc.get)
             self.closables.append(self.conn)
-            self.control = ControlServer(cfg.monitor["control_socket"], self.handle_control, self.poller, self.log)
+            self.control = ControlServer(cfg.monitor["control_socket"], self.handle_control, self.poller, self.log,
+                                         read_group=cfg.monitor.get("control_read_group"))
             self.closables.append(self.control)
             self.metrics = None
             if cfg.monitor["metrics_listen"]:
@@ -250,7 +261,7 @@ class Datapath:
                                 f"gateway = \"<next hop address>\" to its [[uplink]] table")
             link = self.state.link(up.device)
             if not link.up:
-                self.log(f"mmr: warning: uplink {up.name} ({up.device}) is down at start; it will carry "
+                self.log.warning(f"uplink {up.name} ({up.device}) is down at start; it will carry "
                          f"flows once it is up and its gateway {up.gateway} answers")
                 continue
             pending.append(u)
@@ -285,7 +296,7 @@ class Datapath:
             known = bool(self.fw.gw_mac[u].any())
             self.fw.gw_mac[u] = list(mac)
             if known:
-                self.log(f"mmr: gateway of {up.name} is now {mac_text(mac)}")
+                self.log(f"gateway of {up.name} is now {mac_text(mac)}")
         return True
 
     def next_hop_known(self) -> np.ndarray:
@@ -342,7 +353,7 @@ class Datapath:
         up = self.cfg.uplinks[u]
         if self.up_rx[u] is None:
             return
-        self.log(f"mmr: device {up.device} of uplink {up.name} disappeared; the other devices keep "
+        self.log(f"device {up.device} of uplink {up.name} disappeared; the other devices keep "
                  f"forwarding (restart mmr once it is back)")
         self._read_ring_drops()
         self.sent_before[u] = self.uplink_sent(u)
@@ -405,6 +416,7 @@ class Datapath:
     def run(self, duration: float | None = None) -> dict:
         old = self.install_signals()
         fw = self.fw
+        guarded = False
         try:
             self.poller.register(self.netlink.fileno(), select.POLLIN, self._netlink_events)
             for fd, u in self.conn.fds().items():
@@ -414,6 +426,7 @@ class Datapath:
             table, devices, rules, sets = self.inside.guard(self)
             self.guard = KernelGuard(table, devices, rules, self.log, sets)
             start = self.guard.take_over()           # realtime: mmr forwards from here on
+            guarded = True
             fw.t_start = start
             fw.t_end = float("inf")
             ready = False
@@ -448,21 +461,27 @@ class Datapath:
                 now = time.monotonic()
                 self._safely(self.conn.tick, now)
                 self.control.tick(now)
+                self.notify.watchdog(now)
                 if not ready and time.time() >= start:
                     ready = True
-                    self.log(self.inside.ready_line(self))
+                    line = self.inside.ready_line(self)
+                    self.log(line)
+                    self.notify.send(READY=1, STATUS=line)
                 if self.reload_requested:
                     self.reload_requested = False
-                    self._safely(lambda: self.log(f"mmr: SIGHUP: {self.reload()['message']}"))
+                    self._safely(lambda: self.log(f"SIGHUP: {self.reload()['message']}"))
                 if now >= next_house:
                     next_house = now + HOUSEKEEPING_S
                     self._safely(self._housekeeping)
                 if self.stats_interval and now >= next_stats:
                     next_stats = now + self.stats_interval
-                    self.log(self.summary_line())
+                    line = self.summary_line()
+                    self.log(line)
+                    self.notify.send(STATUS=line)
                 if duration is not None and now - t0 >= duration:
                     self.stop = True
                 if self.stop and end_at is None:
+                    self.notify.send(STOPPING=1)
                     end_at = self.guard.hand_back()
                     fw.t_end = end_at
                 if end_at is not None and time.time() >= end_at + 0.05:
@@ -476,7 +495,8 @@ class Datapath:
                 for s, h in old.items():
                     signal.signal(s, h)
                 self._read_ring_drops()
-                self.log(self.summary_line())
+                if guarded:                           # nothing to sum up when it never started
+                    self.log(self.summary_line())
                 self.close()
         return CT.snapshot(self.counters)
 
@@ -498,7 +518,7 @@ class Datapath:
             fn(*args)
         except Exception as exc:
             self.counters[CT.INDEX["internal_errors"]] += 1
-            self.log(f"mmr: internal error in {getattr(fn, '__name__', 'a handler')}: "
+            self.log.error(f"internal error in {getattr(fn, '__name__', 'a handler')}: "
                      f"{type(exc).__name__}: {exc}; forwarding goes on")
 
     def _housekeeping(self) -> None:
@@ -533,12 +553,13 @@ class Datapath:
                "super_frames", "icmp_sent", "ring_drops", "tx_errors"]
 
     def summary_line(self) -> str:
-        """One logfmt line: the main counters, packets per uplink, flows, every non-zero drop."""
+        """One logfmt line: the main counters, packets per uplink, flows, all drops, every non-zero drop reason."""
         t = self.table()
         per = " ".join(f"up_{u.name}={self.uplink_sent(i)[0]}" for i, u in enumerate(self.cfg.uplinks))
-        drops = " ".join(f"drop_{k}={v}" for k, v in CT.drops(t).items() if v)
-        return " ".join(x for x in (f"{self.inside.log_prefix}:", CT.logfmt(t, self.SUMMARY, with_drops=False),
-                                    per, f"flows={len(self.pipe.flows)}", drops) if x)
+        d = CT.drops(t)
+        drops = " ".join(f"drop_{k}={v}" for k, v in d.items() if v)
+        return " ".join(x for x in (CT.logfmt(t, self.SUMMARY, with_drops=False), per,
+                                    f"flows={len(self.pipe.flows)} drops={sum(d.values())}", drops) if x)
 
     def uplink_sent(self, u: int) -> tuple[int, int]:
         """(packets, bytes) sent on uplink u so far, its device gone or not."""
@@ -556,6 +577,7 @@ class Datapath:
         from engine.config import load_config
         from engine.errors import ConfigError
 
+        self.last_reload_ok = False               # until the new policy is applied (metrics)
         path = None if self.cfg.path.startswith("<") else self.cfg.path
         try:
             new = load_config(path, default=self.inside.default_policy)
@@ -572,11 +594,16 @@ class Datapath:
         if len(new.lan_prefixes) > self.fw.lan_net.shape[0]:
             return {"ok": False, "message": f"rejected, the old policy keeps running: more than "
                                             f"{self.fw.lan_net.shape[0]} lan_prefixes"}
+        try:
+            self.control.set_read_group(new.monitor.get("control_read_group"))
+        except (UserError, OSError) as exc:
+            return {"ok": False, "message": f"rejected, the old policy keeps running: {exc}"}
         self.pipe.apply(new)                      # new rules and selector; flows kept
         self.cfg = new
         self.conn.apply(new, self.pipe.selector)  # usable mask and measurements into it at once
         self.inside.apply(self, new)
         self.reloads += 1
+        self.last_reload_ok, self.last_reload_success_s = True, time.time()
         return {"ok": True, "message": f"policy reloaded from {new.path} ({len(self.pipe.flows)} flows kept)"}
 
     def snapshot(self) -> dict:
@@ -585,7 +612,9 @@ class Datapath:
         return {"uplinks": self.conn.status(), "flows": len(self.pipe.flows),
                 "counters": CT.snapshot(t), "drops": CT.drops(t),
                 "uplink_packets": {n: self.uplink_sent(i)[0] for i, n in enumerate(names)},
-                "uplink_bytes": {n: self.uplink_sent(i)[1] for i, n in enumerate(names)}}
+                "uplink_bytes": {n: self.uplink_sent(i)[1] for i, n in enumerate(names)},
+                "reload": {"successful": self.last_reload_ok, "success_time": self.last_reload_success_s,
+                           "reloads": self.reloads}}
 
     def handle_control(self, req: dict) -> dict:
         cmd = req["cmd"]
@@ -615,9 +644,26 @@ class Datapath:
                     "uplink": names[int(r["uplink"])] if int(r["uplink"]) < len(names) else None,
                     "packets": int(r["packets"]), "bytes": int(r["bytes"])} for r in recs]
             return {"ok": True, "total": total, "flows": out}
+        if cmd == "config":
+            from engine.control import config_document
+
+            return {"ok": True, "policy": self.cfg.path, "mode": self.mode, "reloads": self.reloads,
+                    "config": config_document(self.cfg)}
+        if cmd == "uplink":
+            names = [u.name for u in self.cfg.uplinks]
+            name, mode = req["name"], req["mode"]
+            if name not in names:
+                return {"ok": False, "error": f"no uplink named {name!r}; the uplinks are {', '.join(names)}"}
+            try:
+                now = self.conn.set_admin(name, mode)          # logs the change itself
+            except ValueError as exc:
+                return {"ok": False, "error": str(exc)}
+            return {"ok": True, "message": ADMIN_SAYS[mode].format(name=name, usable="usable" if now["usable"]
+                                                                    else f"not usable ({now['reason']})"),
+                    "uplink": now}
         if cmd == "reload":
             res = self.reload()
-            self.log(f"mmr: reload: {res['message']}")
+            self.log(f"reload: {res['message']}")
             return res
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
@@ -627,10 +673,11 @@ class Datapath:
             try:
                 c.close()
             except Exception:      # closing must go on; what failed is logged
-                self.log(f"mmr: warning: closing {type(c).__name__} failed")
+                self.log.warning(f"closing {type(c).__name__} failed")
         self.closables = []
 
     def close(self) -> None:
         self._close_all()
         self.inside.close(self)
+        self.notify.close()
         self.log.close()

@@ -92,12 +92,12 @@ class KernelGuard:
                 raise UserError(f"cannot install the nftables table that keeps the kernel from "
                                 f"forwarding what mmr forwards ({(p.stderr or err).strip()}); check "
                                 f"that nftables works here")
-            self.log(f"mmr: warning: nftables refused an owned table ({err.strip() or 'no reason given'}); "
+            self.log.warning(f"nftables refused an owned table ({err.strip() or 'no reason given'}); "
                      f"the table 'inet {self.table}' stays if mmr is killed: remove it with "
                      f"'nft delete table inet {self.table}'")
         self.start, self.end = start, FAR_FUTURE
         if time.time() >= start:
-            self.log(f"mmr: warning: the kernel guard took longer than {margin} s to install; "
+            self.log.warning(f"the kernel guard took longer than {margin} s to install; "
                      f"a few packets may have been forwarded twice")
         return float(start)
 

@@ -94,7 +94,7 @@ class VirtualInterface(Inside):
         return NFT_TABLE, [u.device for u in dp.cfg.uplinks], rules, None
 
     def ready_line(self, dp: Datapath) -> str:
-        return (f"mmr host: {self.vi} up ({', '.join(str(a) for a in self.addrs)}; routes "
+        return (f"{self.vi} up ({', '.join(str(a) for a in self.addrs)}; routes "
                 f"{', '.join(dp.cfg.host['routes'])}) over " +
                 ", ".join(f"{u.name}({u.device})" for u in dp.cfg.uplinks))
 

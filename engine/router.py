@@ -95,7 +95,7 @@ class Lan(Inside):
         dp.fw.local.clear()
         full = [a for a in dp.state.local16() if not dp.fw.local.set(a, 1)]
         if full and not self.full_warned:
-            dp.log(f"mmr: warning: more than {dp.fw.local.capacity} addresses on this machine; "
+            dp.log.warning(f"more than {dp.fw.local.capacity} addresses on this machine; "
                    f"{len(full)} are not recognised as the router's own")
             self.full_warned = True
 
@@ -113,7 +113,7 @@ class Lan(Inside):
         if row is None:
             if not self.free:
                 if not self.full_warned:
-                    dp.log(f"mmr: warning: more than {dp.fw.n_hosts} LAN neighbours; the newest wait "
+                    dp.log.warning(f"more than {dp.fw.n_hosts} LAN neighbours; the newest wait "
                            f"until others go")
                     self.full_warned = True
                 return
@@ -138,7 +138,7 @@ class Lan(Inside):
             if len(link.mac) == 6:
                 dp.fw.in_mac[0] = list(link.mac)
         if kind == "gone" and ev[1] == self.index:
-            dp.log(f"mmr: the LAN device {self.dev} disappeared; nothing to forward until it is back "
+            dp.log(f"the LAN device {self.dev} disappeared; nothing to forward until it is back "
                    f"(restart mmr then)")
             dp.poller.unregister(self.ring.fileno())
             dp.fw.attach(in_ring=None, in_tx=None)
@@ -171,7 +171,7 @@ class Lan(Inside):
         kernel = sorted(set(lan) | set(dp.state.routed_elsewhere(ups)))
         if len(kernel) > dp.fw.kernel_net.shape[0]:
             if not self.routes_warned:
-                dp.log(f"mmr: warning: more than {dp.fw.kernel_net.shape[0]} routes through other devices; "
+                dp.log.warning(f"more than {dp.fw.kernel_net.shape[0]} routes through other devices; "
                        f"the longest prefixes are used")
                 self.routes_warned = True
             kernel = sorted(kernel, key=lambda x: -x[1])[:dp.fw.kernel_net.shape[0]]
@@ -192,7 +192,7 @@ class Lan(Inside):
 
     def ready_line(self, dp: Datapath) -> str:
         ups = ", ".join(f"{u.name}({u.device})" for u in dp.cfg.uplinks)
-        return (f"mmr: forwarding {self.dev} -> {ups}; the kernel leaves transit packets on these "
+        return (f"forwarding {self.dev} -> {ups}; the kernel leaves transit packets on these "
                 f"devices to mmr")
 
 

@@ -11,15 +11,18 @@
 A share of the IPv6 flows carry the hop-by-hop traffic control option on every packet
 (service = the flow's class, a few reserved values; preferences 0..3 and a few undefined
 ones), some after Pad1/PadN; untagged flows carry the DSCP typical of their class.  Sources
-are on the default LAN prefixes (2001:db8:1::/64, 192.0.2.0/24).  The same arguments give
-the same bytes.
+are on the default LAN prefixes (2001:db8:1::/64, 192.0.2.0/24).  Every checksum is valid:
+IPv4 header, ICMP, and UDP/TCP/ICMPv6 over their pseudo-header (computed on the whole datagram
+before it is fragmented).  The same arguments give the same bytes.
 """
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
 import random
 import struct
+import sys
 
 from engine import constants as C
 from engine.errors import UserError
@@ -132,6 +135,29 @@ def _l4(f: Flow, rng: random.Random) -> tuple[bytes, int]:
     return body[:2] + struct.pack("!H", checksum(body)) + body[4:], payload
 
 
+CSUM_AT = {17: 6, 6: 16, 58: 2}     # where the checksum sits in the UDP, TCP, ICMPv6 header
+
+
+def _with_checksum(l4: bytes, proto: int, src: bytes, dst: bytes) -> bytes:
+    """l4 (its checksum field zero) with its checksum over the pseudo-header (RFC 768, 793,
+    8200 section 8.1): sum(16-bit words) mod 0xFFFF is int.from_bytes(...) mod 0xFFFF, as
+    2**16 = 1 (mod 0xFFFF), and the pseudo-header is never all zero, so the folded one's
+    complement sum is that remainder, or 0xFFFF for 0."""
+    at = CSUM_AT.get(proto)
+    if at is None:
+        return l4                                  # ICMP (IPv4): summed in _l4, no pseudo-header
+    if len(src) == 16:
+        pseudo = src + dst + struct.pack("!IxxxB", len(l4), proto)
+    else:
+        pseudo = src + dst + struct.pack("!xBH", proto, len(l4))
+    data = pseudo + l4 + (b"\0" if len(l4) % 2 else b"")
+    total = int.from_bytes(data, "big") % 0xFFFF or 0xFFFF
+    csum = 0xFFFF - total
+    if csum == 0 and proto == 17:
+        csum = 0xFFFF                              # UDP: 0 would mean "no checksum"
+    return l4[:at] + struct.pack("!H", csum) + l4[at + 2:]
+
+
 def _frames(f: Flow, l4: bytes, frag_ident: int) -> list[bytes]:
     """Ethernet frames carrying l4 for flow f, fragmented when it does not fit."""
     dst_mac = ROUTER_MAC
@@ -144,6 +170,7 @@ def _frames(f: Flow, l4: bytes, frag_ident: int) -> list[bytes]:
             eth = dmac + f.mac + b"\x86\xdd"
         else:
             dst = f.dst
+        l4 = _with_checksum(l4, f.proto, f.src, dst)
         hbh = f.hbh
         first_nh = 0 if hbh else f.proto
         if len(l4) <= MTU_PAYLOAD:
@@ -164,6 +191,7 @@ def _frames(f: Flow, l4: bytes, frag_ident: int) -> list[bytes]:
             off += len(chunk)
         return out
     eth = dst_mac + f.mac + b"\x08\x00"
+    l4 = _with_checksum(l4, f.proto, f.src, f.dst)
     out = []
     off = 0
     while True:
@@ -180,7 +208,8 @@ def _frames(f: Flow, l4: bytes, frag_ident: int) -> list[bytes]:
 
 def generate(path, packets=100_000, flows=2_000, seed=1, ipv4_share=0.2, tagged_share=0.5,
              option_type=C.DEFAULT_OPTION_TYPE, start_time=1.7e9) -> dict:
-    """Write the trace to path; returns a summary of what was written."""
+    """Write the trace to path ("-": standard output, not a terminal); returns a summary of
+    what was written."""
     import dpkt
 
     if packets < 1:
@@ -202,11 +231,19 @@ def generate(path, packets=100_000, flows=2_000, seed=1, ipv4_share=0.2, tagged_
     seen = set()
     last_t = 0.0
     frag_ident = rng.randrange(1 << 31)
-    try:
-        fh = open(path, "wb")
-    except OSError as exc:
-        raise UserError(f"{path}: cannot write it ({exc.strerror}); give a writable path") from None
-    with fh:
+    if path == "-":
+        if sys.stdout.isatty():
+            raise UserError("-: standard output is a terminal, and a capture is binary; "
+                            "redirect it to a file or a pipe (mmr synth - > x.pcap), or give a path")
+        fh = sys.stdout.buffer
+        ctx = contextlib.nullcontext()          # flushed at the end, never closed
+    else:
+        try:
+            fh = ctx = open(path, "wb")
+        except OSError as exc:
+            raise UserError(f"{path}: cannot write it ({exc.strerror}); "
+                            "give a writable path, or - for standard output") from None
+    with ctx:
         w = dpkt.pcap.Writer(fh, snaplen=65535)
         while heap and summary["packets"] < packets:
             t, fid, f = heapq.heappop(heap)
@@ -234,5 +271,6 @@ def generate(path, packets=100_000, flows=2_000, seed=1, ipv4_share=0.2, tagged_
                 for t2, f2 in _make_flows(rng, flows, ipv4_share, tagged_share, option_type, duration):
                     f2.fid += len(seen)
                     heapq.heappush(heap, (t + t2, f2.fid, f2))
+        fh.flush()
     summary["flows"] = len(seen)
     return summary

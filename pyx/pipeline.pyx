@@ -16,7 +16,8 @@
     flowbase   FlowTable.lookup_c           hits: out = the flow's uplink (first decision)
       |  misses
       v
-    select     Selector.select_c            metric F = V_n . V_t -> uplink per new flow
+    select     Selector.pick_c              metric F = V_n . V_t -> uplink per new flow
+      |                                     (load balancing: weighted rotation, sticky sources)
       v
     flowbase   FlowTable.insert_c           new flows stored; later packets follow them
       |
@@ -109,7 +110,9 @@ cdef class Pipeline:
         """A reloaded policy: new rules and policies, same flowbase (its flows keep their
         uplinks).  The caller pushes the usable mask and measurements into the selector."""
         self.classifier = _classify.Classifier(cfg)
-        self.selector = _select.Selector(cfg)
+        selector = _select.Selector(cfg)
+        selector.carry_over(self.selector)        # same uplinks: rotation and sticky sources kept
+        self.selector = selector
         self.cfg = cfg
         self.idle_timeout = float(cfg.idle_timeout_s)
 
@@ -139,8 +142,7 @@ cdef class Pipeline:
         self.classifier.classify_c(self.rp, self.svc, self.prf, n)
         misses = self.flows.lookup_c(self.rp, ts, self.outp, n)
         if misses:
-            self.selector.select_c(self.svc, self.prf, self.chc, n)
-            self.created += self.flows.insert_c(self.rp, ts, self.outp, self.chc, self.svc, self.prf, n)
+            self.new_flows_c(ts, n)
         for i in range(n):
             o = self.outp[i]
             self.packets += 1
@@ -159,6 +161,25 @@ cdef class Pipeline:
                 self.kernel_packets += 1
             else:
                 self.drop_packets += 1
+
+    cdef void new_flows_c(self, const double* ts, Py_ssize_t n) noexcept nogil:
+        """The misses in packet order: a packet of a flow created earlier in this batch joins
+        it; any other gets an uplink from the selector (once per new flow: the weighted
+        rotation and the sticky sources turn per flow, not per packet) and becomes a flow."""
+        cdef Py_ssize_t i, made = 0
+        cdef int16_t none = -1
+        for i in range(n):
+            if self.outp[i] != OUT_ROUTE:
+                continue
+            if made:
+                self.flows.insert_c(&self.rp[i], &ts[i], &self.outp[i], &none, &self.svc[i], &self.prf[i], 1)
+                if self.outp[i] != OUT_ROUTE:
+                    continue
+            self.chc[i] = self.selector.pick_c(self.rp[i].src, self.svc[i], self.prf[i], ts[i])
+            if self.chc[i] >= 0:
+                made += self.flows.insert_c(&self.rp[i], &ts[i], &self.outp[i], &self.chc[i],
+                                            &self.svc[i], &self.prf[i], 1)
+        self.created += made
 
     def process(self, const uint8_t[::1] buf, const int64_t[::1] offsets, const uint32_t[::1] lengths,
                 const double[::1] ts):

@@ -38,7 +38,8 @@ cdef class Tun:
         try:
             fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         except PermissionError:
-            raise UserError("opening /dev/net/tun needs root (CAP_NET_ADMIN); run mmr host as root") from None
+            raise UserError("opening /dev/net/tun was refused; run mmr host as root, or as a user with "
+                            "CAP_NET_ADMIN and access to /dev/net/tun (mode 0666 on stock Debian)") from None
         try:
             fcntl.ioctl(fd, K.TUNSETIFF, struct.pack("16sH", name.encode(), K.IFF_TUN | K.IFF_NO_PI))
         except OSError as exc:

@@ -1,4 +1,5 @@
 """Policy file: every mistake is one sentence naming file, key path and fix; exit code 2."""
+import os
 import subprocess
 import sys
 
@@ -125,3 +126,15 @@ def test_cli_check_show_explain():
                          "--preference", "2"], capture_output=True, text=True)
     assert ex.returncode == 0, ex.stderr
     assert "winner: ar1" in ex.stdout
+
+
+def test_explain_load_balancing_shows_the_weights(tmp_path):
+    """Preference 3 has no single winner: --explain gives each uplink's share of new flows."""
+    text = open(os.path.join(os.path.dirname(__file__), "..", "engine", "default.toml")).read()
+    p = tmp_path / "w.toml"
+    p.write_text(text.replace('name = "ar1"', 'name = "ar1"\nweight = 3', 1)
+                 .replace('name = "ar2"', 'name = "ar2"\nweight = 1', 1))
+    ex = subprocess.run([sys.executable, "-m", "engine", "config", "--explain", "--preference", "3", "--config",
+                         str(p)], capture_output=True, text=True)
+    assert ex.returncode == 0, ex.stderr
+    assert "ar1 3 (75 %), ar2 1 (25 %)" in ex.stdout and "winner" not in ex.stdout

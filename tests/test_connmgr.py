@@ -209,20 +209,23 @@ def test_status_flows_and_errors(testbed):
 
 def test_measured_queueing_delay_steers_new_flows(testbed, tmp_path):
     """AR1's uplink is shaped to 5 Mbit/s (tbf) and mmr's packets go through that qdisc: under
-    load the engine reads the backlog, V_n's queueing delay for AR1 rises, and a new untagged
-    flow (preference 3: queueing delay) goes to AR2 while the old one stays."""
+    load the engine reads the backlog, V_n's queueing delay for AR1 rises, and a new flow of
+    preference 5 (an operator policy: queueing delay alone) goes to AR2 while the old one
+    stays."""
     text = open(default_config_path()).read()
     text = text.replace('device = "up1"', 'device = "up1"\nqdisc_bypass = false', 1)
     text = text.replace("bandwidth_mbps = 20.0", "bandwidth_mbps = 5.0", 1)
     text = text.replace("queueing_delay_ms = 30.0", "queueing_delay_ms = 5.0", 1)
     text += '\n[monitor]\nmeasure = ["queueing_delay"]\nsmoothing = 0.5\n'
+    # preference 5: queueing delay alone (preference 3 balances load by weight)
+    text += '\n[policy.5]\nname = "delay"\nnetwork = ["queueing_delay"]\nflow = [1.0]\n'
     cfg = tmp_path / "shaped.toml"
     cfg.write_text(text)
     testbed.run("mmr", "tc", "qdisc", "add", "dev", "up1", "root", "tbf", "rate", "5mbit", "burst", "10kb",
                 "latency", "150ms")
     try:
         with running_router(testbed, "--config", str(cfg)):
-            assert peer(testbed, "mn", "udp-send", CN_ADDR, 9600, 3, -1, -1).returncode == 0
+            assert peer(testbed, "mn", "udp-send", CN_ADDR, 9600, 3, 0, 5).returncode == 0
             load = subprocess.Popen(in_ns(testbed, "mn", sys.executable, "-m", "engine.peers", "udp-send", CN_ADDR,
                                           9601, 6000, 3, 2, 1200, 0.0005), cwd=ROOT)
             try:
@@ -233,7 +236,7 @@ def test_measured_queueing_delay_steers_new_flows(testbed, tmp_path):
                 s = status(testbed)["ar1"]
                 assert s["queueing_delay_source"] == "qdisc backlog"
                 assert abs(s["characteristics"]["queueing_delay"] - s["measured"]["queueing_delay"]) < 1e-3
-                assert peer(testbed, "mn", "udp-send", CN_ADDR, 9602, 3, -1, -1).returncode == 0
+                assert peer(testbed, "mn", "udp-send", CN_ADDR, 9602, 3, 0, 5).returncode == 0
                 time.sleep(0.3)
                 flows = {f["dport"]: f["uplink"] for f in json.loads(ctl(testbed, "flows", "--json").stdout)["flows"]}
             finally:
@@ -259,7 +262,10 @@ def test_prometheus_metrics_on_loopback(testbed, tmp_path):
         assert 'mmr_uplink_usable{uplink="ar1"} 1.0' in text and 'mmr_uplink_usable{uplink="ar2"} 1.0' in text
         line = [x for x in text.splitlines() if x.startswith('mmr_uplink_packets_total{uplink="ar1"}')][0]
         assert float(line.split()[-1]) >= 5
-        assert 'mmr_uplink_characteristic{characteristic="qos",uplink="ar1"} 1.0' in text
+        assert 'mmr_uplink_qos_ratio{uplink="ar1"} 1.0' in text
+        assert 'mmr_uplink_bandwidth_bits_per_second{uplink="ar1"} 2e+07' in text      # 20 Mbit/s
+        assert 'mmr_dropped_frames_total{reason="too_many_ext"} 0.0' in text
+        assert "mmr_config_last_reload_successful 1.0" in text and "mmr_build_info{" in text
 
 
 def test_address_removal_takes_the_uplink_down(testbed):
@@ -344,3 +350,65 @@ def test_control_socket_answers_root_only(testbed):
         ans = json.loads(p.stdout)
         assert ans == {"ok": False, "error": "only root may control mmr"}
         assert status(testbed)["ar1"]["usable"]          # root still gets the answer
+
+
+LOSSY_AR1 = """table inet lossy {
+ chain pre {
+  type filter hook prerouting priority -300; policy accept;
+  iifname "eth0" icmpv6 type echo-request numgen random mod 10 < 4 drop
+ }
+}
+"""
+
+HOOK = """#!{python}
+import json, os
+with open({out!r}, "a") as f:
+    f.write(json.dumps(dict(os.environ)) + "\\n")
+"""
+
+
+def test_lossy_uplink_is_degraded_not_down(testbed, tmp_path):
+    """AR1 drops 40 % of the MMR's echo requests (nftables numgen; data is untouched): with
+    degraded_loss = 0.2 (and down_after = 10 for ar1 alone, so lost probes in a row do not
+    take it down) ar1 becomes degraded but stays usable: its flow stays, a new flow of
+    preference 0 (the primary, lowest metric: ar1) goes to the healthy ar2, and the hook runs
+    with ACTION=degraded; without the loss it recovers (hook: recovered)."""
+    out = tmp_path / "hook.jsonl"
+    hook = tmp_path / "hook"
+    hook.write_text(HOOK.format(python=sys.executable, out=str(out)))
+    hook.chmod(0o755)
+    text = open(default_config_path()).read()
+    text = text.replace('device = "up1"\n', 'device = "up1"\ndegraded_loss = 0.2\ndown_after = 10\n'
+                        f'hook = "{hook}"\n', 1)
+    cfg = tmp_path / "lossy.toml"
+    cfg.write_text(text)
+
+    def flows():
+        return {f["dport"]: f["uplink"] for f in json.loads(ctl(testbed, "flows", "--json").stdout)["flows"]}
+
+    with running_router(testbed, "--config", str(cfg)):
+        assert wait_for(lambda: status(testbed)["ar1"]["rtt_ms"] is not None, 5)
+        assert peer(testbed, "mn", "udp-send", CN_ADDR, 9960, 3, 0, 0).returncode == 0     # preference 0
+        time.sleep(0.2)
+        assert flows()[9960] == "ar1"
+        subprocess.run(in_ns(testbed, "ar1", "nft", "-f", "-"), input=LOSSY_AR1, text=True, check=True)
+        try:
+            took = wait_for(lambda: status(testbed)["ar1"]["degraded"], 20, 0.2)
+            s = status(testbed)["ar1"]
+            assert took is not None, s
+            print(f"degraded after {took:.1f} s: {s['degraded_reason']}, probe loss {s['probe_loss']}")
+            assert s["usable"] and s["probes"] == "ok" and "probe loss" in s["degraded_reason"]
+            assert s["characteristics"]["loss"] >= 0.2
+            assert peer(testbed, "mn", "udp-send", CN_ADDR, 9961, 3, 0, 0).returncode == 0
+            time.sleep(0.2)
+            f = flows()
+            assert f[9960] == "ar1" and f[9961] == "ar2", f
+            assert status(testbed)["ar1"]["changes"] == 0          # never down
+        finally:
+            testbed.run("ar1", "nft", "delete", "table", "inet", "lossy", check=False)
+        took = wait_for(lambda: not status(testbed)["ar1"]["degraded"], 20, 0.2)
+        assert took is not None, status(testbed)["ar1"]
+        assert wait_for(lambda: out.exists() and "recovered" in out.read_text(), 5, 0.1) is not None
+    actions = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [a["ACTION"] for a in actions] == ["degraded", "recovered"], actions
+    assert actions[0]["UPLINK"] == "ar1" and actions[0]["DEVICE"] == "up1" and actions[0]["FAMILY"] == "ipv6"

@@ -200,3 +200,228 @@ def test_pin_rule_errors():
         cfg_of(base + '[[rule]]\nproto = "tcp"\nuplink = "u1"\npreference = 2\n')
     with pytest.raises(ConfigError, match="renumber"):
         cfg_of(base + '[policy.65534]\nnetwork = ["qos"]\nflow = [1]\n[[rule]]\nproto = "tcp"\nuplink = "u1"\n')
+
+
+# ------------------------------------------------------------ load balancing: weights, sticky
+LB = C.PREF_LOAD_BALANCE
+
+
+def lb_cfg(*ups, sticky=0, extra=""):
+    """ups: (name, metric, weight or None, extra uplink lines)."""
+    text = f"[select]\nsticky_s = {sticky}\n" + extra
+    for name, metric, weight, more in ups:
+        text += uplink(name, metric) + ("" if weight is None else f"weight = {weight}\n") + more
+    return cfg_of(text)
+
+
+def run_lb(sel, n, service=DATA, pref=LB):
+    out = np.empty(n, np.int16)
+    sel.select(np.full(n, service, np.uint8), np.full(n, pref, np.uint16), out)
+    return out.tolist()
+
+
+def test_load_balancing_follows_the_weights_exactly():
+    cfg = lb_cfg(("a", 1, 3, ""), ("b", 2, 1, ""))
+    c, r = _select.Selector(cfg), ref.Selector(cfg)
+    got = run_lb(c, 400)
+    assert got == run_lb(r, 400)
+    assert got.count(0) == 300 and got.count(1) == 100
+    for k in range(1, 401):                  # smooth: every prefix within one flow of 3:1
+        assert abs(got[:k].count(0) - 0.75 * k) <= 1
+    assert got[:4] == [0, 0, 1, 0]           # interleaved, not 300 then 100
+    assert c.counters() == r.counters() and c.counters()["selected"] == [300, 100]
+
+
+def test_default_weight_is_the_bandwidth_and_equal_without_one():
+    cfg = cfg_of(uplink("a", 1, bandwidth_mbps=20) + uplink("b", 2, bandwidth_mbps=50))
+    c = _select.Selector(cfg)
+    assert c.weights().tolist() == [20.0, 50.0]
+    got = run_lb(c, 70)
+    assert got.count(0) == 20 and got.count(1) == 50
+    assert c.choice_table()[LB, DATA] == 1   # a rotation starts on the largest weight
+    cfg = cfg_of(uplink("a", 1) + uplink("b", 2) + uplink("c", 3))
+    c = _select.Selector(cfg)
+    assert c.weights().tolist() == [1.0, 1.0, 1.0]
+    assert run_lb(c, 6) == [0, 1, 2, 0, 1, 2]
+
+
+def test_weight_zero_gets_no_share_and_none_usable_drops():
+    cfg = lb_cfg(("a", 1, 0, ""), ("b", 2, None, "bandwidth_mbps = 10\n"), ("c", 3, 2.5, ""))
+    c, r = _select.Selector(cfg), ref.Selector(cfg)
+    got = run_lb(c, 250)
+    assert got == run_lb(r, 250) and 0 not in got
+    assert got.count(1) == 200 and got.count(2) == 50      # 10 : 2.5
+    only_zero = lb_cfg(("a", 1, 0, ""), ("b", 2, 0, ""))
+    c = _select.Selector(only_zero)
+    assert run_lb(c, 3) == [-1, -1, -1] and c.counters()["no_uplink"] == 3
+    assert run_lb(c, 2, pref=1) == [0, 0]                  # other preferences do not care
+    assert c.choice_table()[LB, DATA] == -1
+
+
+def test_down_uplink_gets_no_share_and_comes_back_fresh():
+    cfg = lb_cfg(("a", 1, 1, ""), ("b", 2, 1, ""), ("c", 3, 1, ""))
+    c, r = _select.Selector(cfg), ref.Selector(cfg)
+    chars = np.zeros((3, C.N_CHARS))
+    assert run_lb(c, 2) == run_lb(r, 2) == [0, 1]
+    for s in (c, r):
+        s.update(chars, np.array([1, 0, 1], np.uint8))
+    assert c.rotation().tolist() == [0.0, 0.0, 0.0]         # other shares: a new rotation
+    got = run_lb(c, 6)
+    assert got == run_lb(r, 6) == [0, 2, 0, 2, 0, 2]
+    for s in (c, r):
+        s.update(chars, np.ones(3, np.uint8))
+    got = run_lb(c, 30)
+    assert got == run_lb(r, 30) and [got.count(u) for u in range(3)] == [10, 10, 10]
+    assert np.array_equal(c.rotation(), r.rotation())
+
+
+def test_ties_go_to_the_drafts_load_balancing_score_then_metric():
+    # equal weights: the first flow goes where section 5.2 would send it (lowest queueing delay)
+    cfg = cfg_of(uplink("a", 1, queueing_delay_ms=40) + "weight = 1\n" + uplink("b", 2, queueing_delay_ms=10)
+                 + "weight = 1\n" + uplink("c", 3, queueing_delay_ms=25) + "weight = 1\n")
+    assert run_lb(_select.Selector(cfg), 6) == [1, 2, 0, 1, 2, 0]
+
+
+def test_other_preferences_keep_the_metric_winner_between_balanced_flows():
+    cfg = cfg_of(CASE_51.replace("loss = 0.02\n", "loss = 0.02\nweight = 1\n")
+                 .replace("loss = 0.001\n", "loss = 0.001\nweight = 1\n"))
+    c = _select.Selector(cfg)
+    svc = np.array([VIDEO, VOIP, DATA, CONTROL] * 25, np.uint8)
+    prf = np.array([1, 3, 1, 3] * 25, np.uint16)
+    out = np.empty(100, np.int16)
+    c.select(svc, prf, out)
+    assert set(out[prf == 1].tolist()) == {0}               # max throughput: wlan, always
+    lb = out[prf == 3].tolist()
+    assert lb.count(0) == lb.count(1) == 25
+
+
+def rows_from(srcs):
+    rows = np.zeros(len(srcs), C.ROW_DTYPE)
+    for i, s in enumerate(srcs):
+        rows[i]["src"] = list(bytes(14) + bytes([0, s]))
+    return rows
+
+
+def test_sticky_sources_keep_their_uplink_while_live():
+    cfg = lb_cfg(("a", 1, 1, ""), ("b", 2, 1, ""), sticky=60)
+    for s in (_select.Selector(cfg), ref.Selector(cfg)):
+        src = [1, 1, 2, 1, 2, 3, 3]
+        ts = np.array([0.0, 1, 2, 30, 40, 50, 55])
+        out = np.empty(7, np.int16)
+        s.select(np.zeros(7, np.uint8), np.full(7, LB, np.uint16), out, rows=rows_from(src), ts=ts)
+        # source 1 -> a, 2 -> b (the rotation turns only for a source's first flow), 3 -> a
+        assert out.tolist() == [0, 0, 1, 0, 1, 0, 0]
+        assert s.counters()["sticky"] == 4
+        # 60 s after its last flow a source is forgotten: 1 (last at 30) chooses again at 91
+        s.select(np.zeros(2, np.uint8), np.full(2, LB, np.uint16), out, 2, rows=rows_from([1, 2]),
+                 ts=np.array([91.0, 95.0]))
+        assert out[:2].tolist() == [1, 1]        # 1: rotation (b); 2: live since 40 -> b
+        # stickiness is for load balancing only: other preferences keep their winner
+        s.select(np.zeros(1, np.uint8), np.ones(1, np.uint16), out, 1, rows=rows_from([2]), ts=np.array([96.0]))
+        assert out[0] == 0
+
+
+def test_sticky_source_on_a_down_uplink_chooses_again():
+    cfg = lb_cfg(("a", 1, 1, ""), ("b", 2, 1, ""), sticky=600)
+    c, r = _select.Selector(cfg), ref.Selector(cfg)
+    outs = []
+    for s in (c, r):
+        out = np.empty(4, np.int16)
+        s.select(np.zeros(2, np.uint8), np.full(2, LB, np.uint16), out, 2, rows=rows_from([7, 8]),
+                 ts=np.array([1.0, 2.0]))
+        assert out[:2].tolist() == [0, 1]
+        s.update(np.zeros((2, C.N_CHARS)), np.array([0, 1], np.uint8))
+        s.update(np.zeros((2, C.N_CHARS)), np.array([1, 1], np.uint8))   # back, but 7 forgot a
+        s.select(np.zeros(2, np.uint8), np.full(2, LB, np.uint16), out[2:], 2, rows=rows_from([7, 8]),
+                 ts=np.array([3.0, 4.0]))
+        outs.append(out.tolist())
+    assert outs[0] == outs[1] and outs[0][3] == 1 and c.counters() == r.counters()
+    assert c.sticky_sources() == 2
+
+
+def test_reload_keeps_the_rotation_and_sticky_sources():
+    from engine.pipeline import Pipeline
+
+    cfg = lb_cfg(("a", 1, 1, ""), ("b", 2, 1, ""), sticky=600)
+    p = Pipeline(cfg)
+    old = p.selector
+    run_lb(old, 1)
+    rows = rows_from([5])
+    out = np.empty(1, np.int16)
+    old.select(np.zeros(1, np.uint8), np.full(1, LB, np.uint16), out, rows=rows, ts=np.array([1.0]))
+    assert out[0] == 1
+    p.apply(lb_cfg(("a", 1, 1, ""), ("b", 2, 1, ""), sticky=300))
+    assert p.selector is not old and p.selector.sticky_s == 300
+    assert np.array_equal(p.selector.rotation(), old.rotation())
+    p.selector.select(np.zeros(1, np.uint8), np.full(1, LB, np.uint16), out, rows=rows, ts=np.array([2.0]))
+    assert out[0] == 1 and p.selector.counters()["sticky"] == 1
+    p.apply(lb_cfg(("a", 1, 1, ""), ("c", 2, 1, ""), sticky=300))    # other uplinks: fresh
+    assert p.selector.sticky_sources() == 0
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.lists(st.tuples(st.one_of(st.none(), st.sampled_from([0, 0.5, 1, 2, 3, 7.25])),
+                          st.floats(0, 100), st.integers(0, 3), st.booleans()), min_size=1, max_size=5),
+       st.sampled_from([0, 5, 60]),
+       st.lists(st.tuples(st.lists(st.tuples(st.integers(0, 5), st.sampled_from([0, 1, 2, 3, 3, 3, 9]),
+                                              st.integers(0, 12), st.floats(0, 4)), max_size=25),
+                          st.lists(st.booleans(), min_size=5, max_size=5)), min_size=1, max_size=6))
+def test_compiled_matches_reference_on_balanced_batches(ups, sticky, batches):
+    """Weights (none, 0, fractions), sticky on or off, usable masks changing between batches:
+    the same outputs, counters, rotation values."""
+    text = f"[select]\nsticky_s = {sticky}\n"
+    for i, (w, bw, metric, usable) in enumerate(ups):
+        text += uplink(f"u{i}", metric, bandwidth_mbps=bw, queueing_delay_ms=10 * i)
+        text += ("" if w is None else f"weight = {w}\n") + f"usable = {'true' if usable else 'false'}\n"
+    cfg = cfg_of(text)
+    c, r = _select.Selector(cfg), ref.Selector(cfg)
+    n_up = len(ups)
+    t = 0.0
+    for flows, mask in batches:
+        n = len(flows)
+        svc = np.array([f[0] for f in flows], np.uint8)
+        prf = np.array([f[1] for f in flows], np.uint16)
+        rows = rows_from([f[2] for f in flows])
+        ts = t + np.cumsum([f[3] for f in flows])
+        t = float(ts[-1]) if n else t
+        oc, orr = np.empty(n, np.int16), np.empty(n, np.int16)
+        c.select(svc, prf, oc, rows=rows, ts=ts)
+        r.select(svc, prf, orr, rows=rows, ts=ts)
+        assert oc.tolist() == orr.tolist()
+        assert np.array_equal(c.rotation(), r.rotation())
+        usable = np.array(mask[:n_up], np.uint8)
+        chars = np.array([[u[1]] + [0.0] * (C.N_CHARS - 1) for u in ups])
+        c.update(chars, usable)
+        r.update(chars, usable)
+    assert c.counters() == r.counters()
+    assert np.array_equal(c.weights(), r.weights())
+
+
+@pytest.mark.parametrize("text,key,problem", [
+    ("weight = -1\n", "uplink[0].weight", "-1.0 is out of range"),
+    ('weight = "heavy"\n', "uplink[0].weight", "must be a number, got str"),
+    ("weight = true\n", "uplink[0].weight", "must be a number, got bool"),
+    ("weight = nan\n", "uplink[0].weight", "must be a finite number"),
+    ("weight = inf\n", "uplink[0].weight", "must be a finite number"),
+    ("weight = [1, 2]\n", "uplink[0].weight", "must be a number, got list"),
+    ("[select]\nsticky_s = -5\n", "select.sticky_s", "-5.0 is out of range"),
+    ('[select]\nsticky_s = "10m"\n', "select.sticky_s", "must be a number"),
+    ("[select]\nsticky = 10\n", "select.sticky", "unknown key"),
+    ("select = 3\n", "select", "must be a table"),
+])
+def test_weight_and_sticky_errors_are_one_sentence(text, key, problem):
+    from engine.errors import ConfigError
+
+    body = uplink("a", 1) + text if not text.startswith(("[select]", "select")) else text + "\n" + uplink("a", 1)
+    with pytest.raises(ConfigError) as e:
+        cfg_of(body)
+    msg = str(e.value)
+    assert e.value.key == key and problem in msg and "\n" not in msg, msg
+    assert ("weight" not in key or "a share of the load-balanced flows" in msg)
+
+
+def test_weight_and_sticky_are_read():
+    cfg = cfg_of("[select]\nsticky_s = 600\n" + uplink("a", 1) + "weight = 3\n" + uplink("b", 2) + "weight = 0\n"
+                 + uplink("c", 3))
+    assert [u.weight for u in cfg.uplinks] == [3.0, 0.0, None] and cfg.select["sticky_s"] == 600.0
+    assert cfg_of(uplink("a", 1)).select == {"sticky_s": 0.0}

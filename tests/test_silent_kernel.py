@@ -84,11 +84,12 @@ def tcp_transfer(tb, svc, pref, port):
 def test_transit_is_mmrs_alone(testbed, routed):
     with running_router(testbed):
         tcp_transfer(testbed, 3, 2, 5501)               # tagged video/QoS: via ar1
-        tcp_transfer(testbed, -1, -1, 5502)             # untagged: via ar2
+        tcp_transfer(testbed, -1, -1, 5502)             # untagged: load balanced (weights 20:50)
         video = udp_exchange(testbed, 7501, 3, 2)
         data = udp_exchange(testbed, 7502, -1, -1)
         assert {AR_OF_CN_DEV[g["dev"]] for g in video} == {"ar1"} and len(video) >= 18
-        assert {AR_OF_CN_DEV[g["dev"]] for g in data} == {"ar2"} and len(data) >= 18
+        # the second load-balanced flow: its turn in the rotation, one uplink for all its packets
+        assert len({AR_OF_CN_DEV[g["dev"]] for g in data}) == 1 and len(data) >= 18
         out4 = testbed.run("mn", "ping", "-4", "-c", "3", "-i", "0.2", "-W", "2", CN_ADDR4)
         assert " 0% packet loss" in out4
         counts = watch(testbed)

@@ -1,5 +1,6 @@
 """mmr synth: valid, deterministic traces with the requested mix."""
 import hashlib
+import os
 import struct
 import subprocess
 import sys
@@ -141,3 +142,106 @@ def test_cli(tmp_path):
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "cannot write" in p.stderr
     h = subprocess.run([sys.executable, "-m", "engine", "synth", "--help"], capture_output=True, text=True)
     assert "VoIP" in h.stdout and "--tagged-share" in h.stdout
+
+
+def ones_sum_words(data: bytes) -> int:
+    """One's complement sum, word by word with end-around carry (independent of engine/)."""
+    if len(data) % 2:
+        data += b"\0"
+    s = 0
+    for i in range(0, len(data), 2):
+        s += (data[i] << 8) | data[i + 1]
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def test_every_checksum_is_valid(trace):
+    """IPv4 header, ICMP, and UDP/TCP/ICMPv6 over the pseudo-header, fragments reassembled
+    first: a packet with a valid checksum sums to 0xFFFF.  (tshark flagged them all before.)"""
+    path, _ = trace
+    datagrams = {}          # (v6?, src, dst, ident, proto) -> [(offset, more, bytes)]
+    checked = {"udp": 0, "tcp": 0, "icmp6": 0, "icmp": 0, "ip": 0, "reassembled": 0}
+    whole = []
+    for _, buf in frames(path):
+        if buf[12:14] == b"\x08\x00":
+            ihl = (buf[14] & 15) * 4
+            hdr = buf[14:14 + ihl]
+            assert ones_sum_words(hdr) == 0xFFFF
+            checked["ip"] += 1
+            src, dst, proto = hdr[12:16], hdr[16:20], hdr[9]
+            frag = struct.unpack("!H", hdr[6:8])[0]
+            body = buf[14 + ihl:14 + struct.unpack("!H", hdr[2:4])[0]]
+            if frag & 0x3FFF:
+                key = (False, src, dst, struct.unpack("!H", hdr[4:6])[0], proto)
+                datagrams.setdefault(key, []).append(((frag & 0x1FFF) * 8, bool(frag & 0x2000), body))
+            else:
+                whole.append((False, src, dst, proto, body))
+            continue
+        assert buf[12:14] == b"\x86\xdd"
+        src, dst, nh = buf[22:38], buf[38:54], buf[20]
+        pos, frag = 54, None
+        while nh in (0, 44):
+            if nh == 44:
+                off_m, ident = struct.unpack("!HI", buf[pos + 2:pos + 8])
+                frag = (off_m & ~7, bool(off_m & 1), ident)
+                nh, pos = buf[pos], pos + 8
+            else:
+                nh, pos = buf[pos], pos + (buf[pos + 1] + 1) * 8
+        body = buf[pos:]
+        if frag:
+            datagrams.setdefault((True, src, dst, frag[2], nh), []).append((frag[0], frag[1], body))
+        else:
+            whole.append((True, src, dst, nh, body))
+    for (v6, src, dst, _, proto), parts in datagrams.items():
+        parts.sort()
+        if parts[0][0] != 0 or parts[-1][1]:
+            continue                     # the trace ended before its last fragment
+        whole.append((v6, src, dst, proto, b"".join(p[2] for p in parts)))
+        checked["reassembled"] += 1
+    for v6, src, dst, proto, body in whole:
+        if proto == 1:
+            assert ones_sum_words(body) == 0xFFFF
+            checked["icmp"] += 1
+            continue
+        if v6:
+            pseudo = src + dst + struct.pack("!IxxxB", len(body), proto)
+        else:
+            pseudo = src + dst + struct.pack("!xBH", proto, len(body))
+        assert ones_sum_words(pseudo + body) == 0xFFFF, (proto, body[:8].hex())
+        if proto == 17:
+            assert body[6:8] != b"\0\0"          # 0 would mean "not computed"
+        checked[{17: "udp", 6: "tcp", 58: "icmp6"}[proto]] += 1
+    assert all(v > 0 for v in checked.values()), checked
+
+
+def test_dash_writes_the_capture_to_stdout(tmp_path):
+    path = tmp_path / "x.pcap"
+    generate(str(path), packets=300, flows=30, seed=9)
+    p = subprocess.run([sys.executable, "-m", "engine", "synth", "-", "--packets", "300", "--flows", "30",
+                        "--seed", "9"], capture_output=True)
+    assert p.returncode == 0 and p.stdout == path.read_bytes()
+    assert b"wrote standard output: 300 frames" in p.stderr
+    assert not (tmp_path / "-").exists()
+
+
+def test_dash_refuses_a_terminal():
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.run([sys.executable, "-m", "engine", "synth", "-", "--packets", "5"],
+                           stdout=slave, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert p.returncode == 2 and "standard output is a terminal" in p.stderr
+    assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+
+
+def test_dash_into_a_closed_pipe_is_quiet():
+    p = subprocess.Popen([sys.executable, "-m", "engine", "synth", "-", "--packets", "200000"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.read(100)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 0 and err == ""

@@ -4,8 +4,11 @@ def add_loop_options(p, what: str = "frames") -> None:
     """The options of the long-running data-path commands (run, host)."""
     p.add_argument("--config", metavar="CFG", help="policy file (default: the built-in policy)")
     p.add_argument("--batch", type=int, default=256, metavar="N", help=f"{what} per batch (default 256)")
-    p.add_argument("--stats-interval", type=float, default=5.0, metavar="S",
-                   help="seconds between summary lines, 0 for none (default 5)")
+    p.add_argument("--stats-interval", type=float, default=60.0, metavar="S",
+                   help="seconds between logfmt summary lines, 0 for none (default 60)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="log only lines at this level or above (default info); under systemd the "
+                        "journal gets each line's level")
     p.add_argument("--duration", type=float, default=None, metavar="S",
                    help="stop after S seconds (default: run until SIGINT/SIGTERM)")
 
@@ -31,5 +34,8 @@ def run_engine(args, mode: str) -> int:
     else:
         from engine.router import Router as Engine
         cfg = load_config(args.config)
-    Engine(cfg, batch=args.batch, stats_interval=args.stats_interval).run(args.duration)
+    if args.stats_interval < 0 or args.stats_interval != args.stats_interval:
+        from engine.errors import UserError
+        raise UserError(f"--stats-interval {args.stats_interval}: use 0 (no summary) or a positive number of seconds")
+    Engine(cfg, batch=args.batch, stats_interval=args.stats_interval, log_level=args.log_level).run(args.duration)
     return 0

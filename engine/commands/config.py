@@ -119,13 +119,28 @@ def explain(cfg, service: int, preference: int) -> str:
         out.append(f"  V_n = ({', '.join(c for c, _ in terms)})   V_t = ({', '.join(f'{x:g}' for x in vt)})")
     else:
         out.append("  no terms: every score is 0, the lowest metric wins")
+    width = max(len(up.name) for up in cfg.uplinks)
     for u, up in enumerate(cfg.uplinks):
         if not up.usable:
-            out.append(f"  {up.name:<10} unusable: excluded")
+            out.append(f"  {up.name:<{width}} unusable: excluded")
             continue
         parts = [f"{norm[u, C.CHAR_INDEX[c]]:.4f}*{w[service]:g}" for c, w in terms]
-        out.append(f"  {up.name:<10} F = {' + '.join(parts) if parts else '0'} = {scores[u]:.4f}"
+        out.append(f"  {up.name:<{width}} F = {' + '.join(parts) if parts else '0'} = {scores[u]:.4f}"
                    f"   (metric {up.metric})")
+    if preference == sel.lb_slot:
+        weights = sel.weights()
+        total = float(sum(weights))
+        if total > 0:
+            shares = ", ".join(f"{up.name} {weights[u]:g} ({100 * weights[u] / total:.0f} %)"
+                               for u, up in enumerate(cfg.uplinks) if weights[u] > 0)
+            out.append(f"  new flows are spread by weight (smooth weighted round-robin): {shares}; "
+                       f"ties in the rotation go to the score above")
+            if cfg.select.get("sticky_s"):
+                out.append(f"  a source with a load-balanced flow in the last {cfg.select['sticky_s']:g} s "
+                           f"keeps its uplink")
+        else:
+            out.append("  no usable uplink has a weight above 0: load-balanced flows get no uplink")
+        return "\n".join(out)
     out_arr = np.empty(1, np.int16)
     sel.select(np.array([service], np.uint8), np.array([preference], np.uint16), out_arr)
     w = int(out_arr[0])

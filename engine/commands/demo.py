@@ -18,7 +18,7 @@ Run the experiment of draft-park-mis section 6 on this machine and show its outc
 Expected with the built-in policy: video via AR1, echo via AR2, as in the draft's 6.2."""
 
 EPILOG = """\
-needs: root, iproute2, nftables, ethtool (apt-get install -y iproute2 nftables ethtool).
+needs: root, iproute2, nftables (apt-get install -y iproute2 nftables).
 exit status: 0 when each flow took the AR the policy predicts and traffic was delivered,
 1 when not, 2 on a usage, host or configuration error.
 

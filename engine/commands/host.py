@@ -25,14 +25,19 @@ off the physical interfaces) is removed: the host is as it was.  The table belon
 'nft -i' child that exits with mmr, so a killed mmr leaves no table behind either."""
 
 EPILOG = """\
-needs: root, /dev/net/tun, nftables; the peers behind the interfaces must route the VI's
-addresses back to this host (the built-in policy matches 'mmr testbed up --topology host').
-A missing TUN device, interface or gateway, or an address clash ends in one sentence, exit 2.
+needs: root, or a user with CAP_NET_RAW and CAP_NET_ADMIN as ambient capabilities and
+access to /dev/net/tun (mode 0666 on Debian); iproute2, nftables; the peers behind the
+interfaces must route the VI's addresses back to this host (the built-in policy matches
+'mmr testbed up --topology host').  A missing TUN device, interface or gateway, or an
+address clash ends in one sentence, exit 2.
+
+service: contrib/systemd/mmr-host.service ('mmr host --config /etc/mmr/mmr.toml', notify,
+watchdog, a dynamic user with the two capabilities).  Logging as for 'mmr run'.
 
 examples:
   mmr testbed up --topology host --prefix h- && ip netns exec h-host mmr host
-  mmr host --config /etc/mmr/host.toml"""
+  mmr host --config /etc/mmr/mmr.toml --log-level warning"""
 
 
 def register(sub) -> None:
-    register_engine(sub, "host", "host mode: the virtual interface bridge (TUN, needs root)", DESCRIPTION, EPILOG, "packets", "host")
+    register_engine(sub, "host", "host mode: the virtual interface bridge (TUN)", DESCRIPTION, EPILOG, "packets", "host")

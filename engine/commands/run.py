@@ -39,16 +39,27 @@ policy file (an invalid one is rejected, the old policy keeps running); 'mmr sta
 every --stats-interval seconds and at exit."""
 
 EPILOG = """\
-requirements: root (or CAP_NET_RAW + CAP_NET_ADMIN), nftables, the devices of the policy
-file, and gateways that answer neighbour discovery (or a static gateway_mac).  A missing
-device, privilege or gateway ends with one sentence and exit status 2.
+requirements: root, or any user holding CAP_NET_RAW and CAP_NET_ADMIN as ambient
+capabilities (so that the nft child has them too); nftables; the devices of the policy file;
+gateways that answer neighbour discovery (or a static gateway_mac).  A missing device,
+privilege or gateway ends with one sentence and exit status 2.
+
+logging: lines on stderr, 'mmr: [warning: |error: ]text', at --log-level and above; under
+systemd each line carries its syslog priority for the journal.  The summary line is logfmt:
+counters, up_<uplink>=packets, flows, drops and every non-zero drop_<reason>.
+
+service: contrib/systemd/mmr.service runs 'mmr run --config /etc/mmr/mmr.toml' as a
+notify service (READY once forwarding, STATUS = the last summary, a watchdog fed by the
+forwarding loop) under a dynamic user with the two capabilities; 'systemctl reload mmr'
+sends SIGHUP.  After a crash nothing needs undoing; 'mmr cleanup' removes the plain table a
+kernel without owner tables would leave.
 
 signals: SIGINT/SIGTERM stop (handing the packets back to the kernel first: up to a second),
 SIGHUP reloads the policy.
 
 examples:
   mmr testbed up && ip netns exec mmr-mmr mmr run
-  mmr run --config /etc/mmr/policy.toml --stats-interval 10"""
+  mmr run --config /etc/mmr/mmr.toml --log-level warning --stats-interval 300"""
 
 
 def register(sub) -> None:

@@ -37,9 +37,19 @@ class RefPipeline:
         pref = np.zeros(n, np.uint16)
         self.classifier.classify(rows, svc, pref)
         if self.flows.lookup(rows, ts, out):
-            choice = np.zeros(n, np.int16)
-            self.selector.select(svc, pref, choice)
-            self.flows.insert(rows, ts, out, choice, svc, pref)
+            made = 0
+            none = np.full(1, -1, np.int16)
+            for i in range(n):          # once per new flow, in packet order
+                if out[i] != -1:
+                    continue
+                one = (rows[i:i + 1], ts[i:i + 1], out[i:i + 1])
+                if made:                # a flow created earlier in this batch: join it
+                    self.flows.insert(*one, none, svc[i:i + 1], pref[i:i + 1])
+                    if out[i] != -1:
+                        continue
+                u = self.selector.select_one(int(svc[i]), int(pref[i]), bytes(rows[i]["src"]), float(ts[i]))
+                if u >= 0:
+                    made += self.flows.insert(*one, np.array([u], np.int16), svc[i:i + 1], pref[i:i + 1])
         for i in range(n):
             if out[i] == -1:
                 self.reasons[C.REASON_NO_UPLINK] += 1

@@ -37,3 +37,4 @@ cdef class Pipeline:
     cdef void parse_c(self, const uint8_t* base, const int64_t* off, const uint32_t* lens,
                       Py_ssize_t n) noexcept nogil
     cdef void route_c(self, const double* ts, Py_ssize_t n) noexcept nogil
+    cdef void new_flows_c(self, const double* ts, Py_ssize_t n) noexcept nogil
