@@ -94,8 +94,10 @@ class Demo:
             self.say(f"  {u.name:<5} via {u.device} -> {ar_of[u.name].upper()}: qos={ch['qos']:g} "
                      f"bandwidth={ch['bandwidth']:g} Mb/s queueing={ch['queueing_delay']:g} ms "
                      f"loss={ch['loss']:g} cost={ch['cost']:g}")
+        lb = " (load balancing: the first new flow goes to the largest weight)" \
+            if cfg.default_preference == 3 else ""
         self.say(f"  the metric function chooses: video+QoS -> {exp_video}, "
-                 f"untagged (preference {cfg.default_preference}) -> {exp_echo}\n")
+                 f"untagged (preference {cfg.default_preference}{lb}) -> {exp_echo}\n")
 
         tb = Testbed(self.prefix)
         self.say(f"building the testbed (namespaces {self.prefix}mn/mmr/ar1/ar2/cn) ...")
