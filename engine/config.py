@@ -77,6 +77,8 @@ UPLINK_KEYS = {
                          hint='addresses to ping out of this uplink, e.g. ["2001:db8:a1::1"] (default: the gateway)'),
     "reliability": Key("int", 1, 1, 1000,
                        hint="how many of the uplink's probe targets must answer for a probe round to count, e.g. 1"),
+    "strip_option": Key("bool", False, hint="true (the traffic control option is removed before a packet "
+                                            "leaves on this uplink: the edge of the option's domain) or false"),
 }
 
 # The connection manager (engine/connmgr.py): link state, probes, failover, control socket.
@@ -144,6 +146,9 @@ POLICY_KEYS = {
 RULE_MATCH = ("proto", "sport", "dport", "src", "dst", "dscp")
 RULE_SET = ("service", "preference", "uplink")
 PIN_BASE = 65535      # a rule's uplink = NAME uses the reserved preference PIN_BASE - index
+# (an option asking for a preference a pin uses is not honoured: pyx/classify.pyx)
+TRUST_KEYS = ("src", "services", "preferences")
+MAX_TRUST = 1024
 PROTO_NAMES = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132, "udplite": 136,
                "gre": 47, "esp": 50}
 DSCP_NAMES = {"CS0": 0, "CS1": 8, "AF11": 10, "AF12": 12, "AF13": 14, "CS2": 16, "AF21": 18,
@@ -190,6 +195,7 @@ class Uplink:
     reliability: int = 1                                   # targets that must answer per probe round
     overrides: dict = field(default_factory=dict)          # [monitor] keys this [[uplink]] sets itself
     monitor: dict = field(default_factory=dict)            # its effective probe/degraded/hook settings
+    strip_option: bool = False                             # remove the traffic control option on the way out
 
 
 @dataclass
@@ -207,6 +213,15 @@ class Rule:
 
 
 @dataclass
+class Trust:
+    """[[trust]]: what an option from a LAN source prefix may ask for."""
+    index: int
+    src: ipaddress.IPv6Network
+    services: tuple[int, ...] = (0, 1, 2, 3)                  # service codes it may request
+    preferences: tuple[tuple[int, int], ...] = ((0, 65535),)  # inclusive ranges, sorted, merged
+
+
+@dataclass
 class Config:
     path: str
     lan: str = "lan0"
@@ -221,10 +236,16 @@ class Config:
     classes: dict[str, tuple] = field(default_factory=dict)
     policies: dict[int, Policy] = field(default_factory=dict)
     rules: list[Rule] = field(default_factory=list)
+    trust: list[Trust] = field(default_factory=list)
     monitor: dict = field(default_factory=dict)
     host: dict = field(default_factory=dict)
     select: dict = field(default_factory=lambda: {"sticky_s": 0.0})
     raw: dict = field(default_factory=dict)
+    tags: list = field(default_factory=list)     # [[tag]] rules (engine.tagger.TagRule) for mmr tag
+
+    def pin_preferences(self) -> dict[int, int]:
+        """Preference number -> uplink index of every pin: reserved for rules, never an option's."""
+        return {n: p.pin for n, p in self.policies.items() if p.pin is not None}
 
     def uplink_index(self, name: str) -> int:
         for i, u in enumerate(self.uplinks):
@@ -307,6 +328,20 @@ def _nesting(text: str) -> int:
 class _Loader:
     def __init__(self, path: str):
         self.path = path
+
+    def service_and_preference(self, where: str, t: dict, r) -> None:
+        """``service`` and ``preference`` of a [[rule]] or [[tag]] into r.service, r.preference."""
+        if "service" in t:
+            s = t["service"]
+            if not isinstance(s, str) or s not in C.SERVICE_CODE:
+                self.err(f"{where}.service", f"{_short(s)} is not a service class",
+                         "write data, control, voip or video")
+            r.service = C.SERVICE_CODE[s]
+        if "preference" in t:
+            p = t["preference"]
+            if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= 65535:
+                self.err(f"{where}.preference", f"{_short(p)} is not a preference", "write an integer 0..65535")
+            r.preference = p
 
     def err(self, key, problem, fix):
         raise ConfigError(self.path, key, problem, fix)
@@ -426,7 +461,7 @@ class _Loader:
         except RecursionError:
             self.err(None, "nests tables or arrays too deeply", "write a flat policy file")
         self.unknown(raw, ("engine", "uplink", "classes", "policy", "rule", "monitor", "host",
-                          "select"), "")
+                          "select", "trust", "tag"), "")
         eng = self.table(raw.get("engine", {}), ENGINE_KEYS, "engine")
         cfg = Config(path=self.path, raw=raw, **eng)
         cfg.lan_prefixes = eng["lan_prefixes"]
@@ -437,9 +472,13 @@ class _Loader:
         self.classes(raw, cfg)
         self.policies(raw, cfg)
         self.rules(raw, cfg)
+        self.trust(raw, cfg)
         self.monitor(raw, cfg)
         self.host(raw, cfg)
         cfg.select = self.table(raw.get("select", {}), SELECT_KEYS, "select")
+        if "tag" in raw:               # [[tag]]: mmr tag's rules (validated in engine/tagger.py)
+            from engine.tagger import load_tags
+            cfg.tags = load_tags(self, raw)
         return cfg
 
     def host(self, raw, cfg):
@@ -556,6 +595,7 @@ class _Loader:
                 self.err(f"{where}.reliability", f"{v['reliability']} is more than the {len(targets)} probe "
                          f"target(s) of this uplink", f"write at most {max(1, len(targets))} or list more probe_targets")
             cfg.uplinks[-1].reliability = v["reliability"]
+            cfg.uplinks[-1].strip_option = bool(v["strip_option"])
             cfg.uplinks[-1].overrides = {k: v[k] for k in UPLINK_MONITOR_KEYS if v[k] is not None}
 
     def classes(self, raw, cfg):
@@ -660,17 +700,7 @@ class _Loader:
                     r.dscp = d
                 else:
                     self.err(f"{where}.dscp", f"{_short(d)} is not a DSCP", "write 0..63 or a name like EF, AF41, CS6")
-            if "service" in t:
-                s = t["service"]
-                if not isinstance(s, str) or s not in C.SERVICE_CODE:
-                    self.err(f"{where}.service", f"{_short(s)} is not a service class",
-                             "write data, control, voip or video")
-                r.service = C.SERVICE_CODE[s]
-            if "preference" in t:
-                p = t["preference"]
-                if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= 65535:
-                    self.err(f"{where}.preference", f"{_short(p)} is not a preference", "write an integer 0..65535")
-                r.preference = p
+            self.service_and_preference(where, t, r)
             if "uplink" in t:
                 name = t["uplink"]
                 names = [u.name for u in cfg.uplinks]
@@ -691,6 +721,88 @@ class _Loader:
                 r.preference = number
                 r.pin = True
             cfg.rules.append(r)
+        pins = cfg.pin_preferences()
+        for r in cfg.rules:
+            if not r.pin and r.preference in pins:
+                self.err(f"rule[{r.index}].preference", f"{r.preference} is reserved for the pin to "
+                         f"{cfg.uplinks[pins[r.preference]].name}",
+                         f'write uplink = "{cfg.uplinks[pins[r.preference]].name}" to pin, or another preference')
+        if cfg.default_preference in pins:
+            self.err("engine.default_preference", f"{cfg.default_preference} is reserved for the pin to "
+                     f"{cfg.uplinks[pins[cfg.default_preference]].name}",
+                     f"write a preference below {PIN_BASE - 254} or use a [[rule]] with uplink")
+
+    def trust(self, raw, cfg):
+        """[[trust]] tables: per LAN source prefix, the services and preferences an option
+        from it may ask for (longest prefix wins; no match: everything)."""
+        tables = raw.get("trust", [])
+        if not isinstance(tables, list):
+            self.err("trust", "must be an array of tables", "write each as [[trust]]")
+        if len(tables) > MAX_TRUST:
+            self.err("trust", f"{len(tables)} tables is more than mmr takes", f"keep at most {MAX_TRUST}")
+        seen = {}
+        for i, t in enumerate(tables):
+            where = f"trust[{i}]"
+            if not isinstance(t, dict):
+                self.err(where, "must be a table", "write each as [[trust]]")
+            self.unknown(t, TRUST_KEYS, where)
+            if "src" not in t:
+                self.err(f"{where}.src", "is missing", 'add src = "2001:db8:1:99::/64" (a LAN prefix)')
+            net = self.prefix(f"{where}.src", t["src"])
+            if net.version != 6:
+                self.err(f"{where}.src", f"{_short(t['src'])} is an IPv4 prefix, and the option is IPv6 only",
+                         "write an IPv6 prefix of the LAN")
+            lans = [p for p in cfg.lan_prefixes if p.version == 6]
+            if not any(net.subnet_of(p) for p in lans):
+                self.err(f"{where}.src", f"{net} is not inside the LAN's lan_prefixes",
+                         "write a prefix inside one of " + (", ".join(map(str, lans)) or "engine.lan_prefixes"))
+            if net in seen:
+                self.err(f"{where}.src", f"{net} is already trust[{seen[net]}]", "merge the two tables")
+            seen[net] = i
+            tr = Trust(i, net)
+            if "services" in t:
+                sv = t["services"]
+                if not isinstance(sv, list):
+                    self.err(f"{where}.services", f"must be a list of service names, got {_short(sv)}",
+                             'write e.g. ["data", "control"]')
+                codes = set()
+                for k, name in enumerate(sv):
+                    if not isinstance(name, str) or name not in C.SERVICE_CODE:
+                        self.err(f"{where}.services[{k}]", f"{_short(name)} is not a service class",
+                                 "write data, control, voip or video")
+                    codes.add(C.SERVICE_CODE[name])
+                tr.services = tuple(sorted(codes))
+            if "preferences" in t:
+                pv = t["preferences"]
+                if not isinstance(pv, list):
+                    self.err(f"{where}.preferences", f"must be a list of preferences, got {_short(pv)}",
+                             'write e.g. [0, 1, 3, "4-100"]')
+                rngs = []
+                for k, x in enumerate(pv):
+                    key = f"{where}.preferences[{k}]"
+                    if isinstance(x, int) and not isinstance(x, bool):
+                        if not 0 <= x <= 65535:
+                            self.err(key, f"{_short(x)} is out of range", "write a preference 0..65535")
+                        rngs.append((x, x))
+                        continue
+                    m = re.fullmatch(r"\s*([0-9]{1,6})\s*-\s*([0-9]{1,6})\s*", x) if isinstance(x, str) else None
+                    if not m:
+                        self.err(key, f"{_short(x)} is not a preference or range",
+                                 'write a number 0..65535 or a range such as "4-100"')
+                    lo, hi = int(m.group(1)), int(m.group(2))
+                    if hi > 65535:
+                        self.err(key, f"{_short(x)} is out of range", "write a range within 0..65535")
+                    if lo > hi:
+                        self.err(key, f"{_short(x)} runs backwards", f'write "{hi}-{lo}"')
+                    rngs.append((lo, hi))
+                merged = []
+                for lo, hi in sorted(rngs):
+                    if merged and lo <= merged[-1][1] + 1:
+                        merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+                    else:
+                        merged.append((lo, hi))
+                tr.preferences = tuple(merged)
+            cfg.trust.append(tr)
 
     def port_range(self, key, v):
         if isinstance(v, int) and not isinstance(v, bool):

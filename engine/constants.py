@@ -33,7 +33,9 @@ ROW_DTYPE = np.dtype(
         ("hlim", "u1"),            # 54  hop limit / TTL
         ("flags", "u1"),           # 55  F_* bits
         ("icmp_type", "u1"),       # 56  ICMP/ICMPv6 type (0 otherwise)
-        ("_pad", "u1", (7,)),      # 57  pad to 64 bytes
+        ("opt_off", "<u2"),        # 57  unknown hop-by-hop option acted on (RFC 8200 4.2): offset
+                                   #     of its type byte from the IPv6 header's start; 0 = none
+        ("_pad", "u1", (5,)),      # 59  pad to 64 bytes
     ],
     align=False,
 )
@@ -88,6 +90,10 @@ REASONS = [
     (16, "oversize", "drop"),             # larger than the egress MTU (packet too big sent)
     (17, "no_neighbour", "drop"),         # the next hop's MAC is not known (yet)
     (18, "bad_offload", "drop"),          # a checksum request pointing outside the frame
+    # RFC 8200 4.2: an unrecognised hop-by-hop option whose two high-order type bits say
+    # discard (row opt_off = where its type byte is; engine/ref/parse.py, pyx/parse.pyx)
+    (19, "opt_unknown_discard", "drop"),  # bits 01, or 11 to a multicast destination: silently
+    (20, "opt_unknown_icmp", "drop"),     # bits 10, or 11 to unicast: + ICMPv6 parameter problem
 ]
 REASON_NAMES = [name for _, name, _ in REASONS]
 REASON_ACTION = {code: action for code, _, action in REASONS}
@@ -112,6 +118,8 @@ REASON_HOP_LIMIT = 15
 REASON_OVERSIZE = 16
 REASON_NO_NEIGHBOUR = 17
 REASON_BAD_OFFLOAD = 18
+REASON_OPT_UNKNOWN_DISCARD = 19
+REASON_OPT_UNKNOWN_ICMP = 20
 
 # RFC 8504 section 5.3 limits applied to the hop-by-hop and destination options headers
 MAX_PAD_BYTES = 7          # consecutive padding bytes (Pad1 and PadN together)
@@ -121,6 +129,10 @@ MAX_EXT_HEADERS = 16       # extension headers walked before giving up
 # ---------------------------------------------------------------- traffic control option
 DEFAULT_OPTION_TYPE = 0x3E    # 001 11110: RFC 4727 experimental value with the draft's 001 prefix
 OPTION_DATA_LEN = 3           # service type u8 + preference u16 (network order)
+# hop-by-hop options mmr recognises besides Pad1, PadN and the traffic control option: they
+# are passed on untouched, whatever their action bits (RFC 8200 4.2 acts on unrecognised ones)
+OPT_ROUTER_ALERT = 0x05       # RFC 2711: for routers that run the protocol (MLD, RSVP): mmr does not
+OPT_JUMBO = 0xC2              # RFC 2675: jumbogram; its payload length is bounded by the frame
 
 # ---------------------------------------------------------------- service classes (draft sec. 3)
 SERVICE_DATA = 0

@@ -142,6 +142,7 @@ def config_document(cfg) -> dict:
         t.update({key: u.chars[name] for name, key, _ in C.CHARACTERISTICS})
         t.update(metric=u.metric, usable=u.usable, qdisc_bypass=u.qdisc_bypass, probe_targets=list(u.probe_targets))
         t["reliability"] = u.reliability
+        t["strip_option"] = u.strip_option
         if u.weight is not None:
             t["weight"] = u.weight
         t.update(u.overrides)                     # the [monitor] keys this uplink sets itself
@@ -171,7 +172,11 @@ def config_document(cfg) -> dict:
         elif r.preference is not None:
             t["preference"] = r.preference
         rules.append(t)
+    trust = [{"src": str(t.src), "services": [C.SERVICE_NAMES[s] for s in t.services],
+              "preferences": [lo if lo == hi else f"{lo}-{hi}" for lo, hi in t.preferences]}
+             for t in cfg.trust]
     doc = {"engine": eng, "uplink": uplinks, "classes": classes, "policy": policies, "rule": rules,
+           "trust": trust,
            # "" and None: a key left out (a policy file may not write them)
            "monitor": {k: v for k, v in cfg.monitor.items() if v not in ("", None)},
            "select": dict(cfg.select),

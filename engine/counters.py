@@ -23,13 +23,16 @@ EVENTS = [
     ("handover", "frames the kernel forwarded while mmr was taking over or handing back"),
     ("csum_finished", "unfinished checksums (a sender's offload) mmr completed"),
     ("super_frames", "GSO super-frames passed on for the kernel to segment"),
-    ("icmp_sent", "ICMP errors mmr sent: time exceeded, packet too big"),
+    ("icmp_sent", "ICMP errors mmr sent: time exceeded, packet too big, parameter problem"),
     ("icmp_limited", "ICMP errors not sent: over the rate limit (1000/s, burst 50)"),
     ("neighbour_asked", "neighbour resolutions mmr asked the kernel for"),
     ("tx_errors", "frames a device refused (sendmmsg or write failed)"),
     ("truncated", "frames longer than a ring slot that the kernel could not queue whole: dropped"),
     ("ring_drops", "frames the kernel dropped because a ring was full"),
     ("internal_errors", "errors inside mmr's own control work (logged); the forwarding went on"),
+    ("untrusted_option", "options asking for a service or preference their [[trust]] prefix may not: "
+                         "classified as untagged"),
+    ("reserved_preference", "options asking for a preference a pin ([[rule]] uplink) uses: preference 0"),
 ]
 N_EVENTS = len(EVENTS)
 NAMES = list(C.REASON_NAMES) + [name for name, _ in EVENTS]

@@ -39,7 +39,7 @@ from engine.connmgr import ConnectionManager
 from engine.control import ControlServer
 from engine.errors import UserError
 from engine.guard import KernelGuard
-from engine.icmperr import packet_too_big, time_exceeded
+from engine.icmperr import packet_too_big, parameter_problem, time_exceeded
 from engine.log import Log
 from engine.sdnotify import Notifier
 from engine.netlink import Netlink
@@ -190,6 +190,11 @@ class Datapath:
             self.up_index = [self.state.index(u.device) for u in cfg.uplinks]
             self.pipe = Pipeline(cfg, batch=batch)
             self.fw = _forward.Forwarder(self.pipe, inside.router, self.n_up, batch)
+            # RFC 8200 4.2 parameter problems: the router's own kernel parses the hop-by-hop
+            # header on receipt, before the guard's prerouting hook, and answers them itself
+            # (rate limited per source); mmr drops and counts the packet and does not answer
+            # a second time (tests/test_rfc8200.py::test_live_parameter_problem_reaches_mn)
+            self.fw.param_problems = False
             self.counters = self.fw.counters          # the one table (engine/counters.py)
             for u, up in enumerate(cfg.uplinks):
                 link = self.state.link(up.device)
@@ -386,6 +391,8 @@ class Datapath:
                 if fam == 4 and not frame[l3 + 6] & 0x40:
                     continue              # IPv4 without DF: mmr does not fragment; dropped, counted
                 reply = packet_too_big(frame, l3, fam, mac, int(p["mtu"]), ip6, ip4)
+            elif kind == _forward.KIND_PARAM_PROBLEM:
+                reply = parameter_problem(frame, l3, fam, mac, int(p["mtu"]), ip6)    # mtu: the pointer
             else:
                 reply = time_exceeded(frame, l3, fam, mac, ip6, ip4)
             if reply is not None:
@@ -551,6 +558,7 @@ class Datapath:
 
     SUMMARY = ["rx_inside", "rx_uplink", "tx_uplink", "tx_inside", "kernel", "handover", "csum_finished",
                "super_frames", "icmp_sent", "ring_drops", "tx_errors"]
+    SUMMARY_NONZERO = ["untrusted_option", "reserved_preference"]     # in the line only when not 0
 
     def summary_line(self) -> str:
         """One logfmt line: the main counters, packets per uplink, flows, all drops, every non-zero drop reason."""
@@ -558,6 +566,7 @@ class Datapath:
         per = " ".join(f"up_{u.name}={self.uplink_sent(i)[0]}" for i, u in enumerate(self.cfg.uplinks))
         d = CT.drops(t)
         drops = " ".join(f"drop_{k}={v}" for k, v in d.items() if v)
+        drops += "".join(f" {k}={int(t[CT.INDEX[k]])}" for k in self.SUMMARY_NONZERO if t[CT.INDEX[k]])
         return " ".join(x for x in (CT.logfmt(t, self.SUMMARY, with_drops=False), per,
                                     f"flows={len(self.pipe.flows)} drops={sum(d.values())}", drops) if x)
 
@@ -599,6 +608,7 @@ class Datapath:
         except (UserError, OSError) as exc:
             return {"ok": False, "message": f"rejected, the old policy keeps running: {exc}"}
         self.pipe.apply(new)                      # new rules and selector; flows kept
+        self.fw.set_strip(new)                    # [[uplink]] strip_option
         self.cfg = new
         self.conn.apply(new, self.pipe.selector)  # usable mask and measurements into it at once
         self.inside.apply(self, new)

@@ -22,12 +22,12 @@ flag get a plain table (logged), removed at a clean stop only.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import subprocess
 import time
 
 from engine.errors import UserError
+from engine.nftowned import OwnedTable
 
 FAR_FUTURE = 4102444800          # 2100-01-01: "until mmr hands back"
 
@@ -48,8 +48,7 @@ class KernelGuard:
                             "from forwarding what mmr forwards (apt-get install nftables)")
         self.table, self.devices, self.rules, self.log = table, devices, rules, log
         self.sets = {k: (t, sorted(v)) for k, (t, v) in (sets or {}).items()}
-        self.proc: subprocess.Popen | None = None
-        self.owned = False
+        self.nft = OwnedTable("inet", table, log, "chain pre")
         self.start = self.end = None
 
     # ------------------------------------------------------------------ text
@@ -75,40 +74,23 @@ class KernelGuard:
         """Install the table; returns START (epoch seconds), from which mmr forwards."""
         subprocess.run(["nft", "delete", "table", "inet", self.table], capture_output=True)  # a stale plain one
         start = whole_second_after(time.time(), margin)
-        # its own session: a Ctrl-C or a service stop signals mmr's process group, and the
-        # table must stay until mmr has handed back; the pipe still ends it with mmr
-        self.proc = subprocess.Popen(["nft", "-i"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1, start_new_session=True)
-        os.set_blocking(self.proc.stderr.fileno(), False)
-        self._send(self._table_text(start, FAR_FUTURE, owner=True))
-        if self._present(2.0):
-            self.owned = True
-        else:
-            err = self._errors()
-            self.close()
-            p = subprocess.run(["nft", "-f", "-"], input=self._table_text(start, FAR_FUTURE, owner=False) + "\n",
-                               capture_output=True, text=True)
-            if p.returncode != 0:
-                raise UserError(f"cannot install the nftables table that keeps the kernel from "
-                                f"forwarding what mmr forwards ({(p.stderr or err).strip()}); check "
-                                f"that nftables works here")
-            self.log.warning(f"nftables refused an owned table ({err.strip() or 'no reason given'}); "
-                     f"the table 'inet {self.table}' stays if mmr is killed: remove it with "
-                     f"'nft delete table inet {self.table}'")
+        self.nft.install(self._table_text(start, FAR_FUTURE, owner=True),
+                         self._table_text(start, FAR_FUTURE, owner=False),
+                         "that keeps the kernel from forwarding what mmr forwards")
         self.start, self.end = start, FAR_FUTURE
         if time.time() >= start:
             self.log.warning(f"the kernel guard took longer than {margin} s to install; "
-                     f"a few packets may have been forwarded twice")
+                             f"a few packets may have been forwarded twice")
         return float(start)
+
+    @property
+    def owned(self) -> bool:
+        return self.nft.owned
 
     def hand_back(self, margin: float = 0.15) -> float:
         """Give the kernel everything from END on; returns END (epoch seconds)."""
         end = whole_second_after(time.time(), margin)
-        text = self._window_text(self.start, end)
-        if self.owned:
-            self._send(text)
-        else:
-            subprocess.run(["nft", "-f", "-"], input=text + "\n", capture_output=True, text=True)
+        self.nft.send(self._window_text(self.start, end))
         self.end = end
         return float(end)
 
@@ -123,55 +105,13 @@ class KernelGuard:
             cmds.append(f"flush set inet {self.table} {name}")
             if v:
                 cmds.append(f"add element inet {self.table} {name} {{ {', '.join(v)} }}")
-        if not cmds or self.start is None:
-            return
-        if self.owned:
-            self._send("; ".join(cmds))
-        else:
-            subprocess.run(["nft", "-f", "-"], input="; ".join(cmds) + "\n", capture_output=True, text=True)
+        if cmds and self.start is not None:
+            self.nft.send("; ".join(cmds))
 
     def close(self) -> None:
         """Remove the table (the kernel forwards everything again)."""
-        if self.proc is not None:
-            try:
-                self.proc.stdin.close()
-            except OSError:
-                pass
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
-        if not self.owned and self.start is not None:
-            subprocess.run(["nft", "delete", "table", "inet", self.table], capture_output=True)
+        self.nft.close()
         self.start = None
 
-    # ------------------------------------------------------------------ helpers
-    def _send(self, line: str) -> None:
-        try:
-            self.proc.stdin.write(line + "\n")
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError, ValueError):
-            pass
-
-    def _errors(self) -> str:
-        try:
-            return self.proc.stderr.read() or ""
-        except (OSError, TypeError, ValueError):
-            return ""
-
-    def _present(self, wait: float) -> bool:
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False
-            p = subprocess.run(["nft", "list", "table", "inet", self.table], capture_output=True, text=True)
-            if p.returncode == 0 and "chain pre" in p.stdout:
-                return True
-            time.sleep(0.02)
-        return False
-
     def counters(self) -> str:
-        p = subprocess.run(["nft", "list", "table", "inet", self.table], capture_output=True, text=True)
-        return p.stdout
+        return self.nft.listing()

@@ -1,5 +1,6 @@
-"""ICMPv6 / ICMP errors a router sends: time exceeded (the hop limit ran out) and packet
-too big / fragmentation needed (the packet does not fit the egress MTU).
+"""ICMPv6 / ICMP errors a router sends: time exceeded (the hop limit ran out), packet
+too big / fragmentation needed (the packet does not fit the egress MTU) and parameter
+problem (an unrecognised hop-by-hop option whose type says so, RFC 8200 4.2).
 
 A rare path (one reply per dropped packet, rate-limited by the caller): plain Python.
 """
@@ -25,6 +26,17 @@ def packet_too_big(frame: bytes, l3_off: int, family: int, router_mac: bytes, mt
     fragmentation needed (type 3 code 4, next-hop MTU in the low 16 bits; RFC 1191)."""
     return icmp_error(frame, l3_off, family, router_mac, router_ip6, router_ip4, (K.ICMP6_PACKET_TOO_BIG, 0),
                       (K.ICMP_DEST_UNREACH, K.ICMP_FRAG_NEEDED), mtu)
+
+
+def parameter_problem(frame: bytes, l3_off: int, family: int, router_mac: bytes, pointer: int,
+                      router_ip6: bytes | None = None) -> bytes | None:
+    """ICMPv6 parameter problem, code 2 (unrecognised IPv6 option; RFC 4443 3.4), the pointer
+    = the offset of the option's type byte from the start of the invoking packet.  IPv6 only
+    (None otherwise, or without an IPv6 address)."""
+    if family != 6:
+        return None
+    return icmp_error(frame, l3_off, family, router_mac, router_ip6, None,
+                      (K.ICMP6_PARAM_PROB, K.ICMP6_PARAMPROB_OPTION), (0, 0), pointer)
 
 
 def icmp_error(frame: bytes, l3_off: int, family: int, router_mac: bytes,

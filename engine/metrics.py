@@ -52,6 +52,8 @@ EVENT_METRICS = {
     "truncated": "mmr_truncated_frames",
     "ring_drops": "mmr_ring_dropped_frames",
     "internal_errors": "mmr_internal_errors",
+    "untrusted_option": "mmr_untrusted_options",
+    "reserved_preference": "mmr_reserved_preference_options",
 }
 
 # reasons that are not drops (engine.constants.REASONS) -> (metric name, help)

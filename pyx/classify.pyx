@@ -3,7 +3,9 @@
 
 Takes   rows (ROW_DTYPE) and the policy file's rules and default preference.
 Emits   service_out[i] (0 data, 1 control, 2 VoIP, 3 video) and pref_out[i].
-Counts  tagged, untagged, reserved_service, dscp_derived, icmp_control, rule hits.
+Counts  tagged, untagged, reserved_service, dscp_derived, icmp_control, rule hits;
+        untrusted_option and reserved_preference (into the engine's counter table once
+        count_into is called: the summary line, mmr status, the metrics).
 
 With the traffic control option: the option's service (4..255 are reserved: data, counted)
 and preference.  Without it (RFC 6419 per-application settings, then the draft's note on the
@@ -12,6 +14,16 @@ set comes from DSCP (EF -> VoIP; AF41/42/43, CS4, CS5 -> video; CS6, CS7 -> cont
 ICMPv6/ICMP other than echo -> control, else data; a preference no rule set is the
 config's default_preference.  A rule with ``uplink = NAME`` (a pin: "only via NAME")
 holds for tagged traffic too: its preference replaces the option's, the service is kept.
+
+Pins are kept apart from the option's preference space: an option (or anything but a pin
+rule) asking for a preference that a pin uses (PIN_BASE - uplink index, engine/config.py)
+gets preference 0 (policy none, as an undefined preference) and is counted
+(``reserved_preference``); the pin rules are applied after that check.
+
+[[trust]] (per LAN source prefix, longest first; no table matches: everything allowed): an
+option asking for a service (reserved services count as data) or a preference outside its
+prefix's table is treated as if the packet had no option (rules, DSCP, default) and counted
+(``untrusted_option``; the packet counts as untagged, not tagged).
 """
 from libc.stdint cimport uint8_t, uint16_t, int16_t, int32_t, int64_t, uint64_t
 
@@ -51,6 +63,31 @@ cdef class Classifier:
         self.r_pin = np.zeros(max(n, 1), np.uint8)
         self.n_pins = 0
         self.hits = np.zeros(max(n, 1), np.uint64)
+        self.pin_bits = np.zeros(8192, np.uint8)
+        pins = cfg.pin_preferences() if hasattr(cfg, "pin_preferences") else {}
+        for num in pins:
+            self.pin_bits[num >> 3] |= 1 << (num & 7)
+        self.n_pin_prefs = len(pins)
+        trust = sorted(getattr(cfg, "trust", []), key=lambda t: -t.src.prefixlen)   # stable: longest first
+        nt = len(trust)
+        self.n_trust = nt
+        t_net = np.zeros((max(nt, 1), 32), np.uint8)
+        t_svc = np.zeros(max(nt, 1), np.uint8)
+        t_at = np.zeros(nt + 1, np.int32)
+        ranges = []
+        for k, t in enumerate(trust):
+            t_net[k, :16] = list(t.src.network_address.packed)
+            t_net[k, 16:] = list(t.src.netmask.packed)
+            t_svc[k] = sum(1 << sv for sv in t.services)
+            ranges.extend(t.preferences)
+            t_at[k + 1] = len(ranges)
+        self.t_net, self.t_svc, self.t_at = t_net, t_svc, t_at
+        self.t_rng = np.array(ranges or [(1, 0)], np.uint16).reshape(-1, 2)
+        self.own_untrusted = 0
+        self.own_reserved_pref = 0
+        self.untrusted = &self.own_untrusted
+        self.reserved_pref = &self.own_reserved_pref
+        self._table = None
         for i, r in enumerate(rules):
             if r.proto is not None:
                 self.r_proto[i] = r.proto
@@ -96,6 +133,41 @@ cdef class Classifier:
                     return False
         return True
 
+    def count_into(self, table):
+        """Count untrusted_option and reserved_preference into the engine's counter table
+        (engine/counters.py) from now on."""
+        from engine import counters as CT
+        if table.dtype != np.uint64 or not table.flags.c_contiguous or table.shape[0] != CT.SIZE:
+            raise TypeError("the engine's uint64 counter table")
+        cdef uint64_t[::1] t = table
+        if self._table is None:
+            t[CT.INDEX["untrusted_option"]] += self.untrusted[0]
+            t[CT.INDEX["reserved_preference"]] += self.reserved_pref[0]
+        self._table = table
+        self.untrusted = &t[CT.INDEX["untrusted_option"]]
+        self.reserved_pref = &t[CT.INDEX["reserved_preference"]]
+
+    cdef inline bint trusted(self, const mmr_row* r, int s, int p) noexcept nogil:
+        """May an option from r.src ask for service s and preference p?  The longest
+        [[trust]] prefix that holds r.src decides; none holds it: yes."""
+        cdef int k, j, a
+        cdef bint inside
+        for k in range(self.n_trust):
+            inside = True
+            for j in range(16):
+                if (r.src[j] & self.t_net[k, 16 + j]) != self.t_net[k, j]:
+                    inside = False
+                    break
+            if not inside:
+                continue
+            if not (self.t_svc[k] >> s) & 1:
+                return False
+            for a in range(self.t_at[k], self.t_at[k + 1]):
+                if self.t_rng[a, 0] <= p <= self.t_rng[a, 1]:
+                    return True
+            return False
+        return True
+
     def classify(self, rows_arr, uint8_t[::1] service_out, uint16_t[::1] pref_out, Py_ssize_t n=-1):
         """Fill service_out[0:n], pref_out[0:n] from rows[0:n]."""
         if rows_arr.dtype != ROW_DTYPE or not rows_arr.flags.c_contiguous:
@@ -118,20 +190,25 @@ cdef class Classifier:
         for i in range(n):
             r = &rp[i]
             if r.has_opt:
-                self.tagged += 1
-                s = r.service
-                if s > 3:
-                    s = 0
-                    self.reserved += 1
-                service_out[i] = <uint8_t>s
-                pref_out[i] = r.preference
-                if self.n_pins:                # a pin holds even against the option
-                    for k in range(self.n_rules):
-                        if self.r_pin[k] and self.match(k, r):
-                            self.hits[k] += 1
-                            pref_out[i] = <uint16_t>self.r_pref[k]
-                            break
-                continue
+                s = r.service if r.service <= 3 else 0
+                if self.n_trust == 0 or self.trusted(r, s, r.preference):
+                    self.tagged += 1
+                    if r.service > 3:
+                        self.reserved += 1
+                    service_out[i] = <uint8_t>s
+                    p = r.preference
+                    if self.n_pin_prefs and (self.pin_bits[p >> 3] >> (p & 7)) & 1:
+                        p = 0                   # a pin's preference: not the option's to ask for
+                        self.reserved_pref[0] += 1
+                    pref_out[i] = <uint16_t>p
+                    if self.n_pins:            # a pin holds even against the option
+                        for k in range(self.n_rules):
+                            if self.r_pin[k] and self.match(k, r):
+                                self.hits[k] += 1
+                                pref_out[i] = <uint16_t>self.r_pref[k]
+                                break
+                    continue
+                self.untrusted[0] += 1          # asked for more than its prefix may: as untagged
             self.untagged += 1
             s = -1
             p = -1
@@ -160,5 +237,6 @@ cdef class Classifier:
             "tagged": int(self.tagged), "untagged": int(self.untagged),
             "reserved_service": int(self.reserved), "dscp_derived": int(self.dscp_derived),
             "icmp_control": int(self.icmp_control),
+            "untrusted_option": int(self.untrusted[0]), "reserved_preference": int(self.reserved_pref[0]),
             "rule_hits": [int(self.hits[k]) for k in range(self.n_rules)],
         }

@@ -26,6 +26,7 @@ def row_layout():
         "hlim": (<size_t>&r.hlim - base, sizeof(r.hlim)),
         "flags": (<size_t>&r.flags - base, sizeof(r.flags)),
         "icmp_type": (<size_t>&r.icmp_type - base, sizeof(r.icmp_type)),
+        "opt_off": (<size_t>&r.opt_off - base, sizeof(r.opt_off)),
     }, sizeof(mmr_row)
 
 def reason_codes():
@@ -40,6 +41,7 @@ def reason_codes():
         "too_many_ext": rows.R_TOO_MANY_EXT, "no_uplink": rows.R_NO_UPLINK,
         "hop_limit": rows.R_HOP_LIMIT, "oversize": rows.R_OVERSIZE,
         "no_neighbour": rows.R_NO_NEIGHBOUR, "bad_offload": rows.R_BAD_OFFLOAD,
+        "opt_unknown_discard": rows.R_OPT_UNKNOWN_DISCARD, "opt_unknown_icmp": rows.R_OPT_UNKNOWN_ICMP,
     }, rows.N_REASONS
 
 
@@ -57,6 +59,7 @@ def event_codes():
         "neighbour_asked": F.CNT_NEIGHBOUR_ASKED, "tx_errors": F.CNT_TX_ERRORS,
         "truncated": F.CNT_TRUNCATED, "ring_drops": F.CNT_RING_DROPS,
         "internal_errors": F.CNT_INTERNAL_ERRORS,
+        "untrusted_option": F.CNT_UNTRUSTED_OPTION, "reserved_preference": F.CNT_RESERVED_PREFERENCE,
     }, F.CNT_SIZE
 
 

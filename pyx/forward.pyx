@@ -13,6 +13,8 @@ Two directions, one engine for ``mmr run`` (router) and ``mmr host`` (virtual in
                                              select)
       next hop known?  else DROP no_neighbour        (the uplink's gateway MAC)
       fits the uplink's MTU?  else DROP oversize, punt packet too big
+      (an unknown hop-by-hop option, RFC 8200 4.2: DROP opt_unknown_discard / _icmp at parse;
+       router: _icmp punts a parameter problem, see param_problem())
       rewrite  MACs, hop limit - 1 (router), VLAN tags off, unfinished checksums finished
                (engine._rewrite)           hop limit ran out -> DROP hop_limit, punt
                                            time exceeded
@@ -48,10 +50,10 @@ cimport rows
 from rows cimport mmr_row
 from siphash cimport siphash13, ld64
 from virtio_net cimport virtio_net_hdr, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE
-from netinet_in cimport IPPROTO_TCP
+from netinet_in cimport IPPROTO_TCP, IPPROTO_ICMPV6
 from sys_net cimport pollfd, ppoll, timespec, POLLERR, POLLHUP, POLLNVAL
 from engine._pipeline cimport Pipeline, OUT_ROUTE, OUT_KERNEL, OUT_DROP
-from engine._rewrite cimport (rewrite_one, finish_checksum, RW_MACS, RW_HOP, RW_CSUM_GSO,
+from engine._rewrite cimport (rewrite_one, finish_checksum, RW_MACS, RW_HOP, RW_CSUM_GSO, RW_STRIP,
                               VERDICT_OK, VERDICT_HOP_LIMIT, VERDICT_BAD_OFFLOAD)
 from engine._ring cimport RxRing, TxSocket
 from engine._tun cimport Tun
@@ -70,8 +72,10 @@ PUNT_DTYPE = np.dtype([
     ("caplen", "<u2"), ("mtu", "<u4"), ("length", "<u4"), ("addr", "u1", (16,)),
     ("data", "u1", (1280,)),
 ])
-PUNT_KINDS = {PUNT_TIME_EXCEEDED: "time_exceeded", PUNT_TOO_BIG: "too_big", PUNT_NEIGHBOUR: "neighbour"}
+PUNT_KINDS = {PUNT_TIME_EXCEEDED: "time_exceeded", PUNT_TOO_BIG: "too_big", PUNT_NEIGHBOUR: "neighbour",
+              PUNT_PARAM_PROBLEM: "param_problem"}
 KIND_TIME_EXCEEDED, KIND_TOO_BIG, KIND_NEIGHBOUR = PUNT_TIME_EXCEEDED, PUNT_TOO_BIG, PUNT_NEIGHBOUR
+KIND_PARAM_PROBLEM = PUNT_PARAM_PROBLEM
 cdef enum:
     MAX_PUNTS = 64
 
@@ -232,6 +236,27 @@ cdef inline bint not_routable(const mmr_row* r) noexcept nogil:
     return r.dst[12] >= 224
 
 
+cdef inline bint param_problem_allowed(const uint8_t* f, const mmr_row* r,
+                                      const uint8_t* mac) noexcept nogil:
+    """May a parameter problem answer this opt_unknown_icmp frame (RFC 4443 2.4(e))?  It came
+    to this machine at the link layer (to mac, or to the IPv6 multicast MAC 33:33:.. when the
+    destination is multicast: allowed for an unknown-option problem, e.3/e.4; never a
+    broadcast), its source names one node (not ::, not multicast; e.6), and it is no ICMPv6
+    error or redirect (e.1, e.2)."""
+    if r.family != 6:
+        return False
+    if r.dst[0] == 0xFF:
+        if f[0] != 0x33 or f[1] != 0x33:
+            return False
+    elif memcmp(f, mac, 6) != 0:
+        return False
+    if r.src[0] == 0xFF or (ld64(r.src) == 0 and ld64(r.src + 8) == 0):
+        return False
+    if r.proto == IPPROTO_ICMPV6 and (r.flags & rows.F_L4) and (r.icmp_type < 128 or r.icmp_type == 137):
+        return False
+    return True
+
+
 cdef inline bint in_nets(const uint8_t* a, const uint8_t* nets, Py_ssize_t n) noexcept nogil:
     """a (16 bytes) inside one of n (value[16], mask[16]) prefixes."""
     cdef Py_ssize_t k
@@ -251,6 +276,12 @@ cdef class Forwarder:
                  int hosts=4096, int lan_prefixes=64):
         self.pipe = pipe
         self.router = router
+        # RFC 8200 4.2 as a router; in host mode the VI's own packets go out as they are and
+        # the kernel behind the VI, their destination, acts on the options of those coming in
+        pipe.honour_unknown = router
+        # the kernel of a Linux router answers them too (it reads the hop-by-hop header before
+        # the guard's prerouting hook, 1/s per source): False leaves the answer to it alone
+        self.param_problems = True
         self.n_up = n_uplinks
         self.cap = max(1, batch)
         if self.pipe.cap < self.cap:
@@ -307,6 +338,15 @@ cdef class Forwarder:
         self.verd, self.pidx, self.pn, self.pc = &v[0], &pi[0, 0], &pn[0], <punt_rec*>&pb[0]
         self.up_rx = [None] * n_uplinks
         self.up_tx = [None] * n_uplinks
+        self.up_strip = np.zeros(max(n_uplinks, 1), np.int32)
+        cdef int32_t[::1] st = self.up_strip
+        self.up_strip_c = &st[0]
+        self.set_strip(pipe.cfg)
+
+    def set_strip(self, cfg):
+        """[[uplink]] strip_option: the option type each uplink removes (0: none)."""
+        for u, up in enumerate(cfg.uplinks[:self.n_up]):
+            self.up_strip[u] = cfg.option_type if getattr(up, "strip_option", False) else 0
 
     # ------------------------------------------------------------------ tables
     @staticmethod
@@ -379,6 +419,19 @@ cdef class Forwarder:
         p.caplen = <uint16_t>k
         memcpy(p.data, frame, k)
 
+    cdef void param_problem(self, int side, int uplink, const uint8_t* frame, uint32_t length,
+                            const mmr_row* r, const uint8_t* mac, double now) noexcept nogil:
+        """A router's answer to a frame dropped opt_unknown_icmp (RFC 8200 4.2): an ICMPv6
+        parameter problem, code 2, pointer = r.opt_off, punted like the other ICMP errors
+        (same token bucket, icmp_limited when over it), when param_problem_allowed().  The
+        caller checked the handover window and the VLAN device."""
+        if not self.param_problems or not param_problem_allowed(frame, r, mac):
+            return
+        if take_token(&self.icmp_bucket, now):
+            self.punt(PUNT_PARAM_PROBLEM, side, uplink, frame, length, r, r.opt_off)
+        else:
+            self.cnt[CNT_ICMP_LIMITED] += 1
+
     cdef uint32_t seg_len(self, const uint8_t* frame, const mmr_row* r,
                           const virtio_net_hdr* vh, uint32_t length) noexcept nogil:
         """The largest IP packet this frame puts on the wire: the frame's IP packet, or for
@@ -407,6 +460,9 @@ cdef class Forwarder:
         self.pipe.parse_c(base, off, lens, n)
         for i in range(n):                      # pre-route: what is not for mmr to forward
             if out[i] != OUT_ROUTE:
+                if (out[i] == OUT_DROP and self.router and self.pipe.rp[i].reason == rows.R_OPT_UNKNOWN_ICMP
+                        and ts[i] >= self.t_start and ts[i] < self.t_end and (vlan == NULL or not vlan[i])):
+                    self.param_problem(0, 0, base + off[i], lens[i], &self.pipe.rp[i], self.in_mac_c, now)
                 continue
             if not self.router:
                 continue                        # the VI's packets: nobody else would send them
@@ -449,8 +505,8 @@ cdef class Forwarder:
                     self.cnt[CNT_CSUM_FINISHED] += 1
                 else:
                     self.cnt[CNT_SUPER_FRAMES] += 1
-            v = rewrite_one(base, &off[i], &lens[i], r, &vh[i], self.up_mac_c + 6 * u,
-                            self.gw_mac_c + 6 * u, how)
+            v = rewrite_one(base, &off[i], &lens[i], r, &vh[i], self.up_mac_c + 6 * u, self.gw_mac_c + 6 * u,
+                            how | ((RW_STRIP | (self.up_strip_c[u] << 8)) if self.up_strip_c[u] else 0))
             if v == VERDICT_HOP_LIMIT:
                 self.drop(i, rows.R_HOP_LIMIT)
                 if take_token(&self.icmp_bucket, now):
@@ -489,6 +545,9 @@ cdef class Forwarder:
             if out[i] != OUT_ROUTE:
                 if out[i] == OUT_KERNEL:
                     self.cnt[CNT_KERNEL] += 1
+                elif (self.router and self.pipe.rp[i].reason == rows.R_OPT_UNKNOWN_ICMP
+                        and ts[i] >= self.t_start and ts[i] < self.t_end and (vlan == NULL or not vlan[i])):
+                    self.param_problem(1, u, base + off[i], lens[i], &self.pipe.rp[i], self.up_mac_c + 6 * u, now)
                 continue
             r = &self.pipe.rp[i]
             f = base + off[i]

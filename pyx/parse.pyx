@@ -26,6 +26,28 @@ what was parsed before the error and every field not reached stays 0.  The walk:
         option_type) counts in the hop-by-hop header only: data length must be 3 (else
         bad_opt_len): service u8, preference u16 big-endian.  If it occurs twice the first
         wins.
+  unknown options (RFC 8200 4.2), hop-by-hop header only.  mmr recognises Pad1, PadN, the
+        traffic control option, Router Alert (0x05, RFC 2711) and Jumbo Payload (0xC2, RFC
+        2675); the last two are passed on as they are (mmr runs no router-alert protocol:
+        MLD is link-local multicast, left to the kernel; a jumbogram is bounded by the frame
+        like any payload length 0).  Every other type is unrecognised and its two high-order
+        bits say what to do: 00 skip; 01 discard -> opt_unknown_discard; 10 discard and send
+        an ICMPv6 parameter problem (code 2) even to a multicast destination ->
+        opt_unknown_icmp; 11 opt_unknown_icmp to a unicast destination, opt_unknown_discard
+        to a multicast one.  The first option that is not skipped decides; the row's opt_off
+        gets the offset of its type byte from the start of the IPv6 header (the parameter
+        problem's pointer).  The walk goes on to the end (the rest of that header, the chain,
+        the upper layer): the row is filled as for a good frame (the forwarder must see an
+        ICMPv6 error to send no error about it, RFC 4443 2.4(e)), and the unknown-option
+        reason is given only when the frame is otherwise ok or unknown_nh; any malformation
+        found later wins.  ``honour=False`` (host mode: the VI's own packets out, and the
+        kernel behind the VI is the destination of those in and acts on them itself) skips
+        unknown options whatever their bits, as before RFC 8200 handling.
+  destination options are for the destination (RFC 8200 4.1, 4.6); mmr forwards transit
+        traffic and is never the destination of what it forwards (a packet to the machine's
+        own addresses is left to its kernel; in host mode the kernel behind the VI is the
+        destination): their headers are walked for their length and the RFC 8504 limits
+        above only, their unknown options are not acted on.
   IPv4: version 4, IHL >= 5, total length >= header, within the frame, the header checksum
         right (RFC 1812 5.2.2; else bad_ip_header); fragments (MF or an offset) are keyed
         without ports.  Addresses are IPv4-mapped (::ffff:a.b.c.d).
@@ -125,10 +147,17 @@ cdef inline int upper_layer(const uint8_t* p, uint32_t off, uint32_t end, uint8_
     return rows.R_UNKNOWN_NH
 
 
+DEF OPT_ROUTER_ALERT = 0x05     # RFC 2711 (engine.constants.OPT_ROUTER_ALERT)
+DEF OPT_JUMBO = 0xC2            # RFC 2675 (engine.constants.OPT_JUMBO)
+
+
 cdef inline int walk_options(const uint8_t* p, uint32_t start, uint32_t stop, bint hbh,
-                             int option_type, mmr_row* r) noexcept nogil:
-    """TLV options in p[start:stop] (one hop-by-hop or destination options header)."""
+                             int option_type, bint honour, int* pending, mmr_row* r) noexcept nogil:
+    """TLV options in p[start:stop] (one hop-by-hop or destination options header).  In a
+    hop-by-hop header (honour set), the first unrecognised option whose action is not skip
+    sets *pending (its reason) and r.opt_off; the walk goes on."""
     cdef uint32_t i = start
+    cdef uint8_t act
     cdef uint32_t pad = 0
     cdef uint32_t nopts = 0
     cdef uint32_t olen
@@ -162,18 +191,41 @@ cdef inline int walk_options(const uint8_t* p, uint32_t start, uint32_t stop, bi
                     r.has_opt = 1
                     r.service = p[i + 2]
                     r.preference = be16(p + i + 3)
+            elif hbh and honour and pending[0] == 0 and t != OPT_ROUTER_ALERT and t != OPT_JUMBO:
+                act = t >> 6
+                if act == 1 or (act == 3 and r.dst[0] == 0xFF):
+                    pending[0] = rows.R_OPT_UNKNOWN_DISCARD
+                elif act != 0:
+                    pending[0] = rows.R_OPT_UNKNOWN_ICMP
+                if act != 0:
+                    r.opt_off = <uint16_t>(i - r.l3_off)
         i += 2 + olen
     return rows.R_OK
 
 
+cdef inline int settle(int rc, int pending) noexcept nogil:
+    """An unknown option's discard is the reason of an otherwise good frame only."""
+    if pending != 0 and (rc == rows.R_OK or rc == rows.R_UNKNOWN_NH):
+        return pending
+    return rc
+
+
 cdef int parse_one(const uint8_t* p, uint32_t flen, int option_type, mmr_row* r) noexcept nogil:
-    """Parse one frame into r (zeroed by the caller); return the reason code."""
+    """Parse one frame into r (zeroed by the caller); return the reason code.  Unknown
+    hop-by-hop options are acted on (a router)."""
+    return parse_one_ex(p, flen, option_type, True, r)
+
+
+cdef int parse_one_ex(const uint8_t* p, uint32_t flen, int option_type, bint honour,
+                      mmr_row* r) noexcept nogil:
+    """parse_one; ``honour`` False skips every unknown option (host mode)."""
     cdef uint32_t off = 14
     cdef uint16_t etype
     cdef int tags = 0
     cdef uint32_t end, plen, ihl, tot, hl
     cdef uint8_t nh
     cdef int nhdr, rc
+    cdef int pending = 0
     cdef uint16_t fragoff
     r.length = flen
     if flen < 14:
@@ -224,7 +276,7 @@ cdef int parse_one(const uint8_t* p, uint32_t flen, int option_type, mmr_row* r)
                 if nh == IPPROTO_FRAGMENT:
                     r.flags |= rows.F_FRAGMENT
                     r.proto = p[off]
-                    return rows.R_OK
+                    return settle(rows.R_OK, pending)
                 if nh == IPPROTO_AH:
                     hl = (<uint32_t>p[off + 1] + 2) * 4
                 else:
@@ -232,13 +284,14 @@ cdef int parse_one(const uint8_t* p, uint32_t flen, int option_type, mmr_row* r)
                 if hl > end - off:
                     return rows.R_TRUNCATED_EXT
                 if nh == IPPROTO_HOPOPTS or nh == IPPROTO_DSTOPTS:
-                    rc = walk_options(p, off + 2, off + hl, nh == IPPROTO_HOPOPTS, option_type, r)
+                    rc = walk_options(p, off + 2, off + hl, nh == IPPROTO_HOPOPTS, option_type,
+                                      honour, &pending, r)
                     if rc != rows.R_OK:
                         return rc
                 nh = p[off]
                 off += hl
                 continue
-            return upper_layer(p, off, end, nh, True, r)
+            return settle(upper_layer(p, off, end, nh, True, r), pending)
     if etype == ETH_P_IP:
         r.family = 4
         r.l3_off = <uint16_t>off
@@ -274,8 +327,9 @@ cdef int parse_one(const uint8_t* p, uint32_t flen, int option_type, mmr_row* r)
 
 
 def parse_batch(const uint8_t[::1] buf, const int64_t[::1] offsets, const uint32_t[::1] lengths,
-                out, int option_type=0x3E, counters=None):
-    """Parse frames buf[offsets[i]:offsets[i]+lengths[i]] into out[0:n]; return n."""
+                out, int option_type=0x3E, counters=None, bint honour=True):
+    """Parse frames buf[offsets[i]:offsets[i]+lengths[i]] into out[0:n]; return n.
+    ``honour``: act on unknown hop-by-hop options (RFC 8200 4.2; False in host mode)."""
     cdef Py_ssize_t n = offsets.shape[0]
     cdef Py_ssize_t i
     cdef Py_ssize_t blen = buf.shape[0]
@@ -309,9 +363,9 @@ def parse_batch(const uint8_t[::1] buf, const int64_t[::1] offsets, const uint32
         for i in range(n):
             memset(&rp[i], 0, sizeof(mmr_row))
             if lengths[i] == 0:
-                rc = parse_one(&dummy, 0, option_type, &rp[i])
+                rc = parse_one_ex(&dummy, 0, option_type, honour, &rp[i])
             else:
-                rc = parse_one(base + offsets[i], lengths[i], option_type, &rp[i])
+                rc = parse_one_ex(base + offsets[i], lengths[i], option_type, honour, &rp[i])
             rp[i].reason = <uint8_t>rc
             if counting:
                 cnt[rc] += 1

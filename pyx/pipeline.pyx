@@ -36,7 +36,7 @@ from libc.string cimport memset
 
 cimport rows
 from rows cimport mmr_row
-from engine._parse cimport parse_one
+from engine._parse cimport parse_one_ex
 from engine._classify cimport Classifier
 from engine._select cimport Selector
 from engine._flowbase cimport FlowTable
@@ -64,6 +64,7 @@ cdef class Pipeline:
         self.cfg = cfg
         self.n_uplinks = len(cfg.uplinks)
         self.option_type = cfg.option_type
+        self.honour_unknown = True       # RFC 8200 4.2 as a router; the host-mode forwarder clears it
         self.idle_timeout = float(cfg.idle_timeout_s)
         self.classifier = _classify.Classifier(cfg)
         self.selector = _select.Selector(cfg)
@@ -89,6 +90,7 @@ cdef class Pipeline:
         self.reasons = view
         cdef uint64_t[::1] a = view
         self.reason_c = &a[0]
+        self.classifier.count_into(table)
 
     def alloc(self, Py_ssize_t n):
         """(Re)size the per-batch arrays for batches of up to n frames."""
@@ -109,7 +111,10 @@ cdef class Pipeline:
     def apply(self, cfg):
         """A reloaded policy: new rules and policies, same flowbase (its flows keep their
         uplinks).  The caller pushes the usable mask and measurements into the selector."""
-        self.classifier = _classify.Classifier(cfg)
+        classifier = _classify.Classifier(cfg)
+        if self.classifier._table is not None:
+            classifier.count_into(self.classifier._table)     # the engine's counter table
+        self.classifier = classifier
         selector = _select.Selector(cfg)
         selector.carry_over(self.selector)        # same uplinks: rotation and sticky sources kept
         self.selector = selector
@@ -125,9 +130,10 @@ cdef class Pipeline:
         for i in range(n):
             memset(&self.rp[i], 0, sizeof(mmr_row))
             if lens[i] == 0:
-                rc = parse_one(&dummy, 0, self.option_type, &self.rp[i])
+                rc = parse_one_ex(&dummy, 0, self.option_type, self.honour_unknown, &self.rp[i])
             else:
-                rc = parse_one(base + off[i], lens[i], self.option_type, &self.rp[i])
+                rc = parse_one_ex(base + off[i], lens[i], self.option_type, self.honour_unknown,
+                                  &self.rp[i])
             self.rp[i].reason = <uint8_t>rc
             self.reason_c[rc] += 1
             self.outp[i] = ACTION[rc]
@@ -229,7 +235,9 @@ cdef class Pipeline:
             "drops": {C.REASON_NAMES[code]: int(self.reasons[code])
                       for code, _, action in C.REASONS if action == "drop" and self.reasons[code]},
             "kernel": int(self.kernel_packets),
-            "notes": {C.REASON_NAMES[code]: int(self.reasons[code])
-                      for code, name, action in C.REASONS
-                      if action == "forward" and code != 0 and self.reasons[code]},
+            "notes": {**{C.REASON_NAMES[code]: int(self.reasons[code])
+                         for code, name, action in C.REASONS
+                         if action == "forward" and code != 0 and self.reasons[code]},
+                      **{k: v for k, v in self.classifier.counters().items()       # options not honoured
+                         if k in ("untrusted_option", "reserved_preference") and v}},
         }

@@ -13,12 +13,20 @@ Emits   for each selected frame: Ethernet source/destination rewritten; an 802.1
         at csum_start + csum_offset.  A super-frame (GSO) keeps its request, shifted with the
         header: the kernel segments it on the way out and finishes each segment's checksum;
         written as one packet (into a TUN device) it is finished here too.
+        With RW_STRIP (``[[uplink]] strip_option = true``: the edge of the option's domain)
+        the traffic control option leaves the hop-by-hop header: a header with no other
+        option goes whole (the next-header chain and the payload length follow), otherwise
+        the other options are kept at their offsets modulo 8 (their alignment) with at most
+        7 padding bytes in a row (RFC 8504 5.3) and the header shrinks by whole 8-byte units;
+        the bytes before it (Ethernet, IPv6 header) move up, as for VLAN tags, so a
+        checksum request's csum_start and a super-frame's hdr_len move back by as much.  No
+        upper-layer checksum changes (the pseudo-header has no extension header in it).
 Drops   nothing: a frame whose hop limit or TTL is <= 1 is left untouched and gets
         verdict 1 (the caller drops it and answers with ICMP time exceeded); a checksum
         request pointing outside the frame gets verdict 2 (the caller drops and counts it).
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int64_t
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memmove, memset
 
 from rows cimport mmr_row
 from virtio_net cimport (virtio_net_hdr, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_F_DATA_VALID,
@@ -108,6 +116,86 @@ cdef int finish_checksum(uint8_t* frame, uint32_t end, virtio_net_hdr* vh, bint 
     return VERDICT_OK
 
 
+cdef inline void write_pad(uint8_t* q, uint32_t n) noexcept nogil:
+    """n bytes of padding: Pad1 for one byte, else one PadN."""
+    if n == 1:
+        q[0] = 0
+    elif n >= 2:
+        q[0] = 1
+        q[1] = <uint8_t>(n - 2)
+        memset(q + 2, 0, n - 2)
+
+
+cdef uint32_t strip_option(uint8_t* p, uint32_t length, const mmr_row* r, virtio_net_hdr* vh,
+                           int opt_type) noexcept nogil:
+    """Take the traffic control option (type opt_type) out of the hop-by-hop header of the
+    IPv6 frame at p; returns the bytes removed from the header, which the frame's first
+    bytes (Ethernet, IPv6 header) moved up over: the frame now starts that much later."""
+    cdef uint32_t l3 = r.l3_off, q = l3 + 40, hl, i, end, w, sz, pad, removed, plen
+    cdef int found = 0, others = 0
+    cdef uint8_t t
+    cdef uint8_t tmp[2048]
+    if r.family != 6 or not r.has_opt or q + 8 > length or p[l3 + 6] != 0:
+        return 0
+    hl = (<uint32_t>p[q + 1] + 1) * 8
+    end = q + hl
+    if end > length:
+        return 0
+    i = q + 2
+    while i < end:                      # the parser checked it; look again before writing
+        t = p[i]
+        if t == 0:
+            i += 1
+            continue
+        if i + 2 > end or i + 2 + p[i + 1] > end:
+            return 0
+        if t == opt_type:
+            found += 1
+        elif t != 1:
+            others += 1
+        i += 2 + p[i + 1]
+    if not found:
+        return 0
+    if others == 0:
+        removed = hl                    # the whole header: the IPv6 header takes its next header
+        p[l3 + 6] = p[q]
+    else:
+        tmp[0] = p[q]
+        w = 2
+        i = q + 2
+        while i < end:
+            t = p[i]
+            if t == 0:
+                i += 1
+                continue
+            sz = 2 + <uint32_t>p[i + 1]
+            if t != 1 and t != opt_type:
+                pad = (i - q - w) & 7    # keep the option's offset modulo 8 (its alignment)
+                write_pad(tmp + w, pad)
+                w += pad
+                memcpy(tmp + w, p + i, sz)
+                w += sz
+            i += sz
+        pad = (8 - (w & 7)) & 7
+        write_pad(tmp + w, pad)
+        w += pad
+        tmp[1] = <uint8_t>(w / 8 - 1)
+        removed = hl - w
+        memcpy(p + q + removed, tmp, w)
+    plen = (<uint32_t>p[l3 + 4] << 8) | p[l3 + 5]
+    if plen:                            # 0: a jumbogram or a big super-frame, left at 0
+        plen -= removed
+        p[l3 + 4] = plen >> 8
+        p[l3 + 5] = plen & 0xFF
+    if removed:
+        memmove(p + removed, p, q)
+        if vh.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+            vh.csum_start -= removed
+        if vh.hdr_len > removed:
+            vh.hdr_len -= removed
+    return removed
+
+
 cdef int rewrite_one(uint8_t* base, int64_t* off, uint32_t* length, const mmr_row* r,
                      virtio_net_hdr* vh, const uint8_t* smac, const uint8_t* dmac, int how) noexcept nogil:
     """One parsed IP frame at base + off[0] (RW_* in how); may move off and shrink length
@@ -138,6 +226,11 @@ cdef int rewrite_one(uint8_t* base, int64_t* off, uint32_t* length, const mmr_ro
             hc = csum_update(hc, old, new)
             p[l3 + 10] = hc >> 8
             p[l3 + 11] = hc & 0xFF
+    if how & RW_STRIP:
+        shift = strip_option(p, length[0], r, vh, (how >> 8) & 0xFF)
+        off[0] += shift
+        length[0] -= shift
+        p = p + shift
     if l3 != 14:          # strip VLAN tags: the Ethernet header moves up to the IP header
         shift = l3 - 14
         off[0] += shift
@@ -170,9 +263,11 @@ def _vnet_ptr(vnet, Py_ssize_t n):
 def rewrite(uint8_t[::1] buf, int64_t[::1] offsets, uint32_t[::1] lengths, rows_arr,
             const int16_t[::1] src_idx, const uint8_t[:, ::1] src_macs,
             const int16_t[::1] dst_idx, const uint8_t[:, ::1] dst_macs,
-            uint8_t[::1] verdict, Py_ssize_t n=-1, vnet=None, bint hop=True, bint gso_too=False):
+            uint8_t[::1] verdict, Py_ssize_t n=-1, vnet=None, bint hop=True, bint gso_too=False,
+            int strip=0):
     """Rewrite frames i < n with src_idx[i] >= 0 (MACs, VLAN tags off, hop limit - 1 when
-    ``hop``, unfinished checksums finished); returns how many hit the hop limit."""
+    ``hop``, unfinished checksums finished; ``strip``: an option type, that option removed);
+    returns how many hit the hop limit."""
     if rows_arr.dtype != ROW_DTYPE or not rows_arr.flags.c_contiguous:
         raise TypeError("rows must be a C-contiguous array of ROW_DTYPE")
     if n < 0:
@@ -197,7 +292,11 @@ def rewrite(uint8_t[::1] buf, int64_t[::1] offsets, uint32_t[::1] lengths, rows_
     cdef mmr_row* rp = <mmr_row*>&rb[0]
     cdef uint8_t[::1] vb = vnet.view(np.uint8)
     cdef virtio_net_hdr* vp = <virtio_net_hdr*>&vb[0]
+    if not 0 <= strip <= 0xFF:
+        raise ValueError("strip is an option type 0..255 (0: keep the option)")
     cdef int how = RW_MACS | (RW_HOP if hop else 0) | (RW_CSUM_GSO if gso_too else 0)
+    if strip:
+        how |= RW_STRIP | (strip << 8)
     cdef int hops = 0
     with nogil:
         for i in range(n):

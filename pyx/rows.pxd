@@ -24,7 +24,8 @@ cdef extern from *:
         uint8_t  hlim;
         uint8_t  flags;
         uint8_t  icmp_type;
-        uint8_t  _pad[7];
+        uint16_t opt_off;
+        uint8_t  _pad[5];
     } mmr_row;
     #pragma pack(pop)
     """
@@ -47,7 +48,8 @@ cdef extern from *:
         uint8_t hlim
         uint8_t flags
         uint8_t icmp_type
-        uint8_t _pad[7]
+        uint16_t opt_off
+        uint8_t _pad[5]
 
 # reason codes (engine.constants.REASONS; checked by tests/test_contract.py)
 cdef enum:
@@ -70,7 +72,9 @@ cdef enum:
     R_OVERSIZE = 16
     R_NO_NEIGHBOUR = 17
     R_BAD_OFFLOAD = 18
-    N_REASONS = 19
+    R_OPT_UNKNOWN_DISCARD = 19
+    R_OPT_UNKNOWN_ICMP = 20
+    N_REASONS = 21
 
 # row flags
 cdef enum:

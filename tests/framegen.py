@@ -144,7 +144,9 @@ def option_list(draw):
 
     parts = []
     for _ in range(draw(st.integers(0, 3))):
-        t = draw(st.integers(2, 255).filter(lambda x: x != 0x3E))
+        # types a router passes: action bits 00 (skip when unrecognised, RFC 8200 4.2) or
+        # recognised (router alert, jumbo payload); tests/test_rfc8200.py has the others
+        t = draw(st.integers(2, 255).filter(lambda x: x != 0x3E and (x >> 6 == 0 or x in (0x05, 0xC2))))
         n = draw(st.integers(0, 6))
         parts.append(padding() + bytes([t, n]) + bytes(n))
     if draw(st.booleans()):

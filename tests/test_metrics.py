@@ -47,7 +47,7 @@ def engine(cfg, table):
         conn=mock.MagicMock(**{"status.return_value": status(cfg)}),
         pipe=mock.MagicMock(flows=list(range(5))), control=mock.MagicMock(),
         inside=mock.MagicMock(default_policy="default.toml"),
-        fw=types.SimpleNamespace(lan_net=np.zeros((16, 17), np.uint8)))
+        fw=types.SimpleNamespace(lan_net=np.zeros((16, 17), np.uint8), set_strip=lambda cfg: None))
 
 
 def render(snapshot) -> dict:
@@ -149,6 +149,7 @@ EXPOSITION = {
     "mmr_checksums_finished_total", "mmr_super_frames_total", "mmr_icmp_errors_sent_total",
     "mmr_icmp_errors_rate_limited_total", "mmr_neighbour_resolutions_total", "mmr_tx_errors_total",
     "mmr_truncated_frames_total", "mmr_ring_dropped_frames_total", "mmr_internal_errors_total",
+    "mmr_untrusted_options_total", "mmr_reserved_preference_options_total",
     "mmr_parsed_frames_total", "mmr_not_ip_frames_total", "mmr_unknown_next_header_frames_total",
     "mmr_dropped_frames_total",
     "mmr_config_last_reload_successful", "mmr_config_last_reload_success_timestamp_seconds",

@@ -120,6 +120,7 @@ gateway = "fe80::1"
 metric = 3
 usable = false
 probe_targets = []
+strip_option = true
 
 [classes]
 packet_size = 0.7
@@ -139,6 +140,15 @@ sport = "100-200"
 src = "2001:db8:1::/80"
 dscp = "EF"
 service = "video"
+
+[[trust]]
+src = "2001:db8:1:0:99::/80"
+services = ["data", "control"]
+preferences = [0, 1, 3, "4-100", 7]
+
+[[trust]]
+src = "2001:db8:1::/64"
+services = []
 
 [select]
 sticky_s = 600
@@ -167,6 +177,7 @@ def test_running_policy_as_toml_loads_back_to_the_same_policy(tmp_path, text):
     assert [vars(r) for r in again.rules] == [vars(r) for r in cfg.rules]
     assert again.policies == cfg.policies and again.classes == cfg.classes and again.monitor == cfg.monitor
     assert again.select == cfg.select
+    assert again.trust == cfg.trust
 
 
 def test_status_config_prints_toml_or_json(monkeypatch, capsys):

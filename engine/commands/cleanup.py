@@ -13,8 +13,8 @@ DESC = """\
 Undo what an mmr that died without a clean stop left in the kernel of this network namespace,
 so that the kernel forwards everything again.
 
-Normally nothing is left: mmr's nftables table (inet mmr for 'mmr run', inet mmrhost for
-'mmr host') is created with 'flags owner' and the kernel removes it the moment mmr dies,
+Normally nothing is left: mmr's nftables tables (inet mmr for 'mmr run', inet mmrhost for
+'mmr host', inet mmrtag and ip6 mmrtagq for 'mmr tag') are created with 'flags owner' and the kernel removes them the moment mmr dies,
 however it dies (SIGKILL, the OOM killer).  On a kernel or nft without owner tables mmr
 falls back to a plain table (and logs a warning at start); after a crash that table stays
 and keeps the kernel from forwarding.  'mmr cleanup' removes it.  The next start of mmr
@@ -32,7 +32,7 @@ examples:
 exit status: 0 nothing left or removed, 1 a table is held by a running mmr, 2 no nftables or
 not permitted (needs root or CAP_NET_ADMIN)."""
 
-TABLES = ("mmr", "mmrhost")
+TABLES = (("inet", "mmr"), ("inet", "mmrhost"), ("inet", "mmrtag"), ("ip6", "mmrtagq"))
 
 
 def register(sub) -> None:
@@ -45,20 +45,20 @@ def run(args) -> int:
     if shutil.which("nft") is None:
         raise UserError("nftables ('nft') is not installed, so mmr cannot have left a table here")
     rc = 0
-    for name in TABLES:
-        listed = subprocess.run(["nft", "list", "table", "inet", name], capture_output=True, text=True)
+    for family, name in TABLES:
+        listed = subprocess.run(["nft", "list", "table", family, name], capture_output=True, text=True)
         if listed.returncode != 0:
             if "Operation not permitted" in listed.stderr:
                 raise UserError("reading nftables needs root or CAP_NET_ADMIN; run mmr cleanup as root")
-            print(f"inet {name}: not present")
+            print(f"{family} {name}: not present")
             continue
         if "flags owner" in listed.stdout:
-            print(f"inet {name}: owned by a running mmr; stop it instead (it hands back to the kernel)")
+            print(f"{family} {name}: owned by a running mmr; stop it instead (it hands back to the kernel)")
             rc = 1
             continue
-        gone = subprocess.run(["nft", "delete", "table", "inet", name], capture_output=True, text=True)
+        gone = subprocess.run(["nft", "delete", "table", family, name], capture_output=True, text=True)
         if gone.returncode != 0:
             why = (gone.stderr.strip().splitlines() or ["nft gave no reason"])[0]
-            raise UserError(f"could not remove table inet {name} ({why})")
-        print(f"inet {name}: removed (a plain table left by an mmr that did not stop cleanly)")
+            raise UserError(f"could not remove table {family} {name} ({why})")
+        print(f"{family} {name}: removed (a plain table left by an mmr that did not stop cleanly)")
     return rc

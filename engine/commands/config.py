@@ -72,7 +72,8 @@ def show(cfg) -> str:
         chars = " ".join(f"{k}={v:g}" for k, v in u.chars.items())
         out.append(f"  [{i}] {u.name} dev={u.device} gateway={u.gateway or '-'} "
                    f"mac={u.gateway_mac or '(neighbour table)'} metric={u.metric} "
-                   f"{'usable' if u.usable else 'UNUSABLE'}")
+                   f"{'usable' if u.usable else 'UNUSABLE'}"
+                   + (" strip_option" if u.strip_option else ""))
         out.append(f"      {chars}")
     out.append("classes (data, control, voip, video):")
     for k, v in sorted(cfg.classes.items()):
@@ -99,12 +100,27 @@ def show(cfg) -> str:
         if r.preference is not None:
             sets.append(f"preference={r.preference}")
         out.append(f"  [{r.index}] {' '.join(match)} -> {' '.join(sets)}")
+    if cfg.trust:
+        out.append("trust (what an option from a LAN prefix may ask for; longest prefix wins, "
+                   "no match: anything; outside it: as untagged):")
+        for t in cfg.trust:
+            prefs = ", ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in t.preferences) or "none"
+            svcs = ", ".join(C.SERVICE_NAMES[s] for s in t.services) or "none"
+            out.append(f"  [{t.index}] src={t.src} services={svcs} preferences={prefs}")
     return "\n".join(out)
 
 
 def explain(cfg, service: int, preference: int) -> str:
     from engine import _select
 
+    pins = cfg.pin_preferences()
+    pinned = []
+    if preference in pins:         # pins are kept apart from the option's preference space
+        pinned = [f"preference {preference} is reserved for the pin to {cfg.uplinks[pins[preference]].name} "
+                  f"([[rule]] uplink = \"{cfg.uplinks[pins[preference]].name}\"): an option asking for it "
+                  f"cannot reach the pin; it is treated as undefined, counted (reserved_preference), "
+                  f"and gets policy 0"]
+        preference = 0
     sel = _select.Selector(cfg)
     norm = sel.normalized()
     terms = sel.policy_terms(preference)
@@ -113,7 +129,7 @@ def explain(cfg, service: int, preference: int) -> str:
     head = (f"service {C.SERVICE_NAMES[service]}, preference {preference}: "
             + (f"policy {pol.number} {pol.name}" if pol else
                "undefined preference: falls back to policy 0 (none)"))
-    out = [head]
+    out = pinned + [head]
     if terms:
         vt = [w[service] for _, w in terms]
         out.append(f"  V_n = ({', '.join(c for c, _ in terms)})   V_t = ({', '.join(f'{x:g}' for x in vt)})")

@@ -15,7 +15,10 @@ class Classifier:
         self.rules = list(cfg.rules)
         self.default_preference = cfg.default_preference
         self.c = {"tagged": 0, "untagged": 0, "reserved_service": 0, "dscp_derived": 0,
-                  "icmp_control": 0}
+                  "icmp_control": 0, "untrusted_option": 0, "reserved_preference": 0}
+        self.pins = set(cfg.pin_preferences()) if hasattr(cfg, "pin_preferences") else set()
+        # [[trust]]: the longest prefix holding the source decides (equal lengths: file order)
+        self.trust = sorted(getattr(cfg, "trust", []), key=lambda t: -t.src.prefixlen)
         self.hits = [0] * len(self.rules)
 
     @staticmethod
@@ -34,18 +37,33 @@ class Classifier:
             return False
         return True
 
+    def trusted(self, row, service: int, preference: int) -> bool:
+        """May an option from this source ask for (service, preference)?"""
+        src = ipaddress.IPv6Address(bytes(row["src"]))
+        for t in self.trust:
+            if src in t.src:
+                return service in t.services and any(lo <= preference <= hi for lo, hi in t.preferences)
+        return True
+
     def classify_row(self, row) -> tuple[int, int]:
         if row["has_opt"]:
-            self.c["tagged"] += 1
-            s = int(row["service"])
-            if s > 3:
-                self.c["reserved_service"] += 1
-                s = C.SERVICE_DATA
-            for k, rule in enumerate(self.rules):      # a pin holds even against the option
-                if rule.pin and self._match(rule, row):
-                    self.hits[k] += 1
-                    return s, int(rule.preference)
-            return s, int(row["preference"])
+            raw = int(row["service"])
+            s = raw if raw <= 3 else C.SERVICE_DATA
+            if not self.trusted(row, s, int(row["preference"])):
+                self.c["untrusted_option"] += 1       # then as if it carried no option
+            else:
+                self.c["tagged"] += 1
+                if raw > 3:
+                    self.c["reserved_service"] += 1
+                p = int(row["preference"])
+                if p in self.pins:                     # a pin's preference is no option's to ask for
+                    self.c["reserved_preference"] += 1
+                    p = C.PREF_NONE
+                for k, rule in enumerate(self.rules):  # a pin holds even against the option
+                    if rule.pin and self._match(rule, row):
+                        self.hits[k] += 1
+                        return s, int(rule.preference)
+                return s, p
         self.c["untagged"] += 1
         service = preference = None
         for k, rule in enumerate(self.rules):

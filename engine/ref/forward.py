@@ -11,7 +11,7 @@ from engine.ref.pipeline import RefPipeline
 from engine.ref.rewrite import NEEDS_CSUM, rewrite_frame
 
 KERNEL, DROP = -2, -3
-TIME_EXCEEDED, TOO_BIG, NEIGHBOUR = 1, 2, 3
+TIME_EXCEEDED, TOO_BIG, NEIGHBOUR, PARAM_PROBLEM = 1, 2, 3, 4
 
 
 def _vnet(v) -> dict:
@@ -22,10 +22,14 @@ class RefForwarder:
     def __init__(self, cfg, router: bool, n_uplinks: int):
         self.router, self.n_up = router, n_uplinks
         self.pipe = RefPipeline(cfg)
+        self.pipe.honour_unknown = router         # RFC 8200 4.2 as a router only
+        self.param_problems = True                # answer opt_unknown_icmp (False: the kernel alone)
         self.in_mac = bytes(6)
         self.up_mac = [bytes(6)] * n_uplinks
         self.gw_mac = [bytes(6)] * n_uplinks
         self.up_mtu = [1500] * n_uplinks
+        self.up_strip = [cfg.option_type if getattr(up, "strip_option", False) else 0
+                         for up in cfg.uplinks[:n_uplinks]] + [0] * max(0, n_uplinks - len(cfg.uplinks))
         self.in_mtu = 1500
         self.local: set[bytes] = set()
         self.lan_nets: list[tuple[bytes, bytes]] = []
@@ -45,6 +49,34 @@ class RefForwarder:
             return (dst[0] == 0xFF or (dst[0] == 0xFE and dst[1] & 0xC0 == 0x80)
                     or (src[0] == 0xFE and src[1] & 0xC0 == 0x80) or src == bytes(16))
         return dst[12] >= 224
+
+    @staticmethod
+    def _param_problem_allowed(frame: bytes, row, mac: bytes) -> bool:
+        """RFC 4443 2.4(e) for a frame dropped opt_unknown_icmp: to this machine at the link
+        layer (mac, or 33:33:.. for a multicast destination), a source naming one node, not
+        an ICMPv6 error or redirect."""
+        dst, src = bytes(row["dst"]), bytes(row["src"])
+        if row["family"] != 6:
+            return False
+        if dst[0] == 0xFF:
+            if frame[:2] != b"\x33\x33":
+                return False
+        elif frame[:6] != mac:
+            return False
+        if src[0] == 0xFF or src == bytes(16):
+            return False
+        t = int(row["icmp_type"])
+        return not (row["proto"] == 58 and row["flags"] & C.F_L4 and (t < 128 or t == 137))
+
+    def _param_problems(self, frames, rows, out, ts, mac_of) -> None:
+        """The parameter problems a router punts for the frames dropped opt_unknown_icmp."""
+        if not self.router or not self.param_problems:
+            return
+        for i in range(len(frames)):
+            if (out[i] == DROP and rows[i]["reason"] == C.REASON_OPT_UNKNOWN_ICMP
+                    and self.t_start <= ts[i] < self.t_end
+                    and self._param_problem_allowed(frames[i], rows[i], mac_of)):
+                self.punts.append((PARAM_PROBLEM, i))
 
     @staticmethod
     def _in(addr: bytes, nets) -> bool:
@@ -89,6 +121,7 @@ class RefForwarder:
         """inside -> uplinks: (out, [(frame, vnet) as sent or None], rows)."""
         n = len(frames)
         rows, out = self._parse(frames)
+        self._param_problems(frames, rows, out, ts, self.in_mac)
         for i in range(n):
             if out[i] != -1 or not self.router:
                 continue
@@ -119,13 +152,15 @@ class RefForwarder:
                 continue
             if v["flags"] & NEEDS_CSUM:
                 self.count("csum_finished" if not v["gso_type"] else "super_frames")
-            sent[i] = self._emit(out, rows, i, frames[i], v, self.up_mac[u], self.gw_mac[u], hop=self.router)
+            sent[i] = self._emit(out, rows, i, frames[i], v, self.up_mac[u], self.gw_mac[u], hop=self.router,
+                                 strip=self.up_strip[u])
         return out, sent, rows
 
     def inbound(self, u: int, frames, vnets, ts):
         """uplink u -> inside: (out, [(frame, vnet) or None], rows); out 0 = to the inside."""
         n = len(frames)
         rows, out = self._parse(frames)
+        self._param_problems(frames, rows, out, ts, self.up_mac[u])
         sent = [None] * n
         for i in range(n):
             if out[i] != -1:

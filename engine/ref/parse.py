@@ -30,7 +30,14 @@ def _empty() -> dict:
     return r
 
 
-def _options(data: bytes, hbh: bool, option_type: int, r: dict) -> None:
+RECOGNISED = {C.OPT_ROUTER_ALERT, C.OPT_JUMBO}      # besides Pad1, PadN and the option
+
+
+def _options(data: bytes, hbh: bool, option_type: int, r: dict, base: int = 0,
+             honour: bool = False, pending: list | None = None) -> None:
+    """One options header's TLVs; base = the offset of data[0] from the IPv6 header.  In the
+    hop-by-hop header (honour), the first unrecognised option whose action bits are not 00
+    puts its reason in pending[0] and its offset in r["opt_off"] (RFC 8200 4.2)."""
     i = 0
     pad = 0
     nopts = 0
@@ -63,6 +70,15 @@ def _options(data: bytes, hbh: bool, option_type: int, r: dict) -> None:
                     r["has_opt"] = 1
                     r["service"] = data[i + 2]
                     r["preference"] = int.from_bytes(data[i + 3:i + 5], "big")
+            elif hbh and honour and not pending[0] and t not in RECOGNISED:
+                action = t >> 6
+                multicast = r["dst"][0] == 0xFF
+                if action == 0b01 or (action == 0b11 and multicast):
+                    pending[0] = C.REASON_OPT_UNKNOWN_DISCARD
+                elif action in (0b10, 0b11):
+                    pending[0] = C.REASON_OPT_UNKNOWN_ICMP
+                if action:
+                    r["opt_off"] = base + i
         i += 2 + olen
 
 
@@ -97,7 +113,13 @@ def _upper(pkt: bytes, off: int, proto: int, v6: bool, r: dict) -> None:
     raise _Stop(C.REASON_UNKNOWN_NH)
 
 
-def _ipv6(frame: bytes, off: int, option_type: int, r: dict) -> None:
+def _settle(pending: list) -> None:
+    """The frame is otherwise good (ok or unknown_nh): an unknown option's discard decides."""
+    if pending[0]:
+        raise _Stop(pending[0])
+
+
+def _ipv6(frame: bytes, off: int, option_type: int, r: dict, honour: bool = True) -> None:
     r["family"] = 6
     r["l3_off"] = off
     if len(frame) - off < 40:
@@ -118,6 +140,7 @@ def _ipv6(frame: bytes, off: int, option_type: int, r: dict) -> None:
     nh = frame[off + 6]
     pos = off + 40
     count = 0
+    pending = [0]
     while nh in EXT_HEADERS:
         if nh == 0 and count != 0:
             raise _Stop(C.REASON_HBH_NOT_FIRST)
@@ -130,15 +153,22 @@ def _ipv6(frame: bytes, off: int, option_type: int, r: dict) -> None:
         if nh == 44:
             r["flags"] |= C.F_FRAGMENT
             r["proto"] = pkt[pos]
+            _settle(pending)
             return
         hl = (pkt[pos + 1] + 2) * 4 if nh == 51 else (pkt[pos + 1] + 1) * 8
         if hl > avail:
             raise _Stop(C.REASON_TRUNCATED_EXT)
         if nh in (0, 60):
-            _options(pkt[pos + 2:pos + hl], nh == 0, option_type, r)
+            _options(pkt[pos + 2:pos + hl], nh == 0, option_type, r, pos + 2 - off, honour, pending)
         nh = pkt[pos]
         pos += hl
-    _upper(pkt, pos, nh, True, r)
+    try:
+        _upper(pkt, pos, nh, True, r)
+    except _Stop as stop:
+        if stop.reason == C.REASON_UNKNOWN_NH:      # a note, not a malformation
+            _settle(pending)
+        raise
+    _settle(pending)
 
 
 def _ones_sum(data: bytes) -> int:
@@ -176,8 +206,9 @@ def _ipv4(frame: bytes, off: int, r: dict) -> None:
     _upper(pkt, off + ihl, proto, False, r)
 
 
-def parse_frame(frame: bytes, option_type: int = C.DEFAULT_OPTION_TYPE) -> dict:
-    """One frame -> {field: value} (the ROW_DTYPE fields but _pad)."""
+def parse_frame(frame: bytes, option_type: int = C.DEFAULT_OPTION_TYPE, honour: bool = True) -> dict:
+    """One frame -> {field: value} (the ROW_DTYPE fields but _pad).  ``honour``: act on
+    unknown hop-by-hop options (RFC 8200 4.2); False in host mode."""
     frame = bytes(frame)
     r = _empty()
     r["length"] = len(frame)
@@ -197,7 +228,7 @@ def parse_frame(frame: bytes, option_type: int = C.DEFAULT_OPTION_TYPE) -> dict:
             off += 4
             tags += 1
         if etype == 0x86DD:
-            _ipv6(frame, off, option_type, r)
+            _ipv6(frame, off, option_type, r, honour)
         elif etype == 0x0800:
             _ipv4(frame, off, r)
         else:
@@ -208,7 +239,7 @@ def parse_frame(frame: bytes, option_type: int = C.DEFAULT_OPTION_TYPE) -> dict:
     return r
 
 
-def parse_batch(buf, offsets, lengths, out, option_type=C.DEFAULT_OPTION_TYPE, counters=None):
+def parse_batch(buf, offsets, lengths, out, option_type=C.DEFAULT_OPTION_TYPE, counters=None, honour=True):
     """Same contract as engine._parse.parse_batch, built on parse_frame."""
     data = bytes(memoryview(buf).cast("B")) if not isinstance(buf, bytes) else buf
     n = len(offsets)
@@ -222,7 +253,7 @@ def parse_batch(buf, offsets, lengths, out, option_type=C.DEFAULT_OPTION_TYPE, c
             raise ValueError(f"frame {i} runs past the buffer")
     for i in range(n):
         o, ln = int(offsets[i]), int(lengths[i])
-        r = parse_frame(data[o:o + ln], option_type)
+        r = parse_frame(data[o:o + ln], option_type, honour)
         row = np.zeros(1, dtype=C.ROW_DTYPE)[0]
         for f in FIELDS:
             v = r[f]

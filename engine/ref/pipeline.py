@@ -23,11 +23,12 @@ class RefPipeline:
         self.selector = Selector(cfg)
         self.flows = FlowTable(cfg.flow_capacity, None, cfg.idle_timeout_s)
         self.reasons = np.zeros(C.N_REASONS, np.uint64)
+        self.honour_unknown = True       # RFC 8200 4.2 as a router; host mode clears it
 
     def parse(self, buf, offsets, lengths):
         """Rows and initial verdicts (-1: to route, KERNEL, DROP) of a batch."""
         rows = np.zeros(len(offsets), C.ROW_DTYPE)
-        parse_batch(buf, offsets, lengths, rows, self.cfg.option_type, self.reasons)
+        parse_batch(buf, offsets, lengths, rows, self.cfg.option_type, self.reasons, self.honour_unknown)
         return rows, np.array([_ACTION[C.REASON_ACTION[int(r)]] for r in rows["reason"]], np.int16)
 
     def route(self, rows, out, ts) -> None:

@@ -67,10 +67,57 @@ def finish_checksum(frame: bytes, row, vnet: dict, gso_too: bool) -> tuple[bytes
                        csum_offset=0), 0
 
 
+def _pad(n: int) -> bytes:
+    return b"" if n == 0 else b"\x00" if n == 1 else bytes([1, n - 2]) + bytes(n - 2)
+
+
+def strip_option(frame: bytes, row, option_type: int) -> tuple[bytes, int]:
+    """(frame, bytes removed): the traffic control option taken out of the hop-by-hop header
+    (pyx/rewrite.pyx's docstring: the whole header when nothing else is in it, else the other
+    options kept at their offsets modulo 8 and the header cut by whole 8-byte units)."""
+    l3 = int(row["l3_off"])
+    q = l3 + 40
+    if row["family"] != 6 or not row["has_opt"] or q + 8 > len(frame) or frame[l3 + 6] != 0:
+        return frame, 0
+    hl = (frame[q + 1] + 1) * 8
+    if q + hl > len(frame):
+        return frame, 0
+    opts, i = [], 2                      # (offset in the header, type, whole option)
+    hdr = frame[q:q + hl]
+    while i < hl:
+        if hdr[i] == 0:
+            i += 1
+            continue
+        if i + 2 > hl or i + 2 + hdr[i + 1] > hl:
+            return frame, 0
+        opts.append((i, hdr[i], hdr[i:i + 2 + hdr[i + 1]]))
+        i += 2 + hdr[i + 1]
+    if not any(t == option_type for _, t, _ in opts):
+        return frame, 0
+    kept = [(o, body) for o, t, body in opts if t not in (1, option_type)]
+    ip = bytearray(frame[l3:l3 + 40])
+    if not kept:
+        new_hdr = b""
+        ip[6] = hdr[0]
+    else:
+        out = bytearray(hdr[:2])
+        for o, body in kept:
+            out += _pad((o - len(out)) % 8) + body
+        out += _pad(-len(out) % 8)
+        out[1] = len(out) // 8 - 1
+        new_hdr = bytes(out)
+    removed = hl - len(new_hdr)
+    plen = int.from_bytes(ip[4:6], "big")
+    if plen:
+        ip[4:6] = (plen - removed).to_bytes(2, "big")
+    return frame[:l3] + bytes(ip) + new_hdr + frame[q + hl:], removed
+
+
 def rewrite_frame(frame: bytes, row, src_mac: bytes, dst_mac: bytes, vnet: dict | None = None,
-                  hop: bool = True, gso_too: bool = False, macs: bool = True):
+                  hop: bool = True, gso_too: bool = False, macs: bool = True, strip: int = 0):
     """(new frame, verdict, vnet after): verdict 1 = hop limit exhausted (frame None),
-    2 = a checksum request outside the packet (frame None)."""
+    2 = a checksum request outside the packet (frame None); ``strip``: an option type whose
+    option is removed (0: none)."""
     keys = ("flags", "gso_type", "hdr_len", "gso_size", "csum_start", "csum_offset")
     vnet = {k: 0 for k in keys} if vnet is None else {k: int(vnet[k]) for k in keys}
     l3 = int(row["l3_off"])
@@ -90,6 +137,14 @@ def rewrite_frame(frame: bytes, row, src_mac: bytes, dst_mac: bytes, vnet: dict 
             f[l3 + 8] -= 1
             ihl = (f[l3] & 0x0F) * 4
             f[l3 + 10:l3 + 12] = struct.pack("!H", ipv4_checksum(bytes(f[l3:l3 + ihl])))
+    if strip:
+        stripped, removed = strip_option(bytes(f), row, strip)
+        f = bytearray(stripped)
+        if removed:
+            if vnet["flags"] & NEEDS_CSUM:
+                vnet["csum_start"] -= removed
+            if vnet["hdr_len"] > removed:
+                vnet["hdr_len"] -= removed
     shift = l3 - 14
     if shift:
         if vnet["flags"] & NEEDS_CSUM:

@@ -23,6 +23,8 @@ cdef enum:
     CNT_TRUNCATED
     CNT_RING_DROPS
     CNT_INTERNAL_ERRORS
+    CNT_UNTRUSTED_OPTION         # counted by the classifier (engine._classify count_into)
+    CNT_RESERVED_PREFERENCE
     CNT_SIZE
 
 # what the data path hands to Python (engine/datapath.py answers it)
@@ -30,6 +32,7 @@ cdef enum:
     PUNT_TIME_EXCEEDED = 1
     PUNT_TOO_BIG = 2
     PUNT_NEIGHBOUR = 3
+    PUNT_PARAM_PROBLEM = 4       # RFC 8200 4.2: unknown option; the pointer in punt_rec.mtu
 
 ctypedef struct punt_rec:
     uint8_t kind
@@ -38,7 +41,7 @@ ctypedef struct punt_rec:
     uint8_t family
     uint16_t l3_off
     uint16_t caplen              # bytes of the frame kept in data
-    uint32_t mtu
+    uint32_t mtu                 # PUNT_TOO_BIG: the MTU; PUNT_PARAM_PROBLEM: the pointer
     uint32_t length
     uint8_t addr[16]             # the address to resolve (PUNT_NEIGHBOUR)
     uint8_t data[1280]           # the frame's first bytes (the ICMP error quotes them)
@@ -79,6 +82,8 @@ cdef class Forwarder:
     cdef uint8_t* up_mac_c
     cdef uint8_t* gw_mac_c
     cdef int32_t* up_mtu_c
+    cdef readonly object up_strip        # per uplink: the option type to remove on the way out, 0: keep
+    cdef int32_t* up_strip_c
     cdef uint8_t* in_mac_c
     cdef uint8_t* host_mac_c
     cdef uint8_t* lan_net_c
@@ -97,6 +102,7 @@ cdef class Forwarder:
     cdef int32_t* pn
     cdef punt_rec* pc
     cdef public Py_ssize_t punt_n
+    cdef public bint param_problems              # router: answer opt_unknown_icmp (RFC 8200 4.2)
     cdef bucket icmp_bucket, neigh_bucket       # ICMP errors the router sends; frames punted for a neighbour
     cdef RxRing in_ring
     cdef TxSocket in_tx
@@ -106,6 +112,8 @@ cdef class Forwarder:
     cdef inline void drop(self, Py_ssize_t i, int reason) noexcept nogil
     cdef void punt(self, int kind, int side, int uplink, const uint8_t* frame, uint32_t length,
                    const mmr_row* r, uint32_t mtu) noexcept nogil
+    cdef void param_problem(self, int side, int uplink, const uint8_t* frame, uint32_t length,
+                            const mmr_row* r, const uint8_t* mac, double now) noexcept nogil
     cdef uint32_t seg_len(self, const uint8_t* frame, const mmr_row* r,
                           const virtio_net_hdr* vh, uint32_t length) noexcept nogil
     cdef void outbound_c(self, uint8_t* base, int64_t* off, uint32_t* lens, virtio_net_hdr* vh,

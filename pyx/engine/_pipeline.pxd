@@ -18,6 +18,7 @@ cdef class Pipeline:
     cdef public Selector selector
     cdef readonly FlowTable flows
     cdef readonly int option_type, n_uplinks
+    cdef public bint honour_unknown      # act on unknown hop-by-hop options (engine._parse.parse_one_ex)
     cdef readonly double idle_timeout
     cdef readonly Py_ssize_t cap
     cdef readonly object rows, out, service, pref, choice

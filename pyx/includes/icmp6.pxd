@@ -8,6 +8,7 @@ cdef extern from "<netinet/icmp6.h>":
         ICMP6_PACKET_TOO_BIG
         ICMP6_TIME_EXCEEDED
         ICMP6_PARAM_PROB
+        ICMP6_PARAMPROB_OPTION
 
 # <netinet/ip_icmp.h>: the ICMP (IPv4) echo types.
 cdef extern from "<netinet/ip_icmp.h>":

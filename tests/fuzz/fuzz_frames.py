@@ -4,8 +4,9 @@ branches, so coverage of them steers the mutations into every header and option 
 
     python3 tests/fuzz/fuzz_frames.py -max_total_time=60 -print_final_stats=1 tests/corpus/frames
 
-For each input (four bytes that pick the rewrite's mode and a virtio-net header, then a
-frame): the compiled parse_batch row equals the reference's, field by field; for a parsed
+For each input (four bytes that pick the rewrite's mode, a virtio-net header and whether
+unknown hop-by-hop options are acted on (RFC 8200 4.2; not in host mode), then a frame): the
+compiled parse_batch row equals the reference's, field by field (opt_off too); for a parsed
 frame, the compiled rewrite's verdict equals the reference's, and so do its bytes when no
 checksum request is involved (tests/test_rewrite.py compares completed checksums on frames
 that carry a real pseudo-header sum).  A mismatch or a crash stops the run with the input
@@ -41,8 +42,9 @@ def check(data: bytes) -> None:
     buf, off, ln = pack_frames([frame])
     buf = np.array(buf, np.uint8)
     rows = np.zeros(1, C.ROW_DTYPE)
-    _parse.parse_batch(buf, off, ln, rows, 0x3E, None)
-    want = parse_frame(frame, 0x3E)
+    honour = not tail[0] & 4
+    _parse.parse_batch(buf, off, ln, rows, 0x3E, None, honour)
+    want = parse_frame(frame, 0x3E, honour)
     for f in FIELDS:
         got = bytes(rows[0][f]) if f in ("src", "dst") else int(rows[0][f])
         exp = bytes(want[f]) if f in ("src", "dst") else int(want[f])
