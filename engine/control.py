@@ -98,7 +98,9 @@ def peer_credentials(conn: socket.socket) -> tuple[int, int, tuple[int, ...]]:
     gives no supplementary groups: only the primary group counts then."""
     _, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
     raw = b""
-    for size in (4 * 32, 4 * 65536) if SO_PEERGROUPS is not None else ():           # ERANGE: more groups than the first buffer holds
+    # ERANGE: more groups than the first buffer holds; CPython's getsockopt takes at most
+    # 1024 bytes, so 256 groups are seen (a peer with more counts by its primary group)
+    for size in (4 * 32, 1024) if SO_PEERGROUPS is not None else ():
         try:
             raw = conn.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, size)
             break
@@ -185,11 +187,12 @@ def config_document(cfg) -> dict:
 
 
 class _Conn:
-    __slots__ = ("sock", "inbuf", "outbuf", "deadline", "read_only")
+    __slots__ = ("sock", "inbuf", "outbuf", "deadline", "read_only", "access")
 
     def __init__(self, sock, deadline):
         self.sock, self.inbuf, self.outbuf, self.deadline = sock, b"", None, deadline
         self.read_only = True
+        self.access = None
 
 
 class ControlServer:
@@ -203,7 +206,6 @@ class ControlServer:
         self.refused = 0
         self.read_group, self.read_gid = read_group or None, group_id(read_group) if read_group else None
         self.made_dir = None
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         if not addr.startswith("@"):
             d = os.path.dirname(addr) or "."
             if not os.path.isdir(d):
@@ -216,33 +218,49 @@ class ControlServer:
                                     f"monitor.control_socket to another path")
                 except (OSError, RuntimeError):
                     os.unlink(addr)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.sock.bind(_address(addr))
         except OSError as exc:
             self.sock.close()
             raise UserError(f"cannot open the control socket {addr} ({exc.strerror}); another "
                             f"mmr in this network namespace? set monitor.control_socket") from None
-        self._set_mode()
+        try:
+            self._set_mode(self.read_gid)
+        except UserError:
+            self.sock.close()
+            os.unlink(addr)
+            raise
         self.sock.listen(16)
         self.sock.setblocking(False)
         poller.register(self.sock.fileno(), select.POLLIN, self._accept)
 
-    def _set_mode(self) -> None:
-        """A path socket (and the directory mmr made for it): root's alone, or also the read
-        group's (the kernel then refuses everyone else at connect())."""
+    def _set_mode(self, gid: int | None) -> None:
+        """A path socket (and the directory mmr made for it): its owner's alone, or also the
+        read group's (the kernel then refuses everyone else at connect()).  The group is
+        given only when the file does not have it already (a user without CAP_CHOWN may give
+        a file only to a group it is in)."""
         if self.addr.startswith("@"):
             return
-        gid = self.read_gid if self.read_gid is not None else 0
-        if self.made_dir:
-            os.chown(self.made_dir, -1, gid)
-            os.chmod(self.made_dir, 0o750 if self.read_gid is not None else 0o700)
-        os.chown(self.addr, -1, gid)
-        os.chmod(self.addr, 0o660 if self.read_gid is not None else 0o600)
+        try:
+            for path, mode in ((self.made_dir, 0o750 if gid is not None else 0o700),
+                               (self.addr, 0o660 if gid is not None else 0o600)):
+                if not path:
+                    continue
+                if gid is not None and os.stat(path).st_gid != gid:
+                    os.chown(path, -1, gid)
+                os.chmod(path, mode)
+        except OSError as exc:
+            raise UserError(f"cannot give the control socket {self.addr} to the group {self.read_group or gid} "
+                            f"({exc.strerror}); run mmr as a member of that group (systemd: "
+                            f"SupplementaryGroups=) or use an abstract socket such as \"@mmr\"") from None
 
     def set_read_group(self, name: str | None) -> None:
-        """A reload's monitor.control_read_group: connections accepted from now on."""
-        self.read_group, self.read_gid = name or None, group_id(name) if name else None
-        self._set_mode()
+        """A reload's monitor.control_read_group: connections accepted from now on.  The file's
+        group and mode change first; the new group counts only once they did."""
+        gid = group_id(name) if name else None
+        self._set_mode(gid)
+        self.read_group, self.read_gid = name or None, gid
 
     def access(self, conn: socket.socket) -> str | None:
         """"full" for root, "read" for a member of the read group, None for anyone else."""
@@ -268,12 +286,13 @@ class ControlServer:
                 conn.close()
                 continue
             access = self.access(conn)
-            if access == "read" and sum(x.read_only for x in self.conns.values()) >= MAX_READERS:
+            if access == "read" and sum(x.access == "read" for x in self.conns.values()) >= MAX_READERS:
                 self.refused += 1
                 conn.close()
                 continue
             c = _Conn(conn, now + DEADLINE_S)
             c.read_only = access != "full"
+            c.access = access
             self.conns[conn.fileno()] = c
             if access is None:  # credentials first: nobody else may make mmr read
                 self._answer(c, {"ok": False, "error": "only root may control mmr" if self.read_gid is None else

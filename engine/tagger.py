@@ -249,7 +249,9 @@ def tag_packet(pkt: bytes, opt: bytes, option_type: int, finish_csum: bool = Fal
     if n < 40 or pkt[0] >> 4 != 6:
         return None, CANNOT
     plen = (pkt[4] << 8) | pkt[5]
-    if plen == 0 or plen + 40 != n or plen + 8 > 0xFFFF:     # jumbogram, truncated or padded copy, too long
+    # jumbogram, truncated or padded copy, too long: the tagged packet must fit the IPv6
+    # payload length and the 16-bit netlink attribute that carries it back (65,531 bytes)
+    if plen == 0 or plen + 40 != n or plen + 8 > 0xFFFF or n + 8 > 0xFFFF - 4:
         return None, CANNOT
     if mtu and n + 8 > mtu:
         return None, TOO_BIG
@@ -563,11 +565,14 @@ class NfQueue:
                     queue = struct.unpack_from("!H", data, off + 18)[0]
                     pid = info = outdev = cap = 0
                     payload = b""
-                    a, end = off + 20, off + ln
+                    a, end = off + 20, min(off + ln, len(data))     # never past what arrived
                     while a + 4 <= end:
                         alen, atype = _NLA.unpack_from(data, a)
-                        if alen < 4:
+                        if alen < 4 or a + alen > end:
                             break
+                        if alen < 8 and (atype & 0x3FFF) != NFQA_PAYLOAD:
+                            a += 4
+                            continue
                         atype &= 0x3FFF
                         if atype == NFQA_PACKET_HDR:
                             pid = struct.unpack_from("!I", data, a + 4)[0]

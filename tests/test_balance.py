@@ -23,6 +23,7 @@ def policy(tmp_path, weights=(None, None), sticky=0, extra=""):
     text = open(default_config_path()).read()
     for metric, w in zip((10, 20), weights):
         if w is not None:
+            assert f"metric = {metric}\n" in text
             text = text.replace(f"metric = {metric}\n", f"metric = {metric}\nweight = {w}\n", 1)
     path = tmp_path / f"w{weights[0]}-{weights[1]}-s{sticky}.toml"
     path.write_text(text + f"\n[select]\nsticky_s = {sticky}\n" + extra)

@@ -45,6 +45,7 @@ def run(args) -> int:
     if shutil.which("nft") is None:
         raise UserError("nftables ('nft') is not installed, so mmr cannot have left a table here")
     rc = 0
+    failed: list[str] = []
     for family, name in TABLES:
         listed = subprocess.run(["nft", "list", "table", family, name], capture_output=True, text=True)
         if listed.returncode != 0:
@@ -58,7 +59,14 @@ def run(args) -> int:
             continue
         gone = subprocess.run(["nft", "delete", "table", family, name], capture_output=True, text=True)
         if gone.returncode != 0:
-            why = (gone.stderr.strip().splitlines() or ["nft gave no reason"])[0]
-            raise UserError(f"could not remove table {family} {name} ({why})")
+            if "Operation not permitted" in gone.stderr or "busy" in gone.stderr:
+                # an nft that does not print "flags owner": the kernel refuses for the owner
+                print(f"{family} {name}: held by a running mmr (the kernel refuses to remove it); stop it instead")
+                rc = 1
+                continue
+            failed.append(f"{family} {name} ({(gone.stderr.strip().splitlines() or ['nft gave no reason'])[0]})")
+            continue
         print(f"{family} {name}: removed (a plain table left by an mmr that did not stop cleanly)")
+    if failed:
+        raise UserError(f"could not remove {', '.join(failed)}")
     return rc
