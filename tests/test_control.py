@@ -75,8 +75,8 @@ def as_others(test):
     """Root (to switch users) and setpriv with the system python3 (the test's interpreter may
     live under /root, which nobody may read; the client below needs only the standard library)."""
     return pytest.mark.privileged(pytest.mark.skipif(
-        not os.path.exists(SYSTEM_PYTHON) or not shutil.which("setpriv"),
-        reason="needs the system python3 and setpriv to act as another user")(test))
+        os.environ.get("MMR_REQUIRE_PRIVILEGED") != "1" and (not os.path.exists(SYSTEM_PYTHON) or not shutil.which("setpriv")),
+        reason="needs the system python3 and setpriv to act as another user (under CI: fails instead)")(test))
 
 
 GROUP = "users"                        # a group every Debian system has (gid 100); nobody is no member
