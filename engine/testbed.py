@@ -22,9 +22,11 @@ ignored, so their backup route over the AR1-AR2 link takes over.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.errors import UserError
 from engine.netns import namespaces, require_tools, sh, sysctl
@@ -90,6 +92,9 @@ class Topology:
     forwarders: tuple          # nodes that route (forwarding on)
     backup: tuple              # nodes that skip routes over links without carrier
     check: tuple               # (node, address) that must answer ping once built
+    more_checks: tuple = ()    # further (node, address) pairs that must answer
+    l3links: tuple = ()        # (ns a, dev a, ns b, dev b): two TUNs joined by engine.l3link
+    nft: dict = field(default_factory=dict)   # node: nft script loaded once built
 
 
 DRAFT = Topology(NODES, LINKS, ADDRS, ROUTES, ("mmr", "ar1", "ar2"), ("ar1", "ar2"),
@@ -140,7 +145,71 @@ PEER_ADDR = "2001:db8:ee::1"
 PEER_CORP_ADDR = "2001:db8:ee:c0::1"      # the built-in host policy pins it to i2
 HOST_VI_ADDR4 = "198.18.99.10"
 PEER_ADDR4 = "198.51.100.9"
-TOPOLOGIES = {"draft": DRAFT, "host": HOST}
+
+# Two real ISPs (issue 11): MN - MMR - ISP1/ISP2 - CN.
+#
+#   <p>mn  eth0 ---- lan0 <p>mmr up1 ---- eth0 <p>isp1 eth1 ---- eth1 <p>cn (lo: 2001:db8:ff::1,
+#                             up2 ==== eth0 <p>isp2 eth1 ---- eth2          198.51.100.1)
+#
+# The LAN is private: 192.168.1.0/24 and the ULA fd00:1::/64.  Each ISP gives the MMR one
+# link address per family and delegates a /56 (2001:db8:a1:100::/56, 2001:db8:a2:100::/56)
+# routed to it, drops sources outside its own space at its customer port (BCP 38: 198.18.1.0/24
+# and 2001:db8:a1::/48 for ISP1), and CN knows only the ISPs' space: nothing routes the LAN.
+# ISP2's link (====) is an L3 device, as PPPoE or an LTE modem in raw-IP mode gives a router:
+# two TUN devices joined by engine/l3link.py, point-to-point addresses, no MAC header.  The
+# MMR's kernel has the routes DHCP, RA and PPP would have installed (default via ISP1 on up1,
+# a second default on up2 with a higher metric) and no NAT: without mmr, nothing on the LAN
+# reaches CN, as on a router whose NAT is not configured.
+ISP = Topology(
+    ("mn", "mmr", "isp1", "isp2", "cn"),
+    [("mn", "eth0", "mmr", "lan0"), ("mmr", "up1", "isp1", "eth0"), ("isp1", "eth1", "cn", "eth1"),
+     ("isp2", "eth1", "cn", "eth2")],
+    {"mn": [("eth0", "192.168.1.10/24"), ("eth0", "fd00:1::10/64")],
+     "mmr": [("lan0", "192.168.1.1/24"), ("lan0", "fd00:1::1/64"),
+             ("up1", "198.18.1.2/24"), ("up1", "2001:db8:a1::2/64"),
+             ("up2", "198.18.2.2 peer 198.18.2.1/32"), ("up2", "2001:db8:a2::2/64")],
+     "isp1": [("eth0", "198.18.1.1/24"), ("eth0", "2001:db8:a1::1/64"),
+              ("eth1", "198.18.11.1/24"), ("eth1", "2001:db8:c1::1/64")],
+     "isp2": [("eth0", "198.18.2.1 peer 198.18.2.2/32"), ("eth0", "2001:db8:a2::1/64"),
+              ("eth1", "198.18.12.1/24"), ("eth1", "2001:db8:c2::1/64")],
+     "cn": [("eth1", "198.18.11.2/24"), ("eth1", "2001:db8:c1::2/64"),
+            ("eth2", "198.18.12.2/24"), ("eth2", "2001:db8:c2::2/64"),
+            ("lo", "2001:db8:ff::1/128"), ("lo", "198.51.100.1/32")]},
+    {"mn": [["-6", "route", "add", "default", "via", "fd00:1::1"],
+            ["-4", "route", "add", "default", "via", "192.168.1.1"]],
+     "mmr": [["-4", "route", "add", "default", "via", "198.18.1.1", "dev", "up1", "metric", "100"],
+             ["-6", "route", "add", "default", "via", "2001:db8:a1::1", "dev", "up1", "metric", "100"],
+             ["-4", "route", "add", "default", "dev", "up2", "metric", "200"],
+             ["-6", "route", "add", "default", "dev", "up2", "metric", "200"]],
+     "isp1": [["-4", "route", "add", "198.51.100.1/32", "via", "198.18.11.2"],
+              ["-6", "route", "add", "2001:db8:ff::1/128", "via", "2001:db8:c1::2"],
+              ["-6", "route", "add", "2001:db8:a1:100::/56", "via", "2001:db8:a1::2"]],
+     "isp2": [["-4", "route", "add", "198.51.100.1/32", "via", "198.18.12.2"],
+              ["-6", "route", "add", "2001:db8:ff::1/128", "via", "2001:db8:c2::2"],
+              ["-6", "route", "add", "2001:db8:a2:100::/56", "dev", "eth0"]],
+     "cn": [["-4", "route", "add", "198.18.1.0/24", "via", "198.18.11.1"],
+            ["-6", "route", "add", "2001:db8:a1::/48", "via", "2001:db8:c1::1"],
+            ["-4", "route", "add", "198.18.2.0/24", "via", "198.18.12.1"],
+            ["-6", "route", "add", "2001:db8:a2::/48", "via", "2001:db8:c2::1"]]},
+    ("mmr", "isp1", "isp2"), (),
+    ("mmr", "2001:db8:ff::1"),
+    more_checks=(("isp2", "2001:db8:a2::2"), ("isp2", "198.18.2.2")),
+    l3links=(("mmr", "up2", "isp2", "eth0"),),
+    nft={isp: f"""table inet bcp38 {{
+    chain forward {{
+        type filter hook forward priority 0; policy accept;
+        iifname "eth0" ip saddr != {v4} counter drop comment "bcp38"
+        iifname "eth0" ip6 saddr != {v6} counter drop comment "bcp38"
+    }}
+}}
+""" for isp, v4, v6 in (("isp1", "198.18.1.0/24", "2001:db8:a1::/48"),
+                        ("isp2", "198.18.2.0/24", "2001:db8:a2::/48"))},
+)
+ISP_CN_ADDR4 = "198.51.100.1"
+ISP_MN_ADDR4 = "192.168.1.10"
+ISP_MN_ADDR = "fd00:1::10"
+
+TOPOLOGIES = {"draft": DRAFT, "host": HOST, "isp": ISP}
 
 MN_ADDR = "2001:db8:1::10"
 CN_ADDR = "2001:db8:ff::1"
@@ -193,13 +262,15 @@ class Testbed:
         for a, da, b, db in t.links:
             sh("ip", "link", "add", da, "netns", self.ns(a), "type", "veth", "peer", "name", db,
                "netns", self.ns(b))
-        for a, da, b, db in t.links:
+        for link in t.l3links:
+            self._join(*link)
+        for a, da, b, db in t.links + list(t.l3links):
             for ns, dev in ((a, da), (b, db)):
                 sh("ip", "link", "set", dev, "up", ns=self.ns(ns))
         for n, addrs in t.addrs.items():
             for dev, addr in addrs:
                 extra = ["nodad"] if ":" in addr else []
-                sh("ip", "addr", "add", addr, "dev", dev, *extra, ns=self.ns(n))
+                sh("ip", "addr", "add", *addr.split(), "dev", dev, *extra, ns=self.ns(n))
         for n in t.forwarders:
             sysctl(self.ns(n), "net.ipv6.conf.all.forwarding", 1)
             sysctl(self.ns(n), "net.ipv4.ip_forward", 1)
@@ -210,29 +281,94 @@ class Testbed:
         for n, routes in t.routes.items():
             for r in routes:
                 sh("ip", *r, ns=self.ns(n))
+        for n, script in t.nft.items():
+            p = subprocess.run(["ip", "netns", "exec", self.ns(n), "nft", "-f", "-"], input=script,
+                               capture_output=True, text=True, timeout=20)
+            if p.returncode != 0:
+                raise RuntimeError(f"nft in {self.ns(n)}: {p.stderr.strip()}")
+
+    def _pidfile(self, ns_a: str, dev_a: str) -> str:
+        return f"/run/mmr-testbed/{self.prefix}{ns_a}-{dev_a}.pid"
+
+    def _join(self, a: str, da: str, b: str, db: str) -> None:
+        """Start the process that joins TUN da in a and TUN db in b (an L3 link); it stays
+        after this process exits and stops in down() or stop_l3link()."""
+        os.makedirs("/run/mmr-testbed", exist_ok=True)
+        p = subprocess.Popen([sys.executable, "-m", "engine.l3link", self.ns(a), da, self.ns(b), db],
+                             cwd=ENGINE_HOME, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             stdin=subprocess.DEVNULL, start_new_session=True, text=True)
+        line = p.stdout.readline().strip()
+        if line != "ready":
+            p.kill()
+            raise RuntimeError(f"L3 link {a}:{da} - {b}:{db} did not start: {p.stderr.read().strip()}")
+        p.stdout.close()
+        p.stderr.close()
+        with open(self._pidfile(a, da), "w") as f:
+            f.write(f"{p.pid}\n")
+
+    def stop_l3link(self, node: str, dev: str) -> bool:
+        """Stop the process of the L3 link with dev on node (both TUNs vanish); False if it
+        was not running."""
+        for a, da, b, db in self.topo.l3links:
+            if (a, da) == (node, dev) or (b, db) == (node, dev):
+                return self._stop_join(a, da)
+        raise ValueError(f"no L3 link {node}:{dev}")
+
+    def _stop_join(self, a: str, da: str) -> bool:
+        path = self._pidfile(a, da)
+        try:
+            pid = int(open(path).read())
+        except (OSError, ValueError):
+            return False
+        os.unlink(path)
+        try:                          # ours only: the process runs engine.l3link for this prefix
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            return False
+        if b"engine.l3link" not in cmd or self.ns(a).encode() not in cmd:
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            try:
+                if open(f"/proc/{pid}/stat").read().split(") ")[-1].startswith("Z"):
+                    break
+            except OSError:
+                break
+            time.sleep(0.02)
+        return True
 
     def relink(self, node_a: str, dev_a: str) -> None:
-        """Re-create the link of dev_a on node_a (after a test deleted it): the veth pair, its
-        addresses on both ends and the routes of both nodes (those still there are kept)."""
-        for a, da, b, db in self.topo.links:
+        """Re-create the link of dev_a on node_a (after a test deleted it, or stopped its L3
+        link): the veth pair or the joined TUNs, its addresses on both ends and the routes of
+        both nodes (those still there are kept)."""
+        for a, da, b, db in list(self.topo.links) + list(self.topo.l3links):
             if (a, da) == (node_a, dev_a) or (b, db) == (node_a, dev_a):
                 break
         else:
             raise ValueError(f"no link {node_a}:{dev_a}")
-        sh("ip", "link", "add", da, "netns", self.ns(a), "type", "veth", "peer", "name", db, "netns", self.ns(b))
+        if (a, da, b, db) in self.topo.l3links:
+            self._stop_join(a, da)
+            self._join(a, da, b, db)
+        else:
+            sh("ip", "link", "add", da, "netns", self.ns(a), "type", "veth", "peer", "name", db, "netns", self.ns(b))
         for ns, dev in ((a, da), (b, db)):
             sh("ip", "link", "set", dev, "up", ns=self.ns(ns))
             for d, addr in self.topo.addrs.get(ns, []):
                 if d == dev:
-                    sh("ip", "addr", "add", addr, "dev", dev, *(["nodad"] if ":" in addr else []), ns=self.ns(ns))
+                    sh("ip", "addr", "add", *addr.split(), "dev", dev, *(["nodad"] if ":" in addr else []),
+                       ns=self.ns(ns))
         for ns in (a, b):
             for r in self.topo.routes.get(ns, []):
                 sh("ip", *r, ns=self.ns(ns), check=False)
 
     def _wait(self, wait: float) -> None:
         deadline = time.monotonic() + wait
+        for node, target in (self.topo.check,) + tuple(self.topo.more_checks):
+            self._wait_one(node, target, deadline)
+
+    def _wait_one(self, node: str, target: str, deadline: float) -> None:
         while True:
-            node, target = self.topo.check
             try:         # the engine this process imported, not a source tree in the cwd
                 sh(sys.executable, "-m", "engine.peers", "reach", target, "1", ns=self.ns(node), cwd=ENGINE_HOME)
                 ok = True
@@ -256,6 +392,9 @@ class Testbed:
         """Remove every namespace of this prefix, of any topology (veths go with them);
         returns how many."""
         k = 0
+        for t in TOPOLOGIES.values():         # the L3 links' processes first: their TUNs go with them
+            for a, da, _, _ in t.l3links:
+                self._stop_join(a, da)
         nodes = dict.fromkeys(n for t in TOPOLOGIES.values() for n in t.nodes)
         have = set(namespaces())
         for n in nodes:

@@ -24,6 +24,19 @@ traffic from CN still reaches the MMR when one of its uplinks is down.
   <prefix>peer 2001:db8:ee::1, 198.51.100.9 (loopback); routes the VI prefixes
                2001:db8:99::/64 and 198.18.99.0/24 back via r1 and r2
 
+--topology isp builds two real ISPs instead (what mmr must overcome; issue 11):
+
+  <prefix>mn   eth0 192.168.1.10, fd00:1::10     LAN private: 192.168.1.0/24, ULA fd00:1::/64
+  <prefix>mmr  up1 198.18.1.2, 2001:db8:a1::2 (Ethernet, to ISP1)
+               up2 198.18.2.2 peer 198.18.2.1, 2001:db8:a2::2 (an L3 device, to ISP2: two TUNs
+               joined by a process, as PPPoE or an LTE modem in raw-IP mode gives a router)
+  <prefix>isp1, <prefix>isp2   drop sources outside their own space (BCP 38) and route a
+               delegated /56 (2001:db8:a1:100::/56, 2001:db8:a2:100::/56) to the MMR
+  <prefix>cn   2001:db8:ff::1, 198.51.100.1; routes only the ISPs' space, not the LAN
+
+The MMR's kernel has default routes via both (up1 first) and no NAT, so the LAN reaches
+nothing until something translates its sources.
+
 The MMR forwards by kernel routing (default via AR2) until 'mmr run' runs in its namespace.
 The built-in policy matches this testbed: 'ip netns exec mmr-mmr mmr run'."""
 
@@ -44,9 +57,10 @@ def register(sub) -> None:
     p.add_argument("action", choices=["up", "down", "status"], help="build, remove or list")
     p.add_argument("--prefix", default="mmr-", metavar="P",
                    help="namespace name prefix (default 'mmr-')")
-    p.add_argument("--topology", choices=["draft", "host"], default="draft",
+    p.add_argument("--topology", choices=["draft", "host", "isp"], default="draft",
                    help="draft: MN - MMR - AR1/AR2 - CN (default); host: a host with interfaces "
-                        "i1, i2 via routers r1, r2 to a peer, for 'mmr host'")
+                        "i1, i2 via routers r1, r2 to a peer, for 'mmr host'; isp: a private LAN "
+                        "behind two ISPs with BCP 38, ISP2 over an L3 device")
     p.set_defaults(func=run)
 
 
