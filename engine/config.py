@@ -39,8 +39,9 @@ class Key:
 
 ENGINE_KEYS = {
     "lan": Key("device", "lan0", hint='a device name such as "lan0"'),
-    "lan_prefixes": Key("prefixes", ["2001:db8:1::/64", "192.0.2.0/24"],
-                        hint='a list of prefixes such as ["2001:db8:1::/64"]'),
+    "lan_prefixes": Key("prefixes", [],          # [] (the default): learned from the LAN device
+                        hint='a list of prefixes such as ["2001:db8:1::/64"] (leave it out to take '
+                             'the networks of the LAN device\'s addresses)'),
     "option_type": Key("int", C.DEFAULT_OPTION_TYPE, 0x20, 0x3F,
                        hint="an option type of the form 001xxxxx: 0x20..0x3F (default 0x3E)"),
     "flow_capacity": Key("int", 65536, 1, 1 << 26, hint="a flow count from 1 to 67108864"),
@@ -226,6 +227,7 @@ class Config:
     path: str
     lan: str = "lan0"
     lan_prefixes: list = field(default_factory=list)
+    lan_prefixes_learned: bool = False      # none configured: the LAN device's own, followed
     option_type: int = C.DEFAULT_OPTION_TYPE
     flow_capacity: int = 65536
     idle_timeout_s: float = 120.0
@@ -465,6 +467,7 @@ class _Loader:
         eng = self.table(raw.get("engine", {}), ENGINE_KEYS, "engine")
         cfg = Config(path=self.path, raw=raw, **eng)
         cfg.lan_prefixes = eng["lan_prefixes"]
+        cfg.lan_prefixes_learned = not cfg.lan_prefixes
         if len(cfg.lan_prefixes) > 64:
             self.err("engine.lan_prefixes", f"{len(cfg.lan_prefixes)} prefixes is more than mmr takes",
                      "list at most 64 (aggregate them)")
@@ -753,7 +756,7 @@ class _Loader:
                 self.err(f"{where}.src", f"{_short(t['src'])} is an IPv4 prefix, and the option is IPv6 only",
                          "write an IPv6 prefix of the LAN")
             lans = [p for p in cfg.lan_prefixes if p.version == 6]
-            if not any(net.subnet_of(p) for p in lans):
+            if not cfg.lan_prefixes_learned and not any(net.subnet_of(p) for p in lans):
                 self.err(f"{where}.src", f"{net} is not inside the LAN's lan_prefixes",
                          "write a prefix inside one of " + (", ".join(map(str, lans)) or "engine.lan_prefixes"))
             if net in seen:

@@ -95,6 +95,16 @@ class State:
         """An address beyond link-local: the device's own on its network."""
         return any(not a.is_link_local for a in self.addresses(index))
 
+    def networks(self, index: int) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """The networks the device's addresses are on, link-local ones left out (sorted,
+        IPv6 first; a /32 or /128 address counts as its own network)."""
+        nets = set()
+        for a, (plen, _) in self.addrs.get(index, {}).items():
+            net = ipaddress.ip_network((a, plen), strict=False)
+            if not net.network_address.is_link_local:
+                nets.add(net)
+        return sorted(nets, key=lambda n: (-n.version, n))
+
     def local16(self) -> set[bytes]:
         """Every address of this machine (every device) and every IPv4 broadcast address of
         its subnets, in the row form."""

@@ -84,7 +84,27 @@ class Lan(Inside):
             if index == self.index:
                 self.neighbour(dp, index, addr)
 
+    def learn_prefixes(self, dp: Datapath, cfg) -> bool:
+        """Without lan_prefixes in the config, the LAN is what the LAN device's addresses are
+        on (IPv6 and IPv4, link-local left out), followed as they change; True if it changed."""
+        if not cfg.lan_prefixes_learned:
+            return False
+        nets = dp.state.networks(self.index) if self.index is not None else []
+        if len(nets) > dp.fw.lan_net.shape[0]:
+            nets = nets[:dp.fw.lan_net.shape[0]]
+        if nets == cfg.lan_prefixes:
+            return False
+        cfg.lan_prefixes = nets
+        if nets:
+            dp.log(f"LAN prefixes (from {self.dev}): {', '.join(map(str, nets))}")
+        else:
+            dp.log.warning(f"the LAN device {self.dev} has no address beyond link-local: no LAN "
+                           f"prefix known, so nothing from the uplinks is forwarded to the LAN until "
+                           f"it has one (or set engine.lan_prefixes)")
+        return True
+
     def apply(self, dp: Datapath, cfg) -> None:
+        self.learn_prefixes(dp, cfg)
         nets = [to_mapped(n) for n in cfg.lan_prefixes]
         dp.fw.set_lan_prefixes([(n.network_address.packed, n.netmask.packed) for n in nets])
         if self.guard_sets is not None:
@@ -126,6 +146,11 @@ class Lan(Inside):
         kind = ev[0]
         if kind in ("addr", "resync"):
             self.refresh_local(dp)
+            if self.learn_prefixes(dp, dp.cfg):
+                nets = [to_mapped(n) for n in dp.cfg.lan_prefixes]
+                dp.fw.set_lan_prefixes([(n.network_address.packed, n.netmask.packed) for n in nets])
+                if kind == "addr":
+                    self.refresh_kernel_routes(dp)
         if kind in ("route", "resync", "gone"):
             self.refresh_kernel_routes(dp)
         if kind == "resync":

@@ -64,7 +64,8 @@ def run(args) -> int:
 
 def show(cfg) -> str:
     out = [f"policy file: {cfg.path}",
-           f"engine: lan={cfg.lan} lan_prefixes={[str(p) for p in cfg.lan_prefixes]} "
+           f"engine: lan={cfg.lan} lan_prefixes="
+           f"{'(the networks of ' + cfg.lan + chr(39) + 's addresses, followed)' if cfg.lan_prefixes_learned else [str(p) for p in cfg.lan_prefixes]} "
            f"option_type=0x{cfg.option_type:02X} flow_capacity={cfg.flow_capacity} "
            f"idle_timeout_s={cfg.idle_timeout_s:g} default_preference={cfg.default_preference}",
            "uplinks:"]
