@@ -1,6 +1,7 @@
 """Fuzzing on every CI run, bounded in time (MMR_FUZZ_SECONDS per harness, default 20; CI
 sets 60): the compiled parser and rewrite against their references (atheris, coverage-guided
-on the instrumented references, from the committed corpus), and the policy file (mutational).
+on the instrumented references, from the committed corpus), NAPT44 against its reference
+(sessions of templated packets the fuzzer overwrites), and the policy file (mutational).
 A longer run is the same command with a longer time (tests/README.md)."""
 import json
 import os
@@ -28,6 +29,18 @@ def test_frames_fuzz(tmp_path):
     runs = int(re.search(r"stat::number_of_executed_units:\s+(\d+)", p.stderr).group(1)) if \
         "number_of_executed_units" in p.stderr else 0
     print(f"frames fuzzed: {runs} in {SECONDS:.0f} s, exit {p.returncode}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert runs > 1000
+
+
+def test_nat_fuzz(tmp_path):
+    """NAPT44 sessions (tests/fuzz/fuzz_nat.py): compiled and reference agree on every packet."""
+    p = subprocess.run([sys.executable, os.path.join(HERE, "fuzz", "fuzz_nat.py"),
+                        f"-max_total_time={int(SECONDS)}", "-print_final_stats=1", f"-artifact_prefix={tmp_path}/"],
+                       capture_output=True, text=True, timeout=SECONDS + 120)
+    runs = int(re.search(r"stat::number_of_executed_units:\s+(\d+)", p.stderr).group(1)) if \
+        "number_of_executed_units" in p.stderr else 0
+    print(f"NAT sessions fuzzed: {runs} in {SECONDS:.0f} s, exit {p.returncode}")
     assert p.returncode == 0, p.stderr[-3000:]
     assert runs > 1000
 

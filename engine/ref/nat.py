@@ -1,0 +1,394 @@
+"""Reference NAPT44 (the oracle of pyx/nat.pyx): the same decisions written plainly, with
+dicts for the tables and bytes slicing for the packets.  Checksums follow RFC 1624 eq. 3 in
+Python integers; the tests check separately, from scratch, that a packet whose checksums were
+right before translation has right checksums after it."""
+from __future__ import annotations
+
+import os
+import struct
+
+OK, PASS, UNKNOWN, EXHAUSTED, UNSUPPORTED, MALFORMED, NO_ADDRESS = (
+    "ok", "pass", "unknown", "exhausted", "unsupported", "malformed", "no_address")
+TIMEOUTS = {"tcp_syn": 120.0, "tcp_established": 432000.0, "tcp_fin": 120.0, "tcp_rst": 10.0,
+            "udp": 30.0, "udp_replied": 120.0, "icmp": 30.0}
+PORT_MIN = 1024
+N_PORTS = 65536 - PORT_MIN
+FRAG_SLOTS = 1024
+FRAG_TIMEOUT = 30.0
+PI = {6: 0, 17: 1, 1: 2}
+M64 = (1 << 64) - 1
+
+
+def _rotl(x: int, b: int) -> int:
+    return ((x << b) | (x >> (64 - b))) & M64
+
+
+def siphash13(data: bytes, k0: int, k1: int) -> int:
+    """SipHash-1-3 over whole 64-bit little-endian words; the low 32 bits."""
+    v = [k0 ^ 0x736f6d6570736575, k1 ^ 0x646f72616e646f6d, k0 ^ 0x6c7967656e657261, k1 ^ 0x7465646279746573]
+
+    def rnd():
+        v[0] = (v[0] + v[1]) & M64; v[1] = _rotl(v[1], 13); v[1] ^= v[0]; v[0] = _rotl(v[0], 32)  # noqa: E702
+        v[2] = (v[2] + v[3]) & M64; v[3] = _rotl(v[3], 16); v[3] ^= v[2]  # noqa: E702
+        v[0] = (v[0] + v[3]) & M64; v[3] = _rotl(v[3], 21); v[3] ^= v[0]  # noqa: E702
+        v[2] = (v[2] + v[1]) & M64; v[1] = _rotl(v[1], 17); v[1] ^= v[2]; v[2] = _rotl(v[2], 32)  # noqa: E702
+
+    words = len(data) // 8
+    for i in range(words + 1):
+        m = int.from_bytes(data[8 * i:8 * i + 8], "little") if i < words else (8 * words) << 56
+        v[3] ^= m
+        rnd()
+        v[0] ^= m
+    v[2] ^= 0xFF
+    for _ in range(3):
+        rnd()
+    return (v[0] ^ v[1] ^ v[2] ^ v[3]) & 0xFFFFFFFF
+
+
+def csum_update(hc: int, m: int, m2: int) -> int:
+    s = (~hc & 0xFFFF) + (~m & 0xFFFF) + m2
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+class _Pkt:
+    """A bytearray with 16-bit word access."""
+
+    def __init__(self, b: bytearray):
+        self.b = b
+
+    def w(self, at: int) -> int:
+        return (self.b[at] << 8) | self.b[at + 1]
+
+    def put(self, at: int, v: int) -> None:
+        self.b[at:at + 2] = v.to_bytes(2, "big")
+
+    def fix(self, field: int, m: int, m2: int, pending=False, udp=False) -> None:
+        c = self.w(field)
+        if udp and c == 0 and not pending:
+            return
+        if pending:
+            c = ~csum_update(~c & 0xFFFF, m, m2) & 0xFFFF
+        else:
+            c = csum_update(c, m, m2)
+            if udp and c == 0:
+                c = 0xFFFF
+        self.put(field, c)
+
+    def set_word(self, at: int, v: int, sums=()) -> None:
+        """sums: (field, pending, udp) of each checksum covering the word."""
+        old = self.w(at)
+        if old == v:
+            return
+        self.put(at, v)
+        for field, pending, udp in sums:
+            self.fix(field, old, v, pending, udp)
+
+    def set_addr(self, at: int, a: bytes, sums=()) -> None:
+        self.set_word(at, int.from_bytes(a[:2], "big"), sums)
+        self.set_word(at + 2, int.from_bytes(a[2:], "big"), sums)
+
+
+class Map:
+    __slots__ = ("int_addr", "rem_addr", "int_port", "rem_port", "ext_port", "pi", "u", "state", "last")
+
+    def __init__(self, int_addr, rem_addr, int_port, rem_port, ext_port, pi, u, now):
+        self.int_addr, self.rem_addr, self.int_port, self.rem_port = int_addr, rem_addr, int_port, rem_port
+        self.ext_port, self.pi, self.u, self.state, self.last = ext_port, pi, u, "new", now
+
+
+class Nat44Ref:
+    def __init__(self, n_uplinks: int, capacity: int = 65536, seed=None, timeouts=None):
+        key = os.urandom(16) if seed is None else int(seed).to_bytes(16, "little")
+        self.k0, self.k1 = int.from_bytes(key[:8], "little"), int.from_bytes(key[8:], "little")
+        self.n, self.capacity = n_uplinks, capacity
+        self.addr = [None] * n_uplinks
+        self.fwd: dict[tuple, Map] = {}
+        self.rev: dict[tuple, Map] = {}          # (u, pi, ext_port)
+        self.frags: dict[int, tuple] = {}        # slot: (rem, ip_id, proto, u, int_addr, last)
+        self.t = dict(TIMEOUTS, **(timeouts or {}))
+        self.exhausted = 0
+
+    def set_address(self, u: int, address) -> None:
+        a = None if address is None else bytes(address if isinstance(address, (bytes, bytearray)) else address.packed)
+        if a != self.addr[u]:
+            self.flush_uplink(u)
+            self.addr[u] = a
+
+    def flush_uplink(self, u: int) -> int:
+        gone = [m for m in self.fwd.values() if m.u == u]
+        for m in gone:
+            self._release(m)
+        return len(gone)
+
+    def _release(self, m: Map) -> None:
+        del self.fwd[(m.int_addr, m.rem_addr, m.int_port, m.rem_port, m.pi, m.u)]
+        del self.rev[(m.u, m.pi, m.ext_port)]
+
+    def _hash(self, int_addr, rem_addr, int_port, rem_port, pi, u) -> int:
+        k = int_addr + rem_addr + int_port.to_bytes(2, "big") + rem_port.to_bytes(2, "big") + bytes([pi, u, 0, 0])
+        return siphash13(k, self.k0, self.k1)
+
+    def _create(self, key, now) -> Map | None:
+        int_addr, rem_addr, int_port, rem_port, pi, u = key
+        in_use = sum(1 for (uu, p, _) in self.rev if uu == u and p == pi)
+        if len(self.fwd) >= self.capacity or in_use >= N_PORTS:
+            self.exhausted += 1
+            return None
+        if int_port >= PORT_MIN and (u, pi, int_port) not in self.rev:
+            port = int_port
+        else:
+            port = PORT_MIN + (self._hash(*key) >> 8) % N_PORTS
+            while (u, pi, port) in self.rev:
+                port = port + 1 if port < 65535 else PORT_MIN
+        m = Map(int_addr, rem_addr, int_port, rem_port, port, pi, u, now)
+        self.fwd[key] = m
+        self.rev[(u, pi, port)] = m
+        return m
+
+    def _timeout(self, m: Map) -> float:
+        if m.pi == 0:
+            return {"est": self.t["tcp_established"], "fin": self.t["tcp_fin"], "rst": self.t["tcp_rst"]}.get(
+                m.state, self.t["tcp_syn"])
+        if m.pi == 1:
+            return self.t["udp_replied"] if m.state == "est" else self.t["udp"]
+        return self.t["icmp"]
+
+    def expire(self, now: float) -> int:
+        gone = [m for m in self.fwd.values() if now - m.last > self._timeout(m)]
+        for m in gone:
+            self._release(m)
+        for k in [k for k, f in self.frags.items() if now - f[5] > FRAG_TIMEOUT]:
+            del self.frags[k]
+        return len(gone)
+
+    @staticmethod
+    def _tcp_state(m: Map, flags: int, reply: bool) -> None:
+        if flags & 4:
+            m.state = "rst"
+        elif flags & 1:
+            m.state = "fin"
+        elif reply and m.state == "new":
+            m.state = "est"
+
+    def _frag_slot(self, rem, ip_id: bytes, proto, u) -> int:
+        return siphash13(rem + ip_id + bytes([proto, u]), self.k0, self.k1) % FRAG_SLOTS
+
+    @staticmethod
+    def _header(b: bytearray):
+        if len(b) < 20 or b[0] >> 4 != 4:
+            return None
+        ihl = (b[0] & 15) * 4
+        tot = int.from_bytes(b[2:4], "big")
+        if ihl < 20 or ihl > len(b) or tot < ihl:
+            return None
+        return ihl, min(len(b), tot)
+
+    # ------------------------------------------------------------------ out
+    def out_packet(self, b: bytearray, u: int, now: float, pending: bool = False) -> str:
+        if not 0 <= u < self.n:
+            return PASS
+        ext = self.addr[u]
+        if ext is None:
+            return NO_ADDRESS
+        h = self._header(b)
+        if h is None:
+            return MALFORMED
+        l4, n = h
+        p = _Pkt(b)
+        proto = b[9]
+        ipsum = [(10, False, False)]
+        if p.w(6) & 0x1FFF:
+            p.set_addr(12, ext, ipsum)
+            return OK
+        pi = PI.get(proto)
+        if pi is None:
+            return UNSUPPORTED
+        if pi == 2:
+            if l4 + 8 > n:
+                return MALFORMED
+            t = b[l4]
+            if t in (3, 11, 12):
+                return self._out_error(b, n, l4, u, ext)
+            if t != 8:
+                return UNSUPPORTED
+            sport, dport = p.w(l4 + 4), 0
+        else:
+            if l4 + (20 if pi == 0 else 8) > n:
+                return MALFORMED
+            sport, dport = p.w(l4), p.w(l4 + 2)
+        key = (bytes(b[12:16]), bytes(b[16:20]), sport, dport, pi, u)
+        m = self.fwd.get(key) or self._create(key, now)
+        if m is None:
+            return EXHAUSTED
+        m.last = now
+        if pi == 0:
+            self._tcp_state(m, b[l4 + 13], False)
+            ck = l4 + 16
+            p.set_addr(12, ext, ipsum + [(ck, pending, False)])
+            p.set_word(l4, m.ext_port, [] if pending else [(ck, False, False)])
+        elif pi == 1:
+            ck = l4 + 6
+            p.set_addr(12, ext, ipsum + [(ck, pending, True)])
+            p.set_word(l4, m.ext_port, [] if pending else [(ck, False, True)])
+        else:
+            p.set_addr(12, ext, ipsum)
+            p.set_word(l4 + 4, m.ext_port, [(l4 + 2, False, False)])
+        return OK
+
+    def _quote(self, b, n, l4):
+        q = l4 + 8
+        if n - q < 20 or b[q] >> 4 != 4:
+            return None
+        qihl = (b[q] & 15) * 4
+        if qihl < 20 or qihl + 8 > n - q:
+            return None
+        return q, qihl
+
+    def _quoted_sums(self, pi, q, qihl, n):
+        if pi == 0:
+            return (q + qihl + 16) if q + qihl + 18 <= n else None
+        return q + qihl + (6 if pi == 1 else 2)
+
+    def _rewrite_quote(self, p: _Pkt, ic: int, q: int, qihl: int, n: int, pi: int, addr_at: int, addr: bytes,
+                       port_at: int, port: int) -> None:
+        qck = self._quoted_sums(pi, q, qihl, n)
+        watched = [q + addr_at, q + addr_at + 2, q + 10] + ([qck] if qck is not None else []) + [port_at]
+        old = [p.w(a) for a in watched]
+        iph = [(q + 10, False, False)]
+        if pi == 1:
+            p.set_addr(q + addr_at, addr, iph + [(qck, False, True)])
+            p.set_word(port_at, port, [(qck, False, True)])
+        elif pi == 0:
+            p.set_addr(q + addr_at, addr, iph + ([(qck, False, False)] if qck is not None else []))
+            p.set_word(port_at, port, [(qck, False, False)] if qck is not None else [])
+        else:
+            p.set_addr(q + addr_at, addr, iph)
+            p.set_word(port_at, port, [(qck, False, False)])
+        for a, o in zip(watched, old):
+            p.fix(ic, o, p.w(a))
+
+    def _out_error(self, b, n, l4, u, ext) -> str:
+        qq = self._quote(b, n, l4)
+        if qq is None:
+            return MALFORMED
+        q, qihl = qq
+        p = _Pkt(b)
+        pi = PI.get(b[q + 9])
+        if pi is None:
+            return UNSUPPORTED
+        if pi == 2:
+            if b[q + qihl] != 0:
+                return UNSUPPORTED
+            qsport, qdport = 0, p.w(q + qihl + 4)
+        else:
+            qsport, qdport = p.w(q + qihl), p.w(q + qihl + 2)
+        m = self.fwd.get((bytes(b[q + 16:q + 20]), bytes(b[q + 12:q + 16]), qdport, qsport, pi, u))
+        if m is None:
+            return UNKNOWN
+        self._rewrite_quote(p, l4 + 2, q, qihl, n, pi, 16, ext, q + qihl + (4 if pi == 2 else 2), m.ext_port)
+        p.set_addr(12, ext, [(10, False, False)])
+        return OK
+
+    # ------------------------------------------------------------------ in
+    def in_packet(self, b: bytearray, u: int, now: float, pending: bool = False) -> str:
+        if not 0 <= u < self.n or self.addr[u] is None:
+            return PASS
+        h = self._header(b)
+        if h is None:
+            return MALFORMED
+        l4, n = h
+        if bytes(b[16:20]) != self.addr[u]:
+            return PASS
+        p = _Pkt(b)
+        src, proto, ip_id = bytes(b[12:16]), b[9], bytes(b[4:6])
+        ipsum = [(10, False, False)]
+        frag = p.w(6)
+        if frag & 0x1FFF:
+            f = self.frags.get(self._frag_slot(src, ip_id, proto, u))
+            if f is None or f[:4] != (src, ip_id, proto, u):
+                return UNKNOWN
+            self.frags[self._frag_slot(src, ip_id, proto, u)] = f[:5] + (now,)
+            p.set_addr(16, f[4], ipsum)
+            return OK
+        pi = PI.get(proto)
+        if pi is None:
+            return UNKNOWN
+        if pi == 2:
+            if l4 + 8 > n:
+                return MALFORMED
+            t = b[l4]
+            if t in (3, 11, 12):
+                return self._in_error(b, n, l4, u)
+            if t != 0:
+                return UNKNOWN
+            port, sport = p.w(l4 + 4), 0
+        else:
+            if l4 + (20 if pi == 0 else 8) > n:
+                return MALFORMED
+            port, sport = p.w(l4 + 2), p.w(l4)
+        m = self.rev.get((u, pi, port))
+        if m is None or m.rem_addr != src or m.rem_port != sport:
+            return UNKNOWN
+        m.last = now
+        if pi == 0:
+            self._tcp_state(m, b[l4 + 13], True)
+            ck = l4 + 16
+            p.set_addr(16, m.int_addr, ipsum + [(ck, pending, False)])
+            p.set_word(l4 + 2, m.int_port, [] if pending else [(ck, False, False)])
+        elif pi == 1:
+            m.state = "est"
+            ck = l4 + 6
+            p.set_addr(16, m.int_addr, ipsum + [(ck, pending, True)])
+            p.set_word(l4 + 2, m.int_port, [] if pending else [(ck, False, True)])
+        else:
+            p.set_addr(16, m.int_addr, ipsum)
+            p.set_word(l4 + 4, m.int_port, [(l4 + 2, False, False)])
+        if frag & 0x2000:
+            self.frags[self._frag_slot(src, ip_id, proto, u)] = (src, ip_id, proto, u, m.int_addr, now)
+        return OK
+
+    def _in_error(self, b, n, l4, u) -> str:
+        qq = self._quote(b, n, l4)
+        if qq is None:
+            return MALFORMED
+        q, qihl = qq
+        p = _Pkt(b)
+        pi = PI.get(b[q + 9])
+        if pi is None or bytes(b[q + 12:q + 16]) != self.addr[u]:
+            return UNKNOWN
+        if pi == 2:
+            if b[q + qihl] != 8:
+                return UNKNOWN
+            port, qdport = p.w(q + qihl + 4), 0
+        else:
+            port, qdport = p.w(q + qihl), p.w(q + qihl + 2)
+        m = self.rev.get((u, pi, port))
+        if m is None or m.rem_addr != bytes(b[q + 16:q + 20]) or m.rem_port != qdport:
+            return UNKNOWN
+        self._rewrite_quote(p, l4 + 2, q, qihl, n, pi, 12, m.int_addr, q + qihl + (4 if pi == 2 else 0), m.int_port)
+        p.set_addr(16, m.int_addr, [(10, False, False)])
+        return OK
+
+    # ------------------------------------------------------------------ views
+    def mapping(self, proto, int_addr, int_port, rem_addr, rem_port, u):
+        m = self.fwd.get((bytes(int_addr), bytes(rem_addr), int_port, rem_port, PI.get(proto, -1), u))
+        return None if m is None else m.ext_port
+
+    def __len__(self) -> int:
+        return len(self.fwd)
+
+
+def ipv4_header_ok(b: bytes) -> bool:
+    ihl = (b[0] & 15) * 4
+    return _sum(b[:ihl]) == 0xFFFF
+
+
+def _sum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s

@@ -1,0 +1,780 @@
+# cython: language_level=3
+"""nat: NAPT44 per uplink (issue 11 item 1), in place on IPv4 packets.
+
+Takes   an IPv4 packet (a pointer to its header and the bytes from there), the uplink it
+        leaves by (out) or arrived on (in), the time, and whether its upper-layer checksum is
+        still a request (a super-frame or an offloaded checksum: the field holds the
+        pseudo-header sum, which the kernel or device completes).
+Emits   the packet translated: out, the LAN source address and port (ICMP echo: identifier)
+        become the uplink's address and a port of its own; in, a reply's destination becomes
+        the LAN host's again.  Checksums are updated incrementally (RFC 1624, eq. 3): the IPv4
+        header's, TCP's and UDP's (a UDP checksum of 0, "none", stays 0; a result of 0 is sent
+        as 0xFFFF), ICMP's; in an ICMP error the embedded header is translated too (its
+        addresses, port, IPv4 checksum and upper-layer checksum when the quote holds it) and
+        the ICMP checksum follows every changed word.  Fragments: the first carries the ports
+        and is translated like the datagram; later ones outbound only change address (the
+        upper-layer checksum lives in the first); inbound they follow the first fragment's
+        mapping (a later fragment that comes before its first is unknown).
+State   one mapping per connection (protocol, LAN address and port, remote address and port,
+        uplink), found by a SipHash-keyed open-addressing table; the reverse direction is an
+        array per uplink and protocol indexed by the external port (one mapping owns a port:
+        no hashing on the return path).  A reply must come from the mapping's remote address
+        and port (address-and-port-dependent filtering: the stateful edge); an ICMP error
+        must quote a packet of the mapping.  Ports are allocated from 1024-65535: the LAN
+        port itself when free (as Linux's masquerade), else from a keyed-hash start, linear.
+        Idle timeouts are conntrack's defaults: TCP 120 s until the reply, 5 days
+        established, 120 s after FIN, 10 s after RST; UDP 30 s, 120 s once replied; ICMP 30 s.
+Returns a NAT_* code per packet; nothing is dropped here (the caller drops and counts).
+"""
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
+from libc.stdlib cimport malloc, calloc, free
+from libc.string cimport memcpy, memset
+
+from siphash cimport siphash13
+
+import os
+
+import numpy as np
+
+cdef enum:
+    NAT_OK = 0
+    NAT_PASS = 1           # not for translation: in, a destination other than the uplink's address
+    NAT_UNKNOWN = 2        # no mapping (unsolicited, forged, expired, or a later fragment first)
+    NAT_EXHAUSTED = 3      # no port (or no table slot) left for a new mapping
+    NAT_UNSUPPORTED = 4    # a protocol or ICMP type NAPT cannot translate
+    NAT_MALFORMED = 5      # headers cut short or inconsistent
+    NAT_NO_ADDRESS = 6     # the uplink has no IPv4 address (yet)
+
+NAMES = {NAT_OK: "ok", NAT_PASS: "pass", NAT_UNKNOWN: "unknown", NAT_EXHAUSTED: "exhausted",
+         NAT_UNSUPPORTED: "unsupported", NAT_MALFORMED: "malformed", NAT_NO_ADDRESS: "no_address"}
+CODES = {v: k for k, v in NAMES.items()}
+
+# conntrack's defaults (seconds)
+TIMEOUTS = {"tcp_syn": 120.0, "tcp_established": 432000.0, "tcp_fin": 120.0, "tcp_rst": 10.0,
+            "udp": 30.0, "udp_replied": 120.0, "icmp": 30.0}
+cdef enum:
+    PORT_MIN = 1024
+    N_PORTS = 65536 - 1024
+    FRAG_SLOTS = 1024
+cdef double FRAG_TIMEOUT = 30.0
+LIMITS = {"port_min": PORT_MIN, "frag_slots": FRAG_SLOTS, "frag_timeout": FRAG_TIMEOUT}
+
+cdef enum:
+    P_TCP = 0
+    P_UDP = 1
+    P_ICMP = 2
+    ST_NEW = 0           # TCP: no reply yet; UDP: unreplied
+    ST_EST = 1           # TCP: a reply seen; UDP: replied
+    ST_FIN = 2
+    ST_RST = 3
+
+cdef struct nat_map:
+    uint32_t int_addr        # addresses and ports as they sit in the packet (network order)
+    uint32_t rem_addr
+    uint16_t int_port
+    uint16_t rem_port
+    uint16_t ext_port        # host order: the index of the reverse array
+    uint8_t proto            # P_*
+    uint8_t uplink
+    uint8_t state
+    uint8_t used
+    uint32_t hash
+    double last
+
+cdef struct frag_rec:
+    uint32_t rem_addr
+    uint32_t int_addr
+    uint16_t ip_id
+    uint8_t proto
+    uint8_t uplink
+    double last
+
+
+cdef inline uint16_t ld16(const uint8_t* p) noexcept nogil:
+    return (<uint16_t>p[0] << 8) | p[1]
+
+
+cdef inline void st16(uint8_t* p, uint16_t v) noexcept nogil:
+    p[0] = v >> 8
+    p[1] = v & 0xFF
+
+
+cdef inline uint16_t csum_update(uint16_t hc, uint16_t m, uint16_t m2) noexcept nogil:
+    """RFC 1624 eq. 3: HC' = ~(~HC + ~m + m')."""
+    cdef uint32_t s = (<uint32_t>(~hc & 0xFFFF)) + (<uint32_t>(~m & 0xFFFF)) + m2
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    return <uint16_t>(~s & 0xFFFF)
+
+
+cdef inline uint16_t sum_update(uint16_t sm, uint16_t m, uint16_t m2) noexcept nogil:
+    """A pending checksum (the uncomplemented pseudo-header sum of a request): S + ~m + m'."""
+    return <uint16_t>(~csum_update(<uint16_t>(~sm & 0xFFFF), m, m2) & 0xFFFF)
+
+
+cdef inline void fix(uint8_t* field, uint16_t m, uint16_t m2, bint pending, bint udp) noexcept nogil:
+    """Update the checksum at field for a word m -> m2 it covers."""
+    cdef uint16_t c = ld16(field)
+    if udp and c == 0 and not pending:
+        return                                  # UDP without a checksum stays without
+    if pending:
+        c = sum_update(c, m, m2)
+    else:
+        c = csum_update(c, m, m2)
+        if udp and c == 0:
+            c = 0xFFFF
+    st16(field, c)
+
+
+cdef inline void set_word(uint8_t* p, uint16_t v, uint8_t* c1, uint8_t* c2, uint8_t* c3,
+                          bint pending3, bint udp3) noexcept nogil:
+    """Write the 16-bit word at p and update up to three checksums that cover it."""
+    cdef uint16_t old = ld16(p)
+    if old == v:
+        return
+    st16(p, v)
+    if c1 != NULL:
+        fix(c1, old, v, False, False)
+    if c2 != NULL:
+        fix(c2, old, v, False, False)
+    if c3 != NULL:
+        fix(c3, old, v, pending3, udp3)
+
+
+cdef inline void set_addr(uint8_t* p, uint32_t a, uint8_t* c1, uint8_t* c2, uint8_t* c3,
+                          bint pending3, bint udp3) noexcept nogil:
+    """Write the 4-byte address at p (a in packet order) and update the checksums over it."""
+    cdef uint8_t b[4]
+    memcpy(b, &a, 4)
+    set_word(p, ld16(b), c1, c2, c3, pending3, udp3)
+    set_word(p + 2, ld16(b + 2), c1, c2, c3, pending3, udp3)
+
+
+cdef struct covered:
+    uint8_t* at[6]           # words inside an ICMP message that a rewrite may change
+    uint16_t old[6]
+    int n
+
+
+cdef inline void cover(covered* c, uint8_t* p) noexcept nogil:
+    if p != NULL:
+        c.at[c.n] = p
+        c.old[c.n] = ld16(p)
+        c.n += 1
+
+
+cdef inline void settle(covered* c, uint8_t* icmp_csum) noexcept nogil:
+    """The ICMP checksum follows every covered word that changed."""
+    cdef int i
+    for i in range(c.n):
+        fix(icmp_csum, c.old[i], ld16(c.at[i]), False, False)
+
+
+cdef inline int pindex(uint8_t proto) noexcept nogil:
+    if proto == 6:
+        return P_TCP
+    if proto == 17:
+        return P_UDP
+    if proto == 1:
+        return P_ICMP
+    return -1
+
+
+cdef class Nat44:
+    """NAPT44 state for up to n_uplinks uplinks and capacity mappings."""
+    cdef nat_map* maps
+    cdef int32_t* slots            # the forward table: mapping index or -1
+    cdef int32_t* rev              # [uplink][proto][65536]: mapping index or -1
+    cdef uint32_t* free_ports      # [uplink][proto]
+    cdef uint32_t* addr            # [uplink]: the uplink's address, packet order (0: none)
+    cdef int32_t* free_maps        # a stack of free mapping indexes
+    cdef frag_rec* frags
+    cdef readonly uint32_t capacity
+    cdef readonly int n_uplinks
+    cdef uint32_t mask
+    cdef uint32_t n_free
+    cdef uint64_t k0, k1
+    cdef double t_syn, t_est, t_fin, t_rst, t_udp, t_udp2, t_icmp
+    cdef public uint64_t exhausted
+
+    def __cinit__(self, int n_uplinks, uint32_t capacity=65536, seed=None, timeouts=None):
+        cdef uint32_t size = 16
+        cdef Py_ssize_t i
+        if n_uplinks < 1 or n_uplinks > 255:
+            raise ValueError("n_uplinks must be 1..255")
+        if capacity < 1 or capacity > (1 << 24):
+            raise ValueError("capacity must be 1..16777216")
+        while size < 2 * capacity:
+            size <<= 1
+        self.capacity = capacity
+        self.n_uplinks = n_uplinks
+        self.mask = size - 1
+        self.maps = <nat_map*>calloc(capacity, sizeof(nat_map))
+        self.slots = <int32_t*>malloc(size * sizeof(int32_t))
+        self.rev = <int32_t*>malloc(<size_t>n_uplinks * 3 * 65536 * sizeof(int32_t))
+        self.free_ports = <uint32_t*>malloc(<size_t>n_uplinks * 3 * sizeof(uint32_t))
+        self.addr = <uint32_t*>calloc(n_uplinks, sizeof(uint32_t))
+        self.free_maps = <int32_t*>malloc(capacity * sizeof(int32_t))
+        self.frags = <frag_rec*>calloc(FRAG_SLOTS, sizeof(frag_rec))
+        if (self.maps == NULL or self.slots == NULL or self.rev == NULL or self.free_ports == NULL
+                or self.addr == NULL or self.free_maps == NULL or self.frags == NULL):
+            raise MemoryError()
+        memset(self.slots, 0xFF, size * sizeof(int32_t))
+        memset(self.rev, 0xFF, <size_t>n_uplinks * 3 * 65536 * sizeof(int32_t))
+        for i in range(n_uplinks * 3):
+            self.free_ports[i] = N_PORTS
+        for i in range(capacity):
+            self.free_maps[i] = capacity - 1 - i
+        self.n_free = capacity
+        key = os.urandom(16) if seed is None else int(seed).to_bytes(16, "little")
+        self.k0 = int.from_bytes(key[:8], "little")
+        self.k1 = int.from_bytes(key[8:], "little")
+        t = dict(TIMEOUTS)
+        t.update(timeouts or {})
+        self.t_syn, self.t_est, self.t_fin, self.t_rst = t["tcp_syn"], t["tcp_established"], t["tcp_fin"], t["tcp_rst"]
+        self.t_udp, self.t_udp2, self.t_icmp = t["udp"], t["udp_replied"], t["icmp"]
+        self.exhausted = 0
+
+    def __dealloc__(self):
+        free(self.maps)
+        free(self.slots)
+        free(self.rev)
+        free(self.free_ports)
+        free(self.addr)
+        free(self.free_maps)
+        free(self.frags)
+
+    # ---------------------------------------------------------------- configuration
+    def set_address(self, int u, address):
+        """The uplink's IPv4 address (4 bytes, an ipaddress object, or None: none).  A change
+        drops the uplink's mappings: they were made for the old address."""
+        cdef uint32_t a = 0
+        cdef bytes b
+        if u < 0 or u >= self.n_uplinks:
+            raise IndexError("uplink out of range")
+        if address is not None:
+            b = bytes(address if isinstance(address, (bytes, bytearray)) else address.packed)
+            if len(b) != 4:
+                raise ValueError("an IPv4 address has 4 bytes")
+            memcpy(&a, <const char*>b, 4)
+        if a != self.addr[u]:
+            self.flush_uplink(u)
+            self.addr[u] = a
+        return None
+
+    def address(self, int u):
+        if u < 0 or u >= self.n_uplinks:
+            raise IndexError("uplink out of range")
+        return None if self.addr[u] == 0 else (<char*>&self.addr[u])[:4]
+
+    def flush_uplink(self, int u):
+        """Forget every mapping of uplink u; returns how many."""
+        cdef uint32_t i, k = 0
+        with nogil:
+            for i in range(self.capacity):
+                if self.maps[i].used and self.maps[i].uplink == u:
+                    self.release(i)
+                    k += 1
+        return k
+
+    # ---------------------------------------------------------------- the table
+    cdef inline uint32_t key_hash(self, uint32_t int_addr, uint32_t rem_addr, uint16_t int_port,
+                                  uint16_t rem_port, uint8_t proto, uint8_t u) noexcept nogil:
+        cdef uint8_t k[16]
+        memcpy(k, &int_addr, 4)
+        memcpy(k + 4, &rem_addr, 4)
+        memcpy(k + 8, &int_port, 2)
+        memcpy(k + 10, &rem_port, 2)
+        k[12] = proto
+        k[13] = u
+        k[14] = 0
+        k[15] = 0
+        return siphash13(k, 2, self.k0, self.k1)
+
+    cdef inline int32_t find(self, uint32_t h, uint32_t int_addr, uint32_t rem_addr, uint16_t int_port,
+                             uint16_t rem_port, uint8_t proto, uint8_t u) noexcept nogil:
+        cdef uint32_t i = h & self.mask
+        cdef int32_t m
+        cdef nat_map* e
+        while True:
+            m = self.slots[i]
+            if m < 0:
+                return -1
+            e = &self.maps[m]
+            if (e.hash == h and e.int_addr == int_addr and e.rem_addr == rem_addr and e.int_port == int_port
+                    and e.rem_port == rem_port and e.proto == proto and e.uplink == u):
+                return m
+            i = (i + 1) & self.mask
+
+    cdef void release(self, uint32_t m) noexcept nogil:
+        """Remove mapping m: its slot (backward-shift deletion), its port, its index."""
+        cdef nat_map* e = &self.maps[m]
+        cdef uint32_t i = e.hash & self.mask, j, home
+        cdef int32_t s
+        while self.slots[i] != <int32_t>m:
+            i = (i + 1) & self.mask
+        j = i
+        while True:
+            j = (j + 1) & self.mask
+            s = self.slots[j]
+            if s < 0:
+                break
+            home = self.maps[s].hash & self.mask
+            # s may move into the hole at i if its home is not in (i, j] (cyclically)
+            if (j > i and (home <= i or home > j)) or (j < i and (home <= i and home > j)):
+                self.slots[i] = s
+                i = j
+        self.slots[i] = -1
+        self.rev[(<size_t>e.uplink * 3 + e.proto) * 65536 + e.ext_port] = -1
+        self.free_ports[e.uplink * 3 + e.proto] += 1
+        e.used = 0
+        self.free_maps[self.n_free] = m
+        self.n_free += 1
+
+    cdef int32_t create(self, uint32_t h, uint32_t int_addr, uint32_t rem_addr, uint16_t int_port,
+                        uint16_t rem_port, uint8_t proto, uint8_t u, double now) noexcept nogil:
+        """A new mapping with a port of its own; -1 when no port or slot is left."""
+        cdef int32_t* rv = self.rev + (<size_t>u * 3 + proto) * 65536
+        cdef uint32_t want = ld16(<uint8_t*>&int_port), p, tries
+        cdef int32_t m
+        cdef uint32_t i
+        cdef nat_map* e
+        if self.n_free == 0 or self.free_ports[u * 3 + proto] == 0:
+            self.exhausted += 1
+            return -1
+        if want >= PORT_MIN and rv[want] < 0:
+            p = want
+        else:
+            p = PORT_MIN + (h >> 8) % N_PORTS
+            tries = 0
+            while rv[p] >= 0:
+                p += 1
+                if p > 65535:
+                    p = PORT_MIN
+                tries += 1
+                if tries > N_PORTS:
+                    self.exhausted += 1
+                    return -1
+        self.n_free -= 1
+        m = self.free_maps[self.n_free]
+        e = &self.maps[m]
+        e.int_addr = int_addr
+        e.rem_addr = rem_addr
+        e.int_port = int_port
+        e.rem_port = rem_port
+        e.ext_port = <uint16_t>p
+        e.proto = proto
+        e.uplink = u
+        e.state = ST_NEW
+        e.used = 1
+        e.hash = h
+        e.last = now
+        rv[p] = m
+        self.free_ports[u * 3 + proto] -= 1
+        i = h & self.mask
+        while self.slots[i] >= 0:
+            i = (i + 1) & self.mask
+        self.slots[i] = m
+        return m
+
+    cdef inline void tcp_state(self, nat_map* e, uint8_t flags, bint reply) noexcept nogil:
+        if flags & 0x04:
+            e.state = ST_RST
+        elif flags & 0x01:
+            e.state = ST_FIN
+        elif reply and e.state == ST_NEW:
+            e.state = ST_EST
+
+    cdef inline double timeout(self, const nat_map* e) noexcept nogil:
+        if e.proto == P_TCP:
+            if e.state == ST_EST:
+                return self.t_est
+            if e.state == ST_FIN:
+                return self.t_fin
+            if e.state == ST_RST:
+                return self.t_rst
+            return self.t_syn
+        if e.proto == P_UDP:
+            return self.t_udp2 if e.state == ST_EST else self.t_udp
+        return self.t_icmp
+
+    def expire(self, double now):
+        """Forget mappings idle past their timeout; returns how many."""
+        cdef uint32_t i, k = 0
+        with nogil:
+            for i in range(self.capacity):
+                if self.maps[i].used and now - self.maps[i].last > self.timeout(&self.maps[i]):
+                    self.release(i)
+                    k += 1
+            for i in range(FRAG_SLOTS):
+                if self.frags[i].rem_addr and now - self.frags[i].last > FRAG_TIMEOUT:
+                    memset(&self.frags[i], 0, sizeof(frag_rec))
+        return k
+
+    cdef inline uint32_t frag_slot(self, uint32_t rem_addr, uint16_t ip_id, uint8_t proto, uint8_t u) noexcept nogil:
+        cdef uint8_t k[8]
+        memcpy(k, &rem_addr, 4)
+        memcpy(k + 4, &ip_id, 2)
+        k[6] = proto
+        k[7] = u
+        return siphash13(k, 1, self.k0, self.k1) % FRAG_SLOTS
+
+    # ---------------------------------------------------------------- out: LAN -> uplink
+    cdef int out4(self, uint8_t* ip, uint32_t n, int u, double now, bint pending) noexcept nogil:
+        cdef uint32_t ihl, tot, l4, src, dst, ext, h
+        cdef uint16_t sport, dport, frag
+        cdef uint8_t proto, t
+        cdef int pi
+        cdef int32_t m
+        cdef uint8_t* ck
+        cdef nat_map* e
+        if u < 0 or u >= self.n_uplinks:
+            return NAT_PASS
+        ext = self.addr[u]
+        if ext == 0:
+            return NAT_NO_ADDRESS
+        if n < 20 or (ip[0] >> 4) != 4:
+            return NAT_MALFORMED
+        ihl = (ip[0] & 15) * 4
+        tot = ld16(ip + 2)
+        if ihl < 20 or ihl > n or tot < ihl:
+            return NAT_MALFORMED
+        if tot < n:
+            n = tot
+        proto = ip[9]
+        frag = ld16(ip + 6)
+        memcpy(&src, ip + 12, 4)
+        memcpy(&dst, ip + 16, 4)
+        l4 = ihl
+        if frag & 0x1FFF:                     # a later fragment: its address only
+            set_addr(ip + 12, ext, ip + 10, NULL, NULL, False, False)
+            return NAT_OK
+        pi = pindex(proto)
+        if pi < 0:
+            return NAT_UNSUPPORTED
+        if pi == P_ICMP:
+            if l4 + 8 > n:
+                return NAT_MALFORMED
+            t = ip[l4]
+            if t == 3 or t == 11 or t == 12:
+                return self.out_error(ip, n, l4, u, ext)
+            if t != 8:
+                return NAT_UNSUPPORTED
+            memcpy(&sport, ip + l4 + 4, 2)     # the identifier stands for the port
+            dport = 0
+        else:
+            if l4 + (20 if pi == P_TCP else 8) > n:
+                return NAT_MALFORMED
+            memcpy(&sport, ip + l4, 2)
+            memcpy(&dport, ip + l4 + 2, 2)
+        h = self.key_hash(src, dst, sport, dport, pi, u)
+        m = self.find(h, src, dst, sport, dport, pi, u)
+        if m < 0:
+            m = self.create(h, src, dst, sport, dport, pi, u, now)
+            if m < 0:
+                return NAT_EXHAUSTED
+        e = &self.maps[m]
+        e.last = now
+        if pi == P_TCP:
+            self.tcp_state(e, ip[l4 + 13], False)
+            ck = ip + l4 + 16
+            set_addr(ip + 12, ext, ip + 10, NULL, ck, pending, False)
+            set_word(ip + l4, e.ext_port, ck if not pending else NULL, NULL, NULL, False, False)
+        elif pi == P_UDP:
+            ck = ip + l4 + 6
+            set_addr(ip + 12, ext, ip + 10, NULL, ck, pending, True)
+            set_word(ip + l4, e.ext_port, NULL, NULL, ck if not pending else NULL, False, True)
+        else:
+            set_addr(ip + 12, ext, ip + 10, NULL, NULL, False, False)
+            set_word(ip + l4 + 4, e.ext_port, ip + l4 + 2, NULL, NULL, False, False)
+        return NAT_OK
+
+    cdef int out_error(self, uint8_t* ip, uint32_t n, uint32_t l4, int u, uint32_t ext) noexcept nogil:
+        """A LAN host's ICMP error about a packet that came in through the NAT: the quoted
+        packet (remote -> LAN host) is put back as the remote sent it (-> ext address, port)."""
+        cdef uint8_t* q = ip + l4 + 8
+        cdef uint32_t qn = n - l4 - 8, qihl, qsrc, qdst
+        cdef uint16_t qsport, qdport
+        cdef int pi
+        cdef int32_t m
+        cdef nat_map* e
+        cdef uint8_t* ic = ip + l4 + 2
+        cdef uint8_t* qck = NULL
+        cdef uint32_t h
+        cdef covered c
+        if qn < 20 or (q[0] >> 4) != 4:
+            return NAT_MALFORMED
+        qihl = (q[0] & 15) * 4
+        if qihl < 20 or qihl + 8 > qn:
+            return NAT_MALFORMED
+        pi = pindex(q[9])
+        if pi < 0:
+            return NAT_UNSUPPORTED
+        memcpy(&qsrc, q + 12, 4)
+        memcpy(&qdst, q + 16, 4)
+        if pi == P_ICMP:
+            if q[qihl] != 0:                  # only an echo reply can be quoted back
+                return NAT_UNSUPPORTED
+            memcpy(&qdport, q + qihl + 4, 2)
+            qsport = 0
+        else:
+            memcpy(&qsport, q + qihl, 2)
+            memcpy(&qdport, q + qihl + 2, 2)
+        h = self.key_hash(qdst, qsrc, qdport, qsport, pi, u)
+        m = self.find(h, qdst, qsrc, qdport, qsport, pi, u)
+        if m < 0:
+            return NAT_UNKNOWN
+        e = &self.maps[m]
+        if pi == P_TCP and qihl + 18 <= qn:
+            qck = q + qihl + 16
+        elif pi == P_UDP:
+            qck = q + qihl + 6
+        elif pi == P_ICMP:
+            qck = q + qihl + 2
+        # the quoted packet: destination address and port (identifier) back to the outside;
+        # every word of the ICMP message that changes (checksums inside it too) moves its sum
+        c.n = 0
+        cover(&c, q + 16)
+        cover(&c, q + 18)
+        cover(&c, q + 10)
+        cover(&c, qck)
+        cover(&c, q + qihl + (4 if pi == P_ICMP else 2))
+        if pi == P_UDP:       # the quoted UDP checksum: 0 stays 0
+            set_addr(q + 16, ext, q + 10, NULL, qck, False, True)
+            set_word(q + qihl + 2, e.ext_port, NULL, NULL, qck, False, True)
+        elif pi == P_TCP:
+            set_addr(q + 16, ext, q + 10, qck, NULL, False, False)
+            set_word(q + qihl + 2, e.ext_port, qck, NULL, NULL, False, False)
+        else:
+            set_addr(q + 16, ext, q + 10, NULL, NULL, False, False)
+            set_word(q + qihl + 4, e.ext_port, qck, NULL, NULL, False, False)
+        settle(&c, ic)
+        set_addr(ip + 12, ext, ip + 10, NULL, NULL, False, False)
+        return NAT_OK
+
+    # ---------------------------------------------------------------- in: uplink -> LAN
+    cdef int in4(self, uint8_t* ip, uint32_t n, int u, double now, bint pending) noexcept nogil:
+        cdef uint32_t ihl, tot, l4, src, dst, slot
+        cdef uint16_t sport, dport, frag, ip_id, port
+        cdef uint8_t proto, t
+        cdef int pi
+        cdef int32_t m
+        cdef uint8_t* ck
+        cdef nat_map* e
+        cdef frag_rec* fr
+        if u < 0 or u >= self.n_uplinks or self.addr[u] == 0:
+            return NAT_PASS
+        if n < 20 or (ip[0] >> 4) != 4:
+            return NAT_MALFORMED
+        ihl = (ip[0] & 15) * 4
+        tot = ld16(ip + 2)
+        if ihl < 20 or ihl > n or tot < ihl:
+            return NAT_MALFORMED
+        if tot < n:
+            n = tot
+        memcpy(&dst, ip + 16, 4)
+        if dst != self.addr[u]:
+            return NAT_PASS
+        memcpy(&src, ip + 12, 4)
+        proto = ip[9]
+        frag = ld16(ip + 6)
+        memcpy(&ip_id, ip + 4, 2)
+        l4 = ihl
+        if frag & 0x1FFF:                     # a later fragment: where its first one went
+            slot = self.frag_slot(src, ip_id, proto, u)
+            fr = &self.frags[slot]
+            if fr.rem_addr != src or fr.ip_id != ip_id or fr.proto != proto or fr.uplink != u or fr.int_addr == 0:
+                return NAT_UNKNOWN
+            fr.last = now
+            set_addr(ip + 16, fr.int_addr, ip + 10, NULL, NULL, False, False)
+            return NAT_OK
+        pi = pindex(proto)
+        if pi < 0:
+            return NAT_UNKNOWN
+        if pi == P_ICMP:
+            if l4 + 8 > n:
+                return NAT_MALFORMED
+            t = ip[l4]
+            if t == 3 or t == 11 or t == 12:
+                return self.in_error(ip, n, l4, u)
+            if t != 0:
+                return NAT_UNKNOWN             # an echo request to the router is not for the LAN
+            port = ld16(ip + l4 + 4)
+            sport = 0
+        else:
+            if l4 + (20 if pi == P_TCP else 8) > n:
+                return NAT_MALFORMED
+            port = ld16(ip + l4 + 2)
+            memcpy(&sport, ip + l4, 2)
+        m = self.rev[(<size_t>u * 3 + pi) * 65536 + port]
+        if m < 0:
+            return NAT_UNKNOWN
+        e = &self.maps[m]
+        if e.rem_addr != src or e.rem_port != sport:
+            return NAT_UNKNOWN                # not the remote this port was opened to
+        e.last = now
+        if pi == P_TCP:
+            self.tcp_state(e, ip[l4 + 13], True)
+            ck = ip + l4 + 16
+            set_addr(ip + 16, e.int_addr, ip + 10, NULL, ck, pending, False)
+            set_word(ip + l4 + 2, ld16(<uint8_t*>&e.int_port), ck if not pending else NULL, NULL, NULL,
+                     False, False)
+        elif pi == P_UDP:
+            e.state = ST_EST
+            ck = ip + l4 + 6
+            set_addr(ip + 16, e.int_addr, ip + 10, NULL, ck, pending, True)
+            set_word(ip + l4 + 2, ld16(<uint8_t*>&e.int_port), NULL, NULL, ck if not pending else NULL,
+                     False, True)
+        else:
+            set_addr(ip + 16, e.int_addr, ip + 10, NULL, NULL, False, False)
+            set_word(ip + l4 + 4, ld16(<uint8_t*>&e.int_port), ip + l4 + 2, NULL, NULL, False, False)
+        if frag & 0x2000:                     # a first fragment: the later ones follow it
+            fr = &self.frags[self.frag_slot(src, ip_id, proto, u)]
+            fr.rem_addr = src
+            fr.int_addr = e.int_addr
+            fr.ip_id = ip_id
+            fr.proto = proto
+            fr.uplink = u
+            fr.last = now
+        return NAT_OK
+
+    cdef int in_error(self, uint8_t* ip, uint32_t n, uint32_t l4, int u) noexcept nogil:
+        """An ICMP error about a packet the NAT sent: it must quote that packet (from the
+        uplink's address and a mapped port to the mapping's remote); the quote is put back as
+        the LAN host sent it and the error goes to the LAN host."""
+        cdef uint8_t* q = ip + l4 + 8
+        cdef uint32_t qn = n - l4 - 8, qihl, qsrc, qdst
+        cdef uint16_t qdport, port
+        cdef int pi
+        cdef int32_t m
+        cdef nat_map* e
+        cdef uint8_t* ic = ip + l4 + 2
+        cdef uint8_t* qck = NULL
+        cdef uint32_t h
+        cdef covered c
+        if qn < 20 or (q[0] >> 4) != 4:
+            return NAT_MALFORMED
+        qihl = (q[0] & 15) * 4
+        if qihl < 20 or qihl + 8 > qn:
+            return NAT_MALFORMED
+        pi = pindex(q[9])
+        if pi < 0:
+            return NAT_UNKNOWN
+        memcpy(&qsrc, q + 12, 4)
+        memcpy(&qdst, q + 16, 4)
+        if qsrc != self.addr[u]:
+            return NAT_UNKNOWN
+        if pi == P_ICMP:
+            if q[qihl] != 8:
+                return NAT_UNKNOWN
+            port = ld16(q + qihl + 4)
+            qdport = 0
+        else:
+            port = ld16(q + qihl)
+            memcpy(&qdport, q + qihl + 2, 2)
+        m = self.rev[(<size_t>u * 3 + pi) * 65536 + port]
+        if m < 0:
+            return NAT_UNKNOWN
+        e = &self.maps[m]
+        if e.rem_addr != qdst or e.rem_port != qdport:
+            return NAT_UNKNOWN
+        if pi == P_TCP and qihl + 18 <= qn:
+            qck = q + qihl + 16
+        elif pi == P_UDP:
+            qck = q + qihl + 6
+        elif pi == P_ICMP:
+            qck = q + qihl + 2
+        c.n = 0
+        cover(&c, q + 12)
+        cover(&c, q + 14)
+        cover(&c, q + 10)
+        cover(&c, qck)
+        cover(&c, q + qihl + (4 if pi == P_ICMP else 0))
+        if pi == P_UDP:       # the quoted UDP checksum: 0 stays 0
+            set_addr(q + 12, e.int_addr, q + 10, NULL, qck, False, True)
+            set_word(q + qihl, ld16(<uint8_t*>&e.int_port), NULL, NULL, qck, False, True)
+        elif pi == P_TCP:
+            set_addr(q + 12, e.int_addr, q + 10, qck, NULL, False, False)
+            set_word(q + qihl, ld16(<uint8_t*>&e.int_port), qck, NULL, NULL, False, False)
+        else:
+            set_addr(q + 12, e.int_addr, q + 10, NULL, NULL, False, False)
+            set_word(q + qihl + 4, ld16(<uint8_t*>&e.int_port), qck, NULL, NULL, False, False)
+        settle(&c, ic)
+        set_addr(ip + 16, e.int_addr, ip + 10, NULL, NULL, False, False)
+        return NAT_OK
+
+    # ---------------------------------------------------------------- Python entry points
+    def out_packet(self, bytearray pkt, int u, double now, bint pending=False):
+        """Translate one IPv4 packet (LAN -> uplink u) in place; returns the NAT_* name."""
+        cdef uint8_t* p = <uint8_t*>(<char*>pkt)
+        return NAMES[self.out4(p, len(pkt), u, now, pending)]
+
+    def in_packet(self, bytearray pkt, int u, double now, bint pending=False):
+        """Translate one IPv4 packet (uplink u -> LAN) in place; returns the NAT_* name."""
+        cdef uint8_t* p = <uint8_t*>(<char*>pkt)
+        return NAMES[self.in4(p, len(pkt), u, now, pending)]
+
+    def out_batch(self, uint8_t[::1] buf, const long[::1] offsets, const long[::1] lengths,
+                  const int[::1] uplinks, double now, long n=-1):
+        """out_packet over n packets of buf (offsets at their IPv4 headers); codes as uint8."""
+        return self._batch(buf, offsets, lengths, uplinks, now, n, True)
+
+    def in_batch(self, uint8_t[::1] buf, const long[::1] offsets, const long[::1] lengths,
+                 const int[::1] uplinks, double now, long n=-1):
+        return self._batch(buf, offsets, lengths, uplinks, now, n, False)
+
+    def _batch(self, uint8_t[::1] buf, const long[::1] offsets, const long[::1] lengths,
+               const int[::1] uplinks, double now, long n, bint out):
+        cdef long i, total = buf.shape[0]
+        if n < 0:
+            n = offsets.shape[0]
+        if n > offsets.shape[0] or n > lengths.shape[0] or n > uplinks.shape[0]:
+            raise ValueError("n is larger than the arrays")
+        for i in range(n):
+            if offsets[i] < 0 or lengths[i] < 0 or offsets[i] > total or lengths[i] > total - offsets[i]:
+                raise ValueError(f"packet {i} lies outside the buffer")
+        codes = np.zeros(n, np.uint8)
+        cdef uint8_t[::1] c = codes
+        with nogil:
+            for i in range(n):
+                if out:
+                    c[i] = self.out4(&buf[0] + offsets[i], lengths[i], uplinks[i], now, False)
+                else:
+                    c[i] = self.in4(&buf[0] + offsets[i], lengths[i], uplinks[i], now, False)
+        return codes
+
+    def mapping(self, int proto, int_addr, int int_port, rem_addr, int rem_port, int u):
+        """The external port of a mapping (addresses as 4 bytes, ports as numbers), or None."""
+        cdef uint32_t a, r
+        cdef uint16_t ip_, rp
+        cdef int pi = pindex(proto)
+        if pi < 0 or u < 0 or u >= self.n_uplinks:
+            return None
+        cdef bytes ia = bytes(int_addr), ra = bytes(rem_addr)
+        if len(ia) != 4 or len(ra) != 4:
+            raise ValueError("IPv4 addresses have 4 bytes")
+        memcpy(&a, <const char*>ia, 4)
+        memcpy(&r, <const char*>ra, 4)
+        ip_ = ((int_port & 0xFF) << 8) | (int_port >> 8)        # packet order
+        rp = ((rem_port & 0xFF) << 8) | (rem_port >> 8)
+        m = self.find(self.key_hash(a, r, ip_, rp, pi, u), a, r, ip_, rp, pi, u)
+        return None if m < 0 else self.maps[m].ext_port
+
+    def stats(self):
+        """Mappings in use and free ports per uplink and protocol, exhaustion events."""
+        cdef int u, p
+        out = {"mappings": self.capacity - self.n_free, "capacity": self.capacity,
+               "exhausted": self.exhausted, "uplinks": []}
+        for u in range(self.n_uplinks):
+            out["uplinks"].append({name: N_PORTS - self.free_ports[u * 3 + p]
+                                   for p, name in enumerate(("tcp", "udp", "icmp"))})
+        return out
+
+    def __len__(self):
+        return self.capacity - self.n_free
+
+    @property
+    def bytes_per_mapping(self):
+        """Memory per mapping: the record, its share of the forward table and the free stack
+        (the reverse arrays are per uplink: 768 KiB each, whatever the load)."""
+        return sizeof(nat_map) + (self.mask + 1) * sizeof(int32_t) // self.capacity + sizeof(int32_t)
