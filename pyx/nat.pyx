@@ -778,3 +778,176 @@ cdef class Nat44:
         """Memory per mapping: the record, its share of the forward table and the free stack
         (the reverse arrays are per uplink: 768 KiB each, whatever the load)."""
         return sizeof(nat_map) + (self.mask + 1) * sizeof(int32_t) // self.capacity + sizeof(int32_t)
+
+
+# ==================================================================== NPTv6 (RFC 6296)
+cdef struct npt_map:
+    uint8_t inner[16]        # the LAN prefix (bits past its length zero)
+    uint8_t outer[16]        # the uplink's prefix of the same length
+    uint8_t mask[16]
+    uint16_t adj_out         # one's complement sum(outer) - sum(inner)
+    uint16_t adj_in
+    int plen
+    int active
+
+
+cdef inline uint32_t ones16(const uint8_t* a) noexcept nogil:
+    cdef uint32_t s = 0
+    cdef int i
+    for i in range(8):
+        s += ld16(a + 2 * i)
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+cdef inline bint in_prefix(const uint8_t* a, const npt_map* m, bint outer) noexcept nogil:
+    cdef int i
+    cdef const uint8_t* p = &m.inner[0]
+    if outer:
+        p = &m.outer[0]
+    for i in range(16):
+        if (a[i] & m.mask[i]) != p[i]:
+            return False
+    return True
+
+
+cdef int npt_map_addr(uint8_t* a, const npt_map* m, bint out) noexcept nogil:
+    """Rewrite address a from one prefix to the other, checksum-neutrally: the prefix bits
+    change and one 16-bit word takes the difference (bits 48-63 for a /48 or shorter prefix,
+    else the first word of the interface identifier that is not 0xFFFF)."""
+    cdef const uint8_t* to = &m.inner[0]
+    cdef uint16_t adj = m.adj_in
+    if out:
+        to = &m.outer[0]
+        adj = m.adj_out
+    cdef int i, w = -1
+    cdef uint32_t v
+    if m.plen <= 48:
+        if ld16(a + 6) == 0xFFFF:
+            return NAT_UNSUPPORTED
+        w = 3
+    else:
+        for i in range(4, 8):
+            if ld16(a + 2 * i) != 0xFFFF:
+                w = i
+                break
+        if w < 0:
+            return NAT_UNSUPPORTED
+    for i in range(16):
+        a[i] = (to[i] & m.mask[i]) | (a[i] & ~m.mask[i])
+    v = <uint32_t>ld16(a + 2 * w) + adj
+    v = (v & 0xFFFF) + (v >> 16)
+    if v == 0xFFFF:
+        v = 0
+    st16(a + 2 * w, <uint16_t>v)
+    return NAT_OK
+
+
+cdef inline uint32_t quoted6(const uint8_t* ip, uint32_t n) noexcept nogil:
+    """Where the packet quoted by an ICMPv6 error starts (0: not an ICMPv6 error), walking
+    hop-by-hop, routing and destination options headers."""
+    cdef uint32_t off = 40
+    cdef uint8_t nh = ip[6]
+    cdef int k
+    for k in range(8):
+        if nh == 58:
+            if off + 8 + 40 <= n and ip[off] < 128:
+                return off + 8
+            return 0
+        if nh != 0 and nh != 43 and nh != 60:
+            return 0
+        if off + 8 > n:
+            return 0
+        nh = ip[off]
+        off += (<uint32_t>ip[off + 1] + 1) * 8
+    return 0
+
+
+cdef class Npt66:
+    """RFC 6296 per uplink: the LAN prefix and the uplink's prefix of the same length."""
+    cdef npt_map* maps
+    cdef readonly int n_uplinks
+
+    def __cinit__(self, int n_uplinks):
+        if n_uplinks < 1 or n_uplinks > 255:
+            raise ValueError("n_uplinks must be 1..255")
+        self.n_uplinks = n_uplinks
+        self.maps = <npt_map*>calloc(n_uplinks, sizeof(npt_map))
+        if self.maps == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.maps)
+
+    def set_prefixes(self, int u, inner, outer):
+        """inner, outer: ipaddress.IPv6Network of one length (at most /64), or None: off."""
+        cdef npt_map* m
+        cdef uint32_t si, so
+        cdef bytes ib, ob, mb
+        if u < 0 or u >= self.n_uplinks:
+            raise IndexError("uplink out of range")
+        m = &self.maps[u]
+        if inner is None or outer is None:
+            m.active = 0
+            return
+        if inner.prefixlen != outer.prefixlen or inner.prefixlen > 64 or inner.version != 6 or outer.version != 6:
+            raise ValueError("NPTv6 needs two IPv6 prefixes of one length, /64 or shorter")
+        ib, ob, mb = inner.network_address.packed, outer.network_address.packed, inner.netmask.packed
+        memcpy(m.inner, <const char*>ib, 16)
+        memcpy(m.outer, <const char*>ob, 16)
+        memcpy(m.mask, <const char*>mb, 16)
+        m.plen = inner.prefixlen
+        si, so = ones16(m.inner), ones16(m.outer)
+        # the word that takes the difference moves against the prefix: out, inner - outer
+        m.adj_out = <uint16_t>((si + (~so & 0xFFFF)) % 0xFFFF)
+        m.adj_in = <uint16_t>((so + (~si & 0xFFFF)) % 0xFFFF)
+        m.active = 1
+
+    cdef int out6(self, uint8_t* ip, uint32_t n, int u) noexcept nogil:
+        """LAN -> uplink u: a source in the LAN prefix takes the uplink's (and an ICMPv6
+        error's quoted destination with it)."""
+        cdef npt_map* m
+        cdef uint32_t q
+        cdef int rc
+        if u < 0 or u >= self.n_uplinks or not self.maps[u].active:
+            return NAT_PASS
+        m = &self.maps[u]
+        if n < 40 or (ip[0] >> 4) != 6:
+            return NAT_MALFORMED
+        if not in_prefix(ip + 8, m, False):
+            return NAT_PASS
+        rc = npt_map_addr(ip + 8, m, True)
+        if rc != NAT_OK:
+            return rc
+        q = quoted6(ip, n)
+        if q and (ip[q] >> 4) == 6 and in_prefix(ip + q + 24, m, False):
+            npt_map_addr(ip + q + 24, m, True)
+        return NAT_OK
+
+    cdef int in6(self, uint8_t* ip, uint32_t n, int u) noexcept nogil:
+        """uplink u -> LAN: a destination in the uplink's prefix takes the LAN's again (and
+        an ICMPv6 error's quoted source with it)."""
+        cdef npt_map* m
+        cdef uint32_t q
+        cdef int rc
+        if u < 0 or u >= self.n_uplinks or not self.maps[u].active:
+            return NAT_PASS
+        m = &self.maps[u]
+        if n < 40 or (ip[0] >> 4) != 6:
+            return NAT_MALFORMED
+        if not in_prefix(ip + 24, m, True):
+            return NAT_PASS
+        rc = npt_map_addr(ip + 24, m, False)
+        if rc != NAT_OK:
+            return rc
+        q = quoted6(ip, n)
+        if q and (ip[q] >> 4) == 6 and in_prefix(ip + q + 8, m, True):
+            npt_map_addr(ip + q + 8, m, False)
+        return NAT_OK
+
+    def out_packet(self, bytearray pkt, int u):
+        return NAMES[self.out6(<uint8_t*>(<char*>pkt), len(pkt), u)]
+
+    def in_packet(self, bytearray pkt, int u):
+        return NAMES[self.in6(<uint8_t*>(<char*>pkt), len(pkt), u)]

@@ -315,3 +315,104 @@ def test_compiled_and_reference_agree_on_every_packet(ops, mutate):
         if dt > 100:
             assert c.expire(now) == r.expire(now)
         assert len(c) == len(r)
+
+
+# ---------------------------------------------------------------------- NPTv6
+from engine.ref.nat import Npt66Ref  # noqa: E402
+
+ULA = ipaddress.ip_network("fd01:203:405::/48")
+PUB = ipaddress.ip_network("2001:db8:1::/48")
+CN6 = ipaddress.ip_address("2001:db8:ff::1").packed
+
+
+def ipv6(src, dst, nh, payload, hbh=False):
+    if hbh:                               # a hop-by-hop header with the traffic control option
+        payload = bytes([nh, 0, 0x3E, 3, 0, 0, 3, 0]) + payload
+        nh = 0
+    return struct.pack("!IHBB", 6 << 28, len(payload), nh, 64) + src + dst + payload
+
+
+def udp6(src, dst, sport, dport, data=b"six", hbh=False):
+    seg = struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data
+    c = csum(src + dst + struct.pack("!I3xB", len(seg), 17) + seg) or 0xFFFF
+    return ipv6(src, dst, 17, seg[:6] + struct.pack("!H", c) + seg[8:], hbh)
+
+
+def icmp6_error(src, dst, quoted, typ=3):
+    m = struct.pack("!BBHI", typ, 0, 0, 0) + quoted
+    c = csum(src + dst + struct.pack("!I3xB", len(m), 58) + m)
+    return ipv6(src, dst, 58, m[:2] + struct.pack("!H", c) + m[4:])
+
+
+def upper_ok(pkt: bytes) -> bool:
+    off, nh = 40, pkt[6]
+    if nh == 0:
+        nh, off = pkt[40], 40 + (pkt[41] + 1) * 8
+    seg = pkt[off:]
+    return _sum(pkt[8:40] + struct.pack("!I3xB", len(seg), nh) + seg) == 0xFFFF
+
+
+def test_nptv6_maps_as_rfc_6296_appendix_b_and_back():
+    n, r = _nat.Npt66(1), Npt66Ref(1)
+    for x in (n, r):
+        x.set_prefixes(0, ULA, PUB)
+    inside = ipaddress.ip_address("fd01:203:405:1::1234").packed
+    pkt = udp6(inside, CN6, 5000, 53, hbh=True)
+    a, b = bytearray(pkt), bytearray(pkt)
+    assert n.out_packet(a, 0) == r.out_packet(b, 0) == "ok" and a == b
+    assert ipaddress.ip_address(bytes(a[8:24])) == ipaddress.ip_address("2001:db8:1:d550::1234")
+    assert upper_ok(bytes(a))                           # checksum-neutral: UDP untouched and right
+    back = bytearray(udp6(CN6, bytes(a[8:24]), 53, 5000))
+    assert n.in_packet(back, 0) == "ok" and bytes(back[24:40]) == inside and upper_ok(bytes(back))
+    assert n.out_packet(bytearray(udp6(CN6, CN6, 1, 2)), 0) == "pass"          # not from the LAN
+
+
+def test_nptv6_icmp_errors_carry_the_quoted_address_along():
+    n = _nat.Npt66(1)
+    n.set_prefixes(0, ULA, PUB)
+    inside = ipaddress.ip_address("fd01:203:405:7::9").packed
+    sent = bytearray(udp6(inside, CN6, 4000, 33434))
+    assert n.out_packet(sent, 0) == "ok"
+    err = bytearray(icmp6_error(ipaddress.ip_address("2001:db8:c1::1").packed, bytes(sent[8:24]), bytes(sent), typ=3))
+    assert n.in_packet(err, 0) == "ok"
+    assert bytes(err[24:40]) == inside and bytes(err[48 + 8:48 + 24]) == inside and upper_ok(bytes(err))
+
+
+def test_nptv6_refuses_what_it_cannot_map():
+    n = _nat.Npt66(2)
+    n.set_prefixes(0, ULA, PUB)
+    n.set_prefixes(1, ipaddress.ip_network("fd00:1::/64"), ipaddress.ip_network("2001:db8:a1:100::/64"))
+    bad48 = ipaddress.ip_address("fd01:203:405:ffff::1").packed
+    assert n.out_packet(bytearray(udp6(bad48, CN6, 1, 2)), 0) == "unsupported"
+    all_ones = ipaddress.ip_address("fd00:1::ffff:ffff:ffff:ffff").packed
+    assert n.out_packet(bytearray(udp6(all_ones, CN6, 1, 2)), 1) == "unsupported"
+    with pytest.raises(ValueError):
+        n.set_prefixes(0, ipaddress.ip_network("fd00::/48"), ipaddress.ip_network("2001:db8::/56"))
+    with pytest.raises(ValueError):
+        n.set_prefixes(0, ipaddress.ip_network("fd00::/96"), ipaddress.ip_network("2001:db8::/96"))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(1, 64), st.binary(min_size=16, max_size=16), st.binary(min_size=16, max_size=16),
+       st.binary(min_size=16, max_size=16), st.booleans())
+def test_nptv6_is_checksum_neutral_reversible_and_agrees_with_its_reference(plen, inner, outer, host, hbh):
+    inner = ipaddress.ip_network((inner, plen), strict=False)
+    outer = ipaddress.ip_network((outer, plen), strict=False)
+    mask = int(inner.netmask)
+    addr = ((int(inner.network_address) & mask) | (int.from_bytes(host, "big") & ~mask & ((1 << 128) - 1)))
+    addr = addr.to_bytes(16, "big")
+    n, r = _nat.Npt66(1), Npt66Ref(1)
+    for x in (n, r):
+        x.set_prefixes(0, inner, outer)
+    pkt = udp6(addr, CN6, 1000, 2000, hbh=hbh)
+    a, b = bytearray(pkt), bytearray(pkt)
+    code = n.out_packet(a, 0)
+    assert code == r.out_packet(b, 0) and a == b
+    if code == "unsupported":
+        return
+    assert code == "ok" and ipaddress.ip_address(bytes(a[8:24])) in outer
+    assert _sum(bytes(a[8:24])) % 0xFFFF == _sum(addr) % 0xFFFF and upper_ok(bytes(a))
+    back = bytearray(udp6(CN6, bytes(a[8:24]), 2000, 1000, hbh=hbh))
+    c2 = bytearray(back)
+    assert n.in_packet(back, 0) == r.in_packet(c2, 0) == "ok" and back == c2
+    assert bytes(back[24:40]) == addr

@@ -392,3 +392,75 @@ def _sum(data: bytes) -> int:
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
     return s
+
+
+# ---------------------------------------------------------------------- NPTv6 (RFC 6296)
+def npt_map(addr: bytes, frm, to) -> bytes | None:
+    """addr (16 bytes, inside prefix frm) mapped into prefix to (an ipaddress.IPv6Network of
+    frm's length): the prefix bits replaced, then one word set so that the address's one's
+    complement sum is what it was (bits 48-63 for /48 or shorter, else the first interface
+    identifier word that is not 0xFFFF); None when that word cannot be chosen."""
+    words = list(struct.unpack("!8H", addr))
+    if frm.prefixlen <= 48:
+        w = 3 if words[3] != 0xFFFF else None
+    else:
+        w = next((i for i in range(4, 8) if words[i] != 0xFFFF), None)
+    if w is None:
+        return None
+    before = _sum(addr)
+    mask = int(frm.netmask)
+    new = (int(to.network_address) & mask) | (int.from_bytes(addr, "big") & ~mask & ((1 << 128) - 1))
+    words = list(struct.unpack("!8H", new.to_bytes(16, "big")))
+    rest = _sum(struct.pack("!8H", *(words[:w] + [0] + words[w + 1:])))
+    # the word that makes the sum `before` again: before - rest (one's complement), 0xFFFF as 0
+    v = (before + (~rest & 0xFFFF)) % 0xFFFF
+    words[w] = v
+    return struct.pack("!8H", *words)
+
+
+class Npt66Ref:
+    def __init__(self, n_uplinks: int):
+        self.maps = [None] * n_uplinks
+
+    def set_prefixes(self, u, inner, outer) -> None:
+        self.maps[u] = None if inner is None or outer is None else (inner, outer)
+
+    @staticmethod
+    def _quoted(b: bytes) -> int:
+        off, nh = 40, b[6]
+        for _ in range(8):
+            if nh == 58:
+                return off + 8 if off + 48 <= len(b) and b[off] < 128 else 0
+            if nh not in (0, 43, 60) or off + 8 > len(b):
+                return 0
+            nh, off = b[off], off + (b[off + 1] + 1) * 8
+        return 0
+
+    def _go(self, b: bytearray, u: int, out: bool) -> str:
+        if not 0 <= u < len(self.maps) or self.maps[u] is None:
+            return PASS
+        if len(b) < 40 or b[0] >> 4 != 6:
+            return MALFORMED
+        inner, outer = self.maps[u]
+        frm, to = (inner, outer) if out else (outer, inner)
+        at = 8 if out else 24
+        import ipaddress
+        if ipaddress.IPv6Address(bytes(b[at:at + 16])) not in frm:
+            return PASS
+        new = npt_map(bytes(b[at:at + 16]), frm, to)
+        if new is None:
+            return UNSUPPORTED
+        b[at:at + 16] = new
+        q = self._quoted(b)
+        qat = q + (24 if out else 8)
+        if q and b[q] >> 4 == 6 and ipaddress.IPv6Address(bytes(b[qat:qat + 16])) in frm:
+            new = npt_map(bytes(b[qat:qat + 16]), frm, to)
+            if new is not None:
+                b[qat:qat + 16] = new
+        return OK
+
+    def out_packet(self, b: bytearray, u: int) -> str:
+        return self._go(b, u, True)
+
+    def in_packet(self, b: bytearray, u: int) -> str:
+        return self._go(b, u, False)
