@@ -52,6 +52,9 @@ ENGINE_KEYS = {
                              "e.g. 1000 (0: sleep at once; saves a core, costs latency)"),
     "ring_frames": Key("int", 8192, 256, 1 << 20,
                        hint="frames a receive ring holds per device, e.g. 8192 (2 KiB each at MTU 1500)"),
+    "workers": Key("int", None, 1, 64, optional=True,
+                   hint="forwarding threads, 1 to 64, e.g. 2 (default: the CPUs mmr may use, at most "
+                        "the smallest RX queue count of its devices)"),
 }
 
 UPLINK_KEYS = {
@@ -234,6 +237,7 @@ class Config:
     default_preference: int = 0
     busy_poll_ms: float = 1000.0
     ring_frames: int = 8192
+    workers: int | None = None          # None: engine.workers.default_workers()
     uplinks: list[Uplink] = field(default_factory=list)
     classes: dict[str, tuple] = field(default_factory=dict)
     policies: dict[int, Policy] = field(default_factory=dict)

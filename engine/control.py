@@ -132,7 +132,7 @@ def config_document(cfg) -> dict:
             return f"{net.network_address.ipv4_mapped}/{net.prefixlen - 96}"
         return str(net)
 
-    eng = {k: getattr(cfg, k) for k in ENGINE_KEYS}
+    eng = {k: getattr(cfg, k) for k in ENGINE_KEYS if getattr(cfg, k) is not None}   # workers: unset = auto
     eng["lan_prefixes"] = [str(p) for p in cfg.lan_prefixes]
     uplinks = []
     for u in cfg.uplinks:

@@ -12,6 +12,10 @@ connection manager, the control socket, metrics, the summary line and close.
                                    addresses) and the connection manager
     probes, control socket, timers: the same poll loop, never waiting on anything
 
+Several cores (``mmr run``, ``[engine] workers``): this thread is worker 0; workers 1..N-1
+(engine/workers.py) run the same Forwarder loop on their own rings, joined per device in a
+PACKET_FANOUT group, and take what this thread changes between two batches.
+
 The two modes differ only in their inside (engine/router.py: ``Lan``; engine/host.py:
 ``VirtualInterface``): how it is opened, which addresses are the engine's to deliver, what
 the kernel guard (engine/guard.py) keeps the kernel from doing, and their names in the log.
@@ -23,10 +27,13 @@ load the loop never sleeps and frames that arrive while it works form the next b
 """
 from __future__ import annotations
 
+import collections
 import ipaddress
+import os
 import select
 import signal
 import socket
+import threading
 import time
 
 import numpy as np
@@ -42,6 +49,7 @@ from engine.guard import KernelGuard
 from engine.icmperr import packet_too_big, parameter_problem, time_exceeded
 from engine.log import Log
 from engine.sdnotify import Notifier
+from engine.workers import CALL_TIMEOUT_S
 from engine.netlink import Netlink
 
 IDLE_WAIT_US = 100000    # the longest sleep; timers (probes, expiry, housekeeping) wake it earlier
@@ -144,6 +152,10 @@ class Inside:
     def fds(self) -> list[int]:
         return []
 
+    def tx_qdisc_bypass(self, dp: "Datapath", up) -> bool:
+        """Whether uplink up's socket skips its device's qdisc (PACKET_QDISC_BYPASS)."""
+        return up.qdisc_bypass
+
     def rings(self) -> list:
         return []
 
@@ -159,7 +171,8 @@ class Datapath:
     SIGINT/SIGTERM or ``duration``; everything it changed is undone when it stops."""
 
     def __init__(self, cfg, inside, batch: int = 256, stats_interval: float = 60.0, stream=None,
-                 spin_us: float | None = None, resolve_wait: float = 3.0, log_level: str = "info"):
+                 spin_us: float | None = None, resolve_wait: float = 3.0, log_level: str = "info",
+                 workers: int | None = None):
         from engine._ring import RxRing, TxSocket
 
         if batch < 1 or batch > 4096:
@@ -178,6 +191,11 @@ class Datapath:
         self.closables: list = []
         self.guard = None
         self.poller = Poller()
+        self.workers: list = []                   # workers 1..N-1 (engine/workers.py); 0 is this thread
+        self.workers_stop = False
+        self.gen = 0                              # raised when this thread's Forwarder tables change
+        self.punt_queue: collections.deque = collections.deque()
+        self.punt_efd = None
         self.netlink = Netlink()
         self.closables.append(self.netlink)
         try:
@@ -207,16 +225,19 @@ class Datapath:
                 self.up_rx[u] = RxRing(up.device, frames=cfg.ring_frames, mtu=self.state.link(up.device).mtu,
                                        capacity=batch)
                 self.closables.append(self.up_rx[u])
-                self.up_tx[u] = TxSocket(up.device, qdisc_bypass=up.qdisc_bypass)
+                self.up_tx[u] = TxSocket(up.device, qdisc_bypass=inside.tx_qdisc_bypass(self, up))
                 self.closables.append(self.up_tx[u])
             self.fw.attach(up_rx=self.up_rx, up_tx=self.up_tx)
+            self.n_workers = self._workers_wanted(cfg, workers)
+            if self.n_workers > 1:
+                self._open_workers(batch, explicit=(workers if workers is not None else cfg.workers) is not None)
             self.prompted: dict[tuple[str, bytes], float] = {}
             self.truncated_seen: dict[int, int] = {}
             self.sent_before = [(0, 0)] * self.n_up
             self.gw_addr = [ipaddress.ip_address(u.gateway).packed if u.gateway else None for u in cfg.uplinks]
             self._resolve_gateways(resolve_wait)
             self.inside.tables(self)
-            self.conn = ConnectionManager(cfg, self.pipe.selector, self.pipe.flows, self.state,
+            self.conn = ConnectionManager(cfg, *self._conn_views(), self.state,
                                           self.next_hop_known, self.log, backlog=self.netlink.qdisc.get)
             self.closables.append(self.conn)
             self.control = ControlServer(cfg.monitor["control_socket"], self.handle_control, self.poller, self.log,
@@ -230,6 +251,102 @@ class Datapath:
         except BaseException:
             self._close_all()
             raise
+
+    # ------------------------------------------------------------------ workers
+    def _workers_wanted(self, cfg, override: int | None) -> int:
+        """[engine] workers (or --workers); by default the CPUs mmr may use, capped at the
+        smallest RX queue count of its devices.  mmr host has one (a TUN has one queue)."""
+        want = override if override is not None else getattr(cfg, "workers", None)
+        if not self.inside.router:
+            if want is not None and want > 1:
+                self.log.warning(f"workers = {want} is ignored by mmr host: its TUN device has one "
+                                 f"queue, so it runs one worker")
+            return 1
+        if want is None:
+            from engine.workers import default_workers
+            return default_workers(self.inside.devices_needed(cfg) + [u.device for u in cfg.uplinks])
+        return int(want)
+
+    def _open_workers(self, batch: int, explicit: bool) -> None:
+        """Workers 1..N-1, then one fanout group per device, worker 0's ring first.  When the
+        count is the default and the kernel cannot make the groups, one worker, with a warning."""
+        from engine.workers import Worker, join_fanout
+
+        for k in range(1, self.n_workers):
+            w = Worker(k, self, batch)
+            self.workers.append(w)
+            self.closables.append(w)
+        try:
+            join_fanout([self.inside.ring.sock] + [w.in_ring.sock for w in self.workers], self.inside.dev)
+            for u, up in enumerate(self.cfg.uplinks):
+                join_fanout([self.up_rx[u].sock] + [w.up_rx[u].sock for w in self.workers], up.device)
+        except UserError as exc:
+            if explicit:
+                raise
+            self.log.warning(f"{exc}; one worker instead of {self.n_workers}")
+            for w in self.workers:
+                self.closables.remove(w)
+                w.close()
+            self.workers = []
+            self.n_workers = 1
+            return
+        self.punt_efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+    def _conn_views(self):
+        """(selector, flowbase) the connection manager works on: this thread's, or with
+        several workers every worker's."""
+        if not self.workers:
+            return self.pipe.selector, self.pipe.flows
+        from engine.workers import FlowsFan, SelectorFan
+        return SelectorFan(self), FlowsFan(self)
+
+    def on_workers(self, fn) -> list:
+        """fn(worker) run by every other worker in its own thread, between two forwarding
+        calls; their results (None where a worker failed or did not answer in time)."""
+        calls = [w.post(fn, wait=True) if w.failed is None else None for w in self.workers]
+        out = []
+        for c in calls:
+            if c is None:
+                out.append(None)
+            elif not c.done.wait(CALL_TIMEOUT_S) or c.error is not None:
+                out.append(None)
+                self.counters[CT.INDEX["internal_errors"]] += 1
+                self.log.error(f"a worker did not do {getattr(fn, '__name__', 'its part')}"
+                               + (f": {type(c.error).__name__}: {c.error}" if c.error is not None else " in time")
+                               + "; forwarding goes on")
+            else:
+                out.append(c.result)
+        return out
+
+    def _tables_changed(self) -> None:
+        """This thread's Forwarder tables changed: every worker copies them before its next batch."""
+        if self.workers:
+            self.gen += 1
+            for w in self.workers:
+                w.wake()
+
+    def worker_punts(self, recs) -> None:
+        """(a worker's thread) its punts, for this thread to send."""
+        self.punt_queue.append(recs)
+        try:
+            os.eventfd_write(self.punt_efd, 1)
+        except OSError:
+            pass
+
+    def worker_error(self, w, exc, fatal: bool = False) -> None:
+        """(a worker's thread) a fault in its control work; fatal: the worker stopped."""
+        w.fw.counters[CT.INDEX["internal_errors"]] += 1
+        self.log.error(f"internal error in worker {w.k}: {type(exc).__name__}: {exc}; "
+                       + ("its share of the flows is not forwarded until mmr restarts" if fatal
+                          else "forwarding goes on"))
+
+    def _worker_punts_ready(self, revents: int) -> None:
+        try:
+            os.eventfd_read(self.punt_efd)
+        except OSError:
+            pass
+        while self.punt_queue:
+            self._punts(self.punt_queue.popleft())
 
     # ------------------------------------------------------------------ neighbours
     def _prompt(self, dev: str, addr: bytes) -> None:
@@ -342,6 +459,8 @@ class Datapath:
                 if ev[1] in self.up_index:
                     self._uplink_gone(self.up_index.index(ev[1]))
                 self.inside.link_event(self, ev)
+                if self.workers and ev[1] == getattr(self.inside, "index", None):
+                    self.on_workers(lambda w: w.detach_inside())
         if gateways:
             before = self.next_hop_known()
             for u in range(self.n_up):
@@ -353,6 +472,7 @@ class Datapath:
                 self.conn.apply()
         if links:
             self.conn.links_changed()
+        self._tables_changed()
 
     def _uplink_gone(self, u: int) -> None:
         up = self.cfg.uplinks[u]
@@ -362,6 +482,7 @@ class Datapath:
                  f"forwarding (restart mmr once it is back)")
         self._read_ring_drops()
         self.sent_before[u] = self.uplink_sent(u)
+        self.on_workers(lambda w: w.detach_uplink(u))
         self.fw.detach_uplink(u)
         self.poller.unregister(self.up_rx[u].fileno())
         self.up_rx[u].close()
@@ -370,10 +491,11 @@ class Datapath:
         self.up_index[u] = None
 
     # ------------------------------------------------------------------ punts
-    def _punts(self) -> None:
-        """ICMP errors and neighbour resolutions the compiled steps asked for."""
+    def _punts(self, recs=None) -> None:
+        """ICMP errors and neighbour resolutions the compiled steps asked for (this thread's
+        Forwarder's, or recs: another worker's)."""
         sent = 0
-        for p in self.fw.take_punts():
+        for p in (self.fw.take_punts() if recs is None else recs):
             kind, side, u = int(p["kind"]), int(p["side"]), int(p["uplink"])
             if kind == _forward.KIND_NEIGHBOUR:
                 self.inside.resolve(self, bytes(p["addr"]))
@@ -430,12 +552,18 @@ class Datapath:
                 self.poller.register(fd, select.POLLIN, lambda ev, u=u: self.conn.probe_readable(u))
             for fd in self.inside.fds() + [r.fileno() for r in self.up_rx]:
                 self.poller.add_source(fd)
+            if self.workers:
+                self.poller.register(self.punt_efd, select.POLLIN, self._worker_punts_ready)
             table, devices, rules, sets = self.inside.guard(self)
             self.guard = KernelGuard(table, devices, rules, self.log, sets)
             start = self.guard.take_over()           # realtime: mmr forwards from here on
             guarded = True
             fw.t_start = start
             fw.t_end = float("inf")
+            if self.workers:
+                self._tables_changed()
+                for w in self.workers:
+                    w.start()
             ready = False
             t0 = time.monotonic()
             next_house = t0 + HOUSEKEEPING_S
@@ -491,9 +619,11 @@ class Datapath:
                     self.notify.send(STOPPING=1)
                     end_at = self.guard.hand_back()
                     fw.t_end = end_at
+                    self._tables_changed()
                 if end_at is not None and time.time() >= end_at + 0.05:
                     break                     # every frame mmr owned is out; the kernel has the rest
         finally:
+            self._stop_workers()
             try:
                 if self.guard is not None:
                     self.guard.close()
@@ -506,6 +636,11 @@ class Datapath:
                     self.log(self.summary_line())
                 self.close()
         return CT.snapshot(self.counters)
+
+    def _stop_workers(self) -> None:
+        self.workers_stop = True
+        for w in self.workers:
+            w.join()
 
     def _source_error(self, fd: int) -> None:
         """A ring reports a socket error (ENETDOWN after its device went down and up):
@@ -530,7 +665,11 @@ class Datapath:
 
     def _housekeeping(self) -> None:
         self._follow_gateways()
-        self.pipe.expire(time.time())
+        now = time.time()
+        self.pipe.expire(now)
+        for w in self.workers:
+            w.post(lambda w: w.pipe.expire(now))
+        self._tables_changed()
         self._read_ring_drops()
         stale = time.monotonic() - 10
         for k in [k for k, t in self.prompted.items() if t < stale]:
@@ -544,6 +683,7 @@ class Datapath:
         """PACKET_STATISTICS resets on read: add the kernel's ring-full drops and what the
         rings could not take whole."""
         rings = [r for r in self.up_rx if r is not None] + self.inside.rings()
+        rings += [r for w in self.workers for r in w.rings]
         drops = 0
         for r in rings:
             try:
@@ -568,16 +708,37 @@ class Datapath:
         drops = " ".join(f"drop_{k}={v}" for k, v in d.items() if v)
         drops += "".join(f" {k}={int(t[CT.INDEX[k]])}" for k in self.SUMMARY_NONZERO if t[CT.INDEX[k]])
         return " ".join(x for x in (CT.logfmt(t, self.SUMMARY, with_drops=False), per,
-                                    f"flows={len(self.pipe.flows)} drops={sum(d.values())}", drops) if x)
+                                    f"flows={self.n_flows()} drops={sum(d.values())}", drops) if x)
 
     def uplink_sent(self, u: int) -> tuple[int, int]:
         """(packets, bytes) sent on uplink u so far, its device gone or not."""
         p, b = self.sent_before[u]
-        tx = self.up_tx[u]
-        return (p + int(tx.sent), b + int(tx.bytes)) if tx is not None else (p, b)
+        for tx in [self.up_tx[u]] + [w.up_tx[u] for w in self.workers]:
+            if tx is not None:
+                p, b = p + int(tx.sent), b + int(tx.bytes)
+        return p, b
 
     def table(self) -> np.ndarray:
-        return self.counters.copy()
+        """The one counter table: every worker's summed (this thread's holds the control
+        work's counts too)."""
+        t = self.counters.copy()
+        for w in self.workers:
+            t += w.fw.counters
+        return t
+
+    def n_flows(self) -> int:
+        return len(self.pipe.flows) + sum(w.nflows for w in self.workers)
+
+    def worker_table(self) -> list[dict]:
+        """Per worker: its main counters and flows (status)."""
+        keys = ["rx_inside", "rx_uplink", "tx_uplink", "tx_inside", "kernel", "tx_errors"]
+        out = []
+        for k, (fw, flows) in enumerate([(self.fw, len(self.pipe.flows))] +
+                                        [(w.fw, w.nflows) for w in self.workers]):
+            row = {"worker": k, "flows": int(flows)}
+            row.update({n: int(fw.counters[CT.INDEX[n]]) for n in keys})
+            out.append(row)
+        return out
 
     # ------------------------------------------------------------------ control
     def reload(self) -> dict:
@@ -609,17 +770,26 @@ class Datapath:
             return {"ok": False, "message": f"rejected, the old policy keeps running: {exc}"}
         self.pipe.apply(new)                      # new rules and selector; flows kept
         self.fw.set_strip(new)                    # [[uplink]] strip_option
+        # every other worker takes the new policy and then waits, so that its new selector
+        # gets the usable mask and measurements (queued by conn.apply) before its next batch
+        gate = threading.Event()
+        for w in self.workers:
+            w.post(lambda w: (w.pipe.apply(new), w.fw.set_strip(new), gate.wait(CALL_TIMEOUT_S)))
         self.cfg = new
-        self.conn.apply(new, self.pipe.selector)  # usable mask and measurements into it at once
+        try:
+            self.conn.apply(new, self._conn_views()[0])  # usable mask and measurements into it at once
+        finally:
+            gate.set()
         self.inside.apply(self, new)
+        self._tables_changed()
         self.reloads += 1
         self.last_reload_ok, self.last_reload_success_s = True, time.time()
-        return {"ok": True, "message": f"policy reloaded from {new.path} ({len(self.pipe.flows)} flows kept)"}
+        return {"ok": True, "message": f"policy reloaded from {new.path} ({self.n_flows()} flows kept)"}
 
     def snapshot(self) -> dict:
         names = [u.name for u in self.cfg.uplinks]
         t = self.table()
-        return {"uplinks": self.conn.status(), "flows": len(self.pipe.flows),
+        return {"uplinks": self.conn.status(), "flows": self.n_flows(),
                 "counters": CT.snapshot(t), "drops": CT.drops(t),
                 "uplink_packets": {n: self.uplink_sent(i)[0] for i, n in enumerate(names)},
                 "uplink_bytes": {n: self.uplink_sent(i)[1] for i, n in enumerate(names)},
@@ -635,7 +805,8 @@ class Datapath:
             return {"ok": True, "policy": self.cfg.path, "uptime_s": round(time.time() - self.started, 1),
                     "reloads": self.reloads, "flows": snap["flows"], "uplinks": snap["uplinks"],
                     "failovers": self.conn.moves, "moved_flows": self.conn.moved_flows,
-                    "mode": self.mode, "counters": snap["counters"], "drops": snap["drops"]}
+                    "mode": self.mode, "counters": snap["counters"], "drops": snap["drops"],
+                    "workers": self.worker_table()}
         if cmd == "flows":
             from engine.replay import address_text
 
@@ -648,11 +819,24 @@ class Datapath:
             uplink = -1 if want is None else names.index(want)
             recs = self.pipe.flows.dump(limit, uplink)       # walks at most `limit` matches
             total = int(self.pipe.flows.uplink_counts(len(names))[uplink]) if want is not None else len(self.pipe.flows)
+            worker_of = [0] * len(recs)
+            for k, res in enumerate(self.on_workers(lambda w: (w.pipe.flows.dump(limit, uplink),
+                                                               w.pipe.flows.uplink_counts(len(names))[uplink]
+                                                               if want is not None else len(w.pipe.flows))), 1):
+                if res is None:
+                    continue
+                more, n = res
+                total += int(n)
+                take = max(0, limit - len(recs))
+                if take and len(more):
+                    recs = np.concatenate([recs, more[:take]])
+                    worker_of += [k] * min(take, len(more))
             out = [{"src": address_text(r["src"]), "dst": address_text(r["dst"]), "proto": int(r["proto"]),
                     "sport": int(r["sport"]), "dport": int(r["dport"]),
                     "service": C.SERVICE_NAMES[min(int(r["service"]), 3)], "preference": int(r["preference"]),
                     "uplink": names[int(r["uplink"])] if int(r["uplink"]) < len(names) else None,
-                    "packets": int(r["packets"]), "bytes": int(r["bytes"])} for r in recs]
+                    "packets": int(r["packets"]), "bytes": int(r["bytes"]),
+                    **({"worker": worker_of[i]} if self.workers else {})} for i, r in enumerate(recs)]
             return {"ok": True, "total": total, "flows": out}
         if cmd == "config":
             from engine.control import config_document
@@ -688,6 +872,9 @@ class Datapath:
 
     def close(self) -> None:
         self._close_all()
+        if self.punt_efd is not None:
+            os.close(self.punt_efd)
+            self.punt_efd = None
         self.inside.close(self)
         self.notify.close()
         self.log.close()

@@ -8,6 +8,14 @@ Applications bind to the VI's stable address and never see which physical interf
 their packets; the connection manager moves flows when an interface fails, so open TCP
 connections continue.
 
+The TUN device carries a virtio-net header (IFF_VNET_HDR) and offers the stack the
+offloads the kernel accepts (checksum, TCP and UDP segmentation: engine/_tun): the stack
+hands vi0 64 KiB super-frames, which go out on the interface's packet socket with their
+header for the kernel to segment, and GRO super-frames from the interfaces reach the stack
+whole.  The ready line says which offloads were taken; a kernel that refuses the header
+gets the plain device (a warning, one packet per read).  MMR_TUN_OFFLOADS=0 in the
+environment asks for the plain device (tests, comparisons).
+
 On start mmr creates the TUN device and gives it the addresses and routes of [host]; the
 kernel guard (engine/guard.py, table ``inet mmrhost``) keeps the kernel from also delivering
 VI-addressed packets that arrive on the physical interfaces, with the same handover as the
@@ -33,6 +41,7 @@ class VirtualInterface(Inside):
         self.vi = cfg.host["vi"]
         self.addrs = [ipaddress.ip_interface(a) for a in cfg.host["addresses"]]
         self.tun = None
+        self.bypass_said = False
 
     def devices_needed(self, cfg) -> list[str]:
         return []
@@ -51,8 +60,12 @@ class VirtualInterface(Inside):
                                 f"{u.device}; the virtual interface needs addresses of its own")
         mtu = min(dp.state.link(u.device).mtu for u in cfg.uplinks)
         self.mtu = min(mtu, h["mtu"]) if h["mtu"] else mtu
-        self.tun = Tun(self.vi, capacity=batch, mtu=self.mtu)
+        self.tun = Tun(self.vi, capacity=batch, mtu=self.mtu,
+                       offloads=os.environ.get("MMR_TUN_OFFLOADS", "1") not in ("0", "off", "no"))
         dp.closables.append(self)          # the TUN goes (with its addresses and routes) on close
+        if not self.tun.vnet_hdr:
+            dp.log.warning(f"{self.vi} without offloads ({self.tun.fallback}): the stack segments and "
+                           f"checksums every packet before mmr reads it, one read per packet")
         self._configure(h)
         dp.fw.in_mtu = 65535               # the stack takes what arrives, super-frames included
         dp.fw.attach(tun=self.tun)
@@ -86,6 +99,20 @@ class VirtualInterface(Inside):
     def fds(self) -> list[int]:
         return [self.tun.fileno()]
 
+    def tx_qdisc_bypass(self, dp: Datapath, up) -> bool:
+        """With segmentation offloads on vi0 the interfaces' sockets go through the qdisc path:
+        PACKET_QDISC_BYPASS hands a frame to the driver as it is, so a super-frame the device
+        cannot segment itself (no TSO, or no USO: most NICs, Wi-Fi, USB modems) would be
+        dropped there; through dev_queue_xmit the kernel segments it in software."""
+        segments = bool(self.tun is not None and self.tun.offloads & ~1)   # more than csum
+        if up.qdisc_bypass and segments:
+            if not self.bypass_said:
+                self.bypass_said = True
+                dp.log(f"{self.vi}'s super-frames go out through each interface's qdisc (qdisc_bypass "
+                       f"off): the kernel segments them where a device cannot")
+            return False
+        return up.qdisc_bypass
+
     def guard(self, dp: Datapath):
         """The kernel must not also take the VI's packets off the interfaces."""
         a6 = ", ".join(str(a.ip) for a in self.addrs if a.version == 6)
@@ -93,9 +120,14 @@ class VirtualInterface(Inside):
         rules = ([f"ip6 daddr {{ {a6} }} drop"] if a6 else []) + ([f"ip daddr {{ {a4} }} drop"] if a4 else [])
         return NFT_TABLE, [u.device for u in dp.cfg.uplinks], rules, None
 
+    def offload_text(self) -> str:
+        if self.tun is None or not self.tun.vnet_hdr:
+            return "offloads none"
+        return "offloads " + (",".join(self.tun.offload_names) or "none")
+
     def ready_line(self, dp: Datapath) -> str:
         return (f"{self.vi} up ({', '.join(str(a) for a in self.addrs)}; routes "
-                f"{', '.join(dp.cfg.host['routes'])}) over " +
+                f"{', '.join(dp.cfg.host['routes'])}; {self.offload_text()}) over " +
                 ", ".join(f"{u.name}({u.device})" for u in dp.cfg.uplinks))
 
     def close(self, dp: Datapath | None = None) -> None:

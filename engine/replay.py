@@ -1,30 +1,43 @@
 """pcap replay: the whole pipeline over a capture, with packet timestamps as the clock.
 
-    pcap/pcapng file --pcapy-ng--> batches of records --(link header -> Ethernet)-->
-        (buf, offsets, lengths, ts) --> Pipeline.process (parse -> classify -> flowbase -> select)
+    pcap file (mapped) --compiled walker, link header -> Ethernet--> (buf, offsets, lengths, ts)
+    pcapng file --pcapy-ng--> records --(link header -> Ethernet)-----^
+        --> Pipeline.process (parse -> classify -> flowbase -> select)
         --> per-uplink counters / optional per-uplink pcaps / flow records
+
+A classic pcap (nearly every capture) is mapped into memory and its records are walked by
+``engine._pcapwalk.PcapWalk`` (pyx/pcapwalk.pyx; reference engine/ref/pcapwalk.py), which
+writes each batch's offsets, lengths and times straight into the arrays ``Pipeline.process``
+takes, and the frames into its buffer: no Python object per packet.  It follows libpcap's rules for
+what a record is (the reference says which); libpcap (pcapy-ng) still opens the file first,
+so a file it refuses ends in the same words as before.  A pcapng capture is read by
+pcapy-ng, a bytes object per packet, and its batches are made by ``to_ethernet``; a file
+that cannot be mapped is read into memory and walked the same way.
 
 Link types: Ethernet (1); Linux cooked captures SLL (113) and SLL2 (276), as ``tcpdump -i
 any`` writes them; raw IP (LINKTYPE_RAW 101, which libpcap reports as DLT 12, or 14 on some
 systems; and the IPv4-only/IPv6-only 228/229), as a capture on a TUN device holds.  The
-compiled stages parse Ethernet frames, so each batch is made of Ethernet frames in place, by
-a few numpy operations per batch and no Python object per packet:
+compiled stages parse Ethernet frames, so each batch is made of Ethernet frames (by the
+walker as it copies each record into the batch; for pcapng by a few numpy operations per
+batch):
 
 * SLL: the last 14 bytes of the 16-byte header end in the protocol, which is where an
   Ethernet header has its ethertype: the frame starts 2 bytes into the record;
 * SLL2: the protocol (bytes 0-1) is copied over the last two bytes of the address field
-  (bytes 18-19) and the frame starts 6 bytes into the record; those two bytes are put back
-  before the record is written to an --out pcap;
-* raw IP: the batch is joined with a 14-byte separator, so every packet follows its own
-  header, whose ethertype is taken from the IP version nibble (4, 6; else not IP).
+  (bytes 18-19) and the frame starts 6 bytes into the record (the --out pcaps get the
+  record as read: the walker writes them from the mapped file, which it never changes; the
+  pcapng path puts the two bytes back first);
+* raw IP: every packet follows its own 14-byte header, whose ethertype is taken from the IP
+  version nibble (4, 6; else not IP).
 
 The MAC addresses of such frames are meaningless, and nothing in parse -> select reads them.
 The --out pcaps hold the records exactly as read, in the capture's own link type.
 
 Timestamps: pcap's fields are unsigned 32-bit, which libpcap hands over as signed, so they
 are taken back modulo 2**32; a microseconds field of 10**6 or more is carried into the
-seconds (counted); a time a pcap cannot hold (pcapng seconds past 2**32) is written to the
---out pcaps at the end of the range (counted).
+seconds (counted); a time a pcap cannot hold (pcapng seconds past 2**32, or a carry past
+it) is written to the --out pcaps at the end of the range (counted).  A nanosecond pcap's
+fraction is unsigned too (libpcap made one of 2**31 ns or more negative before scaling it).
 
 Read failures: a missing file, a file that is not a capture, or an unsupported link type
 ends in ``UserError`` before anything is read.  A file whose last record runs past its end
@@ -37,6 +50,7 @@ from __future__ import annotations
 
 import csv
 import ipaddress
+import mmap
 import os
 import struct
 import sys
@@ -46,6 +60,7 @@ from itertools import chain
 import numpy as np
 
 from engine import constants as C
+from engine._pcapwalk import FRAME_ROOM, PcapWalk
 from engine.errors import UserError
 from engine.pipeline import DROP, Pipeline
 
@@ -310,6 +325,8 @@ class Replay:
         self.truncated = None
         self.corrupt = None
         self.read_error = None
+        self.read_stop = None          # (kind, byte) where the walker stopped early
+        self.mapped = None             # the pcap's bytes while the walker reads them
         self.packets_read = 0
         self.fmt = "pcap"
         self.dlt = DLT_EN10MB
@@ -318,8 +335,9 @@ class Replay:
 
     # -- reading ---------------------------------------------------------------------
     def batches(self, reader):
-        """Yield (buf, offsets, lengths, ts, batch) per batch; ``batch`` holds what the
-        outputs need (record offsets and lengths, wire lengths, pcap times, restore)."""
+        """pcapng (pcapy-ng): yield (buf, offsets, lengths, ts, batch) per batch; ``batch``
+        holds what the outputs need (the buffer the records are in, record offsets and
+        lengths, wire lengths, pcap times, restore)."""
         from pcapy import PcapError
 
         batch = self.batch
@@ -347,9 +365,43 @@ class Replay:
             self.packets_read += len(datas)
             buf, offsets, lengths, rec_off, rec_len, restore = to_ethernet(datas, dlt)
             ts, sec, usec = self._clock(tss)
-            yield buf, offsets, lengths, ts, (rec_off, rec_len, wire, sec, usec, restore)
+            yield buf, offsets, lengths, ts, (buf, rec_off, rec_len, wire, sec, usec, restore)
             if len(datas) < batch:
                 return
+
+    def walk(self, walker):
+        """pcap (the compiled walker over the mapped file): the batches of ``batches``.
+        The buffer and arrays are reused from one batch to the next; the records for the
+        outputs are in the mapped file itself.  (Leaving Ethernet frames in the mapped file
+        instead of copying them was measured: no faster, as the time goes in the page
+        faults that map the file, which the copy takes on the way.)"""
+        batch = self.batch
+        src = self.mapped
+        buf = np.empty(max(FRAME_ROOM, 2048 * batch), dtype=np.uint8)
+        frame_off = np.empty(batch, np.int64)
+        frame_len = np.empty(batch, np.uint32)
+        rec_off = np.empty(batch, np.int64)
+        rec_len = np.empty(batch, np.int64)
+        wire = np.empty(batch, np.uint32)
+        sec = np.empty(batch, np.int64)
+        usec = np.empty(batch, np.int64)
+        ts = np.empty(batch, np.float64)
+        nxt = walker.next_batch
+        while True:
+            n = nxt(buf, frame_off, frame_len, rec_off, rec_len, wire, sec, usec, ts)
+            if n == 0:
+                break
+            self.packets_read += n
+            if n == batch:
+                yield buf, frame_off, frame_len, ts, (src, rec_off, rec_len, wire, sec, usec, None)
+            else:
+                yield buf, frame_off[:n], frame_len[:n], ts[:n], (
+                    src, rec_off[:n], rec_len[:n], wire[:n], sec[:n], usec[:n], None)
+        self.usec_carried += walker.usec_carried
+        self.out_of_range += walker.out_of_range
+        if walker.kind is not None:
+            self.read_error = walker.error
+            self.read_stop = (walker.kind, walker.at)
 
     def _clock(self, tss):
         """(float seconds for the pipeline, pcap seconds, pcap microseconds) of a batch."""
@@ -392,15 +444,15 @@ class Replay:
             raise
         return files
 
-    def _write_outputs(self, files, buf, out, rec):
-        rec_off, rec_len, wire, sec, usec, restore = rec
+    def _write_outputs(self, files, out, rec):
+        src, rec_off, rec_len, wire, sec, usec, restore = rec
         if restore is not None:
             restore()
         n = len(out)
         hdr = np.empty((n, 4), dtype="<u4")
         hdr[:, 0], hdr[:, 1], hdr[:, 2], hdr[:, 3] = sec, usec, rec_len, wire
         hb = hdr.tobytes()
-        mv = memoryview(buf)
+        mv = memoryview(src)
         dropped = len(files) - 1
         if n and int(rec_len.max()) > OUT_SNAPLEN:    # rare: only the files that get one
             dest = np.where(out >= 0, out, np.where(out == DROP, dropped, -1))
@@ -408,18 +460,23 @@ class Replay:
                 if (rec_len[dest == k] > OUT_SNAPLEN).any():
                     w.snaplen = MAX_CAPLEN
         parts = [[] for _ in files]
-        for i, o, a, ln in zip(range(n), out.tolist(), rec_off.tolist(), rec_len.tolist()):
-            if o >= 0:
-                p = parts[o]
-            elif o == DROP:
-                p = parts[dropped]
-            else:
-                continue  # KERNEL: the host's, not an uplink's
-            p.append(hb[16 * i:16 * i + 16])
-            p.append(mv[a:a + ln])
-        for w, p in zip(files, parts):
-            if p:
-                w.f.write(b"".join(p))
+        p = None
+        try:
+            for i, o, a, ln in zip(range(n), out.tolist(), rec_off.tolist(), rec_len.tolist()):
+                if o >= 0:
+                    p = parts[o]
+                elif o == DROP:
+                    p = parts[dropped]
+                else:
+                    continue  # KERNEL: the host's, not an uplink's
+                p.append(hb[16 * i:16 * i + 16])
+                p.append(mv[a:a + ln])
+            for w, p in zip(files, parts):
+                if p:
+                    w.f.write(b"".join(p))
+        finally:   # src may be the mapped file, closed after the replay: no view may outlive this
+            parts = p = None
+            mv.release()
 
     def _open_flows(self):
         """The --flows file, opened before the replay so a bad path costs nothing."""
@@ -434,16 +491,48 @@ class Replay:
                             "give a writable path, or - for standard output") from None
 
     # -- the run ---------------------------------------------------------------------
+    def _map(self):
+        """(walker, mapping) over the pcap at self.path: the file mapped read-only, or read
+        into memory if it cannot be mapped (mapping None then)."""
+        try:
+            with open(self.path, "rb") as f:
+                try:
+                    mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                except (OSError, ValueError):      # a file system that cannot map it
+                    mapping = None
+                    self.mapped = f.read()
+        except OSError as exc:
+            raise UserError(f"{self.path}: cannot read it ({exc.strerror}); "
+                            "give the path of a readable pcap or pcapng capture") from None
+        try:
+            if mapping is not None:
+                self.mapped = mapping
+            walker = PcapWalk(self.mapped, self.dlt)
+        except ValueError:     # libpcap took it as a pcap, then it changed under us
+            if mapping is not None:
+                mapping.close()
+            raise UserError(f"{self.path}: changed while it was being opened; "
+                            "give a capture that is not being written") from None
+        return walker, mapping
+
     def run(self) -> dict:
         reader, self.fmt = _open(self.path)
         self.dlt = reader.datalink()
+        walker = mapping = None
+        if self.fmt == "pcap":
+            reader.close()
+            walker, mapping = self._map()
         pipe = self.pipeline
-        flows_file = self._open_flows()
         try:
-            writers = self._open_outputs()
+            flows_file = self._open_flows()
+            try:
+                writers = self._open_outputs()
+            except UserError:
+                if flows_file not in (None, sys.stdout):
+                    flows_file.close()
+                raise
         except UserError:
-            if flows_file not in (None, sys.stdout):
-                flows_file.close()
+            self._unmap(walker, mapping)
             raise
         if flows_file is not None:
             pipe.flows.set_export(True)
@@ -451,22 +540,28 @@ class Replay:
         bar = Progress(size, os.path.basename(self.path)) if self.progress else None
         t0 = time.perf_counter()
         try:
-            for buf, offsets, lengths, ts, rec in self.batches(reader):
+            source = self.walk(walker) if walker is not None else self.batches(reader)
+            for buf, offsets, lengths, ts, rec in source:
                 out = pipe.process(buf, offsets, lengths, ts)
                 if writers is not None:
-                    self._write_outputs(writers, buf, out, rec)
+                    self._write_outputs(writers, out, rec)
                 pipe.maybe_expire(float(ts[-1]))
                 if bar is not None:
-                    bar.update(int(rec[1].sum()) + 16 * len(ts), len(ts))
+                    bar.update(int(rec[2].sum()) + 16 * len(ts), len(ts))
         finally:
+            source = rec = None
+            self._unmap(walker, mapping)
             if bar is not None:
                 bar.close()
             if writers is not None:
                 for w in writers:
                     w.close()
         elapsed = time.perf_counter() - t0
-        if self.read_error:   # libpcap stopped early: cut short at the end, or corrupt
-            kind, at = locate_failure(self.path, self.fmt, self.packets_read)
+        if self.read_error:   # stopped early: cut short at the end, or corrupt
+            if self.read_stop is not None:          # the walker knows where and why
+                kind, at = self.read_stop
+            else:                                   # libpcap (pcapng): locate it in the file
+                kind, at = locate_failure(self.path, self.fmt, self.packets_read)
             if kind == "cut":
                 self.truncated = (at, size)
             else:
@@ -481,6 +576,13 @@ class Replay:
                 f"{self.read_error}; the {n} packet{'s' if n != 1 else ''} before it "
                 "were replayed (see the summary), nothing after it was read", summary)
         return summary
+
+    def _unmap(self, walker, mapping):
+        self.mapped = None
+        if walker is not None:
+            walker.release()
+        if mapping is not None:
+            mapping.close()
 
     def summarize(self, elapsed: float) -> dict:
         s = self.pipeline.summary()

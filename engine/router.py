@@ -217,7 +217,8 @@ class Lan(Inside):
 
     def ready_line(self, dp: Datapath) -> str:
         ups = ", ".join(f"{u.name}({u.device})" for u in dp.cfg.uplinks)
-        return (f"forwarding {self.dev} -> {ups}; the kernel leaves transit packets on these "
+        workers = f" ({dp.n_workers} workers)" if getattr(dp, "n_workers", 1) > 1 else ""
+        return (f"forwarding {self.dev} -> {ups}{workers}; the kernel leaves transit packets on these "
                 f"devices to mmr")
 
 

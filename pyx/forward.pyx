@@ -541,6 +541,8 @@ cdef class Forwarder:
         self.pipe.parse_c(base, off, lens, n)
         self.pn[self.n_up] = 0
         how = (RW_MACS | RW_HOP) if self.router else RW_CSUM_GSO
+        if not self.router and self.tun is not None and self.tun.vnet_hdr:
+            how = 0                 # the TUN takes super-frames and their checksum requests
         for i in range(n):
             if out[i] != OUT_ROUTE:
                 if out[i] == OUT_KERNEL:
@@ -584,7 +586,7 @@ cdef class Forwarder:
                         self.cnt[CNT_ICMP_LIMITED] += 1
                 continue
             if vh[i].flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
-                if vh[i].gso_type == VIRTIO_NET_HDR_GSO_NONE or not self.router:
+                if vh[i].gso_type == VIRTIO_NET_HDR_GSO_NONE or how & RW_CSUM_GSO:
                     self.cnt[CNT_CSUM_FINISHED] += 1
                 else:
                     self.cnt[CNT_SUPER_FRAMES] += 1
@@ -684,10 +686,11 @@ cdef class Forwarder:
                     now = wall()
                     for k in range(n):
                         self.now_c[k] = now
-                    memset(self.zero_vh, 0, n * sizeof(virtio_net_hdr))
                     self.cnt[CNT_RX_INSIDE] += n
-                    self.outbound_c(tun.buf, tun.off, tun.lens, self.zero_vh, self.now_c, NULL, n)
-            base, off, lens, vh = tun.buf, tun.off, tun.lens, self.zero_vh
+                    # tun.vh: the TUN's virtio-net headers in the packet socket's convention
+                    # (zeros without IFF_VNET_HDR): super-frames go out whole, segmented by the kernel
+                    self.outbound_c(tun.buf, tun.off, tun.lens, tun.vh, self.now_c, NULL, n)
+            base, off, lens, vh = tun.buf, tun.off, tun.lens, tun.vh
         else:
             return 0
         if n:
@@ -730,7 +733,7 @@ cdef class Forwarder:
                         for i in range(m):
                             j = self.pidx[self.n_up * self.cap + i]
                             l3[j] = 14
-                        k = self.tun.write_c(ring.base, ring.off, ring.lens, l3,
+                        k = self.tun.write_c(ring.base, ring.off, ring.lens, l3, ring.vh,
                                              self.pidx + self.n_up * self.cap, m)
                     self.cnt[CNT_TX_INSIDE] += k
                     self.cnt[CNT_TX_ERRORS] += m - k
@@ -764,8 +767,8 @@ cdef class Forwarder:
             elif self.tun is not None and self.tun_ready:
                 self.tun_ready = False
                 k += self.step_inside()
-                if k >= self.cap:
-                    self.tun_ready = True          # a full batch: more is waiting
+                if k >= self.cap or self.tun.more:
+                    self.tun_ready = True          # a full batch (or buffer): more is waiting
             for u in range(self.n_up):
                 if self.up_rx[u] is not None and (<RxRing>self.up_rx[u]).ready_c():
                     k += self.step_uplink(u)

@@ -1,6 +1,7 @@
 """Hostile captures: the regression corpus (tests/corpus/captures/) through the CLI, and the
 capture fuzzer (tests/fuzz/fuzz_captures.py) for MMR_FUZZ_SECONDS (default 5 here; CI may
-set more).  Every capture ends in a summary or in one sentence with exit status 2, never in
+set more), which also holds the compiled pcap walker to its reference on every input that
+starts like a pcap (tests/test_pcapwalk.py has the property tests).  Every capture ends in a summary or in one sentence with exit status 2, never in
 a traceback or an "internal error".
 
 The corpus file names say what each must give now:
@@ -89,6 +90,7 @@ def test_capture_fuzz():
     print(f"captures fuzzed: {counts}")
     assert counts["failures"] == 0 and counts["inputs"] > 100 * min(SECONDS, 10)
     assert counts["summary"] > 0 and counts["corrupt"] > 0 and counts["user-error"] > 0
+    assert counts["walked"] > counts["inputs"] // 4      # compiled walker vs its reference
 
 
 def test_capture_fuzzer_keeps_what_escapes(tmp_path, monkeypatch):

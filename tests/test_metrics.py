@@ -47,7 +47,8 @@ def engine(cfg, table):
         conn=mock.MagicMock(**{"status.return_value": status(cfg)}),
         pipe=mock.MagicMock(flows=list(range(5))), control=mock.MagicMock(),
         inside=mock.MagicMock(default_policy="default.toml"),
-        fw=types.SimpleNamespace(lan_net=np.zeros((16, 17), np.uint8), set_strip=lambda cfg: None))
+        fw=types.SimpleNamespace(lan_net=np.zeros((16, 17), np.uint8), set_strip=lambda cfg: None),
+        workers=[], n_flows=lambda: 5, _conn_views=lambda: (None, None), _tables_changed=lambda: None)
 
 
 def render(snapshot) -> dict:

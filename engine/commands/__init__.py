@@ -20,6 +20,10 @@ def register_engine(sub, name: str, helptext: str, description: str, epilog: str
     p = sub.add_parser(name, help=helptext, description=description, epilog=epilog,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_loop_options(p, what)
+    if mode == "router":
+        p.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="forwarding threads, 1 to 64 (default: [engine] workers, else the CPUs "
+                            "mmr may use, at most the smallest RX queue count of its devices)")
     p.set_defaults(func=lambda args: run_engine(args, mode))
 
 
@@ -37,5 +41,10 @@ def run_engine(args, mode: str) -> int:
     if args.stats_interval < 0 or args.stats_interval != args.stats_interval:
         from engine.errors import UserError
         raise UserError(f"--stats-interval {args.stats_interval}: use 0 (no summary) or a positive number of seconds")
-    Engine(cfg, batch=args.batch, stats_interval=args.stats_interval, log_level=args.log_level).run(args.duration)
+    workers = getattr(args, "workers", None)
+    if workers is not None and not 1 <= workers <= 64:
+        from engine.errors import UserError
+        raise UserError(f"--workers {workers}: use 1 to 64 forwarding threads")
+    kw = {"workers": workers} if workers is not None else {}
+    Engine(cfg, batch=args.batch, stats_interval=args.stats_interval, log_level=args.log_level, **kw).run(args.duration)
     return 0

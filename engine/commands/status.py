@@ -237,6 +237,9 @@ def status(args) -> int:
         print(line)
     for m in ans["failovers"][-5:]:
         print(f"failover: {cell(m['uplink'])} ({m['reason']}): {m['flows']} flows moved in {m['rebind_ms']} ms")
+    if len(ans.get("workers", [])) > 1:
+        for w in ans["workers"]:
+            print(f"worker {w['worker']}: " + " ".join(f"{k}={v}" for k, v in w.items() if k != "worker"))
     drops = {k: v for k, v in ans["drops"].items() if v}
     print("counters: " + " ".join(f"{k}={v}" for k, v in ans["counters"].items() if k not in ans["drops"]))
     print("drops: " + (" ".join(f"{k}={v}" for k, v in drops.items()) or "none"))

@@ -2,7 +2,11 @@
 Ethernet, Linux cooked SLL/SLL2, raw IP; micro- and nanosecond) and of every file in
 tests/corpus/captures/ is replayed in-process, as 'mmr replay FILE --out DIR --flows CSV'
 does, and must end in a summary or in one UserError of one sentence, within a second;
-nothing else may escape (a traceback, a hang, a several-line error).
+nothing else may escape (a traceback, a hang, a several-line error).  Every input that
+starts like a classic pcap is also walked by the compiled walker replay uses
+(engine._pcapwalk) and by its reference (engine/ref/pcapwalk.py), for a random link type,
+batch and buffer size: the batches (frames, offsets, lengths, times), the counts and where
+and why each stopped must be the same ("mismatch" is a failure like any other).
 
     python3 tests/fuzz/fuzz_captures.py SECONDS [SEED]     # prints one JSON line of counts
 
@@ -22,7 +26,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
 sys.path.insert(0, HERE)
 
+import numpy as np  # noqa: E402
+
+from engine import _pcapwalk  # noqa: E402
 from engine.config import load_config  # noqa: E402
+from engine.ref import pcapwalk as ref_pcapwalk  # noqa: E402
 from engine.errors import UserError  # noqa: E402
 from engine.replay import CorruptCapture, Replay, format_summary  # noqa: E402
 from mutate import mutate  # noqa: E402
@@ -97,7 +105,59 @@ def mutate_capture(data: bytes, rng: random.Random, pool: list[bytes]) -> bytes:
     return bytes(b)
 
 
-def check(data: bytes, workdir: str, cfg, batch: int) -> str:
+PCAP_MAGICS = {struct.pack("<I", m) for m in ref_pcapwalk.MAGICS}
+DLTS = (1, 113, 276, 12, 14, 101, 228, 229)
+ARRAY_TYPES = (np.int64, np.uint32, np.int64, np.int64, np.uint32, np.int64, np.int64, np.float64)
+
+
+def walk_all(cls, data, dlt: int, batch: int, room: int):
+    """Every batch a walker gives over ``data`` (frames as bytes, the arrays as lists) and
+    its state at the end; AssertionError if it does not end within one call per record."""
+    w = cls(data, dlt)
+    buf = np.empty(room, np.uint8)
+    arrays = [np.empty(batch, t) for t in ARRAY_TYPES]
+    batches = []
+    for _ in range(len(data) // 16 + 3):
+        n = w.next_batch(buf, *arrays)
+        if n == 0:
+            break
+        off, ln = arrays[0][:n].tolist(), arrays[1][:n].tolist()
+        assert all(0 <= o and o + k <= room for o, k in zip(off, ln))
+        frames = [bytes(buf[o:o + k]) for o, k in zip(off, ln)]
+        batches.append((frames,) + tuple(a[:n].tolist() for a in arrays))
+    else:
+        raise AssertionError(f"{cls.__module__}: the walk did not end")
+    state = (w.kind, w.at, w.error, w.packets, w.usec_carried, w.out_of_range, w.done)
+    w.release()
+    return batches, state
+
+
+def walkers_agree(data: bytes, dlt: int, batch: int, room: int = _pcapwalk.FRAME_ROOM):
+    """The compiled walker and its reference give the same batches and end the same way
+    (or both refuse the bytes as not a pcap); returns the reference's state."""
+    try:
+        want = walk_all(ref_pcapwalk.PcapWalk, data, dlt, batch, room)
+    except ValueError as exc:
+        try:
+            walk_all(_pcapwalk.PcapWalk, data, dlt, batch, room)
+        except ValueError as got:
+            assert str(got) == str(exc), (got, exc)
+            return None
+        raise AssertionError(f"the reference refused it ({exc}), the compiled walker did not")
+    got = walk_all(_pcapwalk.PcapWalk, data, dlt, batch, room)
+    if got != want:
+        raise AssertionError(f"mismatch with the reference walker: {got[1]} vs {want[1]}, "
+                             f"{len(got[0])} vs {len(want[0])} batches")
+    return want[1]
+
+
+def check(data: bytes, workdir: str, cfg, batch: int, counts=None) -> str:
+    if data[:4] in PCAP_MAGICS:
+        r = random.Random(data)
+        walkers_agree(data, r.choice(DLTS), batch,
+                      r.choice((_pcapwalk.FRAME_ROOM, _pcapwalk.FRAME_ROOM + 1000, 1 << 20)))
+        if counts is not None:
+            counts["walked"] += 1
     path = os.path.join(workdir, "in.pcap")
     with open(path, "wb") as f:
         f.write(data)
@@ -131,7 +191,8 @@ def main(seconds: float, seed: int = 1) -> int:
     cfg = load_config(None)
     cfg.flow_capacity = 256            # small: eviction happens, and a Pipeline is quick to build
     rng = random.Random(seed)
-    counts = {"inputs": 0, "summary": 0, "corrupt": 0, "user-error": 0, "failures": 0}
+    counts = {"inputs": 0, "summary": 0, "corrupt": 0, "user-error": 0, "failures": 0,
+              "walked": 0}
     workdir = tempfile.mkdtemp(prefix="mmr-fuzz-captures-")
     end = time.monotonic() + seconds
     try:
@@ -139,7 +200,7 @@ def main(seconds: float, seed: int = 1) -> int:
             data = mutate_capture(rng.choice(pool), rng, pool)
             counts["inputs"] += 1
             try:
-                counts[check(data, workdir, cfg, rng.choice((1, 3, 64, 256)))] += 1
+                counts[check(data, workdir, cfg, rng.choice((1, 3, 64, 256)), counts)] += 1
             except Exception as exc:             # anything else is a bug: keep the input
                 counts["failures"] += 1
                 n = 1
