@@ -38,6 +38,7 @@ from engine._pipeline import Pipeline
 from engine.connmgr import ConnectionManager
 from engine.control import ControlServer
 from engine.errors import UserError
+from engine.translate import Translation
 from engine.guard import KernelGuard
 from engine.icmperr import packet_too_big, parameter_problem, time_exceeded
 from engine.log import Log
@@ -196,6 +197,7 @@ class Datapath:
             # a second time (tests/test_rfc8200.py::test_live_parameter_problem_reaches_mn)
             self.fw.param_problems = False
             self.counters = self.fw.counters          # the one table (engine/counters.py)
+            self.translation = Translation(cfg, self.fw, inside.router, self.log)
             for u, up in enumerate(cfg.uplinks):
                 link = self.state.link(up.device)
                 self.fw.up_mac[u] = list(link.mac[:6])
@@ -530,6 +532,7 @@ class Datapath:
 
     def _housekeeping(self) -> None:
         self._follow_gateways()
+        self.translation.expire()
         self.pipe.expire(time.time())
         self._read_ring_drops()
         stale = time.monotonic() - 10
@@ -635,7 +638,8 @@ class Datapath:
             return {"ok": True, "policy": self.cfg.path, "uptime_s": round(time.time() - self.started, 1),
                     "reloads": self.reloads, "flows": snap["flows"], "uplinks": snap["uplinks"],
                     "failovers": self.conn.moves, "moved_flows": self.conn.moved_flows,
-                    "mode": self.mode, "counters": snap["counters"], "drops": snap["drops"]}
+                    "mode": self.mode, "counters": snap["counters"], "drops": snap["drops"],
+                    "translation": self.translation.status()}
         if cmd == "flows":
             from engine.replay import address_text
 
