@@ -67,6 +67,9 @@ def mac_bytes(text: str) -> bytes:
     return bytes.fromhex(text.replace(":", ""))
 
 
+L3_NEXT_HOP = bytes.fromhex("020000000000")     # an L3 uplink's "next hop known" placeholder
+
+
 class Poller:
     """The engine's descriptors: side ones (netlink, probes, control) with a callback each,
     then the sources (rings, TUN), as the struct pollfd array Forwarder.run() waits on."""
@@ -161,7 +164,7 @@ class Datapath:
 
     def __init__(self, cfg, inside, batch: int = 256, stats_interval: float = 60.0, stream=None,
                  spin_us: float | None = None, resolve_wait: float = 3.0, log_level: str = "info"):
-        from engine._ring import RxRing, TxSocket
+        from engine._ring import ARPHRD_ETHER, RxRing, TxSocket, link_type
 
         if batch < 1 or batch > 4096:
             raise UserError(f"--batch {batch}: use 1 to 4096 frames per batch (default 256)")
@@ -200,7 +203,8 @@ class Datapath:
             self.translation = Translation(cfg, self.fw, inside.router, self.log)
             for u, up in enumerate(cfg.uplinks):
                 link = self.state.link(up.device)
-                self.fw.up_mac[u] = list(link.mac[:6])
+                if len(link.mac) == 6:               # an L3 device (PPP, raw IP, TUN) has none
+                    self.fw.up_mac[u] = list(link.mac)
                 self.fw.up_mtu[u] = link.mtu
             inside.open(self, batch)
             self.up_rx: list = [None] * self.n_up
@@ -209,7 +213,10 @@ class Datapath:
                 self.up_rx[u] = RxRing(up.device, frames=cfg.ring_frames, mtu=self.state.link(up.device).mtu,
                                        capacity=batch)
                 self.closables.append(self.up_rx[u])
-                self.up_tx[u] = TxSocket(up.device, qdisc_bypass=up.qdisc_bypass)
+                # an L3 device (TUN, PPP, raw IP) has no segmentation offload: super-frames must
+                # pass its qdisc layer, where the kernel segments them (a bypass would drop them)
+                self.up_tx[u] = TxSocket(up.device, qdisc_bypass=up.qdisc_bypass and
+                                         link_type(up.device) == ARPHRD_ETHER)
                 self.closables.append(self.up_tx[u])
             self.fw.attach(up_rx=self.up_rx, up_tx=self.up_tx)
             self.prompted: dict[tuple[str, bytes], float] = {}
@@ -260,6 +267,11 @@ class Datapath:
         error."""
         pending = []
         for u, up in enumerate(self.cfg.uplinks):
+            if self.up_tx[u] is not None and self.up_tx[u].l3:
+                # a point-to-point device without a link header: the next hop needs no MAC
+                # (the placeholder only says "known"; the socket leaves the header out)
+                self.fw.gw_mac[u] = list(L3_NEXT_HOP)
+                continue
             if up.gateway_mac:
                 self.fw.gw_mac[u] = list(mac_bytes(up.gateway_mac))
                 continue
@@ -293,7 +305,7 @@ class Datapath:
     def _learn_gateway(self, u: int) -> bool:
         """Take uplink u's gateway MAC from the state; True when it is known."""
         up = self.cfg.uplinks[u]
-        if up.gateway_mac or self.gw_addr[u] is None:
+        if up.gateway_mac or self.gw_addr[u] is None or (self.up_tx[u] is not None and self.up_tx[u].l3):
             return bool(self.fw.gw_mac[u].any())
         idx = self.state.index(up.device)
         mac = None if idx is None else self.state.neighbour(idx, self.gw_addr[u])

@@ -14,17 +14,25 @@ from netlab import in_ns, make_testbed, peer, running_mmr, start_peer
 
 pytestmark = pytest.mark.privileged
 
-POLICY = """[engine]
-lan = "lan0"
-{engine}
-
+UPLINKS = {
+    "isp1": """
 [[uplink]]
 name = "isp1"
 device = "up1"
 gateway = "198.18.1.1"
 nat6 = "npt"
 npt_prefix = "2001:db8:a1:100::/64"
-"""
+""",
+    # ISP2 over the L3 device: no gateway, no MAC, a point-to-point link
+    "isp2": """
+[[uplink]]
+name = "isp2"
+device = "up2"
+nat6 = "npt"
+npt_prefix = "2001:db8:a2:100::/64"
+probe_targets = ["198.18.2.1"]
+""",
+}
 CN4 = "::ffff:" + ISP_CN_ADDR4
 
 
@@ -34,9 +42,9 @@ def bed():
         yield tb
 
 
-def policy(tmp_path, engine=""):
+def policy(tmp_path, engine="", uplinks=("isp1",), extra=""):
     p = tmp_path / "isp.toml"
-    p.write_text(POLICY.format(engine=engine))
+    p.write_text('[engine]\nlan = "lan0"\n' + engine + "\n" + "".join(UPLINKS[u] for u in uplinks) + extra)
     return str(p)
 
 
@@ -51,10 +59,12 @@ def running(tb, path):
     return running_mmr(tb, "mmr", "run", "forwarding", "--config", path)
 
 
-def test_the_private_lan_reaches_cn_through_both_translations(bed, tmp_path):
-    with running(bed, policy(tmp_path)) as (_, lines):
+@pytest.mark.parametrize("isp", ["isp1", "isp2"], ids=["ethernet-uplink", "l3-uplink"])
+def test_the_private_lan_reaches_cn_through_both_translations(bed, tmp_path, isp):
+    k = isp[-1]
+    with running(bed, policy(tmp_path, uplinks=(isp,))) as (_, lines):
         text = "".join(lines)
-        assert "translates IPv4 to 198.18.1.2" in text and "maps fd00:1::/64 to 2001:db8:a1:100::/64" in text
+        assert f"translates IPv4 to 198.18.{k}.2" in text and f"maps fd00:1::/64 to 2001:db8:a{k}:100::/64" in text
         assert peer(bed, "mn", "reach", ISP_CN_ADDR4, "2").returncode == 0
         assert peer(bed, "mn", "reach", CN_ADDR, "2").returncode == 0
         for dst, port in ((CN4, 7001), (CN_ADDR, 7002)):
@@ -64,13 +74,15 @@ def test_the_private_lan_reaches_cn_through_both_translations(bed, tmp_path):
             srv.wait()
             assert json.loads(r.stdout)["answered"] == 20, (dst, r.stdout, r.stderr)
         st = status(bed)["translation"]
-        assert st["uplinks"]["isp1"]["address"] == "198.18.1.2" and st["mappings"] >= 2
+        assert st["uplinks"][isp]["address"] == f"198.18.{k}.2" and st["mappings"] >= 2
 
 
+@pytest.mark.parametrize("isp", ["isp1", "isp2"], ids=["ethernet-uplink", "l3-uplink"])
 @pytest.mark.parametrize("dst", [CN4, CN_ADDR], ids=["ipv4-napt", "ipv6-npt"])
-def test_tcp_both_ways_every_byte(bed, tmp_path, dst):
-    """2 MB up (hash-checked by CN) and 2 MB down on a connection MN opened."""
-    with running(bed, policy(tmp_path)):
+def test_tcp_both_ways_every_byte(bed, tmp_path, dst, isp):
+    """2 MB up (hash-checked by CN) and 2 MB down on a connection MN opened; over the L3
+    uplink the super-frames go through its qdisc layer, where the kernel segments them."""
+    with running(bed, policy(tmp_path, uplinks=(isp,))):
         sink = start_peer(bed, "cn", "tcp-sink", 7101)
         r = peer(bed, "mn", "tcp-send", dst, 7101, 2_000_000, timeout=60)
         sink.kill()
@@ -179,3 +191,30 @@ def test_an_address_change_is_followed(bed, tmp_path):
             bed.run("mmr", "ip", "addr", "add", "198.18.1.2/24", "dev", "up1", check=False)
             for rt in ISP.routes["mmr"]:
                 bed.run("mmr", "ip", *rt, check=False)
+
+
+def test_failover_moves_a_translated_flow_and_udp_goes_on(bed, tmp_path):
+    """Both ISPs, the flow on ISP1; ISP1's link goes down: the flow moves to ISP2 (the L3
+    uplink), its translation changes (counted as moved), and the UDP exchange goes on."""
+    pin = '\n[[rule]]\nproto = "udp"\ndport = 7401\npreference = 1\n'
+    with running(bed, policy(tmp_path, uplinks=("isp1", "isp2"), extra=pin)):
+        srv = start_peer(bed, "cn", "echo-server", 7401, 12, CN4)
+        client = subprocess.Popen(in_ns(bed, "mn", "python3", "-m", "engine.peers", "echo-client", CN4, 7401, 200),
+                                  stdout=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        first = {f["uplink"] for f in json.loads(subprocess.run(
+            in_ns(bed, "mmr", "python3", "-m", "engine", "flows", "--json"), capture_output=True, text=True,
+            timeout=30).stdout)["flows"] if f["dport"] == 7401}
+        down = "up1" if first == {"isp1"} else "up2"
+        bed.run("mmr", "ip", "link", "set", down, "down")
+        try:
+            out, _ = client.communicate(timeout=30)
+        finally:
+            bed.run("mmr", "ip", "link", "set", down, "up")
+            for rt in ISP.routes["mmr"]:
+                bed.run("mmr", "ip", *rt, check=False)
+            srv.kill()
+            srv.wait()
+        r = json.loads(out)
+        assert r["answered"] >= 150, (first, r)              # a short gap while the link goes
+        assert status(bed)["translation"]["moved"] >= 1
