@@ -60,7 +60,8 @@ ENGINE_KEYS = {
 UPLINK_KEYS = {
     "name": Key("str", hint='a short unique name such as "ar1"'),
     "device": Key("device", hint='the uplink device such as "up1"'),
-    "gateway": Key("addr", optional=True, hint='the next hop address such as "fe80::1"'),
+    "gateway": Key("str", "auto", hint='"auto" (the next hop of the kernel\'s default route on the device: '
+                                       'DHCP, RA, PPP) or an address such as "fe80::1"'),
     "gateway_mac": Key("mac", optional=True, hint='a MAC such as "02:00:00:00:00:01"'),
     "bandwidth_mbps": Key("float", 0.0, 0, 1e7, hint="megabits per second, >= 0"),
     "loss": Key("float", 0.0, 0, 1, hint="a loss rate between 0 and 1"),
@@ -610,6 +611,14 @@ class _Loader:
                          "use a different device for the uplink or for engine.lan")
             names[v["name"]] = i
             devs[v["device"]] = i
+            if v["gateway"] == "auto" or v["gateway_mac"]:
+                v["gateway"] = None if v["gateway"] == "auto" else v["gateway"]
+            if v["gateway"] is not None:
+                try:
+                    v["gateway"] = str(ipaddress.ip_address(v["gateway"].split("%")[0]))
+                except ValueError:
+                    self.err(f"{where}.gateway", f"{_short(v['gateway'])} is not an IPv6 or IPv4 address",
+                             'write "auto" or the next hop address such as "fe80::1"')
             chars = {cname: float(v[key]) for cname, key, _ in C.CHARACTERISTICS}
             metric = v["metric"] if v["metric"] is not None else i
             targets = v["probe_targets"] if v["probe_targets"] is not None else (

@@ -223,6 +223,12 @@ class Datapath:
             self.truncated_seen: dict[int, int] = {}
             self.sent_before = [(0, 0)] * self.n_up
             self.gw_addr = [ipaddress.ip_address(u.gateway).packed if u.gateway else None for u in cfg.uplinks]
+            # gateway = "auto": the next hop of the kernel's default route on the device
+            self.gw_auto = [not u.gateway and not u.gateway_mac and not self.up_tx[k].l3
+                            for k, u in enumerate(cfg.uplinks)]
+            for u in range(self.n_up):
+                if self.gw_auto[u] and self.up_index[u] is not None:
+                    self.gw_addr[u] = self.state.default_gateway(self.up_index[u])
             self._resolve_gateways(resolve_wait)
             self.inside.tables(self)
             self.conn = ConnectionManager(cfg, self.pipe.selector, self.pipe.flows, self.state,
@@ -275,13 +281,15 @@ class Datapath:
             if up.gateway_mac:
                 self.fw.gw_mac[u] = list(mac_bytes(up.gateway_mac))
                 continue
-            if not up.gateway:
-                raise UserError(f"uplink {up.name!r} has neither gateway nor gateway_mac; add "
-                                f"gateway = \"<next hop address>\" to its [[uplink]] table")
+            if self.gw_addr[u] is None:
+                self.log.warning(f"uplink {up.name} ({up.device}): no default route through it yet "
+                                 f"(gateway = \"auto\"); it carries flows once DHCP, an RA or PPP gives one "
+                                 f"(or set gateway)")
+                continue
             link = self.state.link(up.device)
             if not link.up:
                 self.log.warning(f"uplink {up.name} ({up.device}) is down at start; it will carry "
-                         f"flows once it is up and its gateway {up.gateway} answers")
+                         f"flows once it is up and its gateway {ipaddress.ip_address(self.gw_addr[u])} answers")
                 continue
             pending.append(u)
         deadline = time.monotonic() + wait
@@ -295,7 +303,8 @@ class Datapath:
                 break
             if time.monotonic() > deadline:
                 up = self.cfg.uplinks[pending[0]]
-                raise UserError(f"gateway {up.gateway} of uplink {up.name!r} does not answer neighbour "
+                raise UserError(f"gateway {ipaddress.ip_address(self.gw_addr[pending[0]])} of uplink {up.name!r} "
+                                f"does not answer neighbour "
                                 f"discovery on {up.device}; check the link and the address, or set "
                                 f"gateway_mac")
             select.select([self.netlink.fileno()], [], [], 0.05)
@@ -318,6 +327,27 @@ class Datapath:
                 self.log(f"gateway of {up.name} is now {mac_text(mac)}")
         return True
 
+    def _follow_auto_gateways(self) -> bool:
+        """gateway = "auto": a new default route (DHCP renew, another RA router, a PPP peer)
+        gives a new next hop; its MAC is learned again.  True if one changed."""
+        changed = False
+        for u, up in enumerate(self.cfg.uplinks):
+            if not self.gw_auto[u] or self.up_index[u] is None:
+                continue
+            gw = self.state.default_gateway(self.up_index[u])
+            if gw == self.gw_addr[u]:
+                continue
+            self.gw_addr[u] = gw
+            self.fw.gw_mac[u] = 0
+            changed = True
+            if gw is None:
+                self.log.warning(f"uplink {up.name}: its default route is gone; no next hop until another comes")
+            else:
+                self.log(f"uplink {up.name}: next hop {ipaddress.ip_address(gw)} (the kernel's default route)")
+                if not self._learn_gateway(u):
+                    self._prompt(up.device, gw)
+        return changed
+
     def next_hop_known(self) -> np.ndarray:
         return np.array([bool(self.fw.gw_mac[u].any()) and self.up_rx[u] is not None
                          for u in range(self.n_up)], bool)
@@ -333,6 +363,7 @@ class Datapath:
     # ------------------------------------------------------------------ netlink
     def _netlink_events(self, revents: int) -> None:
         links = gateways = False
+        known_before = self.next_hop_known()
         for ev in self.netlink.read():
             kind = ev[0]
             if kind == "neigh":
@@ -342,6 +373,7 @@ class Datapath:
                     gateways = True
             elif kind == "route":
                 self.inside.link_event(self, ev)
+                gateways = self._follow_auto_gateways() or gateways
             elif kind in ("link", "addr", "resync"):
                 links = True
                 link = self.state.links.get(ev[1]) if kind == "link" else None
@@ -357,7 +389,7 @@ class Datapath:
                     self._uplink_gone(self.up_index.index(ev[1]))
                 self.inside.link_event(self, ev)
         if gateways:
-            before = self.next_hop_known()
+            before = known_before
             for u in range(self.n_up):
                 if not self._learn_gateway(u) and self.fw.gw_mac[u].any() and not self.cfg.uplinks[u].gateway_mac:
                     idx = self.up_index[u]
@@ -651,7 +683,10 @@ class Datapath:
                     "reloads": self.reloads, "flows": snap["flows"], "uplinks": snap["uplinks"],
                     "failovers": self.conn.moves, "moved_flows": self.conn.moved_flows,
                     "mode": self.mode, "counters": snap["counters"], "drops": snap["drops"],
-                    "translation": self.translation.status()}
+                    "translation": self.translation.status(),
+                    "next_hops": {u.name: (str(ipaddress.ip_address(self.gw_addr[k])) if self.gw_addr[k] else
+                                           ("point-to-point" if self.up_tx[k] is not None and self.up_tx[k].l3
+                                            else None)) for k, u in enumerate(self.cfg.uplinks)}}
         if cmd == "flows":
             from engine.replay import address_text
 

@@ -14,12 +14,12 @@ from netlab import in_ns, make_testbed, peer, running_mmr, start_peer
 
 pytestmark = pytest.mark.privileged
 
-UPLINKS = {
+UPLINKS = {                     # the gateway of ISP1 learned (gateway = "auto", the default)
     "isp1": """
 [[uplink]]
 name = "isp1"
 device = "up1"
-gateway = "198.18.1.1"
+probe_targets = ["198.18.1.1"]
 nat6 = "npt"
 npt_prefix = "2001:db8:a1:100::/64"
 """,
@@ -218,3 +218,38 @@ def test_failover_moves_a_translated_flow_and_udp_goes_on(bed, tmp_path):
         r = json.loads(out)
         assert r["answered"] >= 150, (first, r)              # a short gap while the link goes
         assert status(bed)["translation"]["moved"] >= 1
+
+
+def next_hop_becomes(tb, want, seconds=5.0):
+    end = time.monotonic() + seconds
+    while status(tb)["next_hops"]["isp1"] != want:
+        assert time.monotonic() < end, status(tb)["next_hops"]
+        time.sleep(0.1)
+
+
+def test_the_gateway_is_learned_and_followed(bed, tmp_path):
+    """gateway = "auto": ISP1's next hop is the kernel's default route on up1; when the route
+    changes (another router on the link, as DHCP or an RA would say), mmr follows it; when it
+    goes, ISP1 stops carrying flows, and it carries them again once a route is back."""
+    with running(bed, policy(tmp_path)):
+        assert status(bed)["next_hops"]["isp1"] == "2001:db8:a1::1"
+        assert peer(bed, "mn", "reach", CN_ADDR, "2").returncode == 0
+        bed.run("isp1", "ip", "-6", "addr", "add", "2001:db8:a1::5/64", "dev", "eth0", "nodad")
+        try:
+            bed.run("mmr", "ip", "-6", "route", "replace", "default", "via", "2001:db8:a1::5", "dev", "up1",
+                    "metric", "100")
+            next_hop_becomes(bed, "2001:db8:a1::5")
+            assert peer(bed, "mn", "reach", CN_ADDR, "2").returncode == 0
+            bed.run("mmr", "ip", "-6", "route", "del", "default", "via", "2001:db8:a1::5", "dev", "up1",
+                    "metric", "100")
+            bed.run("mmr", "ip", "-4", "route", "del", "default", "via", "198.18.1.1", "dev", "up1", "metric", "100")
+            next_hop_becomes(bed, None)
+            assert peer(bed, "mn", "reach", ISP_CN_ADDR4, "1").returncode != 0
+        finally:
+            for rt in ISP.routes["mmr"]:
+                bed.run("mmr", "ip", *rt, check=False)
+            bed.run("isp1", "ip", "-6", "addr", "del", "2001:db8:a1::5/64", "dev", "eth0", check=False)
+        next_hop_becomes(bed, "2001:db8:a1::1")
+        deadline = time.monotonic() + 5
+        while peer(bed, "mn", "reach", ISP_CN_ADDR4, "1").returncode != 0:
+            assert time.monotonic() < deadline
