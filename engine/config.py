@@ -50,6 +50,9 @@ ENGINE_KEYS = {
     "busy_poll_ms": Key("float", 1000.0, 0, 60000,
                         hint="milliseconds mmr keeps polling after the last frame before it sleeps, "
                              "e.g. 1000 (0: sleep at once; saves a core, costs latency)"),
+    "nat_ports": Key("str", "auto", hint='the ports translated flows take on the uplinks\' addresses: "auto" '
+                                         '(1024-65535 without the kernel\'s ip_local_port_range) or a range such '
+                                         'as "20000-29999"'),
     "ring_frames": Key("int", 8192, 256, 1 << 20,
                        hint="frames a receive ring holds per device, e.g. 8192 (2 KiB each at MTU 1500)"),
     "workers": Key("int", None, 1, 64, optional=True,
@@ -60,7 +63,8 @@ ENGINE_KEYS = {
 UPLINK_KEYS = {
     "name": Key("str", hint='a short unique name such as "ar1"'),
     "device": Key("device", hint='the uplink device such as "up1"'),
-    "gateway": Key("addr", optional=True, hint='the next hop address such as "fe80::1"'),
+    "gateway": Key("str", "auto", hint='"auto" (the next hop of the kernel\'s default route on the device: '
+                                       'DHCP, RA, PPP) or an address such as "fe80::1"'),
     "gateway_mac": Key("mac", optional=True, hint='a MAC such as "02:00:00:00:00:01"'),
     "bandwidth_mbps": Key("float", 0.0, 0, 1e7, hint="megabits per second, >= 0"),
     "loss": Key("float", 0.0, 0, 1, hint="a loss rate between 0 and 1"),
@@ -83,7 +87,14 @@ UPLINK_KEYS = {
                        hint="how many of the uplink's probe targets must answer for a probe round to count, e.g. 1"),
     "strip_option": Key("bool", False, hint="true (the traffic control option is removed before a packet "
                                             "leaves on this uplink: the edge of the option's domain) or false"),
+    "nat": Key("str", "auto", hint='"auto" (translate IPv4 sources in private space: RFC 1918, 100.64/10), '
+                                   '"masquerade" (every IPv4 source) or "none"'),
+    "nat6": Key("str", "none", hint='"npt" (RFC 6296 prefix translation to npt_prefix) or "none"'),
+    "npt_prefix": Key("str", None, optional=True,
+                      hint='the prefix the LAN\'s IPv6 prefix maps to, routed to this router by the ISP '
+                           '(e.g. a delegated "2001:db8:a1:100::/64"), as long as the LAN prefix'),
 }
+NAT_MODES = {"none": 0, "auto": 1, "masquerade": 2}
 
 # The connection manager (engine/connmgr.py): link state, probes, failover, control socket.
 MONITOR_KEYS = {
@@ -200,6 +211,9 @@ class Uplink:
     overrides: dict = field(default_factory=dict)          # [monitor] keys this [[uplink]] sets itself
     monitor: dict = field(default_factory=dict)            # its effective probe/degraded/hook settings
     strip_option: bool = False                             # remove the traffic control option on the way out
+    nat: str = "auto"                                      # IPv4 source translation: auto, masquerade, none
+    nat6: str = "none"                                     # IPv6: npt or none
+    npt_prefix: ipaddress.IPv6Network | None = None
 
 
 @dataclass
@@ -231,6 +245,7 @@ class Config:
     lan: str = "lan0"
     lan_prefixes: list = field(default_factory=list)
     lan_prefixes_learned: bool = False      # none configured: the LAN device's own, followed
+    nat_ports: str | tuple | None = "auto"  # parsed: None (auto) or (low, high)
     option_type: int = C.DEFAULT_OPTION_TYPE
     flow_capacity: int = 65536
     idle_timeout_s: float = 120.0
@@ -472,6 +487,15 @@ class _Loader:
         cfg = Config(path=self.path, raw=raw, **eng)
         cfg.lan_prefixes = eng["lan_prefixes"]
         cfg.lan_prefixes_learned = not cfg.lan_prefixes
+        ports = eng["nat_ports"]
+        cfg.nat_ports = None
+        if ports != "auto":
+            m = re.fullmatch(r"([0-9]{1,5})-([0-9]{1,5})", ports)
+            lo, hi = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+            if not m or not 1024 <= lo <= hi <= 65535 or hi - lo < 63:
+                self.err("engine.nat_ports", f"{_short(ports)} is not a range of at least 64 ports in 1024-65535",
+                         'write e.g. "20000-29999" or "auto"')
+            cfg.nat_ports = (lo, hi)
         if len(cfg.lan_prefixes) > 64:
             self.err("engine.lan_prefixes", f"{len(cfg.lan_prefixes)} prefixes is more than mmr takes",
                      "list at most 64 (aggregate them)")
@@ -591,6 +615,14 @@ class _Loader:
                          "use a different device for the uplink or for engine.lan")
             names[v["name"]] = i
             devs[v["device"]] = i
+            if v["gateway"] == "auto" or v["gateway_mac"]:
+                v["gateway"] = None if v["gateway"] == "auto" else v["gateway"]
+            if v["gateway"] is not None:
+                try:
+                    v["gateway"] = str(ipaddress.ip_address(v["gateway"].split("%")[0]))
+                except ValueError:
+                    self.err(f"{where}.gateway", f"{_short(v['gateway'])} is not an IPv6 or IPv4 address",
+                             'write "auto" or the next hop address such as "fe80::1"')
             chars = {cname: float(v[key]) for cname, key, _ in C.CHARACTERISTICS}
             metric = v["metric"] if v["metric"] is not None else i
             targets = v["probe_targets"] if v["probe_targets"] is not None else (
@@ -603,7 +635,35 @@ class _Loader:
                          f"target(s) of this uplink", f"write at most {max(1, len(targets))} or list more probe_targets")
             cfg.uplinks[-1].reliability = v["reliability"]
             cfg.uplinks[-1].strip_option = bool(v["strip_option"])
+            self.translation(where, v, cfg)
             cfg.uplinks[-1].overrides = {k: v[k] for k in UPLINK_MONITOR_KEYS if v[k] is not None}
+
+    def translation(self, where, v, cfg):
+        up = cfg.uplinks[-1]
+        if v["nat"] not in NAT_MODES:
+            self.err(f"{where}.nat", f"{_short(v['nat'])} is not a NAT mode", 'write "auto", "masquerade" or "none"')
+        up.nat = v["nat"]
+        if v["nat6"] == "masquerade":
+            self.err(f"{where}.nat6", '"masquerade" (NAPT66) is not supported yet',
+                     'write "npt" with npt_prefix set to a prefix the ISP routes to this router, or "none"')
+        if v["nat6"] not in ("npt", "none"):
+            self.err(f"{where}.nat6", f"{_short(v['nat6'])} is not an IPv6 translation", 'write "npt" or "none"')
+        up.nat6 = v["nat6"]
+        if v["npt_prefix"] is not None:
+            net = self.prefix(f"{where}.npt_prefix", v["npt_prefix"])
+            if net.version != 6 or net.prefixlen > 64:
+                self.err(f"{where}.npt_prefix", f"{net} is not an IPv6 prefix of /64 or shorter",
+                         'write e.g. "2001:db8:a1:100::/64"')
+            up.npt_prefix = net
+        if up.nat6 == "npt" and up.npt_prefix is None:
+            self.err(f"{where}.npt_prefix", 'is missing (nat6 = "npt" maps the LAN prefix onto it)',
+                     'add npt_prefix = "<a prefix the ISP routes to this router, as long as the LAN prefix>"')
+        if up.nat6 == "npt":
+            lans = [p for p in cfg.lan_prefixes if p.version == 6]
+            if lans and not any(p.prefixlen == up.npt_prefix.prefixlen for p in lans):
+                self.err(f"{where}.npt_prefix", f"{up.npt_prefix} is a /{up.npt_prefix.prefixlen}, and no IPv6 LAN "
+                         f"prefix is ({', '.join(map(str, lans))})",
+                         "give npt_prefix the length of the LAN prefix it stands for (NPTv6 maps prefixes 1:1)")
 
     def classes(self, raw, cfg):
         cls = dict(BUILTIN_CLASSES)

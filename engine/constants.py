@@ -94,6 +94,11 @@ REASONS = [
     # discard (row opt_off = where its type byte is; engine/ref/parse.py, pyx/parse.pyx)
     (19, "opt_unknown_discard", "drop"),  # bits 01, or 11 to a multicast destination: silently
     (20, "opt_unknown_icmp", "drop"),     # bits 10, or 11 to unicast: + ICMPv6 parameter problem
+    # source translation per uplink (pyx/nat.pyx; [[uplink]] nat, nat6)
+    (21, "nat_unsolicited", "drop"),      # from an uplink to its translated address, no mapping
+    (22, "nat_exhausted", "drop"),        # no port or mapping slot left for a new flow
+    (23, "nat_untranslatable", "drop"),   # a protocol, ICMP type or address NAPT/NPTv6 cannot map
+    (24, "nat_no_address", "drop"),       # the uplink has no IPv4 address to translate to (yet)
 ]
 REASON_NAMES = [name for _, name, _ in REASONS]
 REASON_ACTION = {code: action for code, _, action in REASONS}
@@ -120,6 +125,10 @@ REASON_NO_NEIGHBOUR = 17
 REASON_BAD_OFFLOAD = 18
 REASON_OPT_UNKNOWN_DISCARD = 19
 REASON_OPT_UNKNOWN_ICMP = 20
+REASON_NAT_UNSOLICITED = 21
+REASON_NAT_EXHAUSTED = 22
+REASON_NAT_UNTRANSLATABLE = 23
+REASON_NAT_NO_ADDRESS = 24
 
 # RFC 8504 section 5.3 limits applied to the hop-by-hop and destination options headers
 MAX_PAD_BYTES = 7          # consecutive padding bytes (Pad1 and PadN together)

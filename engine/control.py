@@ -134,6 +134,7 @@ def config_document(cfg) -> dict:
 
     eng = {k: getattr(cfg, k) for k in ENGINE_KEYS if getattr(cfg, k) is not None}   # workers: unset = auto
     eng["lan_prefixes"] = [str(p) for p in cfg.lan_prefixes]
+    eng["nat_ports"] = "auto" if cfg.nat_ports is None else f"{cfg.nat_ports[0]}-{cfg.nat_ports[1]}"
     uplinks = []
     for u in cfg.uplinks:
         t = {"name": u.name, "device": u.device}
@@ -145,6 +146,9 @@ def config_document(cfg) -> dict:
         t.update(metric=u.metric, usable=u.usable, qdisc_bypass=u.qdisc_bypass, probe_targets=list(u.probe_targets))
         t["reliability"] = u.reliability
         t["strip_option"] = u.strip_option
+        t["nat"], t["nat6"] = u.nat, u.nat6
+        if u.npt_prefix is not None:
+            t["npt_prefix"] = str(u.npt_prefix)
         if u.weight is not None:
             t["weight"] = u.weight
         t.update(u.overrides)                     # the [monitor] keys this uplink sets itself

@@ -45,6 +45,7 @@ from engine._pipeline import Pipeline
 from engine.connmgr import ConnectionManager
 from engine.control import ControlServer
 from engine.errors import UserError
+from engine.translate import Translation
 from engine.guard import KernelGuard
 from engine.icmperr import packet_too_big, parameter_problem, time_exceeded
 from engine.log import Log
@@ -72,6 +73,9 @@ def mac_text(b: bytes) -> str:
 
 def mac_bytes(text: str) -> bytes:
     return bytes.fromhex(text.replace(":", ""))
+
+
+L3_NEXT_HOP = bytes.fromhex("020000000000")     # an L3 uplink's "next hop known" placeholder
 
 
 class Poller:
@@ -173,7 +177,7 @@ class Datapath:
     def __init__(self, cfg, inside, batch: int = 256, stats_interval: float = 60.0, stream=None,
                  spin_us: float | None = None, resolve_wait: float = 3.0, log_level: str = "info",
                  workers: int | None = None):
-        from engine._ring import RxRing, TxSocket
+        from engine._ring import ARPHRD_ETHER, RxRing, TxSocket, link_type
 
         if batch < 1 or batch > 4096:
             raise UserError(f"--batch {batch}: use 1 to 4096 frames per batch (default 256)")
@@ -214,9 +218,11 @@ class Datapath:
             # a second time (tests/test_rfc8200.py::test_live_parameter_problem_reaches_mn)
             self.fw.param_problems = False
             self.counters = self.fw.counters          # the one table (engine/counters.py)
+            self.translation = Translation(cfg, self.fw, inside.router, self.log)
             for u, up in enumerate(cfg.uplinks):
                 link = self.state.link(up.device)
-                self.fw.up_mac[u] = list(link.mac[:6])
+                if len(link.mac) == 6:               # an L3 device (PPP, raw IP, TUN) has none
+                    self.fw.up_mac[u] = list(link.mac)
                 self.fw.up_mtu[u] = link.mtu
             inside.open(self, batch)
             self.up_rx: list = [None] * self.n_up
@@ -225,7 +231,10 @@ class Datapath:
                 self.up_rx[u] = RxRing(up.device, frames=cfg.ring_frames, mtu=self.state.link(up.device).mtu,
                                        capacity=batch)
                 self.closables.append(self.up_rx[u])
-                self.up_tx[u] = TxSocket(up.device, qdisc_bypass=inside.tx_qdisc_bypass(self, up))
+                # an L3 device (TUN, PPP, raw IP) has no segmentation offload: super-frames must
+                # pass its qdisc layer, where the kernel segments them (a bypass would drop them)
+                self.up_tx[u] = TxSocket(up.device, qdisc_bypass=inside.tx_qdisc_bypass(self, up) and
+                                         link_type(up.device) == ARPHRD_ETHER)
                 self.closables.append(self.up_tx[u])
             self.fw.attach(up_rx=self.up_rx, up_tx=self.up_tx)
             self.n_workers = self._workers_wanted(cfg, workers)
@@ -235,6 +244,12 @@ class Datapath:
             self.truncated_seen: dict[int, int] = {}
             self.sent_before = [(0, 0)] * self.n_up
             self.gw_addr = [ipaddress.ip_address(u.gateway).packed if u.gateway else None for u in cfg.uplinks]
+            # gateway = "auto": the next hop of the kernel's default route on the device
+            self.gw_auto = [not u.gateway and not u.gateway_mac and not self.up_tx[k].l3
+                            for k, u in enumerate(cfg.uplinks)]
+            for u in range(self.n_up):
+                if self.gw_auto[u] and self.up_index[u] is not None:
+                    self.gw_addr[u] = self.state.default_gateway(self.up_index[u])
             self._resolve_gateways(resolve_wait)
             self.inside.tables(self)
             self.conn = ConnectionManager(cfg, *self._conn_views(), self.state,
@@ -375,16 +390,23 @@ class Datapath:
         error."""
         pending = []
         for u, up in enumerate(self.cfg.uplinks):
+            if self.up_tx[u] is not None and self.up_tx[u].l3:
+                # a point-to-point device without a link header: the next hop needs no MAC
+                # (the placeholder only says "known"; the socket leaves the header out)
+                self.fw.gw_mac[u] = list(L3_NEXT_HOP)
+                continue
             if up.gateway_mac:
                 self.fw.gw_mac[u] = list(mac_bytes(up.gateway_mac))
                 continue
-            if not up.gateway:
-                raise UserError(f"uplink {up.name!r} has neither gateway nor gateway_mac; add "
-                                f"gateway = \"<next hop address>\" to its [[uplink]] table")
+            if self.gw_addr[u] is None:
+                self.log.warning(f"uplink {up.name} ({up.device}): no default route through it yet "
+                                 f"(gateway = \"auto\"); it carries flows once DHCP, an RA or PPP gives one "
+                                 f"(or set gateway)")
+                continue
             link = self.state.link(up.device)
             if not link.up:
                 self.log.warning(f"uplink {up.name} ({up.device}) is down at start; it will carry "
-                         f"flows once it is up and its gateway {up.gateway} answers")
+                         f"flows once it is up and its gateway {ipaddress.ip_address(self.gw_addr[u])} answers")
                 continue
             pending.append(u)
         deadline = time.monotonic() + wait
@@ -398,7 +420,8 @@ class Datapath:
                 break
             if time.monotonic() > deadline:
                 up = self.cfg.uplinks[pending[0]]
-                raise UserError(f"gateway {up.gateway} of uplink {up.name!r} does not answer neighbour "
+                raise UserError(f"gateway {ipaddress.ip_address(self.gw_addr[pending[0]])} of uplink {up.name!r} "
+                                f"does not answer neighbour "
                                 f"discovery on {up.device}; check the link and the address, or set "
                                 f"gateway_mac")
             select.select([self.netlink.fileno()], [], [], 0.05)
@@ -408,7 +431,7 @@ class Datapath:
     def _learn_gateway(self, u: int) -> bool:
         """Take uplink u's gateway MAC from the state; True when it is known."""
         up = self.cfg.uplinks[u]
-        if up.gateway_mac or self.gw_addr[u] is None:
+        if up.gateway_mac or self.gw_addr[u] is None or (self.up_tx[u] is not None and self.up_tx[u].l3):
             return bool(self.fw.gw_mac[u].any())
         idx = self.state.index(up.device)
         mac = None if idx is None else self.state.neighbour(idx, self.gw_addr[u])
@@ -420,6 +443,27 @@ class Datapath:
             if known:
                 self.log(f"gateway of {up.name} is now {mac_text(mac)}")
         return True
+
+    def _follow_auto_gateways(self) -> bool:
+        """gateway = "auto": a new default route (DHCP renew, another RA router, a PPP peer)
+        gives a new next hop; its MAC is learned again.  True if one changed."""
+        changed = False
+        for u, up in enumerate(self.cfg.uplinks):
+            if not self.gw_auto[u] or self.up_index[u] is None:
+                continue
+            gw = self.state.default_gateway(self.up_index[u])
+            if gw == self.gw_addr[u]:
+                continue
+            self.gw_addr[u] = gw
+            self.fw.gw_mac[u] = 0
+            changed = True
+            if gw is None:
+                self.log.warning(f"uplink {up.name}: its default route is gone; no next hop until another comes")
+            else:
+                self.log(f"uplink {up.name}: next hop {ipaddress.ip_address(gw)} (the kernel's default route)")
+                if not self._learn_gateway(u):
+                    self._prompt(up.device, gw)
+        return changed
 
     def next_hop_known(self) -> np.ndarray:
         return np.array([bool(self.fw.gw_mac[u].any()) and self.up_rx[u] is not None
@@ -436,6 +480,7 @@ class Datapath:
     # ------------------------------------------------------------------ netlink
     def _netlink_events(self, revents: int) -> None:
         links = gateways = False
+        known_before = self.next_hop_known()
         for ev in self.netlink.read():
             kind = ev[0]
             if kind == "neigh":
@@ -445,6 +490,7 @@ class Datapath:
                     gateways = True
             elif kind == "route":
                 self.inside.link_event(self, ev)
+                gateways = self._follow_auto_gateways() or gateways
             elif kind in ("link", "addr", "resync"):
                 links = True
                 link = self.state.links.get(ev[1]) if kind == "link" else None
@@ -462,7 +508,7 @@ class Datapath:
                 if self.workers and ev[1] == getattr(self.inside, "index", None):
                     self.on_workers(lambda w: w.detach_inside())
         if gateways:
-            before = self.next_hop_known()
+            before = known_before
             for u in range(self.n_up):
                 if not self._learn_gateway(u) and self.fw.gw_mac[u].any() and not self.cfg.uplinks[u].gateway_mac:
                     idx = self.up_index[u]
@@ -666,6 +712,7 @@ class Datapath:
     def _housekeeping(self) -> None:
         self._follow_gateways()
         now = time.time()
+        self.translation.expire(now)
         self.pipe.expire(now)
         for w in self.workers:
             w.post(lambda w: w.pipe.expire(now))
@@ -806,7 +853,11 @@ class Datapath:
                     "reloads": self.reloads, "flows": snap["flows"], "uplinks": snap["uplinks"],
                     "failovers": self.conn.moves, "moved_flows": self.conn.moved_flows,
                     "mode": self.mode, "counters": snap["counters"], "drops": snap["drops"],
-                    "workers": self.worker_table()}
+                    "workers": self.worker_table(),
+                    "translation": self.translation.status(),
+                    "next_hops": {u.name: (str(ipaddress.ip_address(self.gw_addr[k])) if self.gw_addr[k] else
+                                           ("point-to-point" if self.up_tx[k] is not None and self.up_tx[k].l3
+                                            else None)) for k, u in enumerate(self.cfg.uplinks)}}
         if cmd == "flows":
             from engine.replay import address_text
 

@@ -76,7 +76,7 @@ class State:
     links: dict[int, Link] = field(default_factory=dict)
     addrs: dict[int, dict[bytes, tuple[int, bytes | None]]] = field(default_factory=dict)
     neigh: dict[tuple[int, bytes], bytes] = field(default_factory=dict)
-    routes: set = field(default_factory=set)     # (dst, plen, table, oifs): unicast routes
+    routes: set = field(default_factory=set)     # (dst, plen, table, oifs, gateway, priority): unicast routes
 
     def index(self, name: str) -> int | None:
         for link in self.links.values():
@@ -119,6 +119,20 @@ class State:
                     out.add(addr16(net.broadcast_address.packed))
         return out
 
+    def default_gateway(self, index: int) -> bytes | None:
+        """The next hop of the main table's best default route out of device index (what DHCP,
+        an RA or a PPP peer installed): IPv6 first, then IPv4; None without one."""
+        best = {}
+        for dst, plen, table, oifs, gw, prio in self.routes:
+            if plen == 0 and table == K.RT_TABLE_MAIN and oifs == (index,) and gw:
+                fam = len(gw)
+                if fam not in best or prio < best[fam][0]:
+                    best[fam] = (prio, gw)
+        for fam in (16, 4):
+            if fam in best:
+                return best[fam][1]
+        return None
+
     def neighbour(self, index: int, addr: bytes) -> bytes | None:
         return self.neigh.get((index, addr))
 
@@ -127,11 +141,14 @@ class State:
         (not default ones) that leave through none of ``devices``: the networks this
         machine's kernel reaches by itself (a DMZ, a VPN, a subnet behind a LAN router)."""
         out = set()
-        for dst, plen, table, oifs in self.routes:
+        for dst, plen, table, oifs, *_ in self.routes:
             if table != K.RT_TABLE_MAIN or plen == 0 or not oifs or set(oifs) & devices:
                 continue
             out.add((addr16(dst), plen + (96 if len(dst) == 4 else 0)))
         return sorted(out)
+
+
+NLM_F_REPLACE = 0x100
 
 
 class Netlink:
@@ -341,8 +358,13 @@ class Netlink:
                         break
                     oifs.append(oif)
                     k += (ln + 3) & ~3
-                key = (bytes(dst), dlen, table, tuple(sorted(oifs)))
+                gw = bytes(at.get(K.RTA_GATEWAY, b""))
+                prio = struct.unpack("=I", at[K.RTA_PRIORITY][:4])[0] if len(at.get(K.RTA_PRIORITY, b"")) >= 4 else 0
+                key = (bytes(dst), dlen, table, tuple(sorted(oifs)), gw if len(gw) in (4, 16) else b"", prio)
                 if mtype == K.RTM_NEWROUTE:
+                    if flags & NLM_F_REPLACE:         # the route it replaces sends no RTM_DELROUTE
+                        st.routes -= {r for r in st.routes if r[:3] == key[:3] and r[5] == key[5]
+                                      and len(r[0]) == len(key[0])}
                     st.routes.add(key)
                     self._mark("routes", key)
                 else:

@@ -7,13 +7,19 @@
                                  send N datagrams tagged with (SVC, PREF) (-1 -1: untagged)
   udp-count PORT SECONDS         count datagrams until SECONDS or SIGTERM, print JSON totals
   echo-server PORT SECONDS [ADDR] UDP echo on ADDR (default ::): every datagram back to its sender
-  echo-client DST PORT N         N requests, print JSON {"sent", "answered", "rtt_ms"}
+  echo-client DST PORT N [SIZE]  N requests (of SIZE bytes: fragments above the MTU), print
+                                 JSON {"sent", "answered", "rtt_ms"}
   tcp-sink PORT                  accept one connection, answer "<bytes> <sha256>", print the
                                  longest pause between arrivals
   reach DST [SECONDS]            one ICMPv6/ICMP echo answered in time: exit 0 (no ping needed)
   tcp-send DST PORT NBYTES [SVC PREF] [PACE_MS]
                                  send NBYTES of a fixed pseudo-random stream (tagged unless
                                  SVC is -1; 64 KiB every PACE_MS ms), print the answer
+  tcp-serve PORT NBYTES          accept one connection and send it NBYTES of that stream
+  tcp-fetch DST PORT NBYTES      connect, read to the end, print JSON {"bytes", "ok"} (ok: the
+                                 stream, every byte)
+  ttl-probe DST PORT TTL         one UDP datagram with that TTL / hop limit, print JSON with
+                                 the ICMP error that came back {"origin", "type", "code", "from"}
 """
 import hashlib
 import ipaddress
@@ -120,13 +126,14 @@ def echo_server(port, seconds, bind="::"):
         s.sendto(data, addr)
 
 
-def echo_client(dst, port, n):
+def echo_client(dst, port, n, size=0):
     s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     s.connect((dst, int(port)))      # answers from any other address are not answers
     s.settimeout(1.0)
     answered, rtts = 0, []
     for i in range(int(n)):
         msg = f"echo {i}".encode()
+        msg += b"." * max(0, int(size) - len(msg))
         t0 = time.monotonic()
         s.send(msg)
         try:
@@ -139,6 +146,63 @@ def echo_client(dst, port, n):
         time.sleep(0.02)
     print(json.dumps({"sent": int(n), "answered": answered,
                       "rtt_ms": round(sorted(rtts)[len(rtts) // 2], 3) if rtts else None}))
+
+
+def tcp_serve(port, nbytes):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("::", int(port)))
+    s.listen(1)
+    print("ready", flush=True)
+    c, _ = s.accept()
+    c.sendall(stream(int(nbytes)))
+    c.close()
+
+
+def tcp_fetch(dst, port, nbytes):
+    c = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    c.settimeout(30)
+    c.connect((dst, int(port)))
+    got = bytearray()
+    while True:
+        d = c.recv(1 << 16)
+        if not d:
+            break
+        got += d
+    print(json.dumps({"bytes": len(got), "ok": bytes(got) == stream(int(nbytes))}))
+
+
+def ttl_probe(dst, port, ttl):
+    """The ICMP error a datagram with a small TTL earns (IP_RECVERR / IPV6_RECVERR)."""
+    v6 = ipaddress.ip_address(dst.removeprefix("::ffff:")).version == 6 and not dst.startswith("::ffff:")
+    fam = socket.AF_INET6 if v6 else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    if v6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, int(ttl))
+        s.setsockopt(socket.IPPROTO_IPV6, 25, 1)                  # IPV6_RECVERR
+    else:
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, int(ttl))
+        s.setsockopt(socket.IPPROTO_IP, 11, 1)                    # IP_RECVERR
+    s.sendto(b"probe", (dst.removeprefix("::ffff:"), int(port)))
+    end = time.monotonic() + 3
+    while time.monotonic() < end:
+        try:
+            _, anc, _, _ = s.recvmsg(512, 512, 0x2000)            # MSG_ERRQUEUE
+        except BlockingIOError:
+            time.sleep(0.02)
+            continue
+        for level, typ, data in anc:
+            # struct sock_extended_err: errno u32, origin u8, type u8, code u8, pad u8, info, data;
+            # then the offender's address (sockaddr_in / sockaddr_in6)
+            errno_, origin, etype, code = struct.unpack_from("=IBBB", data, 0)
+            off = 16
+            fam_ = struct.unpack_from("=H", data, off)[0]
+            frm = (socket.inet_ntop(socket.AF_INET6, data[off + 8:off + 24]) if fam_ == socket.AF_INET6
+                   else socket.inet_ntop(socket.AF_INET, data[off + 4:off + 8]))
+            print(json.dumps({"origin": origin, "type": etype, "code": code, "from": frm, "errno": errno_}))
+            return
+    print(json.dumps({"origin": None}))
+    s.close()
 
 
 def stream(n):
@@ -227,4 +291,5 @@ if __name__ == "__main__":
         sys.exit(__doc__)
     cmd, args = sys.argv[1], sys.argv[2:]
     {"udp-sink": udp_sink, "udp-send": udp_send, "tcp-sink": tcp_sink, "tcp-send": tcp_send,
-     "echo-server": echo_server, "udp-count": udp_count, "echo-client": echo_client, "reach": reach}[cmd](*args)
+     "echo-server": echo_server, "udp-count": udp_count, "echo-client": echo_client, "reach": reach,
+     "tcp-serve": tcp_serve, "tcp-fetch": tcp_fetch, "ttl-probe": ttl_probe}[cmd](*args)

@@ -20,16 +20,19 @@ from engine.netlink import addr16
 
 NFT_TABLE = "mmr"
 
-def guard_rules(uplinks: list[str]) -> list[str]:
+def guard_rules(uplinks: list[str], translation: list[str] = ()) -> list[str]:
     """What the kernel keeps while mmr runs, on mmr's devices; the rest is mmr's.  The sets
     are the engine's own tables: @lan6/@lan4 its LAN prefixes (from an uplink: mmr delivers),
     @kernel6/@kernel4 what the kernel routes itself (the LAN's prefixes, a DMZ, a VPN: from
-    the LAN, the kernel forwards), so the two never disagree about a packet."""
+    the LAN, the kernel forwards), so the two never disagree about a packet.  translation:
+    engine/translate.py's rules (replies to mappings' ports on the uplinks' addresses, the
+    NPT prefixes: mmr's, though addressed to the router or routed to it)."""
     ups = ", ".join(f'"{d}"' for d in uplinks)
     return [
         "ip6 daddr { fe80::/10, ff00::/8 } accept",    # link-local, multicast (ND, DHCPv6, RA)
         "ip6 saddr { fe80::/10, :: } accept",          # never forwarded, by mmr or the kernel
         "ip daddr 224.0.0.0/3 accept",                 # multicast, limited broadcast
+        *translation,
         "fib daddr type { local, broadcast, multicast, anycast } accept",   # the router itself
         f"iifname {{ {ups} }} ip6 daddr @lan6 counter drop",  # ISP -> LAN: mmr delivers it
         f"iifname {{ {ups} }} ip daddr @lan4 counter drop",
@@ -105,6 +108,7 @@ class Lan(Inside):
 
     def apply(self, dp: Datapath, cfg) -> None:
         self.learn_prefixes(dp, cfg)
+        dp.translation.refresh(dp.state, dp.up_index, cfg.lan_prefixes)
         nets = [to_mapped(n) for n in cfg.lan_prefixes]
         dp.fw.set_lan_prefixes([(n.network_address.packed, n.netmask.packed) for n in nets])
         if self.guard_sets is not None:
@@ -146,9 +150,11 @@ class Lan(Inside):
         kind = ev[0]
         if kind in ("addr", "resync"):
             self.refresh_local(dp)
-            if self.learn_prefixes(dp, dp.cfg):
+            learned = self.learn_prefixes(dp, dp.cfg)
+            if learned:
                 nets = [to_mapped(n) for n in dp.cfg.lan_prefixes]
                 dp.fw.set_lan_prefixes([(n.network_address.packed, n.netmask.packed) for n in nets])
+            if dp.translation.refresh(dp.state, dp.up_index, dp.cfg.lan_prefixes) or learned:
                 if kind == "addr":
                     self.refresh_kernel_routes(dp)
         if kind in ("route", "resync", "gone"):
@@ -185,7 +191,7 @@ class Lan(Inside):
 
     def guard(self, dp: Datapath):
         ups = [u.device for u in dp.cfg.uplinks]
-        return NFT_TABLE, [self.dev] + ups, guard_rules(ups), self.guard_sets
+        return NFT_TABLE, [self.dev] + ups, guard_rules(ups, dp.translation.guard_rules(ups)), self.guard_sets
 
     def refresh_kernel_routes(self, dp: Datapath) -> None:
         """The destinations the kernel routes itself: the main table's routes through no
@@ -206,7 +212,7 @@ class Lan(Inside):
             masks.append((bytes(a & b for a, b in zip(v, mask)), mask))
         dp.fw.set_kernel_prefixes(masks)
         sets = {"lan6": ("ipv6_addr", []), "lan4": ("ipv4_addr", []),
-                "kernel6": ("ipv6_addr", []), "kernel4": ("ipv4_addr", [])}
+                "kernel6": ("ipv6_addr", []), "kernel4": ("ipv4_addr", []), **dp.translation.guard_sets()}
         for name, items in (("lan", lan), ("kernel", kernel)):
             for v, p in items:
                 t, text = prefix_text(v, p)

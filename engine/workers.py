@@ -273,7 +273,7 @@ class Worker:
     def __init__(self, k: int, dp, batch: int):
         from engine import _forward
         from engine._pipeline import Pipeline
-        from engine._ring import RxRing, TxSocket
+        from engine._ring import ARPHRD_ETHER, RxRing, TxSocket, link_type
 
         self.k, self.dp = k, dp
         cfg = dp.cfg
@@ -295,7 +295,8 @@ class Worker:
                                          capacity=batch))
                 self.rings.append(self.up_rx[-1])
             for u in cfg.uplinks:
-                self.up_tx.append(TxSocket(u.device, qdisc_bypass=dp.inside.tx_qdisc_bypass(dp, u)))
+                self.up_tx.append(TxSocket(u.device, qdisc_bypass=dp.inside.tx_qdisc_bypass(dp, u) and
+                                           link_type(u.device) == ARPHRD_ETHER))
             self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         except BaseException:
             self.close()
@@ -413,6 +414,8 @@ class Worker:
                 for key, v in want.items():
                     mine.set(key, v)
         f.t_start, f.t_end = f0.t_start, f0.t_end
+        if f.nat is not f0.nat or f.npt is not f0.npt or (f.nat_mode != f0.nat_mode).any():
+            f.set_nat(f0.nat, list(f0.nat_mode), f0.npt)      # one translator, shared (it locks)
 
     def detach_inside(self) -> None:
         self.fw.attach(in_ring=None, in_tx=None)

@@ -42,6 +42,8 @@ def reason_codes():
         "hop_limit": rows.R_HOP_LIMIT, "oversize": rows.R_OVERSIZE,
         "no_neighbour": rows.R_NO_NEIGHBOUR, "bad_offload": rows.R_BAD_OFFLOAD,
         "opt_unknown_discard": rows.R_OPT_UNKNOWN_DISCARD, "opt_unknown_icmp": rows.R_OPT_UNKNOWN_ICMP,
+        "nat_unsolicited": rows.R_NAT_UNSOLICITED, "nat_exhausted": rows.R_NAT_EXHAUSTED,
+        "nat_untranslatable": rows.R_NAT_UNTRANSLATABLE, "nat_no_address": rows.R_NAT_NO_ADDRESS,
     }, rows.N_REASONS
 
 

@@ -57,6 +57,7 @@ from engine._rewrite cimport (rewrite_one, finish_checksum, RW_MACS, RW_HOP, RW_
                               VERDICT_OK, VERDICT_HOP_LIMIT, VERDICT_BAD_OFFLOAD)
 from engine._ring cimport RxRing, TxSocket
 from engine._tun cimport Tun
+from engine._nat cimport Nat44, Npt66, NAT_OK, NAT_PASS, NAT_UNKNOWN, NAT_EXHAUSTED, NAT_NO_ADDRESS
 
 import os
 import time
@@ -257,6 +258,22 @@ cdef inline bint param_problem_allowed(const uint8_t* f, const mmr_row* r,
     return True
 
 
+cdef inline bint private4(const uint8_t* a) noexcept nogil:
+    """RFC 1918 and RFC 6598 (shared, carrier-grade NAT) IPv4 space."""
+    return (a[0] == 10 or (a[0] == 172 and (a[1] & 0xF0) == 16) or (a[0] == 192 and a[1] == 168)
+            or (a[0] == 100 and (a[1] & 0xC0) == 64))
+
+
+cdef inline int nat_reason(int code) noexcept nogil:
+    if code == NAT_UNKNOWN:
+        return rows.R_NAT_UNSOLICITED
+    if code == NAT_EXHAUSTED:
+        return rows.R_NAT_EXHAUSTED
+    if code == NAT_NO_ADDRESS:
+        return rows.R_NAT_NO_ADDRESS
+    return rows.R_NAT_UNTRANSLATABLE
+
+
 cdef inline bint in_nets(const uint8_t* a, const uint8_t* nets, Py_ssize_t n) noexcept nogil:
     """a (16 bytes) inside one of n (value[16], mask[16]) prefixes."""
     cdef Py_ssize_t k
@@ -342,11 +359,31 @@ cdef class Forwarder:
         cdef int32_t[::1] st = self.up_strip
         self.up_strip_c = &st[0]
         self.set_strip(pipe.cfg)
+        self.nat = None
+        self.npt = None
+        self.nat_mode = np.zeros(max(n_uplinks, 1), np.uint8)
+        cdef uint8_t[::1] nm = self.nat_mode
+        self.nat_mode_c = &nm[0]
 
     def set_strip(self, cfg):
         """[[uplink]] strip_option: the option type each uplink removes (0: none)."""
         for u, up in enumerate(cfg.uplinks[:self.n_up]):
             self.up_strip[u] = cfg.option_type if getattr(up, "strip_option", False) else 0
+
+    def set_nat(self, Nat44 nat, modes, Npt66 npt):
+        """Source translation: nat (NAPT44) for the uplinks whose mode is 1 (IPv4 sources in
+        private ranges) or 2 (every IPv4 source); npt (NPTv6) for those it has prefixes for.
+        None: no translation of that family."""
+        if len(modes) != self.n_up:
+            raise ValueError(f"give a mode for each of the {self.n_up} uplinks")
+        if nat is not None and nat.n_uplinks < self.n_up or npt is not None and npt.n_uplinks < self.n_up:
+            raise ValueError("the translators must cover every uplink")
+        for u, m in enumerate(modes):
+            if m not in (0, 1, 2):
+                raise ValueError("a NAT mode is 0, 1 or 2")
+            self.nat_mode[u] = m
+        self.nat = nat
+        self.npt = npt
 
     # ------------------------------------------------------------------ tables
     @staticmethod
@@ -451,7 +488,7 @@ cdef class Forwarder:
         """inside -> uplinks: self.pipe.outp[i] ends as an uplink (frame rewritten and listed in
         port_idx[u]), KERNEL or DROP."""
         cdef Py_ssize_t i
-        cdef int u, v, k, how
+        cdef int u, v, k, how, c
         cdef mmr_row* r
         cdef const uint8_t* f
         cdef uint32_t mtu
@@ -517,6 +554,19 @@ cdef class Forwarder:
             if v == VERDICT_BAD_OFFLOAD:
                 self.drop(i, rows.R_BAD_OFFLOAD)
                 continue
+            # source translation, on the frame as it leaves (untagged Ethernet: IP at 14)
+            if r.family == 4 and self.nat_mode_c[u] and self.nat is not None and \
+                    (self.nat_mode_c[u] == 2 or private4(r.src + 12)):
+                c = self.nat.out4(base + off[i] + 14, lens[i] - 14, u, ts[i],
+                                  (vh[i].flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0)
+                if c != NAT_OK and c != NAT_PASS:
+                    self.drop(i, nat_reason(c))
+                    continue
+            elif r.family == 6 and self.npt is not None:
+                c = self.npt.out6(base + off[i] + 14, lens[i] - 14, u)
+                if c != NAT_OK and c != NAT_PASS:
+                    self.drop(i, nat_reason(c))
+                    continue
             self.pidx[u * self.cap + self.pn[u]] = <int32_t>i
             self.pn[u] += 1
 
@@ -530,7 +580,7 @@ cdef class Forwarder:
         """uplink u -> inside: self.pipe.outp[i] ends as 0 (frame ready, listed in the inside
         list), KERNEL or DROP."""
         cdef Py_ssize_t i, k
-        cdef int h, v, how
+        cdef int h, v, how, c
         cdef mmr_row* r
         cdef const uint8_t* f
         cdef const uint8_t* net
@@ -557,6 +607,21 @@ cdef class Forwarder:
                 out[i] = OUT_KERNEL
                 self.cnt[CNT_HANDOVER] += 1
                 continue
+            if self.router and not (vlan != NULL and vlan[i]):
+                # a reply to a translated flow: back to the LAN host's address and port
+                c = NAT_PASS
+                if r.family == 4 and self.nat_mode_c[u] and self.nat is not None:
+                    c = self.nat.in4(base + off[i] + r.l3_off, lens[i] - r.l3_off, u, ts[i],
+                                     (vh[i].flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0)
+                    if c == NAT_OK:
+                        memcpy(r.dst + 12, base + off[i] + r.l3_off + 16, 4)
+                elif r.family == 6 and self.npt is not None:
+                    c = self.npt.in6(base + off[i] + r.l3_off, lens[i] - r.l3_off, u)
+                    if c == NAT_OK:
+                        memcpy(r.dst, base + off[i] + r.l3_off + 24, 16)
+                if c != NAT_OK and c != NAT_PASS:
+                    self.drop(i, nat_reason(c))
+                    continue
             if (vlan != NULL and vlan[i]) or not_routable(r):
                 inside = False                   # a VLAN device's, multicast, link-local
             elif self.router:

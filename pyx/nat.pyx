@@ -36,15 +36,6 @@ import os
 
 import numpy as np
 
-cdef enum:
-    NAT_OK = 0
-    NAT_PASS = 1           # not for translation: in, a destination other than the uplink's address
-    NAT_UNKNOWN = 2        # no mapping (unsolicited, forged, expired, or a later fragment first)
-    NAT_EXHAUSTED = 3      # no port (or no table slot) left for a new mapping
-    NAT_UNSUPPORTED = 4    # a protocol or ICMP type NAPT cannot translate
-    NAT_MALFORMED = 5      # headers cut short or inconsistent
-    NAT_NO_ADDRESS = 6     # the uplink has no IPv4 address (yet)
-
 NAMES = {NAT_OK: "ok", NAT_PASS: "pass", NAT_UNKNOWN: "unknown", NAT_EXHAUSTED: "exhausted",
          NAT_UNSUPPORTED: "unsupported", NAT_MALFORMED: "malformed", NAT_NO_ADDRESS: "no_address"}
 CODES = {v: k for k, v in NAMES.items()}
@@ -53,11 +44,24 @@ CODES = {v: k for k, v in NAMES.items()}
 TIMEOUTS = {"tcp_syn": 120.0, "tcp_established": 432000.0, "tcp_fin": 120.0, "tcp_rst": 10.0,
             "udp": 30.0, "udp_replied": 120.0, "icmp": 30.0}
 cdef enum:
-    PORT_MIN = 1024
-    N_PORTS = 65536 - 1024
     FRAG_SLOTS = 1024
 cdef double FRAG_TIMEOUT = 30.0
-LIMITS = {"port_min": PORT_MIN, "frag_slots": FRAG_SLOTS, "frag_timeout": FRAG_TIMEOUT}
+LIMITS = {"frag_slots": FRAG_SLOTS, "frag_timeout": FRAG_TIMEOUT}
+
+
+def port_list(port_range=(1024, 65535), avoid=None):
+    """The ports mappings take, in order: port_range (inclusive) without avoid (inclusive;
+    the kernel's own ip_local_port_range, so its connections on the uplink address and
+    mmr's mappings never meet)."""
+    lo, hi = port_range
+    if not 1 <= lo <= hi <= 65535:
+        raise ValueError("a port range is 1..65535, low to high")
+    ports = np.arange(lo, hi + 1, dtype=np.uint16)
+    if avoid is not None:
+        ports = ports[(ports < avoid[0]) | (ports > avoid[1])]
+    if len(ports) == 0:
+        raise ValueError("the port range leaves no port")
+    return ports
 
 cdef enum:
     P_TCP = 0
@@ -67,27 +71,6 @@ cdef enum:
     ST_EST = 1           # TCP: a reply seen; UDP: replied
     ST_FIN = 2
     ST_RST = 3
-
-cdef struct nat_map:
-    uint32_t int_addr        # addresses and ports as they sit in the packet (network order)
-    uint32_t rem_addr
-    uint16_t int_port
-    uint16_t rem_port
-    uint16_t ext_port        # host order: the index of the reverse array
-    uint8_t proto            # P_*
-    uint8_t uplink
-    uint8_t state
-    uint8_t used
-    uint32_t hash
-    double last
-
-cdef struct frag_rec:
-    uint32_t rem_addr
-    uint32_t int_addr
-    uint16_t ip_id
-    uint8_t proto
-    uint8_t uplink
-    double last
 
 
 cdef inline uint16_t ld16(const uint8_t* p) noexcept nogil:
@@ -182,22 +165,8 @@ cdef inline int pindex(uint8_t proto) noexcept nogil:
 
 cdef class Nat44:
     """NAPT44 state for up to n_uplinks uplinks and capacity mappings."""
-    cdef nat_map* maps
-    cdef int32_t* slots            # the forward table: mapping index or -1
-    cdef int32_t* rev              # [uplink][proto][65536]: mapping index or -1
-    cdef uint32_t* free_ports      # [uplink][proto]
-    cdef uint32_t* addr            # [uplink]: the uplink's address, packet order (0: none)
-    cdef int32_t* free_maps        # a stack of free mapping indexes
-    cdef frag_rec* frags
-    cdef readonly uint32_t capacity
-    cdef readonly int n_uplinks
-    cdef uint32_t mask
-    cdef uint32_t n_free
-    cdef uint64_t k0, k1
-    cdef double t_syn, t_est, t_fin, t_rst, t_udp, t_udp2, t_icmp
-    cdef public uint64_t exhausted
-
-    def __cinit__(self, int n_uplinks, uint32_t capacity=65536, seed=None, timeouts=None):
+    def __cinit__(self, int n_uplinks, uint32_t capacity=65536, seed=None, timeouts=None,
+                  port_range=(1024, 65535), avoid=None):
         cdef uint32_t size = 16
         cdef Py_ssize_t i
         if n_uplinks < 1 or n_uplinks > 255:
@@ -216,13 +185,22 @@ cdef class Nat44:
         self.addr = <uint32_t*>calloc(n_uplinks, sizeof(uint32_t))
         self.free_maps = <int32_t*>malloc(capacity * sizeof(int32_t))
         self.frags = <frag_rec*>calloc(FRAG_SLOTS, sizeof(frag_rec))
+        plist = port_list(port_range, avoid)
+        self.n_ports = len(plist)
+        self.ports = <uint16_t*>malloc(self.n_ports * sizeof(uint16_t))
+        self.port_ok = <uint8_t*>calloc(65536, 1)
+        if self.ports == NULL or self.port_ok == NULL:
+            raise MemoryError()
+        for i in range(self.n_ports):
+            self.ports[i] = plist[i]
+            self.port_ok[plist[i]] = 1
         if (self.maps == NULL or self.slots == NULL or self.rev == NULL or self.free_ports == NULL
                 or self.addr == NULL or self.free_maps == NULL or self.frags == NULL):
             raise MemoryError()
         memset(self.slots, 0xFF, size * sizeof(int32_t))
         memset(self.rev, 0xFF, <size_t>n_uplinks * 3 * 65536 * sizeof(int32_t))
         for i in range(n_uplinks * 3):
-            self.free_ports[i] = N_PORTS
+            self.free_ports[i] = self.n_ports
         for i in range(capacity):
             self.free_maps[i] = capacity - 1 - i
         self.n_free = capacity
@@ -234,6 +212,7 @@ cdef class Nat44:
         self.t_syn, self.t_est, self.t_fin, self.t_rst = t["tcp_syn"], t["tcp_established"], t["tcp_fin"], t["tcp_rst"]
         self.t_udp, self.t_udp2, self.t_icmp = t["udp"], t["udp_replied"], t["icmp"]
         self.exhausted = 0
+        self.moved = 0
 
     def __dealloc__(self):
         free(self.maps)
@@ -243,6 +222,8 @@ cdef class Nat44:
         free(self.addr)
         free(self.free_maps)
         free(self.frags)
+        free(self.ports)
+        free(self.port_ok)
 
     # ---------------------------------------------------------------- configuration
     def set_address(self, int u, address):
@@ -259,7 +240,9 @@ cdef class Nat44:
             memcpy(&a, <const char*>b, 4)
         if a != self.addr[u]:
             self.flush_uplink(u)
+            spin_lock(&self.lock)
             self.addr[u] = a
+            spin_unlock(&self.lock)
         return None
 
     def address(self, int u):
@@ -271,10 +254,12 @@ cdef class Nat44:
         """Forget every mapping of uplink u; returns how many."""
         cdef uint32_t i, k = 0
         with nogil:
+            spin_lock(&self.lock)
             for i in range(self.capacity):
                 if self.maps[i].used and self.maps[i].uplink == u:
                     self.release(i)
                     k += 1
+            spin_unlock(&self.lock)
         return k
 
     # ---------------------------------------------------------------- the table
@@ -342,19 +327,20 @@ cdef class Nat44:
         if self.n_free == 0 or self.free_ports[u * 3 + proto] == 0:
             self.exhausted += 1
             return -1
-        if want >= PORT_MIN and rv[want] < 0:
+        if self.port_ok[want] and rv[want] < 0:
             p = want
         else:
-            p = PORT_MIN + (h >> 8) % N_PORTS
+            i = (h >> 8) % self.n_ports
             tries = 0
-            while rv[p] >= 0:
-                p += 1
-                if p > 65535:
-                    p = PORT_MIN
+            while rv[self.ports[i]] >= 0:
+                i += 1
+                if i == self.n_ports:
+                    i = 0
                 tries += 1
-                if tries > N_PORTS:
+                if tries >= self.n_ports:
                     self.exhausted += 1
                     return -1
+            p = self.ports[i]
         self.n_free -= 1
         m = self.free_maps[self.n_free]
         e = &self.maps[m]
@@ -402,6 +388,7 @@ cdef class Nat44:
         """Forget mappings idle past their timeout; returns how many."""
         cdef uint32_t i, k = 0
         with nogil:
+            spin_lock(&self.lock)
             for i in range(self.capacity):
                 if self.maps[i].used and now - self.maps[i].last > self.timeout(&self.maps[i]):
                     self.release(i)
@@ -409,6 +396,7 @@ cdef class Nat44:
             for i in range(FRAG_SLOTS):
                 if self.frags[i].rem_addr and now - self.frags[i].last > FRAG_TIMEOUT:
                     memset(&self.frags[i], 0, sizeof(frag_rec))
+            spin_unlock(&self.lock)
         return k
 
     cdef inline uint32_t frag_slot(self, uint32_t rem_addr, uint16_t ip_id, uint8_t proto, uint8_t u) noexcept nogil:
@@ -421,7 +409,24 @@ cdef class Nat44:
 
     # ---------------------------------------------------------------- out: LAN -> uplink
     cdef int out4(self, uint8_t* ip, uint32_t n, int u, double now, bint pending) noexcept nogil:
+        """Translate one packet LAN -> uplink u (the workers share the translator: locked)."""
+        cdef int rc
+        spin_lock(&self.lock)
+        rc = self.out4_locked(ip, n, u, now, pending)
+        spin_unlock(&self.lock)
+        return rc
+
+    cdef int in4(self, uint8_t* ip, uint32_t n, int u, double now, bint pending) noexcept nogil:
+        """Translate one packet uplink u -> LAN (locked)."""
+        cdef int rc
+        spin_lock(&self.lock)
+        rc = self.in4_locked(ip, n, u, now, pending)
+        spin_unlock(&self.lock)
+        return rc
+
+    cdef int out4_locked(self, uint8_t* ip, uint32_t n, int u, double now, bint pending) noexcept nogil:
         cdef uint32_t ihl, tot, l4, src, dst, ext, h
+        cdef int v
         cdef uint16_t sport, dport, frag
         cdef uint8_t proto, t
         cdef int pi
@@ -473,6 +478,11 @@ cdef class Nat44:
             m = self.create(h, src, dst, sport, dport, pi, u, now)
             if m < 0:
                 return NAT_EXHAUSTED
+            for v in range(self.n_uplinks):      # failover moved it: its translation changed
+                if v != u and self.find(self.key_hash(src, dst, sport, dport, pi, v), src, dst, sport, dport,
+                                        pi, v) >= 0:
+                    self.moved += 1
+                    break
         e = &self.maps[m]
         e.last = now
         if pi == P_TCP:
@@ -553,7 +563,7 @@ cdef class Nat44:
         return NAT_OK
 
     # ---------------------------------------------------------------- in: uplink -> LAN
-    cdef int in4(self, uint8_t* ip, uint32_t n, int u, double now, bint pending) noexcept nogil:
+    cdef int in4_locked(self, uint8_t* ip, uint32_t n, int u, double now, bint pending) noexcept nogil:
         cdef uint32_t ihl, tot, l4, src, dst, slot
         cdef uint16_t sport, dport, frag, ip_id, port
         cdef uint8_t proto, t
@@ -584,13 +594,13 @@ cdef class Nat44:
             slot = self.frag_slot(src, ip_id, proto, u)
             fr = &self.frags[slot]
             if fr.rem_addr != src or fr.ip_id != ip_id or fr.proto != proto or fr.uplink != u or fr.int_addr == 0:
-                return NAT_UNKNOWN
+                return NAT_PASS               # not a translated datagram's: the router's own
             fr.last = now
             set_addr(ip + 16, fr.int_addr, ip + 10, NULL, NULL, False, False)
             return NAT_OK
         pi = pindex(proto)
         if pi < 0:
-            return NAT_UNKNOWN
+            return NAT_PASS                   # GRE, ESP, ... to the router: its own
         if pi == P_ICMP:
             if l4 + 8 > n:
                 return NAT_MALFORMED
@@ -598,7 +608,7 @@ cdef class Nat44:
             if t == 3 or t == 11 or t == 12:
                 return self.in_error(ip, n, l4, u)
             if t != 0:
-                return NAT_UNKNOWN             # an echo request to the router is not for the LAN
+                return NAT_PASS               # an echo request to the router is the router's
             port = ld16(ip + l4 + 4)
             sport = 0
         else:
@@ -606,12 +616,14 @@ cdef class Nat44:
                 return NAT_MALFORMED
             port = ld16(ip + l4 + 2)
             memcpy(&sport, ip + l4, 2)
+        if not self.port_ok[port]:
+            return NAT_PASS                   # outside the mappings' ports: the router's own
         m = self.rev[(<size_t>u * 3 + pi) * 65536 + port]
-        if m < 0:
-            return NAT_UNKNOWN
+        if m < 0 or self.maps[m].rem_addr != src or self.maps[m].rem_port != sport:
+            # no mapping, or not the remote it was opened to: unsolicited (an echo reply
+            # may still be the router's own ping)
+            return NAT_PASS if pi == P_ICMP else NAT_UNKNOWN
         e = &self.maps[m]
-        if e.rem_addr != src or e.rem_port != sport:
-            return NAT_UNKNOWN                # not the remote this port was opened to
         e.last = now
         if pi == P_TCP:
             self.tcp_state(e, ip[l4 + 13], True)
@@ -659,25 +671,25 @@ cdef class Nat44:
             return NAT_MALFORMED
         pi = pindex(q[9])
         if pi < 0:
-            return NAT_UNKNOWN
+            return NAT_PASS
         memcpy(&qsrc, q + 12, 4)
         memcpy(&qdst, q + 16, 4)
         if qsrc != self.addr[u]:
-            return NAT_UNKNOWN
+            return NAT_PASS
         if pi == P_ICMP:
             if q[qihl] != 8:
-                return NAT_UNKNOWN
+                return NAT_PASS
             port = ld16(q + qihl + 4)
             qdport = 0
         else:
             port = ld16(q + qihl)
             memcpy(&qdport, q + qihl + 2, 2)
+        if not self.port_ok[port]:
+            return NAT_PASS
         m = self.rev[(<size_t>u * 3 + pi) * 65536 + port]
-        if m < 0:
-            return NAT_UNKNOWN
+        if m < 0 or self.maps[m].rem_addr != qdst or self.maps[m].rem_port != qdport:
+            return NAT_PASS if pi == P_ICMP else NAT_UNKNOWN
         e = &self.maps[m]
-        if e.rem_addr != qdst or e.rem_port != qdport:
-            return NAT_UNKNOWN
         if pi == P_TCP and qihl + 18 <= qn:
             qck = q + qihl + 16
         elif pi == P_UDP:
@@ -757,16 +769,19 @@ cdef class Nat44:
         memcpy(&r, <const char*>ra, 4)
         ip_ = ((int_port & 0xFF) << 8) | (int_port >> 8)        # packet order
         rp = ((rem_port & 0xFF) << 8) | (rem_port >> 8)
+        spin_lock(&self.lock)
         m = self.find(self.key_hash(a, r, ip_, rp, pi, u), a, r, ip_, rp, pi, u)
-        return None if m < 0 else self.maps[m].ext_port
+        port = -1 if m < 0 else self.maps[m].ext_port
+        spin_unlock(&self.lock)
+        return None if port < 0 else port
 
     def stats(self):
         """Mappings in use and free ports per uplink and protocol, exhaustion events."""
         cdef int u, p
-        out = {"mappings": self.capacity - self.n_free, "capacity": self.capacity,
-               "exhausted": self.exhausted, "uplinks": []}
+        out = {"mappings": self.capacity - self.n_free, "capacity": self.capacity, "ports": self.n_ports,
+               "exhausted": self.exhausted, "moved": self.moved, "uplinks": []}
         for u in range(self.n_uplinks):
-            out["uplinks"].append({name: N_PORTS - self.free_ports[u * 3 + p]
+            out["uplinks"].append({name: self.n_ports - self.free_ports[u * 3 + p]
                                    for p, name in enumerate(("tcp", "udp", "icmp"))})
         return out
 
@@ -781,15 +796,6 @@ cdef class Nat44:
 
 
 # ==================================================================== NPTv6 (RFC 6296)
-cdef struct npt_map:
-    uint8_t inner[16]        # the LAN prefix (bits past its length zero)
-    uint8_t outer[16]        # the uplink's prefix of the same length
-    uint8_t mask[16]
-    uint16_t adj_out         # one's complement sum(outer) - sum(inner)
-    uint16_t adj_in
-    int plen
-    int active
-
 
 cdef inline uint32_t ones16(const uint8_t* a) noexcept nogil:
     cdef uint32_t s = 0
@@ -866,8 +872,6 @@ cdef inline uint32_t quoted6(const uint8_t* ip, uint32_t n) noexcept nogil:
 
 cdef class Npt66:
     """RFC 6296 per uplink: the LAN prefix and the uplink's prefix of the same length."""
-    cdef npt_map* maps
-    cdef readonly int n_uplinks
 
     def __cinit__(self, int n_uplinks):
         if n_uplinks < 1 or n_uplinks > 255:
@@ -889,11 +893,14 @@ cdef class Npt66:
             raise IndexError("uplink out of range")
         m = &self.maps[u]
         if inner is None or outer is None:
+            spin_lock(&self.lock)
             m.active = 0
+            spin_unlock(&self.lock)
             return
         if inner.prefixlen != outer.prefixlen or inner.prefixlen > 64 or inner.version != 6 or outer.version != 6:
             raise ValueError("NPTv6 needs two IPv6 prefixes of one length, /64 or shorter")
         ib, ob, mb = inner.network_address.packed, outer.network_address.packed, inner.netmask.packed
+        spin_lock(&self.lock)
         memcpy(m.inner, <const char*>ib, 16)
         memcpy(m.outer, <const char*>ob, 16)
         memcpy(m.mask, <const char*>mb, 16)
@@ -903,8 +910,23 @@ cdef class Npt66:
         m.adj_out = <uint16_t>((si + (~so & 0xFFFF)) % 0xFFFF)
         m.adj_in = <uint16_t>((so + (~si & 0xFFFF)) % 0xFFFF)
         m.active = 1
+        spin_unlock(&self.lock)
 
     cdef int out6(self, uint8_t* ip, uint32_t n, int u) noexcept nogil:
+        cdef int rc
+        spin_lock(&self.lock)
+        rc = self.out6_locked(ip, n, u)
+        spin_unlock(&self.lock)
+        return rc
+
+    cdef int in6(self, uint8_t* ip, uint32_t n, int u) noexcept nogil:
+        cdef int rc
+        spin_lock(&self.lock)
+        rc = self.in6_locked(ip, n, u)
+        spin_unlock(&self.lock)
+        return rc
+
+    cdef int out6_locked(self, uint8_t* ip, uint32_t n, int u) noexcept nogil:
         """LAN -> uplink u: a source in the LAN prefix takes the uplink's (and an ICMPv6
         error's quoted destination with it)."""
         cdef npt_map* m
@@ -925,7 +947,7 @@ cdef class Npt66:
             npt_map_addr(ip + q + 24, m, True)
         return NAT_OK
 
-    cdef int in6(self, uint8_t* ip, uint32_t n, int u) noexcept nogil:
+    cdef int in6_locked(self, uint8_t* ip, uint32_t n, int u) noexcept nogil:
         """uplink u -> LAN: a destination in the uplink's prefix takes the LAN's again (and
         an ICMPv6 error's quoted source with it)."""
         cdef npt_map* m

@@ -55,6 +55,29 @@ cdef extern from *:
     uint32_t load_acquire "mmr_load_acquire"(const uint32_t* p) nogil
     void store_release "mmr_store_release"(uint32_t* p, uint32_t v) nogil
 
+cdef extern from "<linux/if_packet.h>":
+    struct sockaddr_ll:
+        unsigned short sll_family
+        unsigned short sll_protocol
+        int sll_ifindex
+        unsigned short sll_hatype
+        unsigned char sll_pkttype
+        unsigned char sll_halen
+        unsigned char sll_addr[8]
+
+cdef extern from "<arpa/inet.h>":
+    uint16_t htons(uint16_t) nogil
+
+ARPHRD_ETHER = 1
+
+
+def link_type(name):
+    """The device's ARPHRD type (1: Ethernet; PPP, raw IP, TUN, tunnels: no Ethernet header)."""
+    try:
+        return int(open(f"/sys/class/net/{name}/type").read())
+    except (OSError, ValueError):
+        return ARPHRD_ETHER
+
 DEF VNET = 10                 # sizeof(struct virtio_net_hdr)
 DEF COPY_SLOT = 65536 + 1024  # a long frame read from the socket: vnet header + up to 64 KiB + L2
 DEF COPY_SLOTS = 16           # long frames per batch (a batch ends early when they are used up)
@@ -96,6 +119,7 @@ cdef class RxRing:
         self.held_n = 0
 
     def __init__(self, ifname, frames=8192, mtu=1500, capacity=1024, promisc=False):
+        self.l3 = link_type(ifname) != ARPHRD_ETHER
         """A ring of ``frames`` slots sized for ``mtu``; batches of at most ``capacity``."""
         self.ifname = ifname
         cdef uint32_t fs = slot_size(mtu)
@@ -181,6 +205,7 @@ cdef class RxRing:
         cdef uint8_t* s
         cdef ssize_t r
         cdef uint8_t* dst
+        cdef uint8_t v
         if self.held_n or self.base == NULL:
             return 0
         if max_frames <= 0 or max_frames > self.capacity:
@@ -202,9 +227,11 @@ cdef class RxRing:
                 if self.side_used + COPY_SLOT > <size_t>COPY_SLOT * COPY_SLOTS:
                     break                            # side area full: the rest next batch
                 dst = self.base + self.ring_len + self.side_used
+                if self.l3:
+                    dst += 16                        # room for the Ethernet header in front
                 r = self.read_copy(dst, h.tp_len)
                 self.held_n += 1
-                if r < VNET + 14 or r > COPY_SLOT:
+                if r < VNET + (1 if self.l3 else 14) or r > COPY_SLOT - (16 if self.l3 else 0):
                     self.truncated += 1
                     continue
                 self.side_used += COPY_SLOT
@@ -217,6 +244,21 @@ cdef class RxRing:
                 self.off[n] = <int64_t>slot * self.frame_size + h.tp_mac
                 self.lens[n] = h.tp_snaplen
                 self.held_n += 1
+            if self.l3:
+                # an IP packet without a link header: an Ethernet header goes in front (over the
+                # virtio-net header, copied out above; the slot has 16 bytes before it), zero
+                # MACs (the device has none), the type from the IP version; csum_start follows
+                dst = self.base + self.off[n] - 14
+                memset(dst, 0, 12)
+                v = (dst[14] >> 4) if self.lens[n] else 0
+                dst[12] = 0x08 if v == 4 else (0x86 if v == 6 else 0)
+                dst[13] = 0x00 if v == 4 else (0xDD if v == 6 else 0)
+                self.off[n] -= 14
+                self.lens[n] += 14
+                if self.vh[n].flags & 1:                  # VIRTIO_NET_HDR_F_NEEDS_CSUM
+                    self.vh[n].csum_start += 14
+                if self.vh[n].hdr_len:
+                    self.vh[n].hdr_len += 14
             self.ts[n] = h.tp_sec + h.tp_nsec * 1e-9
             if status & TP_STATUS_CSUMNOTREADY:
                 self.csum_not_ready += 1
@@ -308,6 +350,8 @@ cdef class TxSocket:
     def __cinit__(self):
         self.msgs = NULL
         self.iov = NULL
+        self.names = NULL
+        self.vtmp = NULL
 
     def __init__(self, ifname, qdisc_bypass=True, capacity=1024):
         self.ifname = ifname
@@ -325,14 +369,20 @@ cdef class TxSocket:
         self.sock = s
         self.fd = s.fileno()
         self.cap = capacity
+        self.l3 = link_type(ifname) != ARPHRD_ETHER
+        self.ifindex = ifindex(ifname)
         self.msgs = <mmsghdr*>PyMem_Malloc(capacity * sizeof(mmsghdr))
         self.iov = <iovec*>PyMem_Malloc(2 * capacity * sizeof(iovec))
-        if self.msgs == NULL or self.iov == NULL:
+        self.names = PyMem_Malloc(capacity * sizeof(sockaddr_ll))
+        self.vtmp = <virtio_net_hdr*>PyMem_Malloc(capacity * sizeof(virtio_net_hdr))
+        if self.msgs == NULL or self.iov == NULL or self.names == NULL or self.vtmp == NULL:
             raise MemoryError()
 
     def __dealloc__(self):
         PyMem_Free(self.msgs)
         PyMem_Free(self.iov)
+        PyMem_Free(self.names)
+        PyMem_Free(self.vtmp)
 
     cdef Py_ssize_t send_c(self, const uint8_t* base, const int64_t* off, const uint32_t* lens,
                            const virtio_net_hdr* vh, const int32_t* idx, Py_ssize_t n) noexcept nogil:
@@ -341,6 +391,7 @@ cdef class TxSocket:
         refuses is counted in errors and skipped, the rest still go."""
         cdef Py_ssize_t i, j, done = 0, chunk, sent0 = self.sent
         cdef int r
+        cdef sockaddr_ll* sa
         cdef virtio_net_hdr zero
         memset(&zero, 0, sizeof(zero))
         while done < n:
@@ -354,6 +405,24 @@ cdef class TxSocket:
                 self.iov[2 * i + 1].iov_len = lens[j]
                 self.msgs[i].msg_hdr.msg_iov = &self.iov[2 * i]
                 self.msgs[i].msg_hdr.msg_iovlen = 2
+                if self.l3 and lens[j] > 14:
+                    # no link header on this device: the IP packet alone, its protocol named
+                    # per message (PPP needs it), csum_start without the 14 bytes
+                    self.iov[2 * i + 1].iov_base = <void*>(base + off[j] + 14)
+                    self.iov[2 * i + 1].iov_len = lens[j] - 14
+                    memcpy(&self.vtmp[i], &vh[j] if vh != NULL else &zero, VNET)
+                    if self.vtmp[i].flags & 1 and self.vtmp[i].csum_start >= 14:
+                        self.vtmp[i].csum_start -= 14
+                    if self.vtmp[i].hdr_len >= 14:
+                        self.vtmp[i].hdr_len -= 14
+                    self.iov[2 * i].iov_base = <void*>&self.vtmp[i]
+                    sa = &(<sockaddr_ll*>self.names)[i]
+                    memset(sa, 0, sizeof(sockaddr_ll))
+                    sa.sll_family = 17                   # AF_PACKET
+                    sa.sll_ifindex = self.ifindex
+                    sa.sll_protocol = htons(0x86DD if (base[off[j] + 14] >> 4) == 6 else 0x0800)
+                    self.msgs[i].msg_hdr.msg_name = <void*>sa
+                    self.msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_ll)
             r = sendmmsg(self.fd, self.msgs, <unsigned int>chunk, MSG_DONTWAIT)
             if r < 0:
                 if errno == EINTR:

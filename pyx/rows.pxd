@@ -74,7 +74,11 @@ cdef enum:
     R_BAD_OFFLOAD = 18
     R_OPT_UNKNOWN_DISCARD = 19
     R_OPT_UNKNOWN_ICMP = 20
-    N_REASONS = 21
+    R_NAT_UNSOLICITED = 21
+    R_NAT_EXHAUSTED = 22
+    R_NAT_UNTRANSLATABLE = 23
+    R_NAT_NO_ADDRESS = 24
+    N_REASONS = 25
 
 # row flags
 cdef enum:

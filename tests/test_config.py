@@ -77,6 +77,21 @@ BAD = [
     ("probe target", GOOD.replace('device = "up2"', 'device = "up2"\nprobe_targets = ["ar2.example"]'),
      "uplink[1].probe_targets", "not an IPv6 or IPv4 address"),
     ("monitor key", GOOD + '[monitor]\ninterval = 1\n', "monitor.interval", "remove it"),
+    ("nat mode", GOOD.replace('device = "up2"', 'device = "up2"\nnat = "yes"'), "uplink[1].nat",
+     "not a NAT mode"),
+    ("nat6 masquerade", GOOD.replace('device = "up2"', 'device = "up2"\nnat6 = "masquerade"'), "uplink[1].nat6",
+     "not supported yet"),
+    ("npt without prefix", GOOD.replace('device = "up2"', 'device = "up2"\nnat6 = "npt"'),
+     "uplink[1].npt_prefix", "is missing"),
+    ("npt prefix length", GOOD.replace('[engine]', '[engine]\nlan_prefixes = ["2001:db8:1::/64"]').replace(
+        'device = "up2"', 'device = "up2"\nnat6 = "npt"\nnpt_prefix = "2001:db8:a2:100::/56"'), "uplink[1].npt_prefix",
+     "no IPv6 LAN prefix is"),
+    ("npt prefix v4", GOOD.replace('device = "up2"', 'device = "up2"\nnat6 = "npt"\nnpt_prefix = "10.0.0.0/8"'),
+     "uplink[1].npt_prefix", "not an IPv6 prefix"),
+    ("nat ports", GOOD.replace('[engine]', '[engine]\nnat_ports = "100-200"'), "engine.nat_ports",
+     "at least 64 ports"),
+    ("gateway text", GOOD.replace('device = "up2"', 'device = "up2"\ngateway = "router"'), "uplink[1].gateway",
+     "not an IPv6 or IPv4 address"),
 ]
 
 

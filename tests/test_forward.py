@@ -92,7 +92,8 @@ def compare(fw, ref, frames, vnets, ts, direction, u=0):
     ref.punts.clear()
     table = fw.counters
     for name in ("kernel", "handover", "csum_finished", "super_frames", "no_uplink", "hop_limit", "oversize",
-                 "no_neighbour", "bad_offload"):
+                 "no_neighbour", "bad_offload", "nat_unsolicited", "nat_exhausted", "nat_untranslatable",
+                 "nat_no_address"):
         assert int(table[CT.INDEX[name]]) == ref.counters.get(name, 0), name
     return out
 
@@ -309,3 +310,112 @@ def test_every_outbound_verdict_is_exercised():
     assert [int(x) for x in out] == [c[3] for c in cases], list(zip([c[0] for c in cases], out))
     reasons = [C.REASON_NAMES[r] for r in fw.pipe.rows["reason"][:len(cases)]]
     assert reasons[-4:] == ["hop_limit", "oversize", "bad_offload", "truncated_l3"]
+
+
+# ------------------------------------------------------------------ source translation
+from engine import _nat  # noqa: E402
+from engine.ref.nat import Nat44Ref, Npt66Ref  # noqa: E402
+
+EXT = [g.a4("198.18.1.2"), g.a4("198.18.2.2")]
+LAN_HOST4 = to_mapped(ipaddress.ip_network("192.0.2.10/32")).network_address.packed
+LAN_HOST6 = g.a6("2001:db8:1::10")
+NPT_OUT = ipaddress.ip_network("2001:db8:a1:100::/64")
+
+
+def nat_pair(modes=(2, 2), npt=True, capacity=64):
+    fw, ref = pair(hosts=[LAN_HOST4, LAN_HOST6])
+    c, r = _nat.Nat44(2, capacity, seed=3), Nat44Ref(2, capacity, seed=3)
+    n6, r6 = _nat.Npt66(2), Npt66Ref(2)
+    for u in range(2):
+        c.set_address(u, EXT[u])
+        r.set_address(u, EXT[u])
+    if npt:
+        for x in (n6, r6):
+            x.set_prefixes(0, ipaddress.ip_network("2001:db8:1::/64"), NPT_OUT)
+    fw.set_nat(c, list(modes), n6 if npt else None)
+    ref.set_nat(r, list(modes), r6 if npt else None)
+    return fw, ref
+
+
+def sent_frames(fw, frames, direction="out", u=0, vnets=None):
+    buf, off, ln = pack_frames(frames)
+    buf = np.array(buf, np.uint8)
+    va = vnet_array(vnets or [{}] * len(frames))
+    if direction == "out":
+        out, off2, ln2 = fw.outbound(buf, off, ln, va, np.full(len(frames), 10.0))
+    else:
+        out, off2, ln2 = fw.inbound(u, buf, off, ln, va, np.full(len(frames), 10.0))
+    return out, [bytes(buf[off2[i]:off2[i] + ln2[i]]) for i in range(len(frames))]
+
+
+def test_ipv4_flows_leave_translated_and_replies_come_back():
+    fw, ref = nat_pair()
+    f = g.eth(g.ipv4(g.udp(5000, 53), 17), 0x0800)
+    ts = np.full(1, 10.0)
+    out = compare(fw, ref, [f], [{}], ts, "out")
+    u = int(out[0])
+    fw2, _ = nat_pair()
+    out2, [sent] = sent_frames(fw2, [f])
+    assert int(out2[0]) == u and sent[26:30] == EXT[u] and sent[34:36] == struct.pack("!H", 5000)
+    reply = g.eth(g.ipv4(g.udp(53, 5000), 17, src="198.51.100.1", dst=str(ipaddress.ip_address(EXT[u]))),
+                  0x0800, dst=UP_MAC[u])
+    assert compare(fw, ref, [reply], [{}], ts, "in", u).tolist() == [0]
+    out3, [back] = sent_frames(fw2, [reply], "in", u)
+    assert out3.tolist() == [0] and back[30:34] == g.a4("192.0.2.10") and back[:6] == HOST_MAC
+    stranger = g.eth(g.ipv4(g.udp(53, 5001), 17, src="198.51.100.1", dst=str(ipaddress.ip_address(EXT[u]))),
+                     0x0800, dst=UP_MAC[u])
+    assert compare(fw, ref, [stranger], [{}], ts, "in", u).tolist() == [-3]
+    assert fw.counters[CT.INDEX["nat_unsolicited"]] == 1
+
+
+def test_private_only_leaves_public_lan_sources_alone():
+    fw, ref = nat_pair(modes=(1, 1))
+    f = g.eth(g.ipv4(g.udp(5000, 53), 17), 0x0800)               # 192.0.2.10: not private
+    out = compare(fw, ref, [f], [{}], np.full(1, 10.0), "out")
+    fw2, _ = nat_pair(modes=(1, 1))
+    _, [sent] = sent_frames(fw2, [f])
+    assert int(out[0]) >= 0 and sent[26:30] == g.a4("192.0.2.10")
+
+
+def test_nptv6_on_one_uplink():
+    fw, ref = nat_pair()
+    frames = [g.eth(g.ipv6(g.udp(4000 + k, 53), 17, src="2001:db8:1::10")) for k in range(16)]
+    out = compare(fw, ref, frames, [{}] * 16, np.full(16, 10.0), "out")
+    fw2, _ = nat_pair()
+    out2, sent = sent_frames(fw2, frames)
+    for u, f in zip(out2.tolist(), sent):
+        if u == 0:
+            assert ipaddress.ip_address(f[22:38]) in NPT_OUT
+        elif u == 1:
+            assert f[22:38] == LAN_HOST6
+    assert out.tolist() == out2.tolist()
+
+
+def test_nat_reasons_without_an_address_or_ports():
+    fw, ref = nat_pair(capacity=2)
+    for x in (fw.nat,):
+        x.set_address(1, None)
+    ref.nat.set_address(1, None)
+    frames = [g.eth(g.ipv4(g.udp(6000 + k, 53 + k), 17), 0x0800) for k in range(12)]
+    out = compare(fw, ref, frames, [{}] * 12, np.full(12, 10.0), "out")
+    reasons = {C.REASON_NAMES[x] for x in fw.pipe.rows["reason"][:12].tolist()}
+    assert {"nat_exhausted", "nat_no_address"} & reasons, (out, reasons)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(g.valid_frame(), min_size=1, max_size=16), st.lists(g.valid_frame(), min_size=1, max_size=16),
+       st.integers(0, 1), st.sampled_from([(2, 2), (1, 1), (2, 0), (0, 1)]))
+def test_translation_agrees_with_the_reference(outs, ins, u, modes):
+    """Random frames out, then random frames and the translated ones' replies in: the same
+    verdicts, bytes and counters as the reference."""
+    fw, ref = nat_pair(modes=modes)
+    ts = np.full(len(outs), 10.0)
+    compare(fw, ref, outs, [{}] * len(outs), ts, "out")
+    back = []
+    for f in ins:
+        f = bytearray(f)
+        f[:6] = UP_MAC[u]
+        if len(f) >= 34 and f[12:14] == b"\x08\x00":
+            f[30:34] = EXT[u]                              # to the uplink's address (checksum off)
+        back.append(bytes(f))
+    compare(fw, ref, back, [{}] * len(back), np.full(len(back), 11.0), "in", u)

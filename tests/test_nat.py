@@ -116,15 +116,19 @@ def test_clashing_and_low_ports_get_ports_of_their_own():
 
 
 def test_only_replies_from_the_remote_get_in():
-    """The stateful edge: another remote, another remote port, an unsolicited SYN, a port
-    never mapped: unknown; a packet to another address is not the NAT's."""
-    c, r = pair()
+    """The stateful edge: to a mapping's port, another remote, another remote port, an
+    unsolicited SYN, a port never mapped: unknown (dropped); what is outside the mappings'
+    ports (the router's own ssh, its own pings) or to another address is not the NAT's."""
+    c, r = pair(port_range=(1024, 32767))
     both(c, r, "out", udp(LAN1, REM, 5000, 53), 0, 1.0)
     assert both(c, r, "in", udp(REM2, EXT0, 53, 5000), 0, 1.0)[0] == "unknown"
     assert both(c, r, "in", udp(REM, EXT0, 54, 5000), 0, 1.0)[0] == "unknown"
-    assert both(c, r, "in", tcp(REM, EXT0, 999, 22), 0, 1.0)[0] == "unknown"
+    assert both(c, r, "in", tcp(REM, EXT0, 999, 8080), 0, 1.0)[0] == "unknown"
     assert both(c, r, "in", udp(REM, EXT1, 53, 5000), 1, 1.0)[0] == "unknown"    # other uplink
     assert both(c, r, "in", udp(REM, LAN1, 53, 5000), 0, 1.0)[0] == "pass"
+    assert both(c, r, "in", tcp(REM, EXT0, 999, 22), 0, 1.0)[0] == "pass"         # the router's ssh
+    assert both(c, r, "in", tcp(REM, EXT0, 443, 40000), 0, 1.0)[0] == "pass"      # its own connection
+    assert both(c, r, "in", echo(REM, EXT0, 9, typ=0), 0, 1.0)[0] == "pass"       # its own ping
 
 
 def test_udp_without_checksum_stays_without():
@@ -143,7 +147,7 @@ def test_icmp_echo_translates_the_identifier():
     assert ident2 != 77 and valid(out2)
     code, back = both(c, r, "in", echo(REM, EXT0, ident2, typ=0), 0, 1.0)
     assert code == "ok" and back[16:20] == LAN2 and back[24:26] == struct.pack("!H", 77) and valid(back)
-    assert both(c, r, "in", echo(REM, EXT0, 77, typ=8), 0, 1.0)[0] == "unknown"   # a request: the router's
+    assert both(c, r, "in", echo(REM, EXT0, 77, typ=8), 0, 1.0)[0] == "pass"      # a request: the router's
 
 
 @pytest.mark.parametrize("make", [lambda s, d, sp, dp: udp(s, d, sp, dp, b"z" * 40),
@@ -164,6 +168,8 @@ def test_icmp_errors_coming_back_are_put_back_for_the_lan_host(make, keep):
         assert valid(q)                     # the quoted datagram whole: its checksum right too
     forged = error(ROUTER, EXT0, make(EXT0, REM2, 40001, 33434))     # not our remote
     assert both(c, r, "in", forged, 0, 1.0)[0] == "unknown"
+    own = error(ROUTER, EXT0, make(EXT0, REM2, 443, 33434))          # the router's own packet
+    assert both(c, r, "in", own, 0, 1.0)[0] == "pass"
 
 
 def test_icmp_errors_from_the_lan_about_inbound_packets():
@@ -189,9 +195,10 @@ def test_fragments_follow_their_first():
     later = ipv4(LAN1, REM, 17, b"b" * 32, ident=1, frag=9)           # offset 72 bytes
     code, out2 = both(c, r, "out", later, 0, 1.0)
     assert code == "ok" and out2[12:16] == EXT0 and _sum(out2[:20]) == 0xFFFF and out2[20:] == b"b" * 32
-    # inbound: a later fragment before its first is unknown; after it, it follows
+    # inbound: a later fragment before its first is not known (the router's own, for its
+    # kernel to reassemble); after it, it follows
     in_later = ipv4(REM, EXT0, 17, b"c" * 32, ident=5, frag=9)
-    assert both(c, r, "in", in_later, 0, 1.0)[0] == "unknown"
+    assert both(c, r, "in", in_later, 0, 1.0)[0] == "pass"
     in_first = bytearray(udp(REM, EXT0, 9, 7000, b"d" * 64))
     in_first[4:6] = struct.pack("!H", 5)
     in_first[6:8] = struct.pack("!H", 0x2000)
@@ -234,6 +241,7 @@ def test_idle_mappings_expire_as_conntrack_defaults_say():
     both(c, r, "out", tcp(LAN1, REM, 5003, 80, flags=0x04), 0, 200.0)  # RST: 10 s
     assert c.expire(211.0) == r.expire(211.0) == 1 and len(c) == 0
     assert both(c, r, "in", udp(REM, EXT0, 53, 5001), 0, 300.0)[0] == "unknown"
+    assert c.stats()["uplinks"][0] == {"tcp": 0, "udp": 0, "icmp": 0}
 
 
 def test_a_new_address_drops_the_old_mappings():
@@ -416,3 +424,29 @@ def test_nptv6_is_checksum_neutral_reversible_and_agrees_with_its_reference(plen
     c2 = bytearray(back)
     assert n.in_packet(back, 0) == r.in_packet(c2, 0) == "ok" and back == c2
     assert bytes(back[24:40]) == addr
+
+
+def test_mappings_keep_to_their_port_range_and_out_of_the_kernels():
+    """nat ports: a range without the kernel's ip_local_port_range, so the router's own
+    connections on the uplink address never share a port with a mapping."""
+    c, r = pair(port_range=(2000, 2009), avoid=(2003, 2005))
+    codes, ports = [], []
+    for i in range(8):
+        code, out = both(c, r, "out", udp(LAN1, REM, 2003 + i % 2, 53 + i), 0, 1.0)
+        codes.append(code)
+        if code == "ok":
+            ports.append(struct.unpack("!H", out[20:22])[0])
+    assert codes == ["ok"] * 7 + ["exhausted"]
+    assert sorted(ports) == [2000, 2001, 2002, 2006, 2007, 2008, 2009]
+    assert c.stats()["ports"] == 7
+    with pytest.raises(ValueError):
+        _nat.Nat44(1, port_range=(2000, 2001), avoid=(1000, 3000))
+
+
+def test_a_flow_moved_to_another_uplink_is_translated_anew_and_counted():
+    c, r = pair()
+    _, a = both(c, r, "out", udp(LAN1, REM, 5000, 53), 0, 1.0)
+    _, b = both(c, r, "out", udp(LAN1, REM, 5000, 53), 1, 2.0)        # failover: now via uplink 1
+    assert a[12:16] == EXT0 and b[12:16] == EXT1 and c.moved == r.moved == 1
+    both(c, r, "out", udp(LAN1, REM, 5000, 53), 1, 3.0)
+    assert c.moved == 1 and c.stats()["moved"] == 1

@@ -6,7 +6,10 @@ and punts.  pyx/forward.pyx's docstring is the specification.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from engine import constants as C
+from engine.ref import nat as N
 from engine.ref.pipeline import RefPipeline
 from engine.ref.rewrite import NEEDS_CSUM, rewrite_frame
 
@@ -38,6 +41,28 @@ class RefForwarder:
         self.t_start, self.t_end = 0.0, float("inf")
         self.counters: dict[str, int] = {}
         self.punts: list[tuple[int, int]] = []        # (kind, frame index)
+        self.nat, self.npt, self.nat_mode = None, None, [0] * n_uplinks
+
+    def set_nat(self, nat, modes, npt) -> None:
+        self.nat, self.nat_mode, self.npt = nat, list(modes), npt
+
+    NAT_REASON = {N.UNKNOWN: "nat_unsolicited", N.EXHAUSTED: "nat_exhausted", N.NO_ADDRESS: "nat_no_address"}
+
+    @staticmethod
+    def _private4(a: bytes) -> bool:
+        return (a[0] == 10 or (a[0] == 172 and 16 <= a[1] < 32) or (a[0] == 192 and a[1] == 168)
+                or (a[0] == 100 and 64 <= a[1] < 128))
+
+    def _translate(self, out_dir: bool, frame: bytes, l3: int, row, u: int, now: float, pending: bool):
+        """(code, frame) after the uplink's source translation, out or in."""
+        ip = bytearray(frame[l3:])
+        code = N.PASS
+        if row["family"] == 4 and self.nat_mode[u] and self.nat is not None and (
+                not out_dir or self.nat_mode[u] == 2 or self._private4(bytes(row["src"])[12:])):
+            code = (self.nat.out_packet if out_dir else self.nat.in_packet)(ip, u, now, pending)
+        elif row["family"] == 6 and self.npt is not None:
+            code = (self.npt.out_packet if out_dir else self.npt.in_packet)(ip, u)
+        return code, frame[:l3] + bytes(ip)
 
     def count(self, name: str, k: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + k
@@ -154,6 +179,14 @@ class RefForwarder:
                 self.count("csum_finished" if not v["gso_type"] else "super_frames")
             sent[i] = self._emit(out, rows, i, frames[i], v, self.up_mac[u], self.gw_mac[u], hop=self.router,
                                  strip=self.up_strip[u])
+            if sent[i] is not None:
+                f, v = sent[i]
+                code, f = self._translate(True, f, 14, rows[i], u, ts[i], bool(v["flags"] & NEEDS_CSUM))
+                if code not in (N.OK, N.PASS):
+                    self._drop(out, rows, i, self.NAT_REASON.get(code, "nat_untranslatable"))
+                    sent[i] = None
+                else:
+                    sent[i] = (f, v)
         return out, sent, rows
 
     def inbound(self, u: int, frames, vnets, ts):
@@ -172,6 +205,16 @@ class RefForwarder:
                 out[i] = KERNEL
                 self.count("handover")
                 continue
+            if self.router:
+                l3 = int(r["l3_off"])
+                code, f2 = self._translate(False, f, l3, r, u, ts[i], bool(vnets[i]["flags"] & NEEDS_CSUM))
+                if code not in (N.OK, N.PASS):
+                    self._drop(out, rows, i, self.NAT_REASON.get(code, "nat_untranslatable"))
+                    continue
+                if code == N.OK:
+                    f = f2
+                    new = bytes(r["dst"])[:12] + f[l3 + 16:l3 + 20] if r["family"] == 4 else f[l3 + 24:l3 + 40]
+                    r["dst"] = np.frombuffer(new, np.uint8)
             dst = bytes(r["dst"])
             if self._not_routable(r):
                 inside = False

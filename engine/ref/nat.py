@@ -11,8 +11,6 @@ OK, PASS, UNKNOWN, EXHAUSTED, UNSUPPORTED, MALFORMED, NO_ADDRESS = (
     "ok", "pass", "unknown", "exhausted", "unsupported", "malformed", "no_address")
 TIMEOUTS = {"tcp_syn": 120.0, "tcp_established": 432000.0, "tcp_fin": 120.0, "tcp_rst": 10.0,
             "udp": 30.0, "udp_replied": 120.0, "icmp": 30.0}
-PORT_MIN = 1024
-N_PORTS = 65536 - PORT_MIN
 FRAG_SLOTS = 1024
 FRAG_TIMEOUT = 30.0
 PI = {6: 0, 17: 1, 1: 2}
@@ -99,7 +97,11 @@ class Map:
 
 
 class Nat44Ref:
-    def __init__(self, n_uplinks: int, capacity: int = 65536, seed=None, timeouts=None):
+    def __init__(self, n_uplinks: int, capacity: int = 65536, seed=None, timeouts=None,
+                 port_range=(1024, 65535), avoid=None):
+        lo, hi = port_range
+        self.ports = [p for p in range(lo, hi + 1) if avoid is None or not avoid[0] <= p <= avoid[1]]
+        self.port_set = set(self.ports)
         key = os.urandom(16) if seed is None else int(seed).to_bytes(16, "little")
         self.k0, self.k1 = int.from_bytes(key[:8], "little"), int.from_bytes(key[8:], "little")
         self.n, self.capacity = n_uplinks, capacity
@@ -109,6 +111,7 @@ class Nat44Ref:
         self.frags: dict[int, tuple] = {}        # slot: (rem, ip_id, proto, u, int_addr, last)
         self.t = dict(TIMEOUTS, **(timeouts or {}))
         self.exhausted = 0
+        self.moved = 0
 
     def set_address(self, u: int, address) -> None:
         a = None if address is None else bytes(address if isinstance(address, (bytes, bytearray)) else address.packed)
@@ -133,15 +136,16 @@ class Nat44Ref:
     def _create(self, key, now) -> Map | None:
         int_addr, rem_addr, int_port, rem_port, pi, u = key
         in_use = sum(1 for (uu, p, _) in self.rev if uu == u and p == pi)
-        if len(self.fwd) >= self.capacity or in_use >= N_PORTS:
+        if len(self.fwd) >= self.capacity or in_use >= len(self.ports):
             self.exhausted += 1
             return None
-        if int_port >= PORT_MIN and (u, pi, int_port) not in self.rev:
+        if int_port in self.port_set and (u, pi, int_port) not in self.rev:
             port = int_port
         else:
-            port = PORT_MIN + (self._hash(*key) >> 8) % N_PORTS
-            while (u, pi, port) in self.rev:
-                port = port + 1 if port < 65535 else PORT_MIN
+            i = (self._hash(*key) >> 8) % len(self.ports)
+            while (u, pi, self.ports[i]) in self.rev:
+                i = (i + 1) % len(self.ports)
+            port = self.ports[i]
         m = Map(int_addr, rem_addr, int_port, rem_port, port, pi, u, now)
         self.fwd[key] = m
         self.rev[(u, pi, port)] = m
@@ -219,9 +223,13 @@ class Nat44Ref:
                 return MALFORMED
             sport, dport = p.w(l4), p.w(l4 + 2)
         key = (bytes(b[12:16]), bytes(b[16:20]), sport, dport, pi, u)
-        m = self.fwd.get(key) or self._create(key, now)
+        m = self.fwd.get(key)
         if m is None:
-            return EXHAUSTED
+            m = self._create(key, now)
+            if m is None:
+                return EXHAUSTED
+            if any(key[:5] + (v,) in self.fwd for v in range(self.n) if v != u):
+                self.moved += 1
         m.last = now
         if pi == 0:
             self._tcp_state(m, b[l4 + 13], False)
@@ -308,13 +316,13 @@ class Nat44Ref:
         if frag & 0x1FFF:
             f = self.frags.get(self._frag_slot(src, ip_id, proto, u))
             if f is None or f[:4] != (src, ip_id, proto, u):
-                return UNKNOWN
+                return PASS
             self.frags[self._frag_slot(src, ip_id, proto, u)] = f[:5] + (now,)
             p.set_addr(16, f[4], ipsum)
             return OK
         pi = PI.get(proto)
         if pi is None:
-            return UNKNOWN
+            return PASS
         if pi == 2:
             if l4 + 8 > n:
                 return MALFORMED
@@ -322,15 +330,17 @@ class Nat44Ref:
             if t in (3, 11, 12):
                 return self._in_error(b, n, l4, u)
             if t != 0:
-                return UNKNOWN
+                return PASS
             port, sport = p.w(l4 + 4), 0
         else:
             if l4 + (20 if pi == 0 else 8) > n:
                 return MALFORMED
             port, sport = p.w(l4 + 2), p.w(l4)
+        if port not in self.port_set:
+            return PASS
         m = self.rev.get((u, pi, port))
         if m is None or m.rem_addr != src or m.rem_port != sport:
-            return UNKNOWN
+            return PASS if pi == 2 else UNKNOWN
         m.last = now
         if pi == 0:
             self._tcp_state(m, b[l4 + 13], True)
@@ -357,16 +367,18 @@ class Nat44Ref:
         p = _Pkt(b)
         pi = PI.get(b[q + 9])
         if pi is None or bytes(b[q + 12:q + 16]) != self.addr[u]:
-            return UNKNOWN
+            return PASS
         if pi == 2:
             if b[q + qihl] != 8:
-                return UNKNOWN
+                return PASS
             port, qdport = p.w(q + qihl + 4), 0
         else:
             port, qdport = p.w(q + qihl), p.w(q + qihl + 2)
+        if port not in self.port_set:
+            return PASS
         m = self.rev.get((u, pi, port))
         if m is None or m.rem_addr != bytes(b[q + 16:q + 20]) or m.rem_port != qdport:
-            return UNKNOWN
+            return PASS if pi == 2 else UNKNOWN
         self._rewrite_quote(p, l4 + 2, q, qihl, n, pi, 12, m.int_addr, q + qihl + (4 if pi == 2 else 0), m.int_port)
         p.set_addr(16, m.int_addr, [(10, False, False)])
         return OK

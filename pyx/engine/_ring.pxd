@@ -23,6 +23,7 @@ cdef class RxRing:
     cdef virtio_net_hdr* vh
     cdef uint8_t* vlanp
     cdef public uint64_t frames, truncated, copied, csum_not_ready, gso, vlan_stripped, resynced
+    cdef readonly bint l3               # a device without a link header: frames get an Ethernet one
 
     cdef Py_ssize_t batch_c(self, Py_ssize_t max_frames) noexcept nogil
     cdef ssize_t read_copy(self, uint8_t* dst, uint32_t want) noexcept nogil
@@ -39,6 +40,10 @@ cdef class TxSocket:
     cdef Py_ssize_t cap
     cdef public uint64_t sent, errors, bytes
     cdef public int last_errno
+    cdef readonly bint l3               # a device without a link header: the Ethernet one is left out
+    cdef int ifindex
+    cdef void* names                    # l3: a sockaddr_ll per message (the protocol of each)
+    cdef virtio_net_hdr* vtmp           # l3: each message's header, csum_start without the 14 bytes
 
     cdef Py_ssize_t send_c(self, const uint8_t* base, const int64_t* off, const uint32_t* lens,
                            const virtio_net_hdr* vh, const int32_t* idx, Py_ssize_t n) noexcept nogil

@@ -49,6 +49,8 @@ cdef extern from *:
         RTA_OIF
         RTA_TABLE
         RTA_MULTIPATH
+        RTA_GATEWAY
+        RTA_PRIORITY
         RTN_UNICAST
         RT_TABLE_MAIN
         RTM_NEWLINK

@@ -1,0 +1,144 @@
+"""Source translation per uplink (issue 11): the compiled translators of pyx/nat.pyx kept
+current by the control side.
+
+    [[uplink]] nat = "auto" | "masquerade" | "none"   (IPv4 NAPT to the uplink's address)
+               nat6 = "npt" | "none", npt_prefix       (RFC 6296: the LAN prefix <-> npt_prefix)
+    [engine] nat_ports = "auto" | "LO-HI"              (the ports mappings take)
+
+The forwarder (pyx/forward.pyx) translates in its loop; this module builds the translators,
+gives them each uplink's IPv4 address and follows it over netlink (a new address drops the
+old mappings: they were made for it), gives NPTv6 the LAN prefix of npt_prefix's length
+(learned LAN prefixes included), expires idle mappings, reports them, and names what the
+kernel must not see: replies to mappings' ports on the uplinks' addresses (its stack would
+answer them with a TCP reset or a port unreachable) and packets to the NPT prefixes (it has
+no route for them).  "auto" ports are 1024-65535 without the kernel's own
+ip_local_port_range, so the router's own connections on an uplink address and the mappings
+never share a port.
+"""
+from __future__ import annotations
+
+import time
+
+from engine.config import NAT_MODES
+
+KERNEL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+
+
+def kernel_port_range(path: str = KERNEL_RANGE) -> tuple[int, int] | None:
+    try:
+        lo, hi = (int(x) for x in open(path).read().split())
+        return (lo, hi) if 1 <= lo <= hi <= 65535 else None
+    except (OSError, ValueError):
+        return None
+
+
+def port_ranges(ports) -> list[tuple[int, int]]:
+    """The ranges of a sorted port array (for the kernel guard's rule)."""
+    out: list[list[int]] = []
+    for p in (int(x) for x in ports):
+        if out and p == out[-1][1] + 1:
+            out[-1][1] = p
+        else:
+            out.append([p, p])
+    return [(a, b) for a, b in out]
+
+
+class Translation:
+    def __init__(self, cfg, fw, router: bool, log):
+        from engine._nat import Npt66, Nat44, port_list
+
+        self.cfg, self.fw, self.log = cfg, fw, log
+        n = len(cfg.uplinks)
+        self.modes = [NAT_MODES[u.nat] if router else 0 for u in cfg.uplinks]
+        self.nat = self.npt = None
+        self.ports = None
+        if any(self.modes):
+            if cfg.nat_ports is None:
+                avoid = kernel_port_range()
+                self.ports = port_list((1024, 65535), avoid)
+                self.nat = Nat44(n, max(1024, min(cfg.flow_capacity, 1 << 22)), avoid=avoid)
+            else:
+                self.ports = port_list(cfg.nat_ports)
+                self.nat = Nat44(n, max(1024, min(cfg.flow_capacity, 1 << 22)), port_range=cfg.nat_ports)
+        if router and any(u.nat6 == "npt" for u in cfg.uplinks):
+            self.npt = Npt66(n)
+        self.addrs: list = [None] * n
+        self.npt_maps: list = [None] * n
+        fw.set_nat(self.nat, self.modes, self.npt)
+
+    def refresh(self, state, up_index: list, lan_prefixes: list) -> bool:
+        """Each translating uplink's IPv4 address from the kernel's state, NPT's prefix pairs
+        from the LAN prefixes; True when something changed (the guard's sets follow)."""
+        changed = False
+        for u, up in enumerate(self.cfg.uplinks):
+            if self.nat is not None and self.modes[u]:
+                idx = up_index[u]
+                v4 = [a for a in (state.addresses(idx) if idx is not None else [])
+                      if a.version == 4 and not a.is_link_local]
+                addr = v4[0] if v4 else None
+                if addr != self.addrs[u]:
+                    gone = self.nat.flush_uplink(u) if self.addrs[u] is not None else 0
+                    self.nat.set_address(u, addr)
+                    self.addrs[u] = addr
+                    changed = True
+                    if addr is None:
+                        self.log.warning(f"uplink {up.name} ({up.device}) has no IPv4 address: its translated "
+                                         f"flows are dropped (nat_no_address) until it has one")
+                    else:
+                        self.log(f"uplink {up.name} translates IPv4 to {addr}"
+                                 + (f" (the old address's {gone} mappings are gone)" if gone else ""))
+            if self.npt is not None and up.nat6 == "npt":
+                lans = [p for p in lan_prefixes if p.version == 6 and p.prefixlen == up.npt_prefix.prefixlen]
+                pair = (lans[0], up.npt_prefix) if lans else None
+                if pair != self.npt_maps[u]:
+                    self.npt.set_prefixes(u, *(pair or (None, None)))
+                    self.npt_maps[u] = pair
+                    changed = True
+                    if pair is None:
+                        self.log.warning(f"uplink {up.name}: no IPv6 LAN prefix is a /{up.npt_prefix.prefixlen} like "
+                                         f"npt_prefix {up.npt_prefix}; IPv6 leaves it untranslated")
+                    else:
+                        self.log(f"uplink {up.name} maps {pair[0]} to {pair[1]} (NPTv6)")
+        return changed
+
+    def expire(self, now: float | None = None) -> int:
+        return self.nat.expire(time.time() if now is None else now) if self.nat is not None else 0
+
+    def guard_sets(self) -> dict:
+        return {"nat4": ("ipv4_addr", [str(a) for a in self.addrs if a is not None]),
+                "npt6": ("ipv6_addr", [str(m[1]) for m in self.npt_maps if m is not None])}
+
+    def guard_rules(self, uplinks: list[str]) -> list[str]:
+        """Rules for the kernel guard, before its 'the router itself' rule."""
+        ups = ", ".join(f'"{d}"' for d in uplinks)
+        rules = []
+        if self.ports is not None:
+            ranges = ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in port_ranges(self.ports))
+            rules.append(f"iifname {{ {ups} }} ip daddr @nat4 meta l4proto {{ tcp, udp }} th dport {{ {ranges} }} "
+                         f"counter drop")
+        rules.append(f"iifname {{ {ups} }} ip6 daddr @npt6 counter drop")
+        return rules
+
+    def status(self) -> dict:
+        names = [u.name for u in self.cfg.uplinks]
+        out = {"uplinks": {}}
+        if self.nat is not None:
+            st = self.nat.stats()
+            out.update(mappings=st["mappings"], capacity=st["capacity"], ports=st["ports"],
+                       exhausted=st["exhausted"], moved=st["moved"])
+        for u, name in enumerate(names):
+            t = {"nat": self.cfg.uplinks[u].nat, "nat6": self.cfg.uplinks[u].nat6}
+            if self.nat is not None and self.modes[u]:
+                t["address"] = None if self.addrs[u] is None else str(self.addrs[u])
+                t["mappings"] = st["uplinks"][u]
+            if self.npt_maps[u] is not None:
+                t["npt"] = f"{self.npt_maps[u][0]} <-> {self.npt_maps[u][1]}"
+            out["uplinks"][name] = t
+        return out
+
+    @staticmethod
+    def bytes_per_mapping() -> int:
+        from engine._nat import Nat44
+
+        return Nat44(1, 1024).bytes_per_mapping
+
