@@ -253,3 +253,26 @@ def test_the_gateway_is_learned_and_followed(bed, tmp_path):
         deadline = time.monotonic() + 5
         while peer(bed, "mn", "reach", ISP_CN_ADDR4, "1").returncode != 0:
             assert time.monotonic() < deadline
+
+
+def test_two_workers_share_the_translation(bed, tmp_path):
+    """workers = 2 across both ISPs (one Ethernet, one L3): replies come back through the
+    fanout to whichever worker their hash picks, and the one shared translator maps them;
+    TCP flows hash-checked, both workers carried traffic."""
+    with running(bed, policy(tmp_path, engine="workers = 2", uplinks=("isp1", "isp2"))) as (_, lines):
+        assert "(2 workers)" in "".join(lines)
+        for k in range(6):
+            sink = start_peer(bed, "cn", "tcp-sink", 7500 + k)
+            r = peer(bed, "mn", "tcp-send", CN4 if k % 2 else CN_ADDR, 7500 + k, 500_000, timeout=60)
+            sink.kill()
+            sink.wait()
+            out = json.loads(r.stdout)
+            assert out["answer"] == out["expect"], out
+        code = ("import socket\nfor p in range(31000, 31064):\n"
+                "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('192.168.1.10', p))\n"
+                "    s.sendto(b'x', ('198.51.100.1', 9)); s.close()")
+        subprocess.run(in_ns(bed, "mn", "python3", "-c", code), check=True, timeout=10)   # 64 flows: both workers
+        time.sleep(0.3)
+        st = status(bed)
+        assert all(w["rx_inside"] > 0 for w in st["workers"]), st["workers"]
+        assert {k: v for k, v in st["drops"].items() if k.startswith("nat_") and v} == {}, st["drops"]
