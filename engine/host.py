@@ -108,8 +108,8 @@ class VirtualInterface(Inside):
         if up.qdisc_bypass and segments:
             if not self.bypass_said:
                 self.bypass_said = True
-                dp.log(f"{self.vi}'s super-frames go out through each interface's qdisc (qdisc_bypass "
-                       f"off): the kernel segments them where a device cannot")
+                dp.log.debug(f"{self.vi}'s super-frames go out through each interface's qdisc (qdisc_bypass "
+                             f"off): the kernel segments them where a device cannot")
             return False
         return up.qdisc_bypass
 

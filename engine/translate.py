@@ -17,11 +17,13 @@ never share a port.
 """
 from __future__ import annotations
 
+import ipaddress
 import time
 
 from engine.config import NAT_MODES
 
 KERNEL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+PRIVATE4 = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")]
 
 
 def kernel_port_range(path: str = KERNEL_RANGE) -> tuple[int, int] | None:
@@ -68,8 +70,11 @@ class Translation:
 
     def refresh(self, state, up_index: list, lan_prefixes: list) -> bool:
         """Each translating uplink's IPv4 address from the kernel's state, NPT's prefix pairs
-        from the LAN prefixes; True when something changed (the guard's sets follow)."""
+        from the LAN prefixes; True when something changed (the guard's sets follow).  An
+        uplink whose nat is "auto" says so only if the LAN has private IPv4 space to
+        translate (a routed LAN, like the draft's testbed, hears nothing of it)."""
         changed = False
+        private = any(p.version == 4 and any(p.subnet_of(q) for q in PRIVATE4) for p in lan_prefixes)
         for u, up in enumerate(self.cfg.uplinks):
             if self.nat is not None and self.modes[u]:
                 idx = up_index[u]
@@ -81,11 +86,12 @@ class Translation:
                     self.nat.set_address(u, addr)
                     self.addrs[u] = addr
                     changed = True
+                    say = self.log if self.modes[u] == 2 or private else self.log.debug
                     if addr is None:
-                        self.log.warning(f"uplink {up.name} ({up.device}) has no IPv4 address: its translated "
+                        (self.log.warning if say is self.log else self.log.debug)(f"uplink {up.name} ({up.device}) has no IPv4 address: its translated "
                                          f"flows are dropped (nat_no_address) until it has one")
                     else:
-                        self.log(f"uplink {up.name} translates IPv4 to {addr}"
+                        say(f"uplink {up.name} translates IPv4 to {addr}"
                                  + (f" (the old address's {gone} mappings are gone)" if gone else ""))
             if self.npt is not None and up.nat6 == "npt":
                 lans = [p for p in lan_prefixes if p.version == 6 and p.prefixlen == up.npt_prefix.prefixlen]
