@@ -553,6 +553,8 @@ class Datapath:
             l3, fam = int(p["l3_off"]), int(p["family"])
             ip6, ip4 = self.my_ip(dev)
             mac = bytes(self.state.link(dev).mac) if self.state.link(dev) else None
+            if mac is not None and len(mac) != 6:
+                mac = bytes(6)            # an L3 device: the header is left out when it is sent
             if mac is None or len(frame) < l3 + 20:
                 continue
             if kind == _forward.KIND_TOO_BIG:
@@ -801,13 +803,15 @@ class Datapath:
         except ConfigError as exc:
             return {"ok": False, "message": f"rejected, the old policy keeps running: {exc}"}
         old = self.cfg
-        same = (new.lan == old.lan and [(u.name, u.device) for u in new.uplinks] ==
-                [(u.name, u.device) for u in old.uplinks] and new.option_type == old.option_type
-                and new.host == old.host)
+        def wiring(c):
+            return [(u.name, u.device, u.gateway, u.gateway_mac, u.nat, u.nat6, u.npt_prefix) for u in c.uplinks]
+        same = (new.lan == old.lan and wiring(new) == wiring(old) and new.option_type == old.option_type
+                and new.host == old.host and new.nat_ports == old.nat_ports)
         if not same:
             return {"ok": False, "message": "rejected, the old policy keeps running: the LAN device, the "
-                                            "uplinks (names, devices, order), the option type or [host] "
-                                            "changed; those need a restart"}
+                                            "uplinks (names, devices, order, gateways, translation), "
+                                            "nat_ports, the option type or [host] changed; those need a "
+                                            "restart"}
         if len(new.lan_prefixes) > self.fw.lan_net.shape[0]:
             return {"ok": False, "message": f"rejected, the old policy keeps running: more than "
                                             f"{self.fw.lan_net.shape[0]} lan_prefixes"}

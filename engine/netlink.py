@@ -297,8 +297,12 @@ class Netlink:
                     st.addrs.pop(index, None)
                     for key in [k for k in st.neigh if k[0] == index]:
                         del st.neigh[key]
+                    st.routes -= {r for r in st.routes if index in r[3]}
                     yield ("gone", index)
                     continue
+                if not iflags & K.IFF_UP:
+                    # IPv4 drops a device's routes when it goes down, without RTM_DELROUTE
+                    st.routes -= {r for r in st.routes if len(r[0]) == 4 and r[3] == (index,)}
                 self._mark("links", index)
                 name = at.get(K.IFLA_IFNAME, b"").rstrip(b"\0").decode(errors="replace")
                 link = st.links.get(index) or Link(index, name)
@@ -321,6 +325,12 @@ class Netlink:
                 per = st.addrs.setdefault(index, {})
                 if mtype == K.RTM_DELADDR or aflags & (K.IFA_F_TENTATIVE | K.IFA_F_DADFAILED):
                     per.pop(bytes(a), None)
+                    if len(a) == 4:
+                        # IPv4 drops, without RTM_DELROUTE, the routes whose gateway no longer
+                        # lies on one of the device's subnets
+                        nets = [ipaddress.ip_network((x, pl), strict=False) for x, (pl, _) in per.items() if len(x) == 4]
+                        st.routes -= {r for r in st.routes if len(r[0]) == 4 and r[3] == (index,) and r[4]
+                                      and not any(ipaddress.ip_address(r[4]) in n for n in nets)}
                 else:
                     brd = at.get(K.IFA_BROADCAST)
                     per[bytes(a)] = (plen, bytes(brd) if brd else None)

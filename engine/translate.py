@@ -23,6 +23,7 @@ import time
 from engine.config import NAT_MODES
 
 KERNEL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+ULA = ipaddress.ip_network("fc00::/7")
 PRIVATE4 = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")]
 
 
@@ -61,24 +62,36 @@ class Translation:
                 self.nat = Nat44(n, max(1024, min(cfg.flow_capacity, 1 << 22)), avoid=avoid)
             else:
                 self.ports = port_list(cfg.nat_ports)
+                k = kernel_port_range()
+                if k and cfg.nat_ports[0] <= k[1] and k[0] <= cfg.nat_ports[1]:
+                    log.warning(f"nat_ports {cfg.nat_ports[0]}-{cfg.nat_ports[1]} overlaps the kernel's "
+                                f"ip_local_port_range {k[0]}-{k[1]}: the router's own connections on a "
+                                f"translating uplink's address may lose their replies to mappings")
                 self.nat = Nat44(n, max(1024, min(cfg.flow_capacity, 1 << 22)), port_range=cfg.nat_ports)
         if router and any(u.nat6 == "npt" for u in cfg.uplinks):
             self.npt = Npt66(n)
         self.addrs: list = [None] * n
+        self.active = [0] * n                    # modes in effect (auto: only with a private LAN)
         self.npt_maps: list = [None] * n
-        fw.set_nat(self.nat, self.modes, self.npt)
+        fw.set_nat(self.nat, self.active, self.npt)
 
     def refresh(self, state, up_index: list, lan_prefixes: list) -> bool:
         """Each translating uplink's IPv4 address from the kernel's state, NPT's prefix pairs
         from the LAN prefixes; True when something changed (the guard's sets follow).  An
-        uplink whose nat is "auto" says so only if the LAN has private IPv4 space to
-        translate (a routed LAN, like the draft's testbed, hears nothing of it)."""
+        uplink whose nat is "auto" translates only while the LAN has private IPv4 space
+        (RFC 1918, 100.64/10): a routed LAN (the draft's testbed) keeps its addresses, and
+        the uplink's address keeps every port for the router's own services."""
         changed = False
         private = any(p.version == 4 and any(p.subnet_of(q) for q in PRIVATE4) for p in lan_prefixes)
+        active = [m if m == 2 or (m == 1 and private) else 0 for m in self.modes]
+        if active != self.active:
+            self.active = active
+            self.fw.set_nat(self.nat, active, self.npt)
+            changed = True
         for u, up in enumerate(self.cfg.uplinks):
-            if self.nat is not None and self.modes[u]:
+            if self.nat is not None:
                 idx = up_index[u]
-                v4 = [a for a in (state.addresses(idx) if idx is not None else [])
+                v4 = [a for a in (state.addresses(idx) if idx is not None and active[u] else [])
                       if a.version == 4 and not a.is_link_local]
                 addr = v4[0] if v4 else None
                 if addr != self.addrs[u]:
@@ -86,15 +99,16 @@ class Translation:
                     self.nat.set_address(u, addr)
                     self.addrs[u] = addr
                     changed = True
-                    say = self.log if self.modes[u] == 2 or private else self.log.debug
-                    if addr is None:
-                        (self.log.warning if say is self.log else self.log.debug)(f"uplink {up.name} ({up.device}) has no IPv4 address: its translated "
+                    if addr is None and active[u]:
+                        self.log.warning(f"uplink {up.name} ({up.device}) has no IPv4 address: its translated "
                                          f"flows are dropped (nat_no_address) until it has one")
-                    else:
-                        say(f"uplink {up.name} translates IPv4 to {addr}"
+                    elif addr is not None:
+                        self.log(f"uplink {up.name} translates IPv4 to {addr}"
                                  + (f" (the old address's {gone} mappings are gone)" if gone else ""))
             if self.npt is not None and up.nat6 == "npt":
-                lans = [p for p in lan_prefixes if p.version == 6 and p.prefixlen == up.npt_prefix.prefixlen]
+                # the LAN prefix of npt_prefix's length; unique local ones first (RFC 6296's case)
+                lans = sorted((p for p in lan_prefixes if p.version == 6 and p.prefixlen == up.npt_prefix.prefixlen),
+                              key=lambda p: (not p.subnet_of(ULA), p))
                 pair = (lans[0], up.npt_prefix) if lans else None
                 if pair != self.npt_maps[u]:
                     self.npt.set_prefixes(u, *(pair or (None, None)))
@@ -134,7 +148,8 @@ class Translation:
                        exhausted=st["exhausted"], moved=st["moved"])
         for u, name in enumerate(names):
             t = {"nat": self.cfg.uplinks[u].nat, "nat6": self.cfg.uplinks[u].nat6}
-            if self.nat is not None and self.modes[u]:
+            t["translating"] = bool(self.active[u])
+            if self.nat is not None and self.active[u]:
                 t["address"] = None if self.addrs[u] is None else str(self.addrs[u])
                 t["mappings"] = st["uplinks"][u]
             if self.npt_maps[u] is not None:

@@ -607,8 +607,9 @@ cdef class Forwarder:
                 out[i] = OUT_KERNEL
                 self.cnt[CNT_HANDOVER] += 1
                 continue
-            if self.router and not (vlan != NULL and vlan[i]):
-                # a reply to a translated flow: back to the LAN host's address and port
+            if self.router and not (vlan != NULL and vlan[i]) and memcmp(f, self.up_mac_c + 6 * u, 6) == 0:
+                # a reply to a translated flow (sent to this uplink's MAC, not another host's
+                # on the ISP's segment): back to the LAN host's address and port
                 c = NAT_PASS
                 if r.family == 4 and self.nat_mode_c[u] and self.nat is not None:
                     c = self.nat.in4(base + off[i] + r.l3_off, lens[i] - r.l3_off, u, ts[i],

@@ -229,7 +229,7 @@ cdef class RxRing:
                 dst = self.base + self.ring_len + self.side_used
                 if self.l3:
                     dst += 16                        # room for the Ethernet header in front
-                r = self.read_copy(dst, h.tp_len)
+                r = self.read_copy(dst, h.tp_len, COPY_SLOT - 16 if self.l3 else COPY_SLOT)
                 self.held_n += 1
                 if r < VNET + (1 if self.l3 else 14) or r > COPY_SLOT - (16 if self.l3 else 0):
                     self.truncated += 1
@@ -272,8 +272,9 @@ cdef class RxRing:
         self.frames += n
         return n
 
-    cdef ssize_t read_copy(self, uint8_t* dst, uint32_t want) noexcept nogil:
-        """The queued copy of a long frame of ``want`` bytes, into dst (vnet header first).
+    cdef ssize_t read_copy(self, uint8_t* dst, uint32_t want, size_t room) noexcept nogil:
+        """The queued copy of a long frame of ``want`` bytes, into dst (vnet header first; at
+        most ``room`` bytes written).
         A pending socket error (ENETDOWN after the device went down and up) is returned once
         by recv and cleared: read again.  A copy of another length belongs to a slot whose
         copy was lost: skip it, so the queue and the ring stay in step."""
@@ -281,7 +282,7 @@ cdef class RxRing:
         cdef int tries = 0
         while tries < 8:
             tries += 1
-            r = recv(self.fd, dst, COPY_SLOT, MSG_DONTWAIT | MSG_TRUNC)
+            r = recv(self.fd, dst, room, MSG_DONTWAIT | MSG_TRUNC)
             if r < 0:
                 if errno == EAGAIN:
                     return -1

@@ -55,6 +55,12 @@ def status(tb) -> dict:
     return json.loads(p.stdout)
 
 
+def reaches(tb, node, addr, tries=3) -> bool:
+    """An echo answered, allowing for a first one lost while mmr asks the kernel for a LAN
+    host's MAC (it drops what it cannot deliver yet; the kernel would queue it)."""
+    return any(peer(tb, node, "reach", addr, "1").returncode == 0 for _ in range(tries))
+
+
 def running(tb, path):
     return running_mmr(tb, "mmr", "run", "forwarding", "--config", path)
 
@@ -65,8 +71,8 @@ def test_the_private_lan_reaches_cn_through_both_translations(bed, tmp_path, isp
     with running(bed, policy(tmp_path, uplinks=(isp,))) as (_, lines):
         text = "".join(lines)
         assert f"translates IPv4 to 198.18.{k}.2" in text and f"maps fd00:1::/64 to 2001:db8:a{k}:100::/64" in text
-        assert peer(bed, "mn", "reach", ISP_CN_ADDR4, "2").returncode == 0
-        assert peer(bed, "mn", "reach", CN_ADDR, "2").returncode == 0
+        assert reaches(bed, "mn", ISP_CN_ADDR4)
+        assert reaches(bed, "mn", CN_ADDR)
         for dst, port in ((CN4, 7001), (CN_ADDR, 7002)):
             srv = start_peer(bed, "cn", "echo-server", port, 5, dst)     # replies from the address asked
             r = peer(bed, "mn", "echo-client", dst, port, 20)
@@ -233,13 +239,13 @@ def test_the_gateway_is_learned_and_followed(bed, tmp_path):
     goes, ISP1 stops carrying flows, and it carries them again once a route is back."""
     with running(bed, policy(tmp_path)):
         assert status(bed)["next_hops"]["isp1"] == "2001:db8:a1::1"
-        assert peer(bed, "mn", "reach", CN_ADDR, "2").returncode == 0
+        assert reaches(bed, "mn", CN_ADDR)
         bed.run("isp1", "ip", "-6", "addr", "add", "2001:db8:a1::5/64", "dev", "eth0", "nodad")
         try:
             bed.run("mmr", "ip", "-6", "route", "replace", "default", "via", "2001:db8:a1::5", "dev", "up1",
                     "metric", "100")
             next_hop_becomes(bed, "2001:db8:a1::5")
-            assert peer(bed, "mn", "reach", CN_ADDR, "2").returncode == 0
+            assert reaches(bed, "mn", CN_ADDR)
             bed.run("mmr", "ip", "-6", "route", "del", "default", "via", "2001:db8:a1::5", "dev", "up1",
                     "metric", "100")
             bed.run("mmr", "ip", "-4", "route", "del", "default", "via", "198.18.1.1", "dev", "up1", "metric", "100")

@@ -26,7 +26,7 @@ cdef class RxRing:
     cdef readonly bint l3               # a device without a link header: frames get an Ethernet one
 
     cdef Py_ssize_t batch_c(self, Py_ssize_t max_frames) noexcept nogil
-    cdef ssize_t read_copy(self, uint8_t* dst, uint32_t want) noexcept nogil
+    cdef ssize_t read_copy(self, uint8_t* dst, uint32_t want, size_t room) noexcept nogil
     cdef void release_c(self) noexcept nogil
     cdef bint ready_c(self) noexcept nogil
 
