@@ -148,13 +148,20 @@ def echo_client(dst, port, n, size=0):
                       "rtt_ms": round(sorted(rtts)[len(rtts) // 2], 3) if rtts else None}))
 
 
-def tcp_serve(port, nbytes):
+def accept_one(port):
+    """Listen on PORT (both families), say "ready", return the first connection."""
     s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("::", int(port)))
     s.listen(1)
     print("ready", flush=True)
     c, _ = s.accept()
+    s.close()
+    return c
+
+
+def tcp_serve(port, nbytes):
+    c = accept_one(port)
     c.sendall(stream(int(nbytes)))
     c.close()
 
@@ -215,12 +222,7 @@ def stream(n):
 
 
 def tcp_sink(port):
-    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("::", int(port)))
-    s.listen(1)
-    print("ready", flush=True)
-    c, _ = s.accept()
+    c = accept_one(port)
     h = hashlib.sha256()
     total = 0
     last, gap = time.monotonic(), 0.0

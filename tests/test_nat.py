@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine import _nat
-from engine.ref.nat import Nat44Ref, _sum
+from engine.inet import ones_sum as _sum
+from engine.ref.nat import Nat44Ref
 
 LAN1, LAN2 = ipaddress.ip_address("192.168.1.10").packed, ipaddress.ip_address("192.168.1.11").packed
 EXT0, EXT1 = ipaddress.ip_address("198.18.1.2").packed, ipaddress.ip_address("198.18.2.2").packed

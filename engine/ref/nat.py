@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import struct
 
+from engine.inet import ones_sum
+
 OK, PASS, UNKNOWN, EXHAUSTED, UNSUPPORTED, MALFORMED, NO_ADDRESS = (
     "ok", "pass", "unknown", "exhausted", "unsupported", "malformed", "no_address")
 TIMEOUTS = {"tcp_syn": 120.0, "tcp_established": 432000.0, "tcp_fin": 120.0, "tcp_rst": 10.0,
@@ -392,20 +394,6 @@ class Nat44Ref:
         return len(self.fwd)
 
 
-def ipv4_header_ok(b: bytes) -> bool:
-    ihl = (b[0] & 15) * 4
-    return _sum(b[:ihl]) == 0xFFFF
-
-
-def _sum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
-
-
 # ---------------------------------------------------------------------- NPTv6 (RFC 6296)
 def npt_map(addr: bytes, frm, to) -> bytes | None:
     """addr (16 bytes, inside prefix frm) mapped into prefix to (an ipaddress.IPv6Network of
@@ -419,11 +407,11 @@ def npt_map(addr: bytes, frm, to) -> bytes | None:
         w = next((i for i in range(4, 8) if words[i] != 0xFFFF), None)
     if w is None:
         return None
-    before = _sum(addr)
+    before = ones_sum(addr)
     mask = int(frm.netmask)
     new = (int(to.network_address) & mask) | (int.from_bytes(addr, "big") & ~mask & ((1 << 128) - 1))
     words = list(struct.unpack("!8H", new.to_bytes(16, "big")))
-    rest = _sum(struct.pack("!8H", *(words[:w] + [0] + words[w + 1:])))
+    rest = ones_sum(struct.pack("!8H", *(words[:w] + [0] + words[w + 1:])))
     # the word that makes the sum `before` again: before - rest (one's complement), 0xFFFF as 0
     v = (before + (~rest & 0xFFFF)) % 0xFFFF
     words[w] = v
