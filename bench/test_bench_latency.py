@@ -147,13 +147,19 @@ def test_latency_kernel_vs_mmr(bed, tmp_path):
     with running_router(bed):
         ping(bed, 5)                            # neighbours resolved, flows created
         results["mmr"] = {c: measure(bed, pps) for c, pps in conds.items()}
-        # a shared machine stalls now and then for tens of ms (seen once in ~10 runs, under
-        # load only): a condition over its p99 gate is measured once more, both runs are
-        # reported, and the gate takes the better one.  A real regression fails both.
-        for c, pps in conds.items():
-            if results["mmr"][c]["p99"] > p99_gate(c) * results["kernel"][c]["p99"]:
-                retried[c] = results["mmr"][c]
-                results["mmr"][c] = measure(bed, pps)
+    # a shared machine stalls now and then for tens of ms, or runs slower for a minute (seen
+    # in ~1 of 10 runs, under load only): a condition over its p99 gate is measured once
+    # more, the kernel first and then mmr (the kernel as it runs in that same minute), both
+    # pairs are reported, and the gate takes the second pair.  A real regression fails both.
+    again = [c for c in conds if results["mmr"][c]["p99"] > p99_gate(c) * results["kernel"][c]["p99"]]
+    if again:
+        for c in again:
+            retried[c] = (results["kernel"][c], results["mmr"][c])
+            results["kernel"][c] = measure(bed, conds[c])
+        with running_router(bed):
+            ping(bed, 5)
+            for c in again:
+                results["mmr"][c] = measure(bed, conds[c])
     # the other end of the trade-off: no busy-poll (a wake-up per frame, no CPU when idle)
     from engine.config import default_config_path
 
@@ -172,7 +178,10 @@ def test_latency_kernel_vs_mmr(bed, tmp_path):
         k, m = results["kernel"][c], results["mmr"][c]
         RESULTS.append(Figure(f"latency {c}: kernel", fmt(k)))
         if c in retried:
-            RESULTS.append(Figure(f"latency {c}: mmr, first run (over the gate, measured again)", fmt(retried[c])))
+            RESULTS.append(Figure(f"latency {c}: first run over the gate, measured again: kernel",
+                                  fmt(retried[c][0])))
+            RESULTS.append(Figure(f"latency {c}: first run over the gate, measured again: mmr",
+                                  fmt(retried[c][1])))
         RESULTS.append(Figure(f"latency {c}: mmr", fmt(m) + f"; added median {m['median'] - k['median']:+.3f} ms, "
                                                           f"added p99 {m['p99'] - k['p99']:+.3f} ms"))
     k = results["kernel"]["idle"]
@@ -183,7 +192,7 @@ def test_latency_kernel_vs_mmr(bed, tmp_path):
         k, m = results["kernel"][c], results["mmr"][c]
         assert m["dups"] == 0, (c, m["dups"])                 # never a duplicate
         assert m["lost"] <= max(1, k["lost"]), (c, m["lost"], k["lost"])
-        assert m["p99"] <= p99_gate(c) * k["p99"], (c, k["p99"], m["p99"], retried.get(c, {}).get("p99"))
+        assert m["p99"] <= p99_gate(c) * k["p99"], (c, k["p99"], m["p99"], [r["p99"] for r in retried.get(c, ())])
         if c == "idle":
             assert m["median"] <= GATE_MEDIAN_RATIO * k["median"], (k["median"], m["median"])
         else:
