@@ -822,11 +822,13 @@ cdef class Forwarder:
         cdef double spin = spin_us * 1e-6, wait, side_at = t0
         cdef int r, u
         cdef bint spinning, side = False
+        cdef uint64_t kern
         cdef timespec ts, zero
         zero.tv_sec = 0
         zero.tv_nsec = 0
         while True:
             k = 0
+            kern = self.cnt[CNT_KERNEL]
             if self.in_ring is not None:
                 if self.in_ring.ready_c():
                     k += self.step_inside()
@@ -841,7 +843,10 @@ cdef class Forwarder:
             t = mono()
             if k:
                 frames += k
-                self.last_active = t
+                if <uint64_t>k > self.cnt[CNT_KERNEL] - kern:
+                    # forwarded traffic keeps the loop looking; what only passes to the kernel
+                    # (probe replies, ND, ARP: several a second on an idle router) does not
+                    self.last_active = t
             if self.punt_n or t >= deadline:
                 break
             if k:
