@@ -119,16 +119,18 @@ class State:
                     out.add(addr16(net.broadcast_address.packed))
         return out
 
-    def default_gateway(self, index: int) -> bytes | None:
+    def default_gateway(self, index: int, family: int | None = None) -> bytes | None:
         """The next hop of the main table's best default route out of device index (what DHCP,
-        an RA or a PPP peer installed): IPv6 first, then IPv4; None without one."""
+        an RA or a PPP peer installed) for family 4 or 6 (by the route's own family: the RA
+        router for IPv6, the DHCP one for IPv4); family None: IPv6's, else IPv4's.  None
+        without one."""
         best = {}
         for dst, plen, table, oifs, gw, prio in self.routes:
             if plen == 0 and table == K.RT_TABLE_MAIN and oifs == (index,) and gw:
-                fam = len(gw)
+                fam = 6 if len(dst) == 16 else 4
                 if fam not in best or prio < best[fam][0]:
                     best[fam] = (prio, gw)
-        for fam in (16, 4):
+        for fam in ((6, 4) if family is None else (family,)):
             if fam in best:
                 return best[fam][1]
         return None
