@@ -85,6 +85,8 @@ UPLINK_KEYS = {
                        "(0: none; default: bandwidth_mbps)"),
     "qdisc_bypass": Key("bool", True, hint="true (fastest) or false (mmr's packets go through the "
                                            "device's qdisc: a shaper applies and its backlog is measured)"),
+    "dns": Key("addrs", [], hint='the resolvers this uplink\'s network gave, e.g. ["2001:db8:a1::53", '
+                                 '"198.18.1.53"]: flows to them leave through this uplink'),
     "probe_targets": Key("addrs", None, optional=True,
                          hint='addresses to ping out of this uplink, e.g. ["2001:db8:a1::1"] (default: the gateway)'),
     "reliability": Key("int", 1, 1, 1000,
@@ -220,6 +222,7 @@ class Uplink:
     npt_prefix: ipaddress.IPv6Network | None = None
     gateway4: str | None = None                            # the IPv4 next hop's address; None: auto
     gateway6: str | None = None                            # the IPv6 next hop's; None: auto
+    dns: list[str] = field(default_factory=list)           # resolvers pinned to this uplink (RFC 6419 2.3.1)
 
 
 @dataclass
@@ -606,7 +609,7 @@ class _Loader:
             self.err("uplink", "must be an array of tables", "write each uplink as [[uplink]]")
         if len(ups) > 254:
             self.err("uplink", f"{len(ups)} uplinks is more than mmr supports", "keep at most 254")
-        names, devs = {}, {}
+        names, devs, resolvers = {}, {}, {}
         for i, t in enumerate(ups):
             where = f"uplink[{i}]"
             v = self.table(t, UPLINK_KEYS, where)
@@ -653,6 +656,15 @@ class _Loader:
             cfg.uplinks.append(Uplink(v["name"], v["device"], v["gateway"], v["gateway_mac"],
                                       chars, int(metric), bool(v["usable"]), targets, bool(v["qdisc_bypass"])))
             cfg.uplinks[-1].gateway4, cfg.uplinks[-1].gateway6 = per_family[4], per_family[6]
+            for a in v["dns"]:          # a resolver answers for the network that gave it: one uplink
+                if a in resolvers:
+                    self.err(f"{where}.dns", f"{a} is already a resolver of uplink {resolvers[a]!r}",
+                             "list each resolver under the uplink whose network gave it, once")
+                resolvers[a] = v["name"]
+            if len(resolvers) > C.MAX_RESOLVERS:
+                self.err(f"{where}.dns", f"{len(resolvers)} resolvers are more than mmr pins",
+                         f"list at most {C.MAX_RESOLVERS} in all")
+            cfg.uplinks[-1].dns = list(v["dns"])
             cfg.uplinks[-1].weight = v["weight"]
             if v["reliability"] > max(1, len(targets)):
                 self.err(f"{where}.reliability", f"{v['reliability']} is more than the {len(targets)} probe "

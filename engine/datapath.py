@@ -51,7 +51,7 @@ from engine.icmperr import packet_too_big, parameter_problem, time_exceeded
 from engine.log import Log
 from engine.sdnotify import Notifier
 from engine.workers import CALL_TIMEOUT_S
-from engine.netlink import Netlink
+from engine.netlink import Netlink, addr16
 
 IDLE_WAIT_US = 100000    # the longest sleep; timers (probes, expiry, housekeeping) wake it earlier
 HOUSEKEEPING_S = 1.0
@@ -256,6 +256,12 @@ class Datapath:
                     if self.gw_auto[u][f] and self.up_index[u] is not None:
                         self.gw_addr[u][f] = self.state.default_gateway(self.up_index[u], fam)
             self._resolve_gateways(resolve_wait)
+            # resolvers pinned to the uplink whose network gave them (RFC 6419 2.3.1): address
+            # -> (uplink, where from, expiry on the monotonic clock or None); the config's are
+            # in every pipeline's selector already, learned ones (RDNSS) are pushed there
+            self.resolvers: dict[bytes, tuple] = {}
+            self.resolvers_full_said = False
+            self._config_resolvers(cfg)
             self.inside.tables(self)
             self.conn = ConnectionManager(cfg, *self._conn_views(), self.state,
                                           self.next_hop_known, self.log, backlog=self.netlink.qdisc.get)
@@ -501,6 +507,78 @@ class Datapath:
                 if self.gw_addr[u][f] is not None and not self._learn_gateway(u, f):
                     self._prompt(up.device, self.gw_addr[u][f])
 
+    # ------------------------------------------------------------------ resolvers
+    def _config_resolvers(self, cfg) -> None:
+        """[[uplink]] dns: pinned while the policy says so; learned ones stay (the config's
+        word wins for an address both name)."""
+        self.resolvers = {a: v for a, v in self.resolvers.items() if v[1] != "config"}
+        for u, up in enumerate(cfg.uplinks):
+            for text in up.dns:
+                self.resolvers[addr16(ipaddress.ip_address(text).packed)] = (u, "config", None)
+
+    def _rdnss(self, u: int, servers, router) -> None:
+        """An RA on uplink u named resolvers (RFC 8106): pinned to u for their lifetime (0:
+        withdrawn; all ones: for good); a router elsewhere naming the same address moves it."""
+        up = self.cfg.uplinks[u]
+        now = time.monotonic()
+        where = "ra " + (str(ipaddress.ip_address(router)) if router else "(unknown router)")
+        changed = False
+        for addr, life in servers:
+            ip = ipaddress.ip_address(addr)
+            if ip.ipv4_mapped or ip.is_multicast or ip.is_unspecified or ip.is_loopback:
+                continue                          # an RA names IPv6 resolvers; nothing else is pinned
+            have = self.resolvers.get(addr)
+            text = str(ip)
+            if have is not None and have[1] == "config":
+                continue                          # the operator's word stands
+            if life == 0:
+                if have is not None and have[0] == u:
+                    del self.resolvers[addr]
+                    changed = True
+                    self.log(f"uplink {up.name}: resolver {text} withdrawn by its router")
+                continue
+            if have is None and len(self.resolvers) >= C.MAX_RESOLVERS:
+                if not self.resolvers_full_said:
+                    self.log.warning(f"uplink {up.name}: resolver {text} from a router advertisement not "
+                                     f"pinned: {C.MAX_RESOLVERS} resolvers are pinned already")
+                    self.resolvers_full_said = True
+                continue
+            if have is None or have[0] != u:
+                changed = True
+                self.log(f"uplink {up.name}: resolver {text} learned from a router advertisement ({where}), "
+                         f"pinned to it")
+            self.resolvers[addr] = (u, where, None if life == 0xFFFFFFFF else now + life)
+        if changed:
+            self._push_resolvers()
+
+    def _expire_resolvers(self) -> None:
+        now = time.monotonic()
+        gone = [a for a, (_, _, exp) in self.resolvers.items() if exp is not None and exp <= now]
+        for a in gone:
+            u = self.resolvers.pop(a)[0]
+            self.log(f"uplink {self.cfg.uplinks[u].name}: resolver {ipaddress.ip_address(a)} expired "
+                     f"(no router advertisement renewed it)")
+        if gone:
+            self._push_resolvers()
+
+    def _push_resolvers(self) -> None:
+        """Into this thread's selector and every worker's (between two of their batches)."""
+        pairs = [(a, u) for a, (u, _, _) in self.resolvers.items()]
+        self.pipe.selector.set_resolvers(pairs)
+        for w in self.workers:
+            w.post(lambda w, p=pairs: w.pipe.selector.set_resolvers(p))
+
+    def resolver_table(self) -> dict:
+        """Per uplink: its pinned resolvers, where each came from, seconds left (None: for good)."""
+        now = time.monotonic()
+        out = {u.name: [] for u in self.cfg.uplinks}
+        for a, (u, where, exp) in sorted(self.resolvers.items(), key=lambda kv: (kv[1][0], kv[0])):
+            text = ipaddress.ip_address(a)
+            text = text.ipv4_mapped or text
+            out[self.cfg.uplinks[u].name].append({"address": str(text), "from": where,
+                                                  "expires_s": None if exp is None else round(max(0.0, exp - now))})
+        return out
+
     # ------------------------------------------------------------------ netlink
     def _netlink_events(self, revents: int) -> None:
         links = gateways = False
@@ -515,6 +593,9 @@ class Datapath:
             elif kind == "route":
                 self.inside.link_event(self, ev)
                 gateways = self._follow_auto_gateways() or gateways
+            elif kind == "rdnss":
+                if ev[1] in self.up_index:
+                    self._rdnss(self.up_index.index(ev[1]), ev[2], ev[3])
             elif kind in ("link", "addr", "resync"):
                 links = True
                 link = self.state.links.get(ev[1]) if kind == "link" else None
@@ -739,6 +820,7 @@ class Datapath:
 
     def _housekeeping(self) -> None:
         self._follow_gateways()
+        self._expire_resolvers()
         now = time.time()
         self.translation.expire(now)
         self.pipe.expire(now)
@@ -854,6 +936,8 @@ class Datapath:
         for w in self.workers:
             w.post(lambda w: (w.pipe.apply(new), w.fw.set_strip(new), gate.wait(CALL_TIMEOUT_S)))
         self.cfg = new
+        self._config_resolvers(new)               # the new selectors have the config's: learned ones back
+        self._push_resolvers()
         try:
             self.conn.apply(new, self._conn_views()[0])  # usable mask and measurements into it at once
         finally:
@@ -888,6 +972,7 @@ class Datapath:
                     "translation": self.translation.status(),
                     "next_hops": {u.name: self._next_hop_text(k, 1) or self._next_hop_text(k, 0)
                                   for k, u in enumerate(self.cfg.uplinks)},
+                    "resolvers": self.resolver_table(),
                     "next_hops_by_family": {u.name: {"ipv4": self._next_hop_text(k, 0),
                                                      "ipv6": self._next_hop_text(k, 1)}
                                             for k, u in enumerate(self.cfg.uplinks)}}

@@ -24,6 +24,9 @@
                                  stream, every byte)
   ttl-probe DST PORT TTL         one UDP datagram with that TTL / hop limit, print JSON with
                                  the ICMP error that came back {"origin", "type", "code", "from"}
+  ra-send DEV LIFETIME ADDR...   one router advertisement out of DEV to all nodes, with an
+                                 RDNSS option (RFC 8106) naming ADDRs for LIFETIME seconds;
+                                 router lifetime 0 (no default route), no prefixes
 """
 import hashlib
 import ipaddress
@@ -279,6 +282,18 @@ def tcp_send(dst, port, nbytes, svc=-1, pref=-1, pace_ms=0):
     print(json.dumps({"answer": answer, "expect": f"{len(data)} {hashlib.sha256(data).hexdigest()}"}))
 
 
+def ra_send(dev, lifetime, *addrs):
+    """A raw ICMPv6 socket (the kernel fills the checksum); hop limit 255 and a link-local
+    source, or receivers ignore it (RFC 4861 6.1.2)."""
+    s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode())
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+    ra = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 0, 0, 0)       # type, code, sum, hop limit, flags, lifetime 0
+    servers = b"".join(socket.inet_pton(socket.AF_INET6, a) for a in addrs)
+    rdnss = struct.pack("!BBHI", 25, 1 + 2 * len(addrs), 0, int(lifetime)) + servers
+    s.sendto(ra + rdnss, ("ff02::1", 0, 0, socket.if_nametoindex(dev)))
+
+
 def reach(dst, seconds=1.0):
     """One ICMPv6/ICMP echo to dst (a raw socket: root), answered within SECONDS: exit 0,
     else 1.  The testbed checks itself with it, so it needs no ping program."""
@@ -312,4 +327,4 @@ if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     {"udp-sink": udp_sink, "udp-send": udp_send, "tcp-sink": tcp_sink, "tcp-send": tcp_send,
      "echo-server": echo_server, "udp-count": udp_count, "echo-client": echo_client, "reach": reach,
-     "tcp-serve": tcp_serve, "tcp-fetch": tcp_fetch, "ttl-probe": ttl_probe}[cmd](*args)
+     "tcp-serve": tcp_serve, "tcp-fetch": tcp_fetch, "ttl-probe": ttl_probe, "ra-send": ra_send}[cmd](*args)

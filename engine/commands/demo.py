@@ -38,8 +38,9 @@ address of the ISP that carried it."""
 
 EPILOG = """\
 needs: root, iproute2, nftables (apt-get install -y iproute2 nftables).
-exit status: 0 when each flow took the AR the policy predicts and traffic was delivered,
-1 when not, 2 on a usage, host or configuration error.
+exit status: 0 when each flow took the AR (ISP) the policy predicts and traffic was
+delivered (isp: from the source address expected), 1 when not, 2 on a usage, host or
+configuration error.
 
 examples:
   mmr demo
