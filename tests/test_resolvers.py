@@ -18,10 +18,11 @@ pytestmark = pytest.mark.privileged
 CN4 = "::ffff:" + ISP_CN_ADDR4
 
 
-def policy(tmp_path, metrics=(10, 20), dns1="", dns2=""):
+def policy(tmp_path, metrics=(10, 20), dns1="", dns2="", engine=""):
     p = tmp_path / "dns.toml"
     p.write_text(f"""[engine]
 lan = "lan0"
+{engine}
 [[uplink]]
 name = "isp1"
 device = "up1"
@@ -111,32 +112,48 @@ def test_a_configured_resolver_goes_out_of_its_uplink_not_the_metrics(bed, tmp_p
                            capture_output=True, text=True, timeout=30)
 
 
-def test_rdnss_from_a_router_advertisement_is_learned_and_pinned(bed, tmp_path):
+def resolvers_become(tb, name, want, seconds=8.0):
+    end = time.monotonic() + seconds
+    while [r["address"] for r in status(tb)["resolvers"][name]] != want:
+        assert time.monotonic() < end, status(tb)["resolvers"]
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_rdnss_from_a_router_advertisement_is_learned_and_pinned(bed, tmp_path, workers):
     """ISP2 is the primary now; ISP1's router advertises CN's IPv6 address as its resolver
     (RDNSS, RFC 8106) on up1, where the MMR, a router, accepts RAs (accept_ra = 2): mmr pins
-    it to ISP1, asks it through ISP1, and forgets it when the lifetime runs out."""
+    it to ISP1 (in every worker), asks it through ISP1, keeps it across a reload, lets the
+    router withdraw it (lifetime 0) and forgets it when its lifetime runs out."""
     was = bed.run("mmr", "sysctl", "-n", "net.ipv6.conf.up1.accept_ra").strip()
     bed.run("mmr", "sysctl", "-qw", "net.ipv6.conf.up1.accept_ra=2")
     try:
-        with running_mmr(bed, "mmr", "run", "forwarding", "--config", policy(tmp_path, metrics=(20, 10))):
+        with running_mmr(bed, "mmr", "run", "forwarding", "--config",
+                         policy(tmp_path, metrics=(20, 10), engine=f"workers = {workers}")):
             warm(bed)
             answered, seen = ask(bed, CN_ADDR)
             assert answered >= 4 and isp_of(seen) == {"isp2"}, seen            # the metric's choice
             r = peer(bed, "isp1", "ra-send", "eth0", "600", CN_ADDR)
             assert r.returncode == 0, r.stderr
-            end = time.monotonic() + 5
-            while not status(bed)["resolvers"]["isp1"]:
-                assert time.monotonic() < end, status(bed)["resolvers"]
-                time.sleep(0.1)
+            resolvers_become(bed, "isp1", [CN_ADDR])
             (got,) = status(bed)["resolvers"]["isp1"]
-            assert got["address"] == CN_ADDR and got["from"].startswith("ra fe80::") and 0 < got["expires_s"] <= 600
+            assert got["from"].startswith("ra fe80::") and 0 < got["expires_s"] <= 600, got
+            for _ in range(2):
+                answered, seen = ask(bed, CN_ADDR)
+                assert answered >= 4 and isp_of(seen) == {"isp1"}, seen        # pinned to ISP1
+            r = subprocess.run(in_ns(bed, "mmr", "python3", "-m", "engine", "reload"), capture_output=True,
+                               text=True, timeout=30)
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert [x["address"] for x in status(bed)["resolvers"]["isp1"]] == [CN_ADDR]   # learned: kept
             answered, seen = ask(bed, CN_ADDR)
-            assert answered >= 4 and isp_of(seen) == {"isp1"}, seen            # pinned to ISP1
+            assert answered >= 4 and isp_of(seen) == {"isp1"}, seen
+            peer(bed, "isp1", "ra-send", "eth0", "0", CN_ADDR)                 # withdrawn
+            resolvers_become(bed, "isp1", [])
+            answered, seen = ask(bed, CN_ADDR)
+            assert answered >= 4 and isp_of(seen) == {"isp2"}, seen
             peer(bed, "isp1", "ra-send", "eth0", "2", CN_ADDR)                 # a short lifetime: it goes
-            end = time.monotonic() + 8
-            while status(bed)["resolvers"]["isp1"]:
-                assert time.monotonic() < end, status(bed)["resolvers"]
-                time.sleep(0.2)
+            resolvers_become(bed, "isp1", [CN_ADDR])
+            resolvers_become(bed, "isp1", [])
             answered, seen = ask(bed, CN_ADDR)
             assert answered >= 4 and isp_of(seen) == {"isp2"}, seen
     finally:
