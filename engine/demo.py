@@ -419,8 +419,10 @@ class IspDemo(Demo):
             right = bool(sources) and all(ipaddress.ip_address(s) in allowed for s in sources)
             ok &= delivered and right
             self.say(f"  {label.replace(' requests', ''):<26}{count}")
-            self.say(f"  {'':<26}from {', '.join(sources) or '(nothing)'}: "
-                     f"{'expected, ' if right else 'NOT '}{what}")
+            if sources:
+                self.say(f"  {'':<26}from {', '.join(sources)}: {'expected, ' if right else 'NOT '}{what}")
+            else:
+                self.say(f"  {'':<26}from -: nothing arrived (expected {what})")
             if not delivered:
                 self.say(f"  {'':<26}delivery below {'95 % (video)' if key.startswith('video') else '90 % (echo)'}")
         self.say(f"engine: {summary}")
