@@ -65,6 +65,10 @@ UPLINK_KEYS = {
     "device": Key("device", hint='the uplink device such as "up1"'),
     "gateway": Key("str", "auto", hint='"auto" (the next hop of the kernel\'s default route on the device: '
                                        'DHCP, RA, PPP) or an address such as "fe80::1"'),
+    "gateway4": Key("str", optional=True, hint='"auto" (the next hop of the kernel\'s IPv4 default route on '
+                                               'the device) or an address such as "198.18.1.1"'),
+    "gateway6": Key("str", optional=True, hint='"auto" (the next hop of the kernel\'s IPv6 default route on '
+                                               'the device) or an address such as "fe80::1"'),
     "gateway_mac": Key("mac", optional=True, hint='a MAC such as "02:00:00:00:00:01"'),
     "bandwidth_mbps": Key("float", 0.0, 0, 1e7, hint="megabits per second, >= 0"),
     "loss": Key("float", 0.0, 0, 1, hint="a loss rate between 0 and 1"),
@@ -81,6 +85,8 @@ UPLINK_KEYS = {
                        "(0: none; default: bandwidth_mbps)"),
     "qdisc_bypass": Key("bool", True, hint="true (fastest) or false (mmr's packets go through the "
                                            "device's qdisc: a shaper applies and its backlog is measured)"),
+    "dns": Key("addrs", [], hint='the resolvers this uplink\'s network gave, e.g. ["2001:db8:a1::53", '
+                                 '"198.18.1.53"]: flows to them leave through this uplink'),
     "probe_targets": Key("addrs", None, optional=True,
                          hint='addresses to ping out of this uplink, e.g. ["2001:db8:a1::1"] (default: the gateway)'),
     "reliability": Key("int", 1, 1, 1000,
@@ -214,6 +220,9 @@ class Uplink:
     nat: str = "auto"                                      # IPv4 source translation: auto, masquerade, none
     nat6: str = "none"                                     # IPv6: npt or none
     npt_prefix: ipaddress.IPv6Network | None = None
+    gateway4: str | None = None                            # the IPv4 next hop's address; None: auto
+    gateway6: str | None = None                            # the IPv6 next hop's; None: auto
+    dns: list[str] = field(default_factory=list)           # resolvers pinned to this uplink (RFC 6419 2.3.1)
 
 
 @dataclass
@@ -600,7 +609,7 @@ class _Loader:
             self.err("uplink", "must be an array of tables", "write each uplink as [[uplink]]")
         if len(ups) > 254:
             self.err("uplink", f"{len(ups)} uplinks is more than mmr supports", "keep at most 254")
-        names, devs = {}, {}
+        names, devs, resolvers = {}, {}, {}
         for i, t in enumerate(ups):
             where = f"uplink[{i}]"
             v = self.table(t, UPLINK_KEYS, where)
@@ -623,12 +632,39 @@ class _Loader:
                 except ValueError:
                     self.err(f"{where}.gateway", f"{_short(v['gateway'])} is not an IPv6 or IPv4 address",
                              'write "auto" or the next hop address such as "fe80::1"')
+            # per family: what gateway4 / gateway6 say, else what gateway says (both families)
+            per_family = {}
+            for fam, example in ((4, "198.18.1.1"), (6, "fe80::1")):
+                g = v[f"gateway{fam}"]
+                if g is not None and v["gateway_mac"]:
+                    self.err(f"{where}.gateway{fam}", "cannot go with gateway_mac, which serves both families",
+                             f"leave out gateway{fam} or gateway_mac")
+                if g is None:
+                    per_family[fam] = v["gateway"]
+                elif g == "auto":
+                    per_family[fam] = None
+                else:
+                    try:
+                        per_family[fam] = str(ipaddress.ip_address(g.split("%")[0]))
+                    except ValueError:
+                        self.err(f"{where}.gateway{fam}", f"{_short(g)} is not an IPv6 or IPv4 address",
+                                 f'write "auto" or the IPv{fam} next hop address such as "{example}"')
             chars = {cname: float(v[key]) for cname, key, _ in C.CHARACTERISTICS}
             metric = v["metric"] if v["metric"] is not None else i
             targets = v["probe_targets"] if v["probe_targets"] is not None else (
-                [v["gateway"]] if v["gateway"] else [])
+                [v["gateway"]] if v["gateway"] else list(dict.fromkeys(g for g in (per_family[6], per_family[4]) if g)))
             cfg.uplinks.append(Uplink(v["name"], v["device"], v["gateway"], v["gateway_mac"],
                                       chars, int(metric), bool(v["usable"]), targets, bool(v["qdisc_bypass"])))
+            cfg.uplinks[-1].gateway4, cfg.uplinks[-1].gateway6 = per_family[4], per_family[6]
+            for a in v["dns"]:          # a resolver answers for the network that gave it: one uplink
+                if a in resolvers:
+                    self.err(f"{where}.dns", f"{a} is already a resolver of uplink {resolvers[a]!r}",
+                             "list each resolver under the uplink whose network gave it, once")
+                resolvers[a] = v["name"]
+            if len(resolvers) > C.MAX_RESOLVERS:
+                self.err(f"{where}.dns", f"{len(resolvers)} resolvers are more than mmr pins",
+                         f"list at most {C.MAX_RESOLVERS} in all")
+            cfg.uplinks[-1].dns = list(v["dns"])
             cfg.uplinks[-1].weight = v["weight"]
             if v["reliability"] > max(1, len(targets)):
                 self.err(f"{where}.reliability", f"{v['reliability']} is more than the {len(targets)} probe "

@@ -190,3 +190,6 @@ IPPROTO_AH = _K.IPPROTO_AH
 IPPROTO_ICMPV6 = _K.IPPROTO_ICMPV6
 IPPROTO_NONE = _K.IPPROTO_NONE
 IPPROTO_DSTOPTS = _K.IPPROTO_DSTOPTS
+
+# resolvers pinned to their uplinks ([[uplink]] dns and RDNSS): a linear scan per new flow
+MAX_RESOLVERS = 64

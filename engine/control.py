@@ -140,8 +140,13 @@ def config_document(cfg) -> dict:
         t = {"name": u.name, "device": u.device}
         if u.gateway:
             t["gateway"] = u.gateway
+        for fam, g in ((4, u.gateway4), (6, u.gateway6)):
+            if g != u.gateway:              # a family's own next hop (None: auto)
+                t[f"gateway{fam}"] = g or "auto"
         if u.gateway_mac:
             t["gateway_mac"] = u.gateway_mac
+        if u.dns:
+            t["dns"] = list(u.dns)
         t.update({key: u.chars[name] for name, key, _ in C.CHARACTERISTICS})
         t.update(metric=u.metric, usable=u.usable, qdisc_bypass=u.qdisc_bypass, probe_targets=list(u.probe_targets))
         t["reliability"] = u.reliability

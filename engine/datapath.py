@@ -51,7 +51,7 @@ from engine.icmperr import packet_too_big, parameter_problem, time_exceeded
 from engine.log import Log
 from engine.sdnotify import Notifier
 from engine.workers import CALL_TIMEOUT_S
-from engine.netlink import Netlink
+from engine.netlink import Netlink, addr16
 
 IDLE_WAIT_US = 100000    # the longest sleep; timers (probes, expiry, housekeeping) wake it earlier
 HOUSEKEEPING_S = 1.0
@@ -76,6 +76,7 @@ def mac_bytes(text: str) -> bytes:
 
 
 L3_NEXT_HOP = bytes.fromhex("020000000000")     # an L3 uplink's "next hop known" placeholder
+FAMILIES = (4, 6)                                # the order of fw.gw_mac[u] and gw_addr[u]
 
 
 class Poller:
@@ -243,14 +244,24 @@ class Datapath:
             self.prompted: dict[tuple[str, bytes], float] = {}
             self.truncated_seen: dict[int, int] = {}
             self.sent_before = [(0, 0)] * self.n_up
-            self.gw_addr = [ipaddress.ip_address(u.gateway).packed if u.gateway else None for u in cfg.uplinks]
-            # gateway = "auto": the next hop of the kernel's default route on the device
-            self.gw_auto = [not u.gateway and not u.gateway_mac and not self.up_tx[k].l3
+            # a next hop per uplink and family (FAMILIES: index 0 IPv4, 1 IPv6, as fw.gw_mac):
+            # the DHCP gateway and the RA router may be different hosts on one segment
+            self.gw_addr = [[ipaddress.ip_address(g).packed if g else None for g in (u.gateway4, u.gateway6)]
+                            for u in cfg.uplinks]
+            # gateway4 / gateway6 = "auto": the next hop of that family's default route on the device
+            self.gw_auto = [[not g and not u.gateway_mac and not self.up_tx[k].l3 for g in (u.gateway4, u.gateway6)]
                             for k, u in enumerate(cfg.uplinks)]
             for u in range(self.n_up):
-                if self.gw_auto[u] and self.up_index[u] is not None:
-                    self.gw_addr[u] = self.state.default_gateway(self.up_index[u])
+                for f, fam in enumerate(FAMILIES):
+                    if self.gw_auto[u][f] and self.up_index[u] is not None:
+                        self.gw_addr[u][f] = self.state.default_gateway(self.up_index[u], fam)
             self._resolve_gateways(resolve_wait)
+            # resolvers pinned to the uplink whose network gave them (RFC 6419 2.3.1): address
+            # -> (uplink, where from, expiry on the monotonic clock or None); the config's are
+            # in every pipeline's selector already, learned ones (RDNSS) are pushed there
+            self.resolvers: dict[bytes, tuple] = {}
+            self.resolvers_full_said = False
+            self._config_resolvers(cfg)
             self.inside.tables(self)
             self.conn = ConnectionManager(cfg, *self._conn_views(), self.state,
                                           self.next_hop_known, self.log, backlog=self.netlink.qdisc.get)
@@ -398,84 +409,175 @@ class Datapath:
             if up.gateway_mac:
                 self.fw.gw_mac[u] = list(mac_bytes(up.gateway_mac))
                 continue
-            if self.gw_addr[u] is None:
+            missing = [fam for f, fam in enumerate(FAMILIES) if self.gw_addr[u][f] is None]
+            if len(missing) == 2:
                 self.log.warning(f"uplink {up.name} ({up.device}): no default route through it yet "
                                  f"(gateway = \"auto\"); it carries flows once DHCP, an RA or PPP gives one "
                                  f"(or set gateway)")
                 continue
+            if missing:
+                self.log(f"uplink {up.name} ({up.device}): no IPv{missing[0]} next hop yet (no IPv{missing[0]} "
+                         f"default route on it); its IPv{missing[0]} flows are dropped until one comes "
+                         f"(or set gateway{missing[0]})")
             link = self.state.link(up.device)
             if not link.up:
                 self.log.warning(f"uplink {up.name} ({up.device}) is down at start; it will carry "
-                         f"flows once it is up and its gateway {ipaddress.ip_address(self.gw_addr[u])} answers")
+                                 f"flows once it is up and its gateway answers")
                 continue
-            pending.append(u)
+            pending += [(u, f) for f in range(2) if self.gw_addr[u][f] is not None]
         deadline = time.monotonic() + wait
         while pending:
-            for u in list(pending):
-                if self._learn_gateway(u):
-                    pending.remove(u)
+            for u, f in list(pending):
+                if self._learn_gateway(u, f):
+                    pending.remove((u, f))
                 else:
-                    self._prompt(self.cfg.uplinks[u].device, self.gw_addr[u])
+                    self._prompt(self.cfg.uplinks[u].device, self.gw_addr[u][f])
             if not pending:
                 break
             if time.monotonic() > deadline:
-                up = self.cfg.uplinks[pending[0]]
-                raise UserError(f"gateway {ipaddress.ip_address(self.gw_addr[pending[0]])} of uplink {up.name!r} "
-                                f"does not answer neighbour "
+                u, f = pending[0]
+                up = self.cfg.uplinks[u]
+                raise UserError(f"IPv{FAMILIES[f]} gateway {ipaddress.ip_address(self.gw_addr[u][f])} of uplink "
+                                f"{up.name!r} does not answer neighbour "
                                 f"discovery on {up.device}; check the link and the address, or set "
-                                f"gateway_mac")
+                                f"gateway{FAMILIES[f]} or gateway_mac")
             select.select([self.netlink.fileno()], [], [], 0.05)
             self.netlink.read()
             self.prompted.clear()
 
-    def _learn_gateway(self, u: int) -> bool:
-        """Take uplink u's gateway MAC from the state; True when it is known."""
+    def _learn_gateway(self, u: int, f: int) -> bool:
+        """Take uplink u's family-f (0: IPv4, 1: IPv6) gateway MAC from the state; True when
+        it is known."""
         up = self.cfg.uplinks[u]
-        if up.gateway_mac or self.gw_addr[u] is None or (self.up_tx[u] is not None and self.up_tx[u].l3):
-            return bool(self.fw.gw_mac[u].any())
+        if up.gateway_mac or self.gw_addr[u][f] is None or (self.up_tx[u] is not None and self.up_tx[u].l3):
+            return bool(self.fw.gw_mac[u, f].any())
         idx = self.state.index(up.device)
-        mac = None if idx is None else self.state.neighbour(idx, self.gw_addr[u])
+        mac = None if idx is None else self.state.neighbour(idx, self.gw_addr[u][f])
         if mac is None:
             return False
-        if bytes(self.fw.gw_mac[u]) != mac:
-            known = bool(self.fw.gw_mac[u].any())
-            self.fw.gw_mac[u] = list(mac)
+        if bytes(self.fw.gw_mac[u, f]) != mac:
+            known = bool(self.fw.gw_mac[u, f].any())
+            self.fw.gw_mac[u, f] = list(mac)
             if known:
-                self.log(f"gateway of {up.name} is now {mac_text(mac)}")
+                self.log(f"IPv{FAMILIES[f]} gateway of {up.name} is now {mac_text(mac)}")
         return True
 
     def _follow_auto_gateways(self) -> bool:
-        """gateway = "auto": a new default route (DHCP renew, another RA router, a PPP peer)
-        gives a new next hop; its MAC is learned again.  True if one changed."""
+        """gateway4 / gateway6 = "auto": a new default route of that family (DHCP renew,
+        another RA router, a PPP peer) gives a new next hop; its MAC is learned again.  True
+        if one changed."""
         changed = False
         for u, up in enumerate(self.cfg.uplinks):
-            if not self.gw_auto[u] or self.up_index[u] is None:
-                continue
-            gw = self.state.default_gateway(self.up_index[u])
-            if gw == self.gw_addr[u]:
-                continue
-            self.gw_addr[u] = gw
-            self.fw.gw_mac[u] = 0
-            changed = True
-            if gw is None:
-                self.log.warning(f"uplink {up.name}: its default route is gone; no next hop until another comes")
-            else:
-                self.log(f"uplink {up.name}: next hop {ipaddress.ip_address(gw)} (the kernel's default route)")
-                if not self._learn_gateway(u):
-                    self._prompt(up.device, gw)
+            for f, fam in enumerate(FAMILIES):
+                if not self.gw_auto[u][f] or self.up_index[u] is None:
+                    continue
+                gw = self.state.default_gateway(self.up_index[u], fam)
+                if gw == self.gw_addr[u][f]:
+                    continue
+                self.gw_addr[u][f] = gw
+                self.fw.gw_mac[u, f] = 0
+                changed = True
+                if gw is None:
+                    self.log.warning(f"uplink {up.name}: its IPv{fam} default route is gone; no IPv{fam} next hop "
+                                     f"until another comes")
+                else:
+                    self.log(f"uplink {up.name}: IPv{fam} next hop {ipaddress.ip_address(gw)} (the kernel's "
+                             f"default route)")
+                    if not self._learn_gateway(u, f):
+                        self._prompt(up.device, gw)
         return changed
 
+    def _next_hop_text(self, u: int, f: int) -> str | None:
+        if self.gw_addr[u][f]:
+            return str(ipaddress.ip_address(self.gw_addr[u][f]))
+        return "point-to-point" if self.up_tx[u] is not None and self.up_tx[u].l3 else None
+
     def next_hop_known(self) -> np.ndarray:
+        """Per uplink: a next hop for at least one family (the other family's flows chosen
+        for it are dropped, no_neighbour: README, gateway4 / gateway6)."""
         return np.array([bool(self.fw.gw_mac[u].any()) and self.up_rx[u] is not None
                          for u in range(self.n_up)], bool)
 
     def _follow_gateways(self) -> None:
         """A gateway that is not known (or went stale and was dropped) is asked for."""
         for u, up in enumerate(self.cfg.uplinks):
-            if up.gateway_mac or self.gw_addr[u] is None or self.up_rx[u] is None:
+            if up.gateway_mac or self.up_rx[u] is None:
                 continue
-            if not self._learn_gateway(u):
-                self._prompt(up.device, self.gw_addr[u])
+            for f in range(2):
+                if self.gw_addr[u][f] is not None and not self._learn_gateway(u, f):
+                    self._prompt(up.device, self.gw_addr[u][f])
+
+    # ------------------------------------------------------------------ resolvers
+    def _config_resolvers(self, cfg) -> None:
+        """[[uplink]] dns: pinned while the policy says so; learned ones stay (the config's
+        word wins for an address both name)."""
+        self.resolvers = {a: v for a, v in self.resolvers.items() if v[1] != "config"}
+        for u, up in enumerate(cfg.uplinks):
+            for text in up.dns:
+                self.resolvers[addr16(ipaddress.ip_address(text).packed)] = (u, "config", None)
+
+    def _rdnss(self, u: int, servers, router) -> None:
+        """An RA on uplink u named resolvers (RFC 8106): pinned to u for their lifetime (0:
+        withdrawn; all ones: for good); a router elsewhere naming the same address moves it."""
+        up = self.cfg.uplinks[u]
+        now = time.monotonic()
+        where = "ra " + (str(ipaddress.ip_address(router)) if router else "(unknown router)")
+        changed = False
+        for addr, life in servers:
+            ip = ipaddress.ip_address(addr)
+            if ip.ipv4_mapped or ip.is_multicast or ip.is_unspecified or ip.is_loopback:
+                continue                          # an RA names IPv6 resolvers; nothing else is pinned
+            have = self.resolvers.get(addr)
+            text = str(ip)
+            if have is not None and have[1] == "config":
+                continue                          # the operator's word stands
+            if life == 0:
+                if have is not None and have[0] == u:
+                    del self.resolvers[addr]
+                    changed = True
+                    self.log(f"uplink {up.name}: resolver {text} withdrawn by its router")
+                continue
+            if have is None and len(self.resolvers) >= C.MAX_RESOLVERS:
+                if not self.resolvers_full_said:
+                    self.log.warning(f"uplink {up.name}: resolver {text} from a router advertisement not "
+                                     f"pinned: {C.MAX_RESOLVERS} resolvers are pinned already")
+                    self.resolvers_full_said = True
+                continue
+            if have is None or have[0] != u:
+                changed = True
+                self.log(f"uplink {up.name}: resolver {text} learned from a router advertisement ({where}), "
+                         f"pinned to it")
+            self.resolvers[addr] = (u, where, None if life == 0xFFFFFFFF else now + life)
+        if changed:
+            self._push_resolvers()
+
+    def _expire_resolvers(self) -> None:
+        now = time.monotonic()
+        gone = [a for a, (_, _, exp) in self.resolvers.items() if exp is not None and exp <= now]
+        for a in gone:
+            u = self.resolvers.pop(a)[0]
+            self.log(f"uplink {self.cfg.uplinks[u].name}: resolver {ipaddress.ip_address(a)} expired "
+                     f"(no router advertisement renewed it)")
+        if gone:
+            self._push_resolvers()
+
+    def _push_resolvers(self) -> None:
+        """Into this thread's selector and every worker's (between two of their batches)."""
+        pairs = [(a, u) for a, (u, _, _) in self.resolvers.items()]
+        self.pipe.selector.set_resolvers(pairs)
+        for w in self.workers:
+            w.post(lambda w, p=pairs: w.pipe.selector.set_resolvers(p))
+
+    def resolver_table(self) -> dict:
+        """Per uplink: its pinned resolvers, where each came from, seconds left (None: for good)."""
+        now = time.monotonic()
+        out = {u.name: [] for u in self.cfg.uplinks}
+        for a, (u, where, exp) in sorted(self.resolvers.items(), key=lambda kv: (kv[1][0], kv[0])):
+            text = ipaddress.ip_address(a)
+            text = text.ipv4_mapped or text
+            out[self.cfg.uplinks[u].name].append({"address": str(text), "from": where,
+                                                  "expires_s": None if exp is None else round(max(0.0, exp - now))})
+        return out
 
     # ------------------------------------------------------------------ netlink
     def _netlink_events(self, revents: int) -> None:
@@ -491,6 +593,9 @@ class Datapath:
             elif kind == "route":
                 self.inside.link_event(self, ev)
                 gateways = self._follow_auto_gateways() or gateways
+            elif kind == "rdnss":
+                if ev[1] in self.up_index:
+                    self._rdnss(self.up_index.index(ev[1]), ev[2], ev[3])
             elif kind in ("link", "addr", "resync"):
                 links = True
                 link = self.state.links.get(ev[1]) if kind == "link" else None
@@ -510,10 +615,12 @@ class Datapath:
         if gateways:
             before = known_before
             for u in range(self.n_up):
-                if not self._learn_gateway(u) and self.fw.gw_mac[u].any() and not self.cfg.uplinks[u].gateway_mac:
-                    idx = self.up_index[u]
-                    if idx is not None and self.state.neighbour(idx, self.gw_addr[u]) is None:
-                        self.fw.gw_mac[u] = 0         # the gateway's entry failed: not usable
+                for f in range(2):
+                    if not self._learn_gateway(u, f) and self.fw.gw_mac[u, f].any() and \
+                            not self.cfg.uplinks[u].gateway_mac:
+                        idx = self.up_index[u]
+                        if idx is not None and self.state.neighbour(idx, self.gw_addr[u][f]) is None:
+                            self.fw.gw_mac[u, f] = 0      # the gateway's entry failed: not usable
             if (self.next_hop_known() != before).any():
                 self.conn.apply()
         if links:
@@ -713,6 +820,7 @@ class Datapath:
 
     def _housekeeping(self) -> None:
         self._follow_gateways()
+        self._expire_resolvers()
         now = time.time()
         self.translation.expire(now)
         self.pipe.expire(now)
@@ -804,7 +912,8 @@ class Datapath:
             return {"ok": False, "message": f"rejected, the old policy keeps running: {exc}"}
         old = self.cfg
         def wiring(c):
-            return [(u.name, u.device, u.gateway, u.gateway_mac, u.nat, u.nat6, u.npt_prefix) for u in c.uplinks]
+            return [(u.name, u.device, u.gateway, u.gateway4, u.gateway6, u.gateway_mac, u.nat, u.nat6, u.npt_prefix)
+                    for u in c.uplinks]
         same = (new.lan == old.lan and wiring(new) == wiring(old) and new.option_type == old.option_type
                 and new.host == old.host and new.nat_ports == old.nat_ports)
         if not same:
@@ -827,6 +936,8 @@ class Datapath:
         for w in self.workers:
             w.post(lambda w: (w.pipe.apply(new), w.fw.set_strip(new), gate.wait(CALL_TIMEOUT_S)))
         self.cfg = new
+        self._config_resolvers(new)               # the new selectors have the config's: learned ones back
+        self._push_resolvers()
         try:
             self.conn.apply(new, self._conn_views()[0])  # usable mask and measurements into it at once
         finally:
@@ -859,9 +970,12 @@ class Datapath:
                     "mode": self.mode, "counters": snap["counters"], "drops": snap["drops"],
                     "workers": self.worker_table(),
                     "translation": self.translation.status(),
-                    "next_hops": {u.name: (str(ipaddress.ip_address(self.gw_addr[k])) if self.gw_addr[k] else
-                                           ("point-to-point" if self.up_tx[k] is not None and self.up_tx[k].l3
-                                            else None)) for k, u in enumerate(self.cfg.uplinks)}}
+                    "next_hops": {u.name: self._next_hop_text(k, 1) or self._next_hop_text(k, 0)
+                                  for k, u in enumerate(self.cfg.uplinks)},
+                    "resolvers": self.resolver_table(),
+                    "next_hops_by_family": {u.name: {"ipv4": self._next_hop_text(k, 0),
+                                                     "ipv6": self._next_hop_text(k, 1)}
+                                            for k, u in enumerate(self.cfg.uplinks)}}
         if cmd == "flows":
             from engine.replay import address_text
 

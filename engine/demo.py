@@ -1,4 +1,5 @@
-"""``mmr demo``: the draft's section 6 experiment, end to end, on this machine.
+"""``mmr demo``: the draft's section 6 experiment, end to end, on this machine (``--topology
+isp``: across the ISP testbed, IPv4 and IPv6 through the translations; IspDemo below).
 
     build the testbed  ->  count on AR1 and AR2 (nftables)  ->  mmr run on the MMR
     ->  tagged video MN -> CN  +  untagged UDP echo MN <-> CN  ->  read the counters
@@ -9,6 +10,7 @@ or from the engine; the expectation comes from the policy's own choice table.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -18,12 +20,14 @@ import time
 
 from engine import constants as C
 from engine.errors import UserError
-from engine.testbed import CN_ADDR, Testbed
+from engine.testbed import CN_ADDR, ISP, ISP_CN_ADDR4, ISP_MN_ADDR, ISP_MN_ADDR4, Testbed
 
 # 'python -m engine ...' in a child looks in its working directory first: run the children
 # where the engine this process imported lives, so a source checkout next to an installed
 # mmr (the README's 'pip install . && mmr demo' in the clone) cannot shadow it.
 ENGINE_HOME = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+ISP_POLICY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo-isp.toml")
 
 VIDEO_PORT = 5004
 ECHO_PORT = 7
@@ -55,6 +59,8 @@ def read_counters(tb: Testbed, node: str) -> dict[str, int]:
 
 
 class Demo:
+    default_policy = None            # the built-in default.toml (mmr run's own default)
+
     def __init__(self, prefix: str, cfg_path: str | None, packets: int, keep: bool, out=sys.stdout):
         self.prefix, self.cfg_path, self.packets, self.keep, self.out = prefix, cfg_path, packets, keep, out
 
@@ -127,8 +133,8 @@ class Demo:
     def _start_router(self, tb: Testbed):
         cmd = ["ip", "netns", "exec", tb.ns("mmr"), sys.executable, "-m", "engine", "run",
                "--stats-interval", "0"]
-        if self.cfg_path:
-            cmd += ["--config", os.path.abspath(self.cfg_path)]
+        if self.cfg_path or self.default_policy:
+            cmd += ["--config", os.path.abspath(self.cfg_path or self.default_policy)]
         p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=ENGINE_HOME)
         lines = []
         while True:
@@ -206,5 +212,223 @@ class Demo:
         self.say("")
         self.say("result: " + ("video via AR1 and echo via AR2, as in draft section 6.2"
                                if ok and (ar_of[exp_video], ar_of[exp_echo]) == ("ar1", "ar2")
+                               else "as the policy predicts" if ok else "NOT as the policy predicts"))
+        return 0 if ok else 1
+
+
+# --topology isp: the same experiment across two ISPs that route nothing to the LAN and drop
+# foreign sources, once per family.  The counters sit before the ISPs' BCP 38 rule (priority
+# -10): a packet that left with the wrong source is counted, then dropped, and CN misses it.
+ISP_NODES = ("isp1", "isp2")
+ISP_DEVICE_NODE = {"up1": "isp1", "up2": "isp2"}
+VIDEO_DSCP = 34                          # AF41: the IPv4 video's mark (no option in IPv4)
+ISP_CN4 = "::ffff:" + ISP_CN_ADDR4       # CN's IPv4 address, as an IPv6 socket writes it
+ISP_FLOWS = (  # key, label, family, port, (service, preference) of the option or None, DSCP
+    ("video6", "IPv6 video (tagged, QoS)", 6, VIDEO_PORT, (C.SERVICE_VIDEO, 2), 0),
+    ("video4", "IPv4 video (AF41)", 4, VIDEO_PORT, None, VIDEO_DSCP),
+    ("echo6", "IPv6 echo requests", 6, ECHO_PORT, None, 0),
+    ("echo4", "IPv4 echo requests", 4, ECHO_PORT, None, 0),
+)
+
+
+def _isp_counters_table() -> str:
+    rules = []
+    for fam, cn in (("ip", ISP_CN_ADDR4), ("ip6", CN_ADDR)):
+        k = "4" if fam == "ip" else "6"
+        rules += [f'  {fam} daddr {cn} udp dport {VIDEO_PORT} counter comment "video{k}"',
+                  f'  {fam} daddr {cn} udp dport {ECHO_PORT} counter comment "echo{k}"',
+                  f'  {fam} saddr {cn} udp sport {ECHO_PORT} counter comment "echo{k}-reply"']
+    return ("table inet mmrdemo {\n chain forward {\n  type filter hook forward priority -10; policy accept;\n"
+            + "\n".join(rules) + "\n }\n}\n")
+
+
+def _row(family: int, port: int, option, dscp: int) -> dict:
+    """What the classifier reads of a flow's first packet (MN's sender)."""
+    src = ipaddress.ip_address(ISP_MN_ADDR if family == 6 else "::ffff:" + ISP_MN_ADDR4)
+    dst = ipaddress.ip_address(CN_ADDR if family == 6 else ISP_CN4)
+    return {"has_opt": option is not None, "service": option[0] if option else 0,
+            "preference": option[1] if option else 0, "proto": 17, "sport": 40000, "dport": port,
+            "tclass": dscp << 2, "src": src.packed, "dst": dst.packed, "family": family, "flags": C.F_L4}
+
+
+class IspDemo(Demo):
+    """``mmr demo --topology isp``: the draft's outcome across the ISP testbed, IPv4 and IPv6,
+    with which ISP carried each flow, what CN received and from which (translated) source."""
+
+    default_policy = ISP_POLICY
+
+    def expectations(self):
+        from engine import _select
+        from engine.config import load_config
+        from engine.ref.classify import Classifier
+
+        cfg = load_config(self.cfg_path or ISP_POLICY)
+        table = _select.Selector(cfg).choice_table()
+        cls = Classifier(cfg)
+        want = {}
+        for key, _, fam, port, option, dscp in ISP_FLOWS:
+            service, pref = cls.classify_row(_row(fam, port, option, dscp))
+            want[key] = cfg.uplinks[table[pref, service]]
+        return cfg, want
+
+    def run(self) -> int:
+        self.check_host()
+        cfg, want = self.expectations()
+        if sorted(u.device for u in cfg.uplinks) != ["up1", "up2"] or cfg.lan != "lan0":
+            raise UserError("the ISP testbed has lan0, up1 (ISP1) and up2 (ISP2, an L3 link); give a "
+                            "policy file whose [engine] lan is lan0 and whose uplinks use devices up1 and up2")
+        self.say("mmr demo --topology isp: draft-park-mis section 6 across two ISPs, IPv4 and IPv6\n")
+        self.say("policy: " + (self.cfg_path or f"built-in ISP policy ({ISP_POLICY})"))
+        for u in cfg.uplinks:
+            ch = u.chars
+            link = "an L3 link" if u.device == "up2" else "Ethernet"
+            self.say(f"  {u.name:<5} via {u.device} ({link}) -> {ISP_DEVICE_NODE[u.device].upper()}: "
+                     f"qos={ch['qos']:g} bandwidth={ch['bandwidth']:g} Mb/s "
+                     f"queueing={ch['queueing_delay']:g} ms; {self._translation(u)}")
+        self.say("  the metric function chooses: " + ", ".join(
+            f"{label.replace(' requests', '')} -> {want[key].name}" for key, label, *_ in ISP_FLOWS) + "\n")
+
+        tb = Testbed(self.prefix, ISP)
+        self.say(f"building the ISP testbed (namespaces {self.prefix}mn/mmr/isp1/isp2/cn; a private "
+                 f"LAN, BCP 38 at both ISPs, CN with no route to the LAN) ...")
+        tb.up()
+        router = None
+        try:
+            for isp in ISP_NODES:
+                subprocess.run(["ip", "netns", "exec", tb.ns(isp), "nft", "-f", "-"],
+                               input=_isp_counters_table(), text=True, check=True, capture_output=True)
+            router = self._start_router(tb)
+            self.say(f"mmr run started on {self.prefix}mmr\n")
+            own = {u.name: self._addresses(tb, u.device) for u in cfg.uplinks}
+            got = self._isp_traffic(tb)
+            counts = {isp: read_counters(tb, isp) for isp in ISP_NODES}
+            summary = self._stop_router(router)
+            router = None
+            return self._isp_report(cfg, want, own, counts, got, summary)
+        finally:
+            if router is not None:
+                self._stop_router(router)
+            if self.keep:
+                self.say(f"\ntestbed kept; remove it with 'mmr testbed down --prefix {self.prefix}'")
+            else:
+                tb.down()
+                self.say("\ntestbed removed")
+
+    @staticmethod
+    def _translation(u) -> str:
+        v4 = {"none": "IPv4 untranslated", "masquerade": "IPv4 to its address",
+              "auto": "private IPv4 to its address"}.get(u.nat, u.nat)
+        v6 = f"IPv6 mapped to {u.npt_prefix}" if u.nat6 == "npt" and u.npt_prefix else \
+            "IPv6 mapped to its prefix" if u.nat6 == "npt" else "IPv6 untranslated"
+        return f"{v4}, {v6}"
+
+    @staticmethod
+    def _addresses(tb, dev) -> list:
+        """The uplink's global addresses, from the MMR's kernel (what a translation may use)."""
+        out = json.loads(tb.run("mmr", "ip", "-j", "addr", "show", "dev", dev))
+        return [ipaddress.ip_address(a["local"]) for link in out for a in link.get("addr_info", [])
+                if a.get("scope") == "global"]
+
+    def _isp_traffic(self, tb) -> dict:
+        n = self.packets
+        seconds = n * 0.004 + 8
+        # MN's first packets to CN, one per family: mmr resolves MN's MAC on the LAN as the
+        # kernel would (the reply that asked is dropped, not queued), before the counted flows
+        for dst in (CN_ADDR, ISP_CN_ADDR4):
+            subprocess.run(["ip", "netns", "exec", tb.ns("mn"), sys.executable, "-m", "engine.peers",
+                            "reach", dst, "1"], capture_output=True, timeout=30, cwd=ENGINE_HOME)
+        sink = self._peer(tb, "cn", "udp-count", VIDEO_PORT, seconds, wait=False)
+        servers = {fam: self._peer(tb, "cn", "echo-server", ECHO_PORT, seconds, addr, wait=False)
+                   for fam, addr in ((6, CN_ADDR), (4, ISP_CN4))}
+        self.say(f"MN -> CN: {n} video datagrams of 1200 bytes per family: IPv6 tagged (service video, "
+                 f"preference QoS), IPv4 marked AF41 (IPv4 has no option; the policy's [[rule]])")
+        self.say("MN <-> CN: 20 untagged UDP echo requests (port 7) per family")
+        mn = ["ip", "netns", "exec", tb.ns("mn"), sys.executable, "-m", "engine.peers"]
+        senders = [subprocess.Popen(mn + list(map(str, ("udp-send", dst, VIDEO_PORT, n, *tag, 1200, 0.003, dscp))),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ENGINE_HOME)
+                   for dst, tag, dscp in ((CN_ADDR, (C.SERVICE_VIDEO, 2), -1), (ISP_CN4, (-1, -1), VIDEO_DSCP))]
+        clients = {fam: subprocess.Popen(mn + ["echo-client", dst, str(ECHO_PORT), "20"], stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True, cwd=ENGINE_HOME)
+                   for fam, dst in ((6, CN_ADDR), (4, ISP_CN4))}
+        echo = {}
+        for fam, c in clients.items():
+            out, err = c.communicate(timeout=120)
+            if c.returncode != 0:
+                raise RuntimeError(f"IPv{fam} echo client failed: {err.strip()}")
+            echo[fam] = json.loads(out)
+        for s in senders:
+            _, err = s.communicate(timeout=seconds + 30)
+            if s.returncode != 0:
+                raise RuntimeError("video sender failed: " + err.strip())
+        time.sleep(0.3)                  # the last datagrams are in flight
+        sink.terminate()
+        video = json.loads(sink.communicate(timeout=10)[0].strip().splitlines()[-1])
+        seen = {}
+        for fam, srv in servers.items():
+            srv.terminate()
+            seen[fam] = json.loads(srv.communicate(timeout=10)[0].strip().splitlines()[-1])["sources"]
+        by_family = {4: {}, 6: {}}       # video sources at CN, IPv4 as the mapped addresses they arrive as
+        for src, k in video["sources"].items():
+            a = ipaddress.ip_address(src)
+            v4 = a.ipv4_mapped if isinstance(a, ipaddress.IPv6Address) else None
+            by_family[4 if v4 else 6][str(v4 or a)] = k
+        seen = {fam: {str(ipaddress.ip_address(s).ipv4_mapped or s) if fam == 4 else s: k
+                      for s, k in srcs.items()} for fam, srcs in seen.items()}
+        return {"video": by_family, "echo": echo, "echo_sources": seen}
+
+    def _expected_source(self, u, family: int, own: list):
+        """What CN should see from MN through uplink u: its IPv4 address when IPv4 is
+        translated (MN's is private), an address in npt_prefix when IPv6 is, else MN's own."""
+        if family == 4:
+            if u.nat in ("auto", "masquerade"):
+                return [a for a in own if a.version == 4], f"{u.name}'s address (NAPT44 of MN's {ISP_MN_ADDR4})"
+            return [ipaddress.ip_address(ISP_MN_ADDR4)], "MN's own (untranslated)"
+        if u.nat6 == "npt" and u.npt_prefix is not None:
+            return u.npt_prefix, f"in {u.name}'s {u.npt_prefix} (NPTv6 of MN's {ISP_MN_ADDR})"
+        return [ipaddress.ip_address(ISP_MN_ADDR)], "MN's own (untranslated)"
+
+    def _isp_report(self, cfg, want, own, counts, got, summary) -> int:
+        n = self.packets
+        self.say("")
+        self.say("carried by (nftables counters read on each ISP):")
+        self.say(f"  {'flow':<30}{'ISP1':>8}{'ISP2':>8}   expected   result")
+        ok = True
+        for key, label, *_ in ISP_FLOWS:
+            a1, a2 = counts["isp1"].get(key, 0), counts["isp2"].get(key, 0)
+            node = ISP_DEVICE_NODE[want[key].device]
+            good = (a1 > 0 and a2 == 0) if node == "isp1" else (a2 > 0 and a1 == 0)
+            ok &= good
+            self.say(f"  {label:<30}{a1:>8}{a2:>8}   {node.upper():<9}  {'as expected' if good else 'NOT as expected'}")
+        for fam in (6, 4):
+            r1, r2 = counts["isp1"].get(f"echo{fam}-reply", 0), counts["isp2"].get(f"echo{fam}-reply", 0)
+            self.say(f"  {f'IPv{fam} echo replies (CN -> MN)':<30}{r1:>8}{r2:>8}   (CN routes each ISP's space to it)")
+        self.say("")
+        self.say("at CN (its sockets), and the source address each flow arrived from:")
+        for key, label, fam, *_ in ISP_FLOWS:
+            u = want[key]
+            if key.startswith("video"):
+                sources = got["video"][fam]
+                count = f"{sum(sources.values())}/{n} received"
+                delivered = sum(sources.values()) >= 0.95 * n
+            else:
+                e = got["echo"][fam]
+                sources = got["echo_sources"][fam]
+                count = f"{e['answered']}/{e['sent']} answered, median RTT {e['rtt_ms']} ms"
+                delivered = e["answered"] >= 0.9 * e["sent"]
+            allowed, what = self._expected_source(u, fam, own[u.name])
+            right = bool(sources) and all(ipaddress.ip_address(s) in allowed for s in sources)
+            ok &= delivered and right
+            self.say(f"  {label.replace(' requests', ''):<26}{count}")
+            if sources:
+                self.say(f"  {'':<26}from {', '.join(sources)}: {'expected, ' if right else 'NOT '}{what}")
+            else:
+                self.say(f"  {'':<26}from -: nothing arrived (expected {what})")
+            if not delivered:
+                self.say(f"  {'':<26}delivery below {'95 % (video)' if key.startswith('video') else '90 % (echo)'}")
+        self.say(f"engine: {summary}")
+        self.say("")
+        draft = ok and [ISP_DEVICE_NODE[want[k].device] for k, *_ in ISP_FLOWS] == ["isp1", "isp1", "isp2", "isp2"]
+        self.say("result: " + ("video via ISP1 and echo via ISP2, IPv4 and IPv6, each from its ISP's address, "
+                               "as in draft section 6.2" if draft
                                else "as the policy predicts" if ok else "NOT as the policy predicts"))
         return 0 if ok else 1

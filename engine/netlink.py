@@ -38,7 +38,29 @@ assert (IFINFO.size, IFADDR.size, NDMSG.size, TCMSG.size, RTMSG.size) == (
 NUD_VALID = (K.NUD_REACHABLE | K.NUD_STALE | K.NUD_DELAY | K.NUD_PROBE | K.NUD_PERMANENT
              | K.NUD_NOARP)
 GROUPS = (K.RTMGRP_LINK | K.RTMGRP_NEIGH | K.RTMGRP_IPV4_IFADDR | K.RTMGRP_IPV6_IFADDR
-          | K.RTMGRP_IPV4_ROUTE | K.RTMGRP_IPV6_ROUTE)
+          | K.RTMGRP_IPV4_ROUTE | K.RTMGRP_IPV6_ROUTE
+          | 1 << (K.RTNLGRP_ND_USEROPT - 1))   # RA options for userspace: RDNSS (RFC 8106)
+NDUSEROPT = struct.Struct("=BxHixxxxxxxx")  # struct nduseroptmsg: family, options' length, ifindex
+assert NDUSEROPT.size == K.SIZEOF_NDUSEROPTMSG
+ND_OPT_RDNSS = 25                           # RFC 8106 5.1
+ND_RA = 134
+
+
+def rdnss_servers(opts: bytes) -> list[tuple[bytes, int]]:
+    """[(address, lifetime s)] of the RDNSS options among a router advertisement's options
+    (what the kernel passes on; a router on the uplink wrote them: every length checked)."""
+    out = []
+    k = 0
+    while k + 8 <= len(opts):
+        typ, units = opts[k], opts[k + 1]
+        if units == 0 or k + 8 * units > len(opts):
+            break
+        if typ == ND_OPT_RDNSS and units >= 3 and units % 2:
+            life = struct.unpack_from("!I", opts, k + 4)[0]
+            for a in range(k + 8, k + 8 * units, 16):
+                out.append((bytes(opts[a:a + 16]), life))
+        k += 8 * units
+    return out
 
 
 def _attrs(data: bytes, off: int, end: int) -> dict[int, bytes]:
@@ -119,16 +141,18 @@ class State:
                     out.add(addr16(net.broadcast_address.packed))
         return out
 
-    def default_gateway(self, index: int) -> bytes | None:
+    def default_gateway(self, index: int, family: int | None = None) -> bytes | None:
         """The next hop of the main table's best default route out of device index (what DHCP,
-        an RA or a PPP peer installed): IPv6 first, then IPv4; None without one."""
+        an RA or a PPP peer installed) for family 4 or 6 (by the route's own family: the RA
+        router for IPv6, the DHCP one for IPv4); family None: IPv6's, else IPv4's.  None
+        without one."""
         best = {}
         for dst, plen, table, oifs, gw, prio in self.routes:
             if plen == 0 and table == K.RT_TABLE_MAIN and oifs == (index,) and gw:
-                fam = len(gw)
+                fam = 6 if len(dst) == 16 else 4
                 if fam not in best or prio < best[fam][0]:
                     best[fam] = (prio, gw)
-        for fam in (16, 4):
+        for fam in ((6, 4) if family is None else (family,)):
             if fam in best:
                 return best[fam][1]
         return None
@@ -221,7 +245,8 @@ class Netlink:
     def read(self) -> list[tuple]:
         """Everything that arrived, applied to ``state``; returns the events:
         ("link", index), ("gone", index), ("addr", index), ("neigh", index, addr),
-        ("qdisc", index, backlog), ("resync",) when events were lost."""
+        ("qdisc", index, backlog), ("rdnss", index, [(address, lifetime)], router),
+        ("resync",) when events were lost."""
         out = []
         while True:
             try:
@@ -380,6 +405,17 @@ class Netlink:
                 else:
                     st.routes.discard(key)
                 yield ("route",)
+            elif mtype == K.RTM_NEWNDUSEROPT and body + NDUSEROPT.size <= end:
+                family, opts_len, index = NDUSEROPT.unpack_from(data, body)
+                icmp_type = data[body + 8]
+                opts_end = body + NDUSEROPT.size + opts_len
+                if family != socket.AF_INET6 or icmp_type != ND_RA or opts_end > end:
+                    continue
+                at = _attrs(data, (opts_end + 3) & ~3, end)
+                router = at.get(K.NDUSEROPT_SRCADDR, b"")
+                servers = rdnss_servers(data[body + NDUSEROPT.size:opts_end])
+                if servers:
+                    yield ("rdnss", index, servers, bytes(router) if len(router) == 16 else None)
             elif mtype == K.RTM_NEWQDISC and body + TCMSG.size <= end:
                 _, index, _, parent, _ = TCMSG.unpack_from(data, body)
                 if parent != K.TC_H_ROOT:

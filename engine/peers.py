@@ -3,10 +3,14 @@
 
   udp-sink PORT SECONDS          one JSON line per datagram (ingress device, hop limit, time),
                                  printed after SECONDS or SIGTERM
-  udp-send DST PORT N SVC PREF [SIZE] [GAP_S]
-                                 send N datagrams tagged with (SVC, PREF) (-1 -1: untagged)
+  udp-send DST PORT N SVC PREF [SIZE] [GAP_S] [DSCP]
+                                 send N datagrams tagged with (SVC, PREF) (-1 -1: untagged),
+                                 with that DSCP (IPv4 has no option to carry)
   udp-count PORT SECONDS         count datagrams until SECONDS or SIGTERM, print JSON totals
-  echo-server PORT SECONDS [ADDR] UDP echo on ADDR (default ::): every datagram back to its sender
+                                 and how many came from each source address
+  echo-server PORT SECONDS [ADDR] UDP echo on ADDR (default ::): every datagram back to its
+                                 sender; on SIGTERM or after SECONDS prints JSON {"answered",
+                                 "sources"}
   echo-client DST PORT N [SIZE]  N requests (of SIZE bytes: fragments above the MTU), print
                                  JSON {"sent", "answered", "rtt_ms"}
   tcp-sink PORT                  accept one connection, answer "<bytes> <sha256>", print the
@@ -20,6 +24,9 @@
                                  stream, every byte)
   ttl-probe DST PORT TTL         one UDP datagram with that TTL / hop limit, print JSON with
                                  the ICMP error that came back {"origin", "type", "code", "from"}
+  ra-send DEV LIFETIME ADDR...   one router advertisement out of DEV to all nodes, with an
+                                 RDNSS option (RFC 8106) naming ADDRs for LIFETIME seconds;
+                                 router lifetime 0 (no default route), no prefixes
 """
 import hashlib
 import ipaddress
@@ -80,31 +87,39 @@ def udp_count(port, seconds):
     signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
     print("ready", flush=True)
     n = nbytes = 0
+    sources = {}
     end = time.monotonic() + float(seconds)
     while not stop and time.monotonic() < end:
         try:
-            nbytes += len(s.recv(65535))
-            n += 1
+            data, addr = s.recvfrom(65535)
         except socket.timeout:
             continue
         except InterruptedError:
             break
+        nbytes += len(data)
+        n += 1
+        sources[addr[0]] = sources.get(addr[0], 0) + 1
     s.setblocking(False)
     while True:                      # what already arrived counts too
         try:
-            nbytes += len(s.recv(65535))
-            n += 1
+            data, addr = s.recvfrom(65535)
         except BlockingIOError:
             break
-    print(json.dumps({"datagrams": n, "bytes": nbytes}), flush=True)
+        nbytes += len(data)
+        n += 1
+        sources[addr[0]] = sources.get(addr[0], 0) + 1
+    print(json.dumps({"datagrams": n, "bytes": nbytes, "sources": sources}), flush=True)
 
 
-def udp_send(dst, port, n, svc, pref, size=0, gap=0.002):
+def udp_send(dst, port, n, svc, pref, size=0, gap=0.002, dscp=-1):
     from engine.tagging import tag_socket
 
     s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     if int(svc) >= 0:
         tag_socket(s, int(svc), int(pref))
+    if int(dscp) >= 0:               # IP_TOS serves an IPv4-mapped destination, TCLASS IPv6
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, int(dscp) << 2)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, int(dscp) << 2)
     for i in range(int(n)):
         head = f"{svc}/{pref}/{i}".encode()
         s.sendto(head + b"." * max(0, int(size) - len(head)), (dst, int(port)))
@@ -116,14 +131,20 @@ def echo_server(port, seconds, bind="::"):
     s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     s.bind((bind, int(port)))
     s.settimeout(0.2)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *a: stop.append(1))     # SIGTERM: stop and report
     print("ready", flush=True)
+    answered, sources = 0, {}
     end = time.monotonic() + float(seconds)
-    while time.monotonic() < end:
+    while time.monotonic() < end and not stop:
         try:
             data, addr = s.recvfrom(65535)
-        except socket.timeout:
+        except (socket.timeout, InterruptedError):
             continue
         s.sendto(data, addr)
+        answered += 1
+        sources[addr[0]] = sources.get(addr[0], 0) + 1
+    print(json.dumps({"answered": answered, "sources": sources}), flush=True)
 
 
 def echo_client(dst, port, n, size=0):
@@ -261,6 +282,18 @@ def tcp_send(dst, port, nbytes, svc=-1, pref=-1, pace_ms=0):
     print(json.dumps({"answer": answer, "expect": f"{len(data)} {hashlib.sha256(data).hexdigest()}"}))
 
 
+def ra_send(dev, lifetime, *addrs):
+    """A raw ICMPv6 socket (the kernel fills the checksum); hop limit 255 and a link-local
+    source, or receivers ignore it (RFC 4861 6.1.2)."""
+    s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode())
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+    ra = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 0, 0, 0)       # type, code, sum, hop limit, flags, lifetime 0
+    servers = b"".join(socket.inet_pton(socket.AF_INET6, a) for a in addrs)
+    rdnss = struct.pack("!BBHI", 25, 1 + 2 * len(addrs), 0, int(lifetime)) + servers
+    s.sendto(ra + rdnss, ("ff02::1", 0, 0, socket.if_nametoindex(dev)))
+
+
 def reach(dst, seconds=1.0):
     """One ICMPv6/ICMP echo to dst (a raw socket: root), answered within SECONDS: exit 0,
     else 1.  The testbed checks itself with it, so it needs no ping program."""
@@ -294,4 +327,4 @@ if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     {"udp-sink": udp_sink, "udp-send": udp_send, "tcp-sink": tcp_sink, "tcp-send": tcp_send,
      "echo-server": echo_server, "udp-count": udp_count, "echo-client": echo_client, "reach": reach,
-     "tcp-serve": tcp_serve, "tcp-fetch": tcp_fetch, "ttl-probe": ttl_probe}[cmd](*args)
+     "tcp-serve": tcp_serve, "tcp-fetch": tcp_fetch, "ttl-probe": ttl_probe, "ra-send": ra_send}[cmd](*args)

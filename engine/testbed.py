@@ -395,7 +395,7 @@ class Testbed:
         for t in TOPOLOGIES.values():         # the L3 links' processes first: their TUNs go with them
             for a, da, _, _ in t.l3links:
                 self._stop_join(a, da)
-        nodes = dict.fromkeys(n for t in TOPOLOGIES.values() for n in t.nodes)
+        nodes = dict.fromkeys([*self.topo.nodes, *(n for t in TOPOLOGIES.values() for n in t.nodes)])
         have = set(namespaces())
         for n in nodes:
             if self.ns(n) in have:

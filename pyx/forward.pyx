@@ -11,7 +11,8 @@ Two directions, one engine for ``mmr run`` (router) and ``mmr host`` (virtual in
                                              source), or outside the handover window
       route                                  (engine._pipeline: route_c: classify, flowbase,
                                              select)
-      next hop known?  else DROP no_neighbour        (the uplink's gateway MAC)
+      next hop known?  else DROP no_neighbour        (the uplink's gateway MAC for the
+                                             packet's family: gw_mac[u, 0] IPv4, [u, 1] IPv6)
       fits the uplink's MTU?  else DROP oversize, punt packet too big
       (an unknown hop-by-hop option, RFC 8200 4.2: DROP opt_unknown_discard / _icmp at parse;
        router: _icmp punts a parameter problem, see param_problem())
@@ -306,7 +307,9 @@ cdef class Forwarder:
         self.counters = CT.new_table()
         pipe.count_into(self.counters)
         self.up_mac = np.zeros((max(n_uplinks, 1), 6), np.uint8)
-        self.gw_mac = np.zeros((max(n_uplinks, 1), 6), np.uint8)
+        # per uplink and family (0: IPv4, 1: IPv6): the DHCP gateway and the RA router may be
+        # different hosts; gw_mac[u] = mac sets both
+        self.gw_mac = np.zeros((max(n_uplinks, 1), 2, 6), np.uint8)
         self.up_mtu = np.full(max(n_uplinks, 1), 1500, np.int32)
         self.in_mac = np.zeros((1, 6), np.uint8)
         self.host_mac = np.zeros((hosts, 6), np.uint8)
@@ -333,7 +336,7 @@ cdef class Forwarder:
         self.neigh_bucket = bucket(rate=100.0, burst=20.0, tokens=20.0, last=0.0)
         cdef uint64_t[::1] c = self.counters
         cdef uint8_t[:, ::1] a = self.up_mac
-        cdef uint8_t[:, ::1] g = self.gw_mac
+        cdef uint8_t[:, :, ::1] g = self.gw_mac
         cdef int32_t[::1] m = self.up_mtu
         cdef uint8_t[:, ::1] im = self.in_mac
         cdef uint8_t[:, ::1] hm = self.host_mac
@@ -350,7 +353,7 @@ cdef class Forwarder:
         cdef double[::1] nt = self.now_ts
         cdef uint8_t[::1] zvb = self.zero_vnet.view(np.uint8)
         self.now_c, self.zero_vh = &nt[0], <virtio_net_hdr*>&zvb[0]
-        self.cnt, self.up_mac_c, self.gw_mac_c, self.up_mtu_c = &c[0], &a[0, 0], &g[0, 0], &m[0]
+        self.cnt, self.up_mac_c, self.gw_mac_c, self.up_mtu_c = &c[0], &a[0, 0], &g[0, 0, 0], &m[0]
         self.in_mac_c, self.host_mac_c, self.lan_net_c = &im[0, 0], &hm[0, 0], &ln[0, 0, 0]
         self.verd, self.pidx, self.pn, self.pc = &v[0], &pi[0, 0], &pn[0], <punt_rec*>&pb[0]
         self.up_rx = [None] * n_uplinks
@@ -491,6 +494,7 @@ cdef class Forwarder:
         cdef int u, v, k, how, c
         cdef mmr_row* r
         cdef const uint8_t* f
+        cdef const uint8_t* gw
         cdef uint32_t mtu
         cdef int16_t* out = self.pipe.outp
         cdef double now = ts[n - 1] if n else 0.0
@@ -524,9 +528,9 @@ cdef class Forwarder:
                 continue
             r = &self.pipe.rp[i]
             f = base + off[i]
-            if (self.gw_mac_c[6 * u] | self.gw_mac_c[6 * u + 1] | self.gw_mac_c[6 * u + 2] |
-                    self.gw_mac_c[6 * u + 3] | self.gw_mac_c[6 * u + 4] | self.gw_mac_c[6 * u + 5]) == 0:
-                self.drop(i, rows.R_NO_NEIGHBOUR)
+            gw = self.gw_mac_c + 12 * u + (6 if r.family == 6 else 0)
+            if (gw[0] | gw[1] | gw[2] | gw[3] | gw[4] | gw[5]) == 0:
+                self.drop(i, rows.R_NO_NEIGHBOUR)   # no next hop for this family on u
                 continue
             mtu = <uint32_t>self.up_mtu_c[u]
             if self.seg_len(f, r, &vh[i], lens[i]) > mtu:
@@ -542,7 +546,7 @@ cdef class Forwarder:
                     self.cnt[CNT_CSUM_FINISHED] += 1
                 else:
                     self.cnt[CNT_SUPER_FRAMES] += 1
-            v = rewrite_one(base, &off[i], &lens[i], r, &vh[i], self.up_mac_c + 6 * u, self.gw_mac_c + 6 * u,
+            v = rewrite_one(base, &off[i], &lens[i], r, &vh[i], self.up_mac_c + 6 * u, gw,
                             how | ((RW_STRIP | (self.up_strip_c[u] << 8)) if self.up_strip_c[u] else 0))
             if v == VERDICT_HOP_LIMIT:
                 self.drop(i, rows.R_HOP_LIMIT)

@@ -16,7 +16,8 @@
     flowbase   FlowTable.lookup_c           hits: out = the flow's uplink (first decision)
       |  misses
       v
-    select     Selector.pick_c              metric F = V_n . V_t -> uplink per new flow
+    select     Selector.resolver_c          a pinned resolver: its uplink (RFC 6419 2.3.1)
+               Selector.pick_c              else metric F = V_n . V_t -> uplink per new flow
       |                                     (load balancing: weighted rotation, sticky sources)
       v
     flowbase   FlowTable.insert_c           new flows stored; later packets follow them
@@ -181,7 +182,10 @@ cdef class Pipeline:
                 self.flows.insert_c(&self.rp[i], &ts[i], &self.outp[i], &none, &self.svc[i], &self.prf[i], 1)
                 if self.outp[i] != OUT_ROUTE:
                     continue
-            self.chc[i] = self.selector.pick_c(self.rp[i].src, self.svc[i], self.prf[i], ts[i])
+            # a pinned resolver takes its uplink (RFC 6419 2.3.1), anything else the metric's
+            self.chc[i] = self.selector.resolver_c(self.rp[i].dst) if self.selector.n_res else -2
+            if self.chc[i] == -2:
+                self.chc[i] = self.selector.pick_c(self.rp[i].src, self.svc[i], self.prf[i], ts[i])
             if self.chc[i] >= 0:
                 made += self.flows.insert_c(&self.rp[i], &ts[i], &self.outp[i], &self.chc[i],
                                             &self.svc[i], &self.prf[i], 1)

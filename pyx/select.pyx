@@ -26,9 +26,17 @@ config order.  With sticky_s > 0 a new load-balanced flow whose source address h
 within sticky_s seconds takes that flow's uplink (and does not turn the rotation): a
 FlowTable keyed by the source alone, idle after sticky_s, least recently used evicted.
 Flows already in the flowbase never come here: their packets cost nothing more.
+
+Resolvers pinned to their uplink (``[[uplink]] dns``, RDNSS learned on it; RFC 6419 2.3.1:
+a resolver is asked over the network that gave it): a new flow to one of them takes that
+uplink whatever its preference, or -1 (dropped, no_uplink) while that uplink is unusable:
+another ISP's customers are usually refused there, and the LAN's stub resolver turns to its
+next server at once.  At most MAX_RESOLVERS addresses, scanned per new flow
+(``resolver_c``, called by the pipeline before ``pick_c``).  Counts resolver_pinned and
+resolver_down.
 """
 from libc.stdint cimport uint8_t, uint16_t, int16_t, int64_t, uint64_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memset, memcmp
 
 from rows cimport mmr_row
 from engine._flowbase cimport FlowTable
@@ -98,6 +106,8 @@ cdef class Selector:
         self.sticky_on = self.sticky_s > 0
         if self.sticky_on:
             self.sticky = _flowbase.FlowTable(min(int(cfg.flow_capacity), STICKY_SOURCES), None, self.sticky_s)
+        self.usable_c = np.zeros(n, np.uint8)
+        self.set_resolvers(config_resolvers(cfg))
         self.update(characteristics_matrix(cfg),
                     np.array([u.usable for u in cfg.uplinks], np.uint8),
                     np.array([u.metric for u in cfg.uplinks], np.float64))
@@ -115,6 +125,8 @@ cdef class Selector:
             metric = self._metric if self._metric is not None else np.arange(self.n_uplinks, dtype=np.float64)
         metric = np.ascontiguousarray(metric, dtype=np.float64)
         self._chars, self._usable, self._metric = chars.copy(), usable.copy(), metric.copy()
+        for u in range(self.n_uplinks):
+            self.usable_c[u] = usable[u] != 0
         norm = normalize(chars, usable)
         self._norm = norm
         n_slots = len(self.terms)
@@ -199,6 +211,49 @@ cdef class Selector:
         else:
             self.selected[u] += 1
         return u
+
+    cdef int16_t resolver_c(self, const uint8_t* dst) noexcept nogil:
+        """A new flow to dst: its resolver's uplink, -1 while that one is unusable, -2 when
+        dst is no pinned resolver."""
+        cdef int k
+        cdef int16_t u
+        for k in range(self.n_res):
+            if memcmp(&self.res_addr[k, 0], dst, 16) == 0:
+                u = self.res_up[k]
+                if self.usable_c[u]:
+                    self.res_hits += 1
+                    self.selected[u] += 1
+                    return u
+                self.res_down += 1
+                self.no_uplink += 1
+                return -1
+        return -2
+
+    def set_resolvers(self, pairs):
+        """[(address, uplink index)]: 16-byte addresses (IPv4 mapped) or text; new flows to
+        them take that uplink from now on (flows already made keep theirs)."""
+        import ipaddress
+
+        pairs = list(pairs)
+        if len(pairs) > C.MAX_RESOLVERS:
+            raise ValueError(f"at most {C.MAX_RESOLVERS} resolvers")
+        addr = np.zeros((max(len(pairs), 1), 16), np.uint8)
+        up = np.zeros(max(len(pairs), 1), np.int16)
+        for k, (a, u) in enumerate(pairs):
+            if isinstance(a, str):
+                ip = ipaddress.ip_address(a)
+                a = ip.packed if ip.version == 6 else bytes(10) + b"\xff\xff" + ip.packed
+            if len(a) != 16 or not 0 <= u < self.n_uplinks:
+                raise ValueError(f"resolver {k}: a 16-byte address and an uplink index below {self.n_uplinks}")
+            addr[k] = np.frombuffer(a, np.uint8)
+            up[k] = u
+        self.n_res = 0                       # (a worker applies this between batches)
+        self.res_addr, self.res_up = addr, up
+        self.n_res = len(pairs)
+
+    def resolvers(self):
+        """[(16-byte address, uplink index)] pinned now."""
+        return [(bytes(self.res_addr[k]), int(self.res_up[k])) for k in range(self.n_res)]
 
     def select(self, uint8_t[::1] service, uint16_t[::1] pref, int16_t[::1] out, Py_ssize_t n=-1,
                rows=None, ts=None):
@@ -294,7 +349,13 @@ cdef class Selector:
     def counters(self):
         return {"selected": [int(self.selected[u]) for u in range(self.n_uplinks)],
                 "undefined_preference": int(self.undefined), "no_uplink": int(self.no_uplink),
-                "sticky": int(self.followed)}
+                "sticky": int(self.followed), "resolver_pinned": int(self.res_hits),
+                "resolver_down": int(self.res_down)}
+
+
+def config_resolvers(cfg):
+    """[(address text, uplink index)] of the config's [[uplink]] dns lists."""
+    return [(a, k) for k, u in enumerate(cfg.uplinks) for a in getattr(u, "dns", [])]
 
 
 def normalize(chars, usable):

@@ -92,6 +92,12 @@ BAD = [
      "at least 64 ports"),
     ("gateway text", GOOD.replace('device = "up2"', 'device = "up2"\ngateway = "router"'), "uplink[1].gateway",
      "not an IPv6 or IPv4 address"),
+    ("gateway4 text", GOOD.replace('device = "up2"', 'device = "up2"\ngateway4 = "dhcp"'), "uplink[1].gateway4",
+     'write "auto" or the IPv4 next hop address'),
+    ("gateway6 type", GOOD.replace('device = "up2"', 'device = "up2"\ngateway6 = 6'), "uplink[1].gateway6", ""),
+    ("gateway6 and a mac", GOOD.replace('device = "up2"', 'device = "up2"\ngateway6 = "fe80::1"\n'
+                                        'gateway_mac = "02:00:00:00:00:01"'), "uplink[1].gateway6",
+     "leave out gateway6 or gateway_mac"),
 ]
 
 
@@ -116,6 +122,19 @@ def test_monitor_defaults_and_probe_targets(tmp_path):
     assert cfg.uplinks[0].probe_targets == ["2001:db8:a1::1"]      # the gateway by default
     assert cfg.uplinks[1].probe_targets == []                      # nothing to probe: links only
     assert cfg.uplinks[0].qdisc_bypass is True
+
+
+def test_gateway_per_family(tmp_path):
+    """gateway serves both families unless gateway4 / gateway6 say otherwise; "auto" (None)
+    is the kernel's default route of that family; probes go to the static ones."""
+    text = GOOD.replace('device = "up1"', 'device = "up1"\ngateway = "2001:db8:a1::1"\ngateway4 = "198.18.1.1"')
+    text = text.replace('device = "up2"', 'device = "up2"\ngateway4 = "198.18.2.1"\ngateway6 = "auto"')
+    a, b = load_config(write(tmp_path, text)).uplinks
+    assert (a.gateway, a.gateway4, a.gateway6) == ("2001:db8:a1::1", "198.18.1.1", "2001:db8:a1::1")
+    assert (b.gateway, b.gateway4, b.gateway6) == (None, "198.18.2.1", None)
+    assert a.probe_targets == ["2001:db8:a1::1"] and b.probe_targets == ["198.18.2.1"]
+    c = load_config(write(tmp_path, GOOD)).uplinks[0]
+    assert (c.gateway4, c.gateway6) == (None, None)
 
 
 def test_missing_file():

@@ -20,6 +20,7 @@ from engine.ref.rewrite import ones_sum
 CFG = load_config(None)
 UP_MAC = [bytes.fromhex("0200000001" + f"{k:02x}") for k in range(1, 3)]
 GW_MAC = [bytes.fromhex("0200000002" + f"{k:02x}") for k in range(1, 3)]
+GW4_MAC = [bytes.fromhex("0200000004" + f"{k:02x}") for k in range(1, 3)]    # a DHCP router's, apart
 HOST_MAC = bytes.fromhex("020000000301")
 
 
@@ -30,7 +31,8 @@ def test_compiled_forward_is_loaded():
 
 def pair(router=True, mtus=(1500, 1500), gw_known=(True, True), local=(), hosts=(), in_mtu=1500,
          t_start=0.0, t_end=float("inf"), kernel_nets=()):
-    """A compiled Forwarder and a RefForwarder with the same tables."""
+    """A compiled Forwarder and a RefForwarder with the same tables; gw_known[u] True/False
+    (one next hop for both families) or (IPv4 known, IPv6 known): then IPv4's is GW4_MAC."""
     fw = _forward.Forwarder(_pipeline.Pipeline(CFG, batch=64), router, 2, 64)
     ref = RefForwarder(CFG, router, 2)
     fw.in_mac[0] = list(g.MAC_B)
@@ -43,10 +45,15 @@ def pair(router=True, mtus=(1500, 1500), gw_known=(True, True), local=(), hosts=
     ref.kernel_nets = [(n.network_address.packed, n.netmask.packed) for n in knets]
     for u in range(2):
         fw.up_mac[u] = list(UP_MAC[u])
-        fw.gw_mac[u] = list(GW_MAC[u]) if gw_known[u] else [0] * 6
+        if isinstance(gw_known[u], tuple):
+            fw.gw_mac[u, 0] = list(GW4_MAC[u]) if gw_known[u][0] else [0] * 6
+            fw.gw_mac[u, 1] = list(GW_MAC[u]) if gw_known[u][1] else [0] * 6
+        else:
+            fw.gw_mac[u] = list(GW_MAC[u]) if gw_known[u] else [0] * 6
         fw.up_mtu[u] = mtus[u]
     ref.up_mac = list(UP_MAC)
-    ref.gw_mac = [GW_MAC[u] if gw_known[u] else bytes(6) for u in range(2)]
+    ref.gw_mac = [(GW4_MAC[u] if gw_known[u][0] else bytes(6), GW_MAC[u] if gw_known[u][1] else bytes(6))
+                  if isinstance(gw_known[u], tuple) else GW_MAC[u] if gw_known[u] else bytes(6) for u in range(2)]
     ref.up_mtu = list(mtus)
     fw.in_mtu = ref.in_mtu = in_mtu
     for a in local:
@@ -151,6 +158,38 @@ def test_outbound_matches_reference(batch, mtus, gw1):
     frames = [f for f, _ in batch]
     fw, ref = pair(router=True, mtus=mtus, gw_known=(True, gw1))
     compare(fw, ref, frames, [v for _, v in batch], np.full(len(frames), 100.0), "out")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(offload_frame(), min_size=1, max_size=24),
+       st.tuples(st.booleans(), st.booleans()), st.tuples(st.booleans(), st.booleans()))
+def test_outbound_per_family_next_hops_match_reference(batch, gw0, gw1):
+    """gateway4 / gateway6: each family leaves for its own next hop's MAC; a family without
+    one on the chosen uplink is dropped (no_neighbour) while the other goes on."""
+    frames = [f for f, _ in batch]
+    fw, ref = pair(router=True, gw_known=(gw0, gw1))
+    compare(fw, ref, frames, [v for _, v in batch], np.full(len(frames), 100.0), "out")
+
+
+def test_each_family_goes_to_its_own_next_hop():
+    """The same uplink, an IPv4 and an IPv6 datagram: the IPv4 one to the IPv4 router's MAC,
+    the IPv6 one to the IPv6 router's; with IPv4's unknown only IPv4 is dropped."""
+    v6 = g.eth(g.ipv6(g.udp(4000, 5000, b"six"), 17, src="2001:db8:1::10", dst="2001:db8:ff::1"))
+    v4 = g.eth(g.ipv4(g.udp(4000, 5000, b"four"), 17, src="192.0.2.10", dst="198.51.100.1"), 0x0800)
+    for known4 in (True, False):
+        fw, ref = pair(router=True, gw_known=((known4, True), (known4, True)))
+        out = compare(fw, ref, [v4, v6], [{}, {}], np.full(2, 100.0), "out")
+        u = int(out[1])
+        assert u >= 0 and bytes(fw.gw_mac[u, 1]) == GW_MAC[u]
+        buf, off, ln = pack_frames([v4, v6])
+        buf = np.array(buf, np.uint8)
+        fw2, _ = pair(router=True, gw_known=((known4, True), (known4, True)))
+        out2, off2, _ = fw2.outbound(buf, off, ln, vnet_array([{}, {}]), np.full(2, 100.0))
+        assert bytes(buf[off2[1]:off2[1] + 6]) == GW_MAC[int(out2[1])]
+        if known4:
+            assert bytes(buf[off2[0]:off2[0] + 6]) == GW4_MAC[int(out2[0])]
+        else:
+            assert out2[0] < 0 and int(fw2.counters[CT.INDEX["no_neighbour"]]) == 1
 
 
 @settings(max_examples=200, deadline=None)

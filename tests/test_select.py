@@ -425,3 +425,110 @@ def test_weight_and_sticky_are_read():
                  + uplink("c", 3))
     assert [u.weight for u in cfg.uplinks] == [3.0, 0.0, None] and cfg.select["sticky_s"] == 600.0
     assert cfg_of(uplink("a", 1)).select == {"sticky_s": 0.0}
+
+
+# ------------------------------------------------------------------ resolvers pinned to their uplink
+RESOLVERS = {"u0": ["2001:db8:a0::53", "198.18.0.53"], "u1": ["2001:db8:a1::53"], "u2": ["198.18.2.53"]}
+OTHERS = ["2001:db8:ff::1", "198.51.100.1", "2001:db8:a1::54"]
+
+
+def resolver_cfg(metrics=(0, 1, 2), default_preference=0):
+    text = f"[engine]\ndefault_preference = {default_preference}\n"
+    for k, m in enumerate(metrics):
+        text += uplink(f"u{k}", m, bandwidth_mbps=10 * (k + 1), queueing_delay_ms=10 * (3 - k))
+        text += "dns = [" + ", ".join(f'"{a}"' for a in RESOLVERS[f"u{k}"]) + "]\n"
+    return cfg_of(text)
+
+
+def test_a_resolver_takes_the_uplink_that_gave_it_whatever_the_metric():
+    """RFC 6419 2.3.1: the primary (lowest metric) is u0, yet a new flow to u1's or u2's
+    resolver leaves through u1 or u2; with that uplink unusable it gets none (-1, counted)
+    rather than another ISP's; other destinations follow the metric."""
+    from engine import _pipeline
+    import framegen as g
+    from engine.frames import pack_frames
+    from engine.ref.pipeline import RefPipeline
+
+    cfg = resolver_cfg()
+    dsts = ["2001:db8:a1::53", "198.18.2.53", "2001:db8:a0::53", "2001:db8:ff::1", "198.51.100.1"]
+    frames = [g.eth(g.ipv6(g.udp(5300 + k, 53, b"q"), 17, src="2001:db8:1::10", dst=d)) if ":" in d else
+              g.eth(g.ipv4(g.udp(5300 + k, 53, b"q"), 17, src="192.0.2.10", dst=d), 0x0800)
+              for k, d in enumerate(dsts)]
+    buf, off, ln = pack_frames(frames)
+    for usable, want in (([1, 1, 1], [1, 2, 0, 0, 0]), ([1, 0, 1], [C.DROP if False else -3, 2, 0, 0, 0])):
+        pipe, ref_pipe = _pipeline.Pipeline(cfg, batch=16), RefPipeline(cfg)
+        chars = np.zeros((3, C.N_CHARS))
+        pipe.selector.update(chars, np.array(usable, np.uint8))
+        ref_pipe.selector.update(chars, np.array(usable, np.uint8))
+        ts = np.full(len(frames), 10.0)
+        out = pipe.process(np.array(buf, np.uint8), off, ln, ts).tolist()
+        assert out == ref_pipe.process(np.array(buf, np.uint8), off, ln, ts).tolist()
+        assert out[:3] == [1 if usable[1] else _pipeline.DROP, 2, 0] and out[3:] == [0, 0], out
+        c = pipe.selector.counters()
+        assert c["resolver_pinned"] == (3 if usable[1] else 2) and c["resolver_down"] == (0 if usable[1] else 1)
+        assert c == ref_pipe.selector.counters()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(sum(RESOLVERS.values(), []) + OTHERS), st.integers(1024, 1100),
+                          st.integers(0, 3)), min_size=1, max_size=30),
+       st.lists(st.lists(st.booleans(), min_size=3, max_size=3), min_size=1, max_size=4),
+       st.sampled_from([0, 1, 3]), st.permutations([0, 1, 2]))
+def test_pinned_resolvers_compiled_match_reference(flows, masks, default_preference, metrics):
+    """Batches of new and known flows to resolvers and to other addresses, usable masks
+    changing between batches, load balancing or the metric for the rest: the compiled
+    pipeline and the reference give the same uplinks and counters."""
+    from engine import _pipeline
+    import framegen as g
+    from engine.frames import pack_frames
+    from engine.ref.pipeline import RefPipeline
+
+    cfg = resolver_cfg(metrics, default_preference)
+    pipe, ref_pipe = _pipeline.Pipeline(cfg, batch=64), RefPipeline(cfg)
+    chars = np.array([[10.0 * (k + 1), 0, 10.0 * (3 - k)] + [0.0] * (C.N_CHARS - 3) for k in range(3)])
+    t = 1.0
+    for mask in masks:
+        usable = np.array(mask, np.uint8)
+        pipe.selector.update(chars, usable)
+        ref_pipe.selector.update(chars, usable)
+        frames = [g.eth(g.ipv6(g.udp(sp, 53, b"q"), 17, src=f"2001:db8:1::{k + 1:x}", dst=d)) if ":" in d else
+                  g.eth(g.ipv4(g.udp(sp, 53, b"q"), 17, src=f"192.0.2.{k + 1}", dst=d), 0x0800)
+                  for sp, (d, _, k) in ((f[1], f) for f in flows)]
+        buf, off, ln = pack_frames(frames)
+        ts = np.full(len(frames), t)
+        t += 1.0
+        out = pipe.process(np.array(buf, np.uint8), off, ln, ts).tolist()
+        assert out == ref_pipe.process(np.array(buf, np.uint8), off, ln, ts).tolist()
+    assert pipe.selector.counters() == ref_pipe.selector.counters()
+    assert sorted(pipe.selector.resolvers()) == sorted(ref_pipe.selector.resolvers())
+
+
+def test_resolver_errors_are_one_sentence():
+    from engine.errors import ConfigError
+
+    both = uplink("u0", 0) + 'dns = ["2001:db8::53"]\n' + uplink("u1", 1) + 'dns = ["2001:db8::53"]\n'
+    with pytest.raises(ConfigError, match=r"uplink\[1\]\.dns: 2001:db8::53 is already a resolver of uplink 'u0'; "):
+        cfg_of(both)
+    with pytest.raises(ConfigError, match=r"uplink\[0\]\.dns: 'dns.example' is not an IPv6 or IPv4 address"):
+        cfg_of(uplink("u0", 0) + 'dns = ["dns.example"]\n')
+    many = uplink("u0", 0) + "dns = [" + ", ".join(f'"2001:db8::{k + 1:x}"' for k in range(65)) + "]\n"
+    with pytest.raises(ConfigError, match="at most 64"):
+        cfg_of(many)
+
+
+def test_rdnss_options_are_read_within_their_bounds():
+    """What a router on the uplink wrote: RDNSS options among others, and options that lie
+    about their length, are read only as far as they truly go."""
+    import socket
+    import struct
+
+    from engine.netlink import rdnss_servers
+
+    a, b = (socket.inet_pton(socket.AF_INET6, x) for x in ("2001:db8:a1::53", "2001:db8:a1::35"))
+    mtu = struct.pack("!BBHI", 5, 1, 0, 1500)
+    rdnss = struct.pack("!BBHI", 25, 5, 0, 1800) + a + b
+    assert rdnss_servers(mtu + rdnss) == [(a, 1800), (b, 1800)]
+    assert rdnss_servers(rdnss[:-8]) == []                                   # cut short
+    assert rdnss_servers(struct.pack("!BBHI", 25, 2, 0, 9) + a[:8]) == []    # even length: no address
+    assert rdnss_servers(struct.pack("!BBHI", 25, 0, 0, 9) + rdnss) == []    # length 0 ends the walk
+    assert rdnss_servers(b"") == [] and rdnss_servers(b"\x19\x03") == []

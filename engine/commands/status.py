@@ -235,6 +235,17 @@ def status(args) -> int:
     for line in table([("uplink", "<"), ("device", "<"), ("admin", "<"), ("usable", "<"), ("link", "<"),
                        ("probes", "<"), ("rtt ms", ">"), ("loss", ">"), ("flows", ">"), ("reason", "<")], rows):
         print(line)
+    hops = ans.get("next_hops_by_family") or {}
+    if hops:
+        print("next hops: " + "; ".join(
+            f"{cell(name)} " + (f"IPv4 {h['ipv4'] or '-'}, IPv6 {h['ipv6'] or '-'}"
+                                if h["ipv4"] != "point-to-point" else "point-to-point")
+            for name, h in hops.items()))
+    pinned = [f"{cell(name)} {r['address']} ({r['from']}" + (f", {r['expires_s']} s" if r["expires_s"] is not None
+                                                          else "") + ")"
+              for name, rs in (ans.get("resolvers") or {}).items() for r in rs]
+    if pinned:
+        print("resolvers: " + "; ".join(pinned))
     for m in ans["failovers"][-5:]:
         print(f"failover: {cell(m['uplink'])} ({m['reason']}): {m['flows']} flows moved in {m['rebind_ms']} ms")
     if len(ans.get("workers", [])) > 1:

@@ -29,7 +29,8 @@ class RefForwarder:
         self.param_problems = True                # answer opt_unknown_icmp (False: the kernel alone)
         self.in_mac = bytes(6)
         self.up_mac = [bytes(6)] * n_uplinks
-        self.gw_mac = [bytes(6)] * n_uplinks
+        # per uplink: one MAC for both families, or (IPv4's, IPv6's) when they differ
+        self.gw_mac: list = [bytes(6)] * n_uplinks
         self.up_mtu = [1500] * n_uplinks
         self.up_strip = [cfg.option_type if getattr(up, "strip_option", False) else 0
                          for up in cfg.uplinks[:n_uplinks]] + [0] * max(0, n_uplinks - len(cfg.uplinks))
@@ -167,7 +168,10 @@ class RefForwarder:
                     self.count("kernel")
                 continue
             v = _vnet(vnets[i])
-            if self.gw_mac[u] == bytes(6):
+            gw = self.gw_mac[u]
+            if not isinstance(gw, bytes):
+                gw = gw[1 if int(rows[i]["family"]) == 6 else 0]
+            if gw == bytes(6):
                 self._drop(out, rows, i, "no_neighbour")
                 continue
             if self._seg_len(frames[i], rows[i], v) > self.up_mtu[u]:
@@ -177,7 +181,7 @@ class RefForwarder:
                 continue
             if v["flags"] & NEEDS_CSUM:
                 self.count("csum_finished" if not v["gso_type"] else "super_frames")
-            sent[i] = self._emit(out, rows, i, frames[i], v, self.up_mac[u], self.gw_mac[u], hop=self.router,
+            sent[i] = self._emit(out, rows, i, frames[i], v, self.up_mac[u], gw, hop=self.router,
                                  strip=self.up_strip[u])
             if sent[i] is not None:
                 f, v = sent[i]

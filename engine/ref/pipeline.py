@@ -48,7 +48,9 @@ class RefPipeline:
                     self.flows.insert(*one, none, svc[i:i + 1], pref[i:i + 1])
                     if out[i] != -1:
                         continue
-                u = self.selector.select_one(int(svc[i]), int(pref[i]), bytes(rows[i]["src"]), float(ts[i]))
+                u = self.selector.resolver(bytes(rows[i]["dst"]))     # a pinned resolver first
+                if u == -2:
+                    u = self.selector.select_one(int(svc[i]), int(pref[i]), bytes(rows[i]["src"]), float(ts[i]))
                 if u >= 0:
                     made += self.flows.insert(*one, np.array([u], np.int16), svc[i:i + 1], pref[i:i + 1])
         for i in range(n):

@@ -6,6 +6,8 @@ addresses (the reference flowbase keyed by the source alone).
 """
 from __future__ import annotations
 
+import ipaddress
+
 import numpy as np
 
 from engine import constants as C
@@ -33,13 +35,41 @@ class Selector:
         self.chars = characteristics_matrix(cfg).tolist()
         self.usable = [bool(u.usable) for u in cfg.uplinks]
         self.metric = [float(u.metric) for u in cfg.uplinks]
-        self.c = {"selected": [0] * self.n_uplinks, "undefined_preference": 0, "no_uplink": 0, "sticky": 0}
+        self.c = {"selected": [0] * self.n_uplinks, "undefined_preference": 0, "no_uplink": 0, "sticky": 0,
+                  "resolver_pinned": 0, "resolver_down": 0}
         self.weight_cfg = [-1.0 if u.weight is None else float(u.weight) for u in cfg.uplinks]
         self.wrr = [0.0] * self.n_uplinks
         self.sticky_s = float(cfg.select.get("sticky_s", 0.0))
         self.sticky = (FlowTable(min(cfg.flow_capacity, STICKY_SOURCES), None, self.sticky_s)
                        if self.sticky_s > 0 else None)
         self.weight = lb_weights(self.weight_cfg, self.chars, self.usable)
+        self.pinned: dict[bytes, int] = {}          # resolver (16 bytes) -> its uplink
+        self.set_resolvers([(a, k) for k, u in enumerate(cfg.uplinks) for a in getattr(u, "dns", [])])
+
+    def set_resolvers(self, pairs) -> None:
+        self.pinned = {}
+        for a, u in pairs:
+            if isinstance(a, str):
+                ip = ipaddress.ip_address(a)
+                a = ip.packed if ip.version == 6 else bytes(10) + b"\xff\xff" + ip.packed
+            self.pinned.setdefault(bytes(a), int(u))   # the first listed wins, as the scan's
+
+    def resolvers(self):
+        return list(self.pinned.items())
+
+    def resolver(self, dst: bytes) -> int:
+        """A new flow to dst: its resolver's uplink, -1 while that one is unusable, -2 when
+        dst is no pinned resolver."""
+        u = self.pinned.get(bytes(dst))
+        if u is None:
+            return -2
+        if self.usable[u]:
+            self.c["resolver_pinned"] += 1
+            self.c["selected"][u] += 1
+            return u
+        self.c["resolver_down"] += 1
+        self.c["no_uplink"] += 1
+        return -1
 
     def update(self, chars, usable, metric=None):
         self.chars = [list(map(float, row)) for row in chars]

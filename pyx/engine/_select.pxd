@@ -31,6 +31,14 @@ cdef class Selector:
     cdef bint sticky_on
     cdef FlowTable sticky                    # keyed by the source alone; idle after sticky_s
 
+    # resolvers pinned to the uplink whose network gave them (RFC 6419 2.3.1): address -> uplink
+    cdef uint8_t[:, ::1] res_addr            # [k, 16] (IPv4 mapped)
+    cdef int16_t[::1] res_up
+    cdef readonly int n_res
+    cdef uint8_t[::1] usable_c               # the usable mask, for the resolvers' uplinks
+    cdef uint64_t res_hits, res_down
+
+    cdef int16_t resolver_c(self, const uint8_t* dst) noexcept nogil
     cdef int16_t pick_c(self, const uint8_t* src, uint8_t service, uint16_t pref,
                         double ts) noexcept nogil
     cdef int16_t balance_c(self, const uint8_t* src, double ts) noexcept nogil

@@ -1,6 +1,7 @@
 # <linux/netlink.h>, <linux/rtnetlink.h>, <linux/if_link.h>, <linux/if_addr.h>,
 # <linux/neighbour.h>, <linux/if.h>: what engine/netlink.py speaks with the kernel (links,
-# addresses, neighbours, qdisc statistics) and reads of a device's state.
+# addresses, neighbours, qdisc statistics, RA options for userspace) and reads of a device's
+# state.
 cdef extern from *:
     """
     #include <linux/netlink.h>
@@ -25,6 +26,8 @@ cdef extern from *:
         pass
     struct rtmsg:
         pass
+    struct nduseroptmsg:      # a router advertisement's option for userspace (RDNSS)
+        pass
     const unsigned int TC_H_ROOT       # 0xFFFFFFFF: not an int enum
     enum:
         NETLINK_ROUTE
@@ -42,6 +45,9 @@ cdef extern from *:
         RTMGRP_IPV6_IFADDR
         RTMGRP_IPV4_ROUTE
         RTMGRP_IPV6_ROUTE
+        RTNLGRP_ND_USEROPT
+        RTM_NEWNDUSEROPT
+        NDUSEROPT_SRCADDR
         RTM_NEWROUTE
         RTM_DELROUTE
         RTM_GETROUTE
