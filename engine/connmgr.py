@@ -91,7 +91,6 @@ class Prober:
                 s.setsockopt(socket.IPPROTO_ICMPV6, K.ICMP6_FILTER, struct.pack("8I", *block))
             else:
                 s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode())
             # the kernel stamps each reply as it arrives: time it spends waiting for mmr
             # (a flood keeping the engine busy) is not counted in the RTT
             s.setsockopt(socket.SOL_SOCKET, K.SO_TIMESTAMPNS, 1)
@@ -99,6 +98,20 @@ class Prober:
             self.socks[fam] = s
         self.round = 0
         self.pending: dict[int, tuple[float, float, int]] = {}   # seq -> (send time, wall time, round)
+        self.bound = False
+        self.rebind()
+
+    def rebind(self) -> bool:
+        """Bind the sockets to the device as it is now (SO_BINDTODEVICE takes its index: a
+        device re-created under the name needs this again); False while it is absent, and
+        then nothing is sent (an unbound socket would probe through another uplink)."""
+        try:
+            for s in self.socks.values():
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.dev.encode())
+            self.bound = True
+        except OSError:
+            self.bound = False
+        return self.bound
 
     def fds(self):
         return [s.fileno() for s in self.socks.values()]
@@ -114,7 +127,8 @@ class Prober:
                 body = struct.pack("!BBHHH", K.ICMP_ECHO, 0, 0, self.ident, self.seq) + b"mmr-probe"
                 msg = body[:2] + struct.pack("!H", checksum(body)) + body[4:]
             try:
-                self.socks[t.version].sendto(msg, (str(t), 0))
+                if self.bound:
+                    self.socks[t.version].sendto(msg, (str(t), 0))
             except OSError:
                 pass                            # unreachable now: it will count as lost
             self.pending[self.seq] = (now, time.time(), self.round)
@@ -524,6 +538,12 @@ class ConnectionManager:
         h = self.health[i]
         for rtt, rnd in self.probers[i].receive(now):
             self._probe_result(h, rtt, now, rnd)
+
+    def device_back(self, i: int) -> None:
+        """Uplink i's device appeared or was re-created: its probes go out of it again."""
+        p = self.probers[i]
+        if p is not None and hasattr(p, "rebind"):
+            p.rebind()
 
     def links_changed(self, why: dict[int, str] | None = None) -> None:
         """Netlink said links or addresses changed: re-read each uplink's state from memory."""

@@ -230,7 +230,8 @@ def status(args) -> int:
         reason = u["reason"] or ""
         if u.get("degraded") and u.get("degraded_reason"):
             reason = "; ".join(x for x in (reason, u["degraded_reason"]) if x)
-        rows.append([u["name"], u["device"], u.get("admin", "auto"), usable, u["link"],
+        device = u["device"] + (" (absent)" if "ifindex" in u and u["ifindex"] is None else "")
+        rows.append([u["name"], device, u.get("admin", "auto"), usable, u["link"],
                      u["probes"], rtt, loss, u["flows"], reason])
     for line in table([("uplink", "<"), ("device", "<"), ("admin", "<"), ("usable", "<"), ("link", "<"),
                        ("probes", "<"), ("rtt ms", ">"), ("loss", ">"), ("flows", ">"), ("reason", "<")], rows):
