@@ -903,6 +903,13 @@ class Datapath:
             return [(u.name, u.device, u.gateway, u.gateway_mac, u.nat, u.nat6, u.npt_prefix) for u in c.uplinks]
         same = (new.lan == old.lan and wiring(new) == wiring(old) and new.option_type == old.option_type
                 and new.host == old.host and new.nat_ports == old.nat_ports)
+        added = [u.name for u in new.uplinks if u.name not in {x.name for x in old.uplinks}]
+        removed = [u.name for u in old.uplinks if u.name not in {x.name for x in new.uplinks}]
+        if added or removed:
+            return {"ok": False, "message": "rejected, the old policy keeps running: uplinks "
+                                            + "; ".join(f"{w} {', '.join(n)}" for w, n in (("added", added),
+                                                                                          ("removed", removed)) if n)
+                                            + "; adding or removing an uplink needs a restart"}
         if not same:
             return {"ok": False, "message": "rejected, the old policy keeps running: the LAN device, the "
                                             "uplinks (names, devices, order, gateways, translation), "

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from engine.testbed import ISP, ISP_CN_ADDR4
-from netlab import in_ns, make_testbed, peer, running_mmr, start_peer
+from netlab import in_ns, make_testbed, mmr, peer, running_mmr, start_peer
 from test_nat_live import UPLINKS, status
 
 pytestmark = pytest.mark.privileged
@@ -135,13 +135,15 @@ def test_a_recreated_device_is_taken_into_use_again(bed, tmp_path, dev, workers)
         restore(bed, dev)
 
 
-def test_started_without_an_uplink_device_waits_for_it(bed, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
+def test_started_without_an_uplink_device_waits_for_it(bed, tmp_path, workers):
     """up1 does not exist when mmr starts: one line says it waits, the other uplink forwards;
-    when up1 appears it is taken into use (new flows take it: it is the primary)."""
+    when up1 appears it is taken into use (new flows take it: it is the primary), with two
+    workers in a fanout group made then."""
     bed.run("mmr", "ip", "link", "del", "up1")
     try:
         with running_mmr(bed, "mmr", "run", "forwarding", "--config",
-                         policy(tmp_path, ("isp1", "isp2"))) as (p, lines):
+                         policy(tmp_path, ("isp1", "isp2"), engine=f"workers = {workers}")) as (p, lines):
             start = "".join(lines)
             assert start.count("waiting for device up1") == 1, start
             isp1 = uplink(bed, "isp1")
@@ -152,7 +154,9 @@ def test_started_without_an_uplink_device_waits_for_it(bed, tmp_path):
             until("isp1 usable once up1 exists", lambda: uplink(bed, "isp1")["usable"], 20)
             r = echo(bed, 7612)
             assert r["answered"] == 5 and flows_on(bed, 7612) == {"isp1"}, r
-            assert status(bed)["translation"]["uplinks"]["isp1"]["address"] == "198.18.1.2"
+            st = status(bed)
+            assert st["translation"]["uplinks"]["isp1"]["address"] == "198.18.1.2"
+            assert len(st["workers"]) == workers
             p.terminate()
             rest = p.stderr.read()
         assert "internal error" not in rest and "Traceback" not in rest, rest
@@ -172,6 +176,12 @@ def test_no_uplink_device_at_start(bed, tmp_path):
             bed.relink("mmr", "up1")
             until("isp1 usable once up1 exists", lambda: uplink(bed, "isp1")["usable"], 20)
             assert echo(bed, 7621)["answered"] == 5
+            # uplinks added or removed by a reload: not built (README), refused in one sentence
+            with open(tmp_path / "churn.toml", "a") as f:
+                f.write(UPLINKS["isp2"])
+            r = mmr(bed, "reload")
+            assert r.returncode != 0 and "uplinks added isp2; adding or removing an uplink needs a restart" in \
+                r.stdout + r.stderr, r
     finally:
         restore(bed, "up1")
 
