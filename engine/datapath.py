@@ -16,6 +16,14 @@ Several cores (``mmr run``, ``[engine] workers``): this thread is worker 0; work
 (engine/workers.py) run the same Forwarder loop on their own rings, joined per device in a
 PACKET_FANOUT group, and take what this thread changes between two batches.
 
+Uplink devices come and go (a modem re-enumerating, PPP redialling, a device missing at
+start): netlink names them, and an uplink is bound to its device's name.  A device deleted,
+renamed away or re-created under a new index is let go (its rings and sockets closed, the
+connection manager moves its flows as on a link down); a device of that name that appears
+is opened as it is then (index, MTU, MAC, Ethernet or L3, next hop, IPv4 address for the
+translation, the probes' binding) and taken into use once its link, address and next hop
+are up.  The kernel guard's rules match devices by name, so they hold for the new device.
+
 The two modes differ only in their inside (engine/router.py: ``Lan``; engine/host.py:
 ``VirtualInterface``): how it is opened, which addresses are the engine's to deliver, what
 the kernel guard (engine/guard.py) keeps the kernel from doing, and their names in the log.

@@ -14,7 +14,10 @@ in parallel.
 
 Flow affinity.  Every device's rings join one fanout group, in worker order, so member k of
 every group is worker k's socket (the kernel appends a joining socket at index num_members;
-mmr never lets one leave while the others stay: a device that vanishes takes all its rings).
+mmr never lets one leave while the others stay: a device that vanishes takes all its rings,
+and when a device of that name is back, or appears for the first time, the engine thread
+opens a ring per worker on it and makes a new group of them, in worker order, before any
+worker reads from its ring).
 The group runs ``fanout_program()``, a classic BPF program computing a hash over the source
 and destination addresses and, where they are cheaply reachable (TCP or UDP right after the
 IP header or after an IPv6 hop-by-hop header, not a fragment), the ports, symmetric in
