@@ -844,10 +844,12 @@ class Datapath:
             except OSError:
                 pass
         self.counters[CT.INDEX["ring_drops"]] += drops
+        seen_now = {}
         for r in rings:
             seen = self.truncated_seen.get(id(r), 0)
             self.counters[CT.INDEX["truncated"]] += int(r.truncated) - seen
-            self.truncated_seen[id(r)] = int(r.truncated)
+            seen_now[id(r)] = int(r.truncated)
+        self.truncated_seen = seen_now          # a closed ring's id may be a new ring's
 
     SUMMARY = ["rx_inside", "rx_uplink", "tx_uplink", "tx_inside", "kernel", "handover", "csum_finished",
                "super_frames", "icmp_sent", "ring_drops", "tx_errors"]
