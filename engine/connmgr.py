@@ -497,8 +497,8 @@ class ConnectionManager:
         for h in self.health:
             h.link_up = self._link_ok(h.dev)
             if not h.link_up:
-                h.reason = "link down" if self.state.link(h.dev) is None or not self.state.link(h.dev).up \
-                    else "no address"
+                link = self.state.link(h.dev)
+                h.reason = "no device yet" if link is None else "link down" if not link.up else "no address"
         self.probers: list = []
         base = (os.getpid() * 7) & 0xFFFF
         for i, u in enumerate(cfg.uplinks):
@@ -550,8 +550,8 @@ class ConnectionManager:
         changed = False
         for h in self.health:
             link = self.state.link(h.dev)
-            if link is None:
-                changed |= h.set_link(False, "device removed")
+            if link is None:                        # (absent since the start: still "no device yet")
+                changed |= h.set_link(False, "no device yet" if h.reason == "no device yet" else "device removed")
             elif not link.flags & K.IFF_UP:
                 changed |= h.set_link(False, "link down")
             elif not link.up:
