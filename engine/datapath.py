@@ -379,6 +379,8 @@ class Datapath:
             for c in [x for pair in theirs for x in pair] + [self.up_rx[u], self.up_tx[u]]:
                 if c is not None:
                     c.close()
+                    if c in self.closables:
+                        self.closables.remove(c)
             self.up_rx[u] = self.up_tx[u] = self.up_index[u] = None
             self.log.warning(f"uplink {up.name}: device {up.device} appeared but could not be opened "
                              f"({exc}); tried again when it changes")
