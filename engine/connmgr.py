@@ -91,7 +91,6 @@ class Prober:
                 s.setsockopt(socket.IPPROTO_ICMPV6, K.ICMP6_FILTER, struct.pack("8I", *block))
             else:
                 s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode())
             # the kernel stamps each reply as it arrives: time it spends waiting for mmr
             # (a flood keeping the engine busy) is not counted in the RTT
             s.setsockopt(socket.SOL_SOCKET, K.SO_TIMESTAMPNS, 1)
@@ -99,6 +98,20 @@ class Prober:
             self.socks[fam] = s
         self.round = 0
         self.pending: dict[int, tuple[float, float, int]] = {}   # seq -> (send time, wall time, round)
+        self.bound = False
+        self.rebind()
+
+    def rebind(self) -> bool:
+        """Bind the sockets to the device as it is now (SO_BINDTODEVICE takes its index: a
+        device re-created under the name needs this again); False while it is absent, and
+        then nothing is sent (an unbound socket would probe through another uplink)."""
+        try:
+            for s in self.socks.values():
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.dev.encode())
+            self.bound = True
+        except OSError:
+            self.bound = False
+        return self.bound
 
     def fds(self):
         return [s.fileno() for s in self.socks.values()]
@@ -114,7 +127,8 @@ class Prober:
                 body = struct.pack("!BBHHH", K.ICMP_ECHO, 0, 0, self.ident, self.seq) + b"mmr-probe"
                 msg = body[:2] + struct.pack("!H", checksum(body)) + body[4:]
             try:
-                self.socks[t.version].sendto(msg, (str(t), 0))
+                if self.bound:
+                    self.socks[t.version].sendto(msg, (str(t), 0))
             except OSError:
                 pass                            # unreachable now: it will count as lost
             self.pending[self.seq] = (now, time.time(), self.round)
@@ -483,8 +497,8 @@ class ConnectionManager:
         for h in self.health:
             h.link_up = self._link_ok(h.dev)
             if not h.link_up:
-                h.reason = "link down" if self.state.link(h.dev) is None or not self.state.link(h.dev).up \
-                    else "no address"
+                link = self.state.link(h.dev)
+                h.reason = "no device yet" if link is None else "link down" if not link.up else "no address"
         self.probers: list = []
         base = (os.getpid() * 7) & 0xFFFF
         for i, u in enumerate(cfg.uplinks):
@@ -525,13 +539,19 @@ class ConnectionManager:
         for rtt, rnd in self.probers[i].receive(now):
             self._probe_result(h, rtt, now, rnd)
 
+    def device_back(self, i: int) -> None:
+        """Uplink i's device appeared or was re-created: its probes go out of it again."""
+        p = self.probers[i]
+        if p is not None and hasattr(p, "rebind"):
+            p.rebind()
+
     def links_changed(self, why: dict[int, str] | None = None) -> None:
         """Netlink said links or addresses changed: re-read each uplink's state from memory."""
         changed = False
         for h in self.health:
             link = self.state.link(h.dev)
-            if link is None:
-                changed |= h.set_link(False, "device removed")
+            if link is None:                        # (absent since the start: still "no device yet")
+                changed |= h.set_link(False, "no device yet" if h.reason == "no device yet" else "device removed")
             elif not link.flags & K.IFF_UP:
                 changed |= h.set_link(False, "link down")
             elif not link.up:

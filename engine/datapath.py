@@ -16,6 +16,14 @@ Several cores (``mmr run``, ``[engine] workers``): this thread is worker 0; work
 (engine/workers.py) run the same Forwarder loop on their own rings, joined per device in a
 PACKET_FANOUT group, and take what this thread changes between two batches.
 
+Uplink devices come and go (a modem re-enumerating, PPP redialling, a device missing at
+start): netlink names them, and an uplink is bound to its device's name.  A device deleted,
+renamed away or re-created under a new index is let go (its rings and sockets closed, the
+connection manager moves its flows as on a link down); a device of that name that appears
+is opened as it is then (index, MTU, MAC, Ethernet or L3, next hop, IPv4 address for the
+translation, the probes' binding) and taken into use once its link, address and next hop
+are up.  The kernel guard's rules match devices by name, so they hold for the new device.
+
 The two modes differ only in their inside (engine/router.py: ``Lan``; engine/host.py:
 ``VirtualInterface``): how it is opened, which addresses are the engine's to deliver, what
 the kernel guard (engine/guard.py) keeps the kernel from doing, and their names in the log.
@@ -147,6 +155,9 @@ class Inside:
     def link_event(self, dp: "Datapath", ev: tuple) -> None:
         """A link or address changed (or was resynchronised)."""
 
+    def uplinks_changed(self, dp: "Datapath") -> None:
+        """An uplink's device came or went (dp.up_index changed)."""
+
     def resolve(self, dp: "Datapath", addr: bytes) -> None:
         """A frame waits for this inside neighbour's MAC."""
 
@@ -178,8 +189,6 @@ class Datapath:
     def __init__(self, cfg, inside, batch: int = 256, stats_interval: float = 60.0, stream=None,
                  spin_us: float | None = None, resolve_wait: float = 3.0, log_level: str = "info",
                  workers: int | None = None):
-        from engine._ring import ARPHRD_ETHER, RxRing, TxSocket, link_type
-
         if batch < 1 or batch > 4096:
             raise UserError(f"--batch {batch}: use 1 to 4096 frames per batch (default 256)")
         self.cfg, self.inside = cfg, inside
@@ -205,11 +214,21 @@ class Datapath:
         self.closables.append(self.netlink)
         try:
             self.state = self.netlink.sync()
-            for dev in [u.device for u in cfg.uplinks] + inside.devices_needed(cfg):
+            # mmr run starts with the uplinks whose devices exist and takes the others when
+            # they appear (a modem still enumerating at boot); mmr host sizes its virtual
+            # interface by its interfaces, so it needs them all
+            wait_for = [u for u in cfg.uplinks if inside.router and self.state.link(u.device) is None]
+            for dev in [u.device for u in cfg.uplinks if u not in wait_for] + inside.devices_needed(cfg):
                 if self.state.link(dev) is None:
                     raise UserError(f"device {dev!r} does not exist; check the device names in the "
                                     f"policy file ('ip link' lists them)")
+            for up in wait_for:
+                self.log.warning(f"uplink {up.name}: waiting for device {up.device} (it does not exist yet); "
+                                 f"it is taken into use when it appears")
+            if wait_for and len(wait_for) == len(cfg.uplinks):
+                self.log.warning("no uplink device exists yet: nothing is forwarded until one appears")
             self.n_up = len(cfg.uplinks)
+            self.batch = batch
             self.up_index = [self.state.index(u.device) for u in cfg.uplinks]
             self.pipe = Pipeline(cfg, batch=batch)
             self.fw = _forward.Forwarder(self.pipe, inside.router, self.n_up, batch)
@@ -220,23 +239,12 @@ class Datapath:
             self.fw.param_problems = False
             self.counters = self.fw.counters          # the one table (engine/counters.py)
             self.translation = Translation(cfg, self.fw, inside.router, self.log)
-            for u, up in enumerate(cfg.uplinks):
-                link = self.state.link(up.device)
-                if len(link.mac) == 6:               # an L3 device (PPP, raw IP, TUN) has none
-                    self.fw.up_mac[u] = list(link.mac)
-                self.fw.up_mtu[u] = link.mtu
             inside.open(self, batch)
             self.up_rx: list = [None] * self.n_up
             self.up_tx: list = [None] * self.n_up
-            for u, up in enumerate(cfg.uplinks):
-                self.up_rx[u] = RxRing(up.device, frames=cfg.ring_frames, mtu=self.state.link(up.device).mtu,
-                                       capacity=batch)
-                self.closables.append(self.up_rx[u])
-                # an L3 device (TUN, PPP, raw IP) has no segmentation offload: super-frames must
-                # pass its qdisc layer, where the kernel segments them (a bypass would drop them)
-                self.up_tx[u] = TxSocket(up.device, qdisc_bypass=inside.tx_qdisc_bypass(self, up) and
-                                         link_type(up.device) == ARPHRD_ETHER)
-                self.closables.append(self.up_tx[u])
+            for u in range(self.n_up):
+                if self.up_index[u] is not None:
+                    self._open_uplink(u)
             self.fw.attach(up_rx=self.up_rx, up_tx=self.up_tx)
             self.n_workers = self._workers_wanted(cfg, workers)
             if self.n_workers > 1:
@@ -246,15 +254,11 @@ class Datapath:
             self.sent_before = [(0, 0)] * self.n_up
             # a next hop per uplink and family (FAMILIES: index 0 IPv4, 1 IPv6, as fw.gw_mac):
             # the DHCP gateway and the RA router may be different hosts on one segment
-            self.gw_addr = [[ipaddress.ip_address(g).packed if g else None for g in (u.gateway4, u.gateway6)]
-                            for u in cfg.uplinks]
-            # gateway4 / gateway6 = "auto": the next hop of that family's default route on the device
-            self.gw_auto = [[not g and not u.gateway_mac and not self.up_tx[k].l3 for g in (u.gateway4, u.gateway6)]
-                            for k, u in enumerate(cfg.uplinks)]
+            self.gw_addr: list = [[None, None] for _ in range(self.n_up)]
+            self.gw_auto = [[False, False] for _ in range(self.n_up)]
             for u in range(self.n_up):
-                for f, fam in enumerate(FAMILIES):
-                    if self.gw_auto[u][f] and self.up_index[u] is not None:
-                        self.gw_addr[u][f] = self.state.default_gateway(self.up_index[u], fam)
+                if self.up_rx[u] is not None:
+                    self._uplink_next_hop(u)
             self._resolve_gateways(resolve_wait)
             # resolvers pinned to the uplink whose network gave them (RFC 6419 2.3.1): address
             # -> (uplink, where from, expiry on the monotonic clock or None); the config's are
@@ -305,7 +309,8 @@ class Datapath:
         try:
             join_fanout([self.inside.ring.sock] + [w.in_ring.sock for w in self.workers], self.inside.dev)
             for u, up in enumerate(self.cfg.uplinks):
-                join_fanout([self.up_rx[u].sock] + [w.up_rx[u].sock for w in self.workers], up.device)
+                if self.up_rx[u] is not None:         # an absent device's group is made when it appears
+                    join_fanout([self.up_rx[u].sock] + [w.up_rx[u].sock for w in self.workers], up.device)
         except UserError as exc:
             if explicit:
                 raise
@@ -317,6 +322,99 @@ class Datapath:
             self.n_workers = 1
             return
         self.punt_efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+    # ------------------------------------------------------------------ uplink devices
+    def _open_uplink(self, u: int) -> None:
+        """This thread's ring and socket on uplink u's device as it is now (its index, MTU,
+        MAC, link type), into the Forwarder's tables; the caller attaches them."""
+        from engine._ring import ARPHRD_ETHER, RxRing, TxSocket, link_type
+
+        up = self.cfg.uplinks[u]
+        link = self.state.link(up.device)
+        rx = RxRing(up.device, frames=self.cfg.ring_frames, mtu=link.mtu, capacity=self.batch)
+        try:
+            # an L3 device (TUN, PPP, raw IP) has no segmentation offload: super-frames must
+            # pass its qdisc layer, where the kernel segments them (a bypass would drop them)
+            tx = TxSocket(up.device, qdisc_bypass=self.inside.tx_qdisc_bypass(self, up) and
+                          link_type(up.device) == ARPHRD_ETHER)
+        except BaseException:
+            rx.close()
+            raise
+        self.up_rx[u], self.up_tx[u] = rx, tx
+        self.closables += [rx, tx]
+        self.up_index[u] = link.index
+        self.fw.up_mac[u] = list(link.mac) if len(link.mac) == 6 else 0   # an L3 device has none
+        self.fw.up_mtu[u] = link.mtu
+
+    def _uplink_next_hop(self, u: int) -> None:
+        """Uplink u's next hop on the device it has now: none needed on an L3 device, a static
+        gateway_mac, or the gateway's MAC (static gateway, or "auto": the kernel's default
+        route on the device) learned from the neighbour table."""
+        up = self.cfg.uplinks[u]
+        l3 = self.up_tx[u].l3
+        for f, g in enumerate((up.gateway4, up.gateway6)):
+            # gateway4 / gateway6 = "auto": the next hop of that family's default route on the device
+            self.gw_auto[u][f] = not g and not up.gateway_mac and not l3
+            self.gw_addr[u][f] = ipaddress.ip_address(g).packed if g else None
+            if self.gw_auto[u][f]:
+                self.gw_addr[u][f] = self.state.default_gateway(self.up_index[u], FAMILIES[f])
+        self.fw.gw_mac[u] = 0
+
+    def _follow_devices(self) -> None:
+        """Each uplink's device as netlink last described it: one deleted (or renamed away)
+        is let go; one that appeared, or was re-created under a new index, is taken."""
+        for u, up in enumerate(self.cfg.uplinks):
+            idx = self.state.index(up.device)
+            if self.up_index[u] is not None and idx != self.up_index[u]:
+                self._uplink_gone(u)
+            if self.up_rx[u] is None and idx is not None:
+                self._uplink_back(u)
+
+    def _uplink_back(self, u: int) -> None:
+        """Uplink u's device appeared (at start it was absent, or it was re-created under a new
+        index): rings and sockets on it for every worker (one fanout group), its tables and
+        next hop re-read, translation and probes rebound; the connection manager takes it into
+        use once its link, address and next hop are there."""
+        from engine.workers import join_fanout
+
+        up = self.cfg.uplinks[u]
+        theirs: list = []
+        try:
+            self._open_uplink(u)
+            for w in self.workers:
+                theirs.append(w.open_uplink(u))
+            if self.workers:
+                join_fanout([self.up_rx[u].sock] + [rx.sock for rx, _ in theirs], up.device)
+        except (OSError, UserError) as exc:
+            # gone again before it was opened, or no fanout group: tried again at its next event
+            for c in [x for pair in theirs for x in pair] + [self.up_rx[u], self.up_tx[u]]:
+                if c is not None:
+                    c.close()
+                    if c in self.closables:
+                        self.closables.remove(c)
+            self.up_rx[u] = self.up_tx[u] = self.up_index[u] = None
+            self.log.warning(f"uplink {up.name}: device {up.device} appeared but could not be opened "
+                             f"({exc}); tried again when it changes")
+            return
+        self.fw.attach(up_rx=self.up_rx, up_tx=self.up_tx)
+        self.on_workers(lambda w: w.attach_uplink(u, *theirs[w.k - 1]))
+        self.poller.add_source(self.up_rx[u].fileno())
+        self._uplink_next_hop(u)
+        if self.up_tx[u].l3:
+            self.fw.gw_mac[u] = list(L3_NEXT_HOP)
+        elif up.gateway_mac:
+            self.fw.gw_mac[u] = list(mac_bytes(up.gateway_mac))
+        else:
+            for f in range(2):
+                if self.gw_addr[u][f] is not None and not self._learn_gateway(u, f):
+                    self._prompt(up.device, self.gw_addr[u][f])
+        self.conn.device_back(u)
+        self.inside.uplinks_changed(self)
+        self.log(f"uplink {up.name}: device {up.device} is here (index {self.up_index[u]}, "
+                 f"{'L3' if self.up_tx[u].l3 else 'Ethernet'}, MTU {self.state.link(up.device).mtu}); "
+                 f"it carries flows once its link, address and next hop are up")
+        self.conn.apply()
+        self._tables_changed()
 
     def _conn_views(self):
         """(selector, flowbase) the connection manager works on: this thread's, or with
@@ -401,7 +499,9 @@ class Datapath:
         error."""
         pending = []
         for u, up in enumerate(self.cfg.uplinks):
-            if self.up_tx[u] is not None and self.up_tx[u].l3:
+            if self.up_tx[u] is None:
+                continue                      # its device is not there yet: learned when it comes
+            if self.up_tx[u].l3:
                 # a point-to-point device without a link header: the next hop needs no MAC
                 # (the placeholder only says "known"; the socket leaves the header out)
                 self.fw.gw_mac[u] = list(L3_NEXT_HOP)
@@ -583,7 +683,10 @@ class Datapath:
     def _netlink_events(self, revents: int) -> None:
         links = gateways = False
         known_before = self.next_hop_known()
-        for ev in self.netlink.read():
+        events = self.netlink.read()
+        if any(ev[0] in ("link", "gone", "resync") for ev in events):
+            self._follow_devices()          # the state is the batch's last word: devices first
+        for ev in events:
             kind = ev[0]
             if kind == "neigh":
                 _, index, addr = ev
@@ -607,8 +710,6 @@ class Datapath:
                 self.inside.link_event(self, ev)
             elif kind == "gone":
                 links = True
-                if ev[1] in self.up_index:
-                    self._uplink_gone(self.up_index.index(ev[1]))
                 self.inside.link_event(self, ev)
                 if self.workers and ev[1] == getattr(self.inside, "index", None):
                     self.on_workers(lambda w: w.detach_inside())
@@ -628,20 +729,27 @@ class Datapath:
         self._tables_changed()
 
     def _uplink_gone(self, u: int) -> None:
+        """Uplink u's device was deleted (or renamed, or re-created under a new index): its
+        rings and sockets (every worker's, so its fanout group) closed; the connection
+        manager moves its flows as on a link down."""
         up = self.cfg.uplinks[u]
         if self.up_rx[u] is None:
+            self.up_index[u] = None
             return
         self.log(f"device {up.device} of uplink {up.name} disappeared; the other devices keep "
-                 f"forwarding (restart mmr once it is back)")
+                 f"forwarding, and {up.name} is taken into use again when a device {up.device} is back")
         self._read_ring_drops()
         self.sent_before[u] = self.uplink_sent(u)
         self.on_workers(lambda w: w.detach_uplink(u))
         self.fw.detach_uplink(u)
         self.poller.unregister(self.up_rx[u].fileno())
-        self.up_rx[u].close()
-        self.up_tx[u].close()
+        for c in (self.up_rx[u], self.up_tx[u]):
+            c.close()
+            if c in self.closables:
+                self.closables.remove(c)
         self.up_rx[u] = self.up_tx[u] = None
         self.up_index[u] = None
+        self.inside.uplinks_changed(self)
 
     # ------------------------------------------------------------------ punts
     def _punts(self, recs=None) -> None:
@@ -705,7 +813,7 @@ class Datapath:
             self.poller.register(self.netlink.fileno(), select.POLLIN, self._netlink_events)
             for fd, u in self.conn.fds().items():
                 self.poller.register(fd, select.POLLIN, lambda ev, u=u: self.conn.probe_readable(u))
-            for fd in self.inside.fds() + [r.fileno() for r in self.up_rx]:
+            for fd in self.inside.fds() + [r.fileno() for r in self.up_rx if r is not None]:
                 self.poller.add_source(fd)
             if self.workers:
                 self.poller.register(self.punt_efd, select.POLLIN, self._worker_punts_ready)
@@ -848,10 +956,12 @@ class Datapath:
             except OSError:
                 pass
         self.counters[CT.INDEX["ring_drops"]] += drops
+        seen_now = {}
         for r in rings:
             seen = self.truncated_seen.get(id(r), 0)
             self.counters[CT.INDEX["truncated"]] += int(r.truncated) - seen
-            self.truncated_seen[id(r)] = int(r.truncated)
+            seen_now[id(r)] = int(r.truncated)
+        self.truncated_seen = seen_now          # a closed ring's id may be a new ring's
 
     SUMMARY = ["rx_inside", "rx_uplink", "tx_uplink", "tx_inside", "kernel", "handover", "csum_finished",
                "super_frames", "icmp_sent", "ring_drops", "tx_errors"]
@@ -916,6 +1026,13 @@ class Datapath:
                     for u in c.uplinks]
         same = (new.lan == old.lan and wiring(new) == wiring(old) and new.option_type == old.option_type
                 and new.host == old.host and new.nat_ports == old.nat_ports)
+        added = [u.name for u in new.uplinks if u.name not in {x.name for x in old.uplinks}]
+        removed = [u.name for u in old.uplinks if u.name not in {x.name for x in new.uplinks}]
+        if added or removed:
+            return {"ok": False, "message": "rejected, the old policy keeps running: uplinks "
+                                            + "; ".join(f"{w} {', '.join(n)}" for w, n in (("added", added),
+                                                                                          ("removed", removed)) if n)
+                                            + "; adding or removing an uplink needs a restart"}
         if not same:
             return {"ok": False, "message": "rejected, the old policy keeps running: the LAN device, the "
                                             "uplinks (names, devices, order, gateways, translation), "
@@ -964,6 +1081,8 @@ class Datapath:
             return {"ok": True}
         if cmd == "status":
             snap = self.snapshot()
+            for k, u in enumerate(snap["uplinks"]):
+                u["ifindex"] = self.up_index[k]       # None: its device is absent (waited for)
             return {"ok": True, "policy": self.cfg.path, "uptime_s": round(time.time() - self.started, 1),
                     "reloads": self.reloads, "flows": snap["flows"], "uplinks": snap["uplinks"],
                     "failovers": self.conn.moves, "moved_flows": self.conn.moved_flows,

@@ -174,6 +174,14 @@ class Lan(Inside):
             dp.poller.unregister(self.ring.fileno())
             dp.fw.attach(in_ring=None, in_tx=None)
 
+    def uplinks_changed(self, dp: Datapath) -> None:
+        """An uplink's device came or went: its address for translation, and the routes
+        through it are an uplink's again (or, gone, left the state with it).  The guard's
+        rules name devices, not indexes, so a device re-created under its name matches them
+        as it is."""
+        dp.translation.refresh(dp.state, dp.up_index, dp.cfg.lan_prefixes)
+        self.refresh_kernel_routes(dp)
+
     def resolve(self, dp: Datapath, addr: bytes) -> None:
         dp._prompt(self.dev, addr)
 

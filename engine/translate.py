@@ -24,6 +24,7 @@ from engine.config import NAT_MODES
 
 KERNEL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
 ULA = ipaddress.ip_network("fc00::/7")
+LINGER_S = 2.0            # a gone address's mappings stay this long for the flows moved away
 PRIVATE4 = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")]
 
 
@@ -73,6 +74,8 @@ class Translation:
         self.addrs: list = [None] * n
         self.active = [0] * n                    # modes in effect (auto: only with a private LAN)
         self.npt_maps: list = [None] * n
+        self.waiting = [False] * n               # said that it has no IPv4 address (once)
+        self.lose_at: list = [None] * n          # when a gone address's mappings go
         fw.set_nat(self.nat, self.active, self.npt)
 
     def refresh(self, state, up_index: list, lan_prefixes: list) -> bool:
@@ -95,16 +98,31 @@ class Translation:
                       if a.version == 4 and not a.is_link_local]
                 addr = v4[0] if v4 else None
                 if addr != self.addrs[u]:
-                    gone = self.nat.flush_uplink(u) if self.addrs[u] is not None else 0
-                    self.nat.set_address(u, addr)
-                    self.addrs[u] = addr
                     changed = True
-                    if addr is None and active[u]:
-                        self.log.warning(f"uplink {up.name} ({up.device}) has no IPv4 address: its translated "
-                                         f"flows are dropped (nat_no_address) until it has one")
-                    elif addr is not None:
-                        self.log(f"uplink {up.name} translates IPv4 to {addr}"
-                                 + (f" (the old address's {gone} mappings are gone)" if gone else ""))
+                    self.addrs[u] = addr
+                    if addr is None and self.nat.address(u) is not None:
+                        # the address went (its device too, maybe): its mappings linger a
+                        # moment, so the next packets of the flows the connection manager
+                        # moves to another uplink find them there (counted as moved)
+                        self.lose_at[u] = time.time() + LINGER_S
+                    else:
+                        gone = (self.nat.flush_uplink(u) if addr is not None and self.nat.address(u) not in (None, addr.packed)
+                                else 0)
+                        self.nat.set_address(u, addr)
+                        self.lose_at[u] = None
+                        if addr is not None:
+                            self.log(f"uplink {up.name} translates IPv4 to {addr}"
+                                     + (f" (the old address's {gone} mappings are gone)" if gone else ""))
+                # no address (yet: DHCP, PPP, a device still absent): said once, translation
+                # starts when the address comes
+                if addr is None and active[u] and not self.waiting[u]:
+                    self.waiting[u] = True
+                    self.log.warning(f"uplink {up.name} ({up.device}"
+                                     + (", absent" if idx is None else "") + ") has no IPv4 address: it "
+                                     "translates once it has one; until then its translated flows are dropped "
+                                     "(nat_no_address)")
+                elif addr is not None or not active[u]:
+                    self.waiting[u] = False
             if self.npt is not None and up.nat6 == "npt":
                 # the LAN prefix of npt_prefix's length; unique local ones first (RFC 6296's case)
                 lans = sorted((p for p in lan_prefixes if p.version == 6 and p.prefixlen == up.npt_prefix.prefixlen),
@@ -122,7 +140,17 @@ class Translation:
         return changed
 
     def expire(self, now: float | None = None) -> int:
-        return self.nat.expire(time.time() if now is None else now) if self.nat is not None else 0
+        now = time.time() if now is None else now
+        if self.nat is None:
+            return 0
+        for u, at in enumerate(self.lose_at):
+            if at is not None and now >= at:
+                self.lose_at[u] = None
+                gone = self.nat.flush_uplink(u)
+                self.nat.set_address(u, None)
+                self.log(f"uplink {self.cfg.uplinks[u].name}: its IPv4 address is gone, and its {gone} "
+                         f"mappings with it")
+        return self.nat.expire(now)
 
     def guard_sets(self) -> dict:
         return {"nat4": ("ipv4_addr", [str(a) for a in self.addrs if a is not None]),

@@ -14,7 +14,10 @@ in parallel.
 
 Flow affinity.  Every device's rings join one fanout group, in worker order, so member k of
 every group is worker k's socket (the kernel appends a joining socket at index num_members;
-mmr never lets one leave while the others stay: a device that vanishes takes all its rings).
+mmr never lets one leave while the others stay: a device that vanishes takes all its rings,
+and when a device of that name is back, or appears for the first time, the engine thread
+opens a ring per worker on it and makes a new group of them, in worker order, before any
+worker reads from its ring).
 The group runs ``fanout_program()``, a classic BPF program computing a hash over the source
 and destination addresses and, where they are cheaply reachable (TCP or UDP right after the
 IP header or after an IPv6 hop-by-hop header, not a fragment), the ports, symmetric in
@@ -273,7 +276,7 @@ class Worker:
     def __init__(self, k: int, dp, batch: int):
         from engine import _forward
         from engine._pipeline import Pipeline
-        from engine._ring import ARPHRD_ETHER, RxRing, TxSocket, link_type
+        from engine._ring import RxRing, TxSocket
 
         self.k, self.dp = k, dp
         cfg = dp.cfg
@@ -289,14 +292,12 @@ class Worker:
             self.in_ring = RxRing(lan, frames=cfg.ring_frames, mtu=dp.state.link(lan).mtu, capacity=batch)
             self.rings.append(self.in_ring)
             self.in_tx = TxSocket(lan)
-            self.up_rx = []
-            for u in cfg.uplinks:
-                self.up_rx.append(RxRing(u.device, frames=cfg.ring_frames, mtu=dp.state.link(u.device).mtu,
-                                         capacity=batch))
-                self.rings.append(self.up_rx[-1])
-            for u in cfg.uplinks:
-                self.up_tx.append(TxSocket(u.device, qdisc_bypass=dp.inside.tx_qdisc_bypass(dp, u) and
-                                           link_type(u.device) == ARPHRD_ETHER))
+            self.up_rx = [None] * dp.n_up
+            self.up_tx = [None] * dp.n_up
+            for k in range(dp.n_up):
+                if dp.up_rx[k] is not None:         # an absent device: opened when it appears
+                    self.up_rx[k], self.up_tx[k] = self.open_uplink(k)
+                    self.rings.append(self.up_rx[k])
             self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         except BaseException:
             self.close()
@@ -307,6 +308,29 @@ class Worker:
         self.nflows = 0
         self.thread = None
         self.failed = None
+        self._pfd()
+
+    def open_uplink(self, u: int) -> tuple:
+        """(ring, socket) for this worker on uplink u's device as it is now; opened by the
+        engine thread (before the fanout group is made), attached by attach_uplink()."""
+        from engine._ring import ARPHRD_ETHER, RxRing, TxSocket, link_type
+
+        dp, up = self.dp, self.dp.cfg.uplinks[u]
+        rx = RxRing(up.device, frames=dp.cfg.ring_frames, mtu=dp.state.link(up.device).mtu,
+                    capacity=dp.batch)
+        try:
+            tx = TxSocket(up.device, qdisc_bypass=dp.inside.tx_qdisc_bypass(dp, up) and
+                          link_type(up.device) == ARPHRD_ETHER)
+        except BaseException:
+            rx.close()
+            raise
+        return rx, tx
+
+    def attach_uplink(self, u: int, rx, tx) -> None:
+        """(in the worker's thread) uplink u's device is back: forward with these."""
+        self.up_rx[u], self.up_tx[u] = rx, tx
+        self.rings.append(rx)
+        self.fw.attach(up_rx=self.up_rx, up_tx=self.up_tx)
         self._pfd()
 
     def _pfd(self) -> None:

@@ -185,6 +185,27 @@ def test_address_removed_and_device_gone_are_named():
     assert not any(u["usable"] for u in cm.status())
 
 
+def test_a_device_absent_at_start_is_named_until_it_comes():
+    """mmr run starts without an uplink's device: 'no device yet' (not 'removed') through
+    other link events; once the device is there with an address, the uplink is usable."""
+    cfg = load_text(policy_text(), "/tmp")
+    st = machine(cfg)
+    del st.links[2], st.addrs[2]                  # ar1's up1 does not exist
+    flows = _flowbase.FlowTable(1024, None, cfg.idle_timeout_s)
+    cm = ConnectionManager(cfg, _select.Selector(cfg), flows, st, lambda: np.array([True, True], bool), [].append,
+                           clock=Clock(), probes=False)
+    assert cm.status()[0]["reason"] == "no device yet" and not cm.status()[0]["usable"]
+    cm.links_changed()
+    assert cm.status()[0]["reason"] == "no device yet"
+    st.links[9] = Link(9, "up1", UP, 1500, bytes(6))     # it appears, under another index
+    st.addrs[9] = {bytes(15) + b"\x09": (64, None)}
+    cm.links_changed()
+    assert cm.status()[0]["usable"] and cm.status()[0]["reason"] == ""
+    del st.links[9]
+    cm.links_changed()
+    assert cm.status()[0]["reason"] == "device removed"
+
+
 def test_failback_return_after_the_hold():
     cm, st, flows, clock, log = manager('\n[monitor]\nfailback = "return"\nfailback_hold_s = 5.0\nhold_down_s = 1.0\n')
     best = int(cm.selector.choice_table()[2, 0])   # where data asking for QoS goes (preference 2)

@@ -289,3 +289,14 @@ def test_status_shows_a_degraded_uplink_and_why(monkeypatch, capsys):
     row = out.splitlines()[2]
     assert rc == 0 and "yes, degraded" in row and row.endswith("probe loss 35% > 20%")
     assert "degraded" not in out.splitlines()[3]
+
+
+def test_status_shows_an_absent_device(monkeypatch, capsys):
+    """An uplink whose device does not exist now (waited for, or gone until it is back)."""
+    ans = answer_status(["ar1", "ar2"])
+    ans["uplinks"][0].update(ifindex=None, usable=False, link="down", reason="device removed")
+    ans["uplinks"][1].update(ifindex=7)
+    rc, out, _, _ = run_cli(monkeypatch, capsys, ["status"], ans)
+    rows = out.splitlines()
+    assert rc == 0 and "dev0 (absent)" in rows[2] and "device removed" in rows[2]
+    assert "absent" not in rows[3]

@@ -33,9 +33,13 @@ CPU, a wake-up per frame at low rates: about +0.1 ms per round trip).
 The connection manager ([monitor] in the policy file) follows every uplink: link and address
 events from netlink, ICMPv6/ICMP probes out of each uplink (RTT, loss, jitter; down after
 down_after losses, up after up_after answers and a hold-down).  When an uplink becomes
-unusable, only its flows move, in one step, to the best usable uplink.  SIGHUP re-reads the
-policy file (an invalid one is rejected, the old policy keeps running); 'mmr status',
-'mmr flows' and 'mmr reload' talk to the control socket.  A one-line logfmt summary is logged
+unusable, only its flows move, in one step, to the best usable uplink.  An uplink device
+that does not exist at start is waited for (one line says so), and one deleted and made
+again under its name (a modem re-enumerating, PPP redialling) is opened again on its new
+index: both are taken into use once their link, address and next hop are up.  The LAN
+device must exist.  SIGHUP re-reads the policy file (an invalid one is rejected, the old
+policy keeps running; adding or removing an uplink needs a restart); 'mmr status', 'mmr
+flows' and 'mmr reload' talk to the control socket.  A one-line logfmt summary is logged
 every --stats-interval seconds and at exit."""
 
 EPILOG = """\

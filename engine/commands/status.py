@@ -12,7 +12,9 @@ SOCKET_HELP = ("control socket of the router (default: monitor.control_socket of
 
 STATUS_DESC = """\
 Show a running router: every uplink with its state (the operator's override set with
-'mmr uplink', usable or not, link, probes, why it is down), the probes' round-trip time and
+'mmr uplink', usable or not, link, probes, why it is down; '(absent)' after a device that
+does not exist now, and --json gives each uplink's device index as 'ifindex', null while it
+is absent), the probes' round-trip time and
 loss, the characteristics the metric function uses now (configured, or measured where
 [monitor] measure says so), flows per uplink, the last failovers, and the engine's counters.
 
@@ -230,7 +232,8 @@ def status(args) -> int:
         reason = u["reason"] or ""
         if u.get("degraded") and u.get("degraded_reason"):
             reason = "; ".join(x for x in (reason, u["degraded_reason"]) if x)
-        rows.append([u["name"], u["device"], u.get("admin", "auto"), usable, u["link"],
+        device = u["device"] + (" (absent)" if "ifindex" in u and u["ifindex"] is None else "")
+        rows.append([u["name"], device, u.get("admin", "auto"), usable, u["link"],
                      u["probes"], rtt, loss, u["flows"], reason])
     for line in table([("uplink", "<"), ("device", "<"), ("admin", "<"), ("usable", "<"), ("link", "<"),
                        ("probes", "<"), ("rtt ms", ">"), ("loss", ">"), ("flows", ">"), ("reason", "<")], rows):
