@@ -192,6 +192,14 @@ class NdProxy(Responder):
                 frame, addr = self.sock.recvfrom(2048)
             except (BlockingIOError, InterruptedError):
                 return
+            except OSError:
+                # the device went down (ENETDOWN): reading SO_ERROR clears it, or poll
+                # would report it again and again; the socket answers once it is back
+                try:
+                    self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                except OSError:
+                    pass
+                return
             if addr[2] == PACKET_OUTGOING:         # the router's own solicitations going out
                 continue
             self.handle(frame)

@@ -1022,7 +1022,8 @@ cdef class Npt66:
 
     cdef int in6_locked(self, uint8_t* ip, uint32_t n, int u) noexcept nogil:
         """uplink u -> LAN: a destination in the uplink's prefix takes the LAN's again (and
-        an ICMPv6 error's quoted source with it); one to avoid (the router's own) passes."""
+        an ICMPv6 error's quoted source with it); one to avoid (the router's own) and
+        neighbour discovery to a translated address (RFC 4861 messages, 133-137) pass."""
         cdef npt_map* m
         cdef uint32_t q
         cdef int rc
@@ -1031,6 +1032,8 @@ cdef class Npt66:
         m = &self.maps[u]
         if n < 40 or (ip[0] >> 4) != 6:
             return NAT_MALFORMED
+        if ip[6] == 58 and n > 40 and ip[40] >= 133 and ip[40] <= 137:
+            return NAT_PASS         # neighbour discovery is the link's (the proxy's), never the LAN's
         rc = map_one(ip + 24, m, False)
         if rc != NAT_OK:
             return rc

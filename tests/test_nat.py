@@ -452,6 +452,23 @@ def test_nptv6_keeps_clear_of_the_addresses_in_use_on_the_uplinks_link():
         n.set_prefixes(0, lan, own, avoid=[router] * 17)
 
 
+def test_nptv6_leaves_neighbour_discovery_to_a_translated_address_alone():
+    """An ISP router's unicast solicitation (unreachability detection) of a translated
+    address is the proxy's to answer: not translated into the LAN (the host would drop it,
+    its hop limit spent); an echo to the same address is translated."""
+    lan, own = ipaddress.ip_network("fd00:1::/64"), ipaddress.ip_network("2001:db8:a1::/64")
+    n, r = _nat.Npt66(1), Npt66Ref(1)
+    for x in (n, r):
+        x.set_prefixes(0, lan, own)
+    out = n.address(0, "fd00:1::10", True).packed
+    isp = ipaddress.ip_address("2001:db8:a1::1").packed
+    for typ in (133, 134, 135, 136, 137):
+        a, b = bytearray(icmp6_error(isp, out, bytes(24), typ)), bytearray(icmp6_error(isp, out, bytes(24), typ))
+        assert n.in_packet(a, 0) == r.in_packet(b, 0) == "pass" and bytes(a[24:40]) == out, typ
+    a, b = bytearray(icmp6_error(isp, out, bytes(24), 128)), bytearray(icmp6_error(isp, out, bytes(24), 128))
+    assert n.in_packet(a, 0) == r.in_packet(b, 0) == "ok" and a == b
+
+
 def test_nptv6_held_drops_lan_sources_until_the_uplink_has_a_prefix():
     lan = ipaddress.ip_network("fd00:1::/64")
     n, r = _nat.Npt66(1), Npt66Ref(1)

@@ -469,6 +469,8 @@ class Npt66Ref:
             return PASS
         if not out and bytes(b[at:at + 16]) in self.avoid[u]:
             return PASS                     # the router's own (or the gateway's): not the LAN's
+        if not out and b[6] == 58 and len(b) > 40 and 133 <= b[40] <= 137:
+            return PASS                     # neighbour discovery: the link's, never the LAN's
         new = npt_map(bytes(b[at:at + 16]), frm, to)
         if new is None or (out and new in self.avoid[u]):
             return UNSUPPORTED
