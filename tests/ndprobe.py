@@ -1,6 +1,7 @@
 """Send one neighbour solicitation on a device and report the advertisements that answer it
 (a test helper, run inside a namespace): ``python3 tests/ndprobe.py DEV SRC TARGET [SECONDS]``
-prints JSON {"answers": [{"mac", "src", "flags", "tlla"}...]}.  Built with dpkt, apart from
+(SRC :: probes as duplicate address detection does) prints JSON {"answers": [{"mac", "src",
+"dst", "eth_dst", "flags", "tlla", "checksum_ok"}...]}.  Built with dpkt, apart from
 the code under test."""
 import ipaddress
 import json
@@ -18,7 +19,8 @@ def main(dev: str, src: str, target: str, wait: float = 1.0) -> dict:
     mac = s.getsockname()[4]
     t = ipaddress.IPv6Address(target).packed
     sn = ipaddress.IPv6Address("ff02::1:ff00:0").packed[:13] + t[13:]      # solicited-node group
-    icmp = dpkt.icmp6.ICMP6(type=135, code=0, data=bytes(4) + t + bytes([1, 1]) + mac)
+    slla = b"" if ipaddress.IPv6Address(src).is_unspecified else bytes([1, 1]) + mac   # DAD: none
+    icmp = dpkt.icmp6.ICMP6(type=135, code=0, data=bytes(4) + t + slla)
     ip = dpkt.ip6.IP6(src=ipaddress.IPv6Address(src).packed, dst=sn, nxt=58, hlim=255,
                       plen=len(bytes(icmp)), data=icmp)
     s.send(bytes(dpkt.ethernet.Ethernet(dst=b"\x33\x33" + sn[12:], src=mac, type=0x86DD, data=ip)))
@@ -40,6 +42,7 @@ def main(dev: str, src: str, target: str, wait: float = 1.0) -> dict:
         again = dpkt.ip6.IP6(bytes(eth.data))
         sent, again.data.sum = again.data.sum, 0
         answers.append({"mac": eth.src.hex(), "src": str(ipaddress.IPv6Address(eth.data.src)),
+                        "dst": str(ipaddress.IPv6Address(eth.data.dst)), "eth_dst": eth.dst.hex(),
                         "flags": body[0] >> 5, "tlla": body[22:28].hex() if len(body) >= 28 else None,
                         "checksum_ok": dpkt.ip6.IP6(bytes(again)).data.sum == sent})
     return {"answers": answers}

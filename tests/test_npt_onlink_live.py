@@ -135,6 +135,10 @@ def test_the_ula_lan_reaches_cn_over_the_uplinks_own_prefix(bed, tmp_path):
         got = probe(bed, mn_out)
         assert len(got) == 1 and got[0]["mac"] == up_mac and got[0]["tlla"] == up_mac, got
         assert got[0]["flags"] == 0b010 and got[0]["checksum_ok"], got
+        # duplicate address detection of the translation: defended, to all-nodes, Solicited clear
+        dad = probe(bed, mn_out, src="::")
+        assert len(dad) == 1 and dad[0]["mac"] == up_mac and dad[0]["dst"] == "ff02::1", dad
+        assert dad[0]["eth_dst"] == "333300000001" and dad[0]["flags"] == 0 and dad[0]["checksum_ok"], dad
         # and for addresses that are no translation of a LAN host mmr knows: none from mmr
         for target in ("2001:db8:a1::77", translated("fd00:1::99")):
             assert [a for a in probe(bed, target) if a["mac"] == up_mac] == [], target
