@@ -36,17 +36,26 @@ PRIVATE4 = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "19
 
 def own_prefix(state, idx, length: int):
     """(the uplink's own prefix of length, None) or (None, why): the /length around one of
-    its global IPv6 addresses whose on-link prefix is that long or shorter (a global one
+    its global IPv6 addresses whose on-link prefix (the address's own, or for a longer one
+    such as DHCPv6's /128 an on-link route's around it) is that long or shorter (a global one
     before a unique local one, then the lowest: a deterministic choice while a renumbered
     uplink has both)."""
+    from engine import _kernel as K
+
     nets = []
     if idx is not None:
+        # the on-link prefixes the device has routes for (an RA's, without autoconfiguration)
+        onlink = [ipaddress.IPv6Network((dst, plen)) for dst, plen, table, oifs, gw, _ in state.routes
+                  if len(dst) == 16 and 0 < plen <= length and table == K.RT_TABLE_MAIN
+                  and oifs == (idx,) and not gw]
         for a, (plen, _) in state.addrs.get(idx, {}).items():
             if len(a) != 16:
                 continue
             ip = ipaddress.IPv6Address(a)
             if ip.is_link_local or ip.is_multicast or ip.is_loopback:
                 continue
+            if plen > length:        # a DHCPv6 /128: the on-link route around it, if any
+                plen = min([n.prefixlen for n in onlink if ip in n] or [plen])
             nets.append((plen, ip))
     if not nets:
         return None, "it has no global IPv6 address (npt_prefix \"auto\" maps onto its own prefix)"

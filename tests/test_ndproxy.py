@@ -140,6 +140,20 @@ def test_auto_refuses_what_it_cannot_map_in_one_sentence():
     assert net is None and "no global IPv6 address" in why
     net, why = own_prefix(state([("2001:db8:a1::2", 128)]), 5, 64)     # DHCPv6's /128 alone
     assert net is None and "/128" in why and "npt_prefix" in why
+
+
+def test_a_dhcpv6_address_takes_the_on_link_route_around_it():
+    """DHCPv6 gives a /128; the RA's on-link /64 is a route on the device (no gateway)."""
+    from engine import _kernel as K
+
+    st = state([("2001:db8:a1::99", 128)])
+    st.routes.add((a6("2001:db8:a1::"), 64, K.RT_TABLE_MAIN, (5,), None, 256))
+    st.routes.add((a6("2001:db8:77::"), 64, K.RT_TABLE_MAIN, (5,), None, 256))        # not around it
+    st.routes.add((bytes(16), 0, K.RT_TABLE_MAIN, (5,), a6("fe80::1"), 1024))        # the default
+    assert own_prefix(st, 5, 64) == (ipaddress.ip_network("2001:db8:a1::/64"), None)
+    st = state([("2001:db8:a1::99", 128)])
+    st.routes.add((a6("2001:db8:a1::"), 64, K.RT_TABLE_MAIN, (6,), None, 256))         # another device's
+    assert own_prefix(st, 5, 64)[0] is None
     assert own_prefix(state([]), None, 64)[0] is None
 
 

@@ -150,9 +150,9 @@ def test_the_ula_lan_reaches_cn_over_the_uplinks_own_prefix(bed, tmp_path):
 
 def test_a_renumbered_uplink_is_followed_and_without_a_prefix_ipv6_is_held(bed, tmp_path):
     """The uplink's /64 goes, its IPv4 address stays (IPv6 from the LAN dropped and counted,
-    not sent untranslated),
-    a new one comes (DHCPv6 or SLAAC renumbering): NPT maps onto it and the proxy answers
-    for the new translation."""
+    not sent untranslated); a new prefix comes as DHCPv6 gives it (a /128 address, the
+    on-link /64 a route): NPT maps onto that /64 and the proxy answers for the new
+    translation."""
     up_mac = mac_of(bed, "mmr", "up1")
     with running(bed, tmp_path) as (proc, _):
         assert reaches(bed, CN)
@@ -169,7 +169,9 @@ def test_a_renumbered_uplink_is_followed_and_without_a_prefix_ipv6_is_held(bed, 
         after = status(bed)["counters"]
         assert after["nat_no_address"] > before["nat_no_address"], \
             {k: v - before[k] for k, v in after.items() if v != before[k]}
-        bed.run("mmr", "ip", "-6", "addr", "add", "2001:db8:a1:1::2/64", "dev", "up1", "nodad")
+        # as DHCPv6 gives it: a /128 address, and the RA's on-link /64 as a route on the device
+        bed.run("mmr", "ip", "-6", "addr", "add", "2001:db8:a1:1::2/128", "dev", "up1", "nodad")
+        bed.run("mmr", "ip", "-6", "route", "add", "2001:db8:a1:1::/64", "dev", "up1")
         st = None
         for _ in range(50):
             st = status(bed)["translation"]["uplinks"]["isp"]
@@ -182,5 +184,6 @@ def test_a_renumbered_uplink_is_followed_and_without_a_prefix_ipv6_is_held(bed, 
         assert up_mac in isp_neighbour(bed, new).replace(":", "")
         got = probe(bed, new, src="2001:db8:a1:1::1")
         assert len(got) == 1 and got[0]["mac"] == up_mac, got
-    bed.run("mmr", "ip", "-6", "addr", "del", "2001:db8:a1:1::2/64", "dev", "up1")
+    bed.run("mmr", "ip", "-6", "route", "del", "2001:db8:a1:1::/64", "dev", "up1")
+    bed.run("mmr", "ip", "-6", "addr", "del", "2001:db8:a1:1::2/128", "dev", "up1")
     bed.run("mmr", "ip", "-6", "addr", "add", "2001:db8:a1::2/64", "dev", "up1", "nodad")
