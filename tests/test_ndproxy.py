@@ -6,6 +6,8 @@ import ipaddress
 
 import dpkt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine import ndproxy as nd
 from engine.netlink import Link, State
@@ -164,3 +166,24 @@ def test_the_addresses_in_use_on_the_link_are_kept_clear_of():
                       ("2001:db8:a1::50", OUR_MAC), ("2001:db8:ff::1", ISP_MAC), ("fe80::1", ISP_MAC)])
     got = in_use(st, 5, outer, ISP_IP)
     assert got == tuple(map(ipaddress.IPv6Address, ("2001:db8:a1::2", "2001:db8:a1::1", "2001:db8:a1::99")))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 14 + 40 + 40), st.integers(0, 255)), max_size=6),
+       st.integers(14 + 40, 14 + 40 + 48), st.booleans())
+def test_hostile_solicitations_never_raise_and_are_answered_only_when_valid(edits, cut, dad):
+    """Any byte changed, any length: an answer only for a well-formed solicitation of a
+    known target, and then one dpkt reads as an advertisement for that target."""
+    frame = bytearray(dpkt_ns(bytes(16) if dad else ISP_IP, nd.solicited_node(TARGET), TARGET, slla=not dad))
+    for at, v in edits:
+        if at < len(frame):
+            frame[at] = v
+    frame = bytes(frame[:cut])
+    r = responder()
+    na = r.answer(frame, now=0.0)
+    if na is None:
+        return
+    ns = nd.parse_ns(frame)
+    assert ns is not None and ns[2] == TARGET
+    icmp = dpkt.ethernet.Ethernet(na).data.data
+    assert icmp.type == 136 and bytes(icmp.data)[4:20] == TARGET
