@@ -211,8 +211,8 @@ class Lan(Inside):
             if self.refresh_translation(dp) or learned:
                 if kind == "addr":
                     self.refresh_kernel_routes(dp)
-        if kind in ("route", "gone"):
-            self.refresh_translation(dp)         # a new gateway, a vanished uplink
+        if kind in ("route", "gone", "link"):
+            self.refresh_translation(dp)         # a new gateway, a vanished uplink, a new MAC
         if kind in ("route", "resync", "gone"):
             self.refresh_kernel_routes(dp)
         if kind == "resync":

@@ -68,7 +68,7 @@ def own_prefix(state, idx, length: int):
     return ipaddress.IPv6Network((fit[0][1], length), strict=False), None
 
 
-def in_use(state, idx, outer, gateway: bytes | None) -> tuple:
+def in_use(state, idx, outer, gateways: list) -> tuple:
     """The addresses in outer that are in use on the uplink's link, which no LAN host may be
     translated onto: the router's own there first, the gateway's, the neighbours' the kernel
     knows on the device (not its own MAC's: a translation the kernel resolved)."""
@@ -80,8 +80,9 @@ def in_use(state, idx, outer, gateway: bytes | None) -> tuple:
     for a in state.addrs.get(idx, {}):
         if len(a) == 16 and ipaddress.IPv6Address(a) in outer:
             own.append(ipaddress.IPv6Address(a))
-    if gateway is not None and len(gateway) == 16 and ipaddress.IPv6Address(gateway) in outer:
-        others.append(ipaddress.IPv6Address(gateway))
+    for gw in gateways:
+        if len(gw) == 16 and ipaddress.IPv6Address(gw) in outer:
+            others.append(ipaddress.IPv6Address(gw))
     for (i, a), m in state.neigh.items():
         if i == idx and len(a) == 16 and m != mac and ipaddress.IPv6Address(a) in outer:
             others.append(ipaddress.IPv6Address(a))
@@ -188,7 +189,10 @@ class Translation:
         outer, why = up.npt_prefix, None
         if auto and inner is not None:
             outer, why = own_prefix(state, idx, inner.prefixlen)
-        avoid = in_use(state, idx, outer, gateway) if outer is not None and inner is not None else ()
+        # the gateway mmr uses, and the kernel's default route's (a route event reaches here
+        # before the engine takes its new next hop)
+        gws = [g for g in (gateway, state.default_gateway(idx) if idx is not None else None) if g]
+        avoid = in_use(state, idx, outer, gws) if outer is not None and inner is not None else ()
         if len(avoid) > NPT_AVOID:
             self.log.warning(f"uplink {up.name}: {len(avoid)} addresses in use on {outer}; NPT keeps clear "
                              f"of the first {NPT_AVOID} (the router's own first)")

@@ -164,7 +164,7 @@ def test_the_addresses_in_use_on_the_link_are_kept_clear_of():
     st = state([("2001:db8:a1::2", 64), ("fe80::aa:1", 64)],
                neigh=[("2001:db8:a1::1", ISP_MAC), ("2001:db8:a1::99", bytes.fromhex("02cc00000001")),
                       ("2001:db8:a1::50", OUR_MAC), ("2001:db8:ff::1", ISP_MAC), ("fe80::1", ISP_MAC)])
-    got = in_use(st, 5, outer, ISP_IP)
+    got = in_use(st, 5, outer, [ISP_IP, a6("fe80::1")])
     assert got == tuple(map(ipaddress.IPv6Address, ("2001:db8:a1::2", "2001:db8:a1::1", "2001:db8:a1::99")))
 
 
@@ -187,3 +187,9 @@ def test_hostile_solicitations_never_raise_and_are_answered_only_when_valid(edit
     assert ns is not None and ns[2] == TARGET
     icmp = dpkt.ethernet.Ethernet(na).data.data
     assert icmp.type == 136 and bytes(icmp.data)[4:20] == TARGET
+
+
+def test_the_gateway_is_kept_clear_of_before_the_kernel_knows_its_mac():
+    outer = ipaddress.ip_network("2001:db8:a1::/64")
+    got = in_use(state([("2001:db8:a1::2", 64)]), 5, outer, [a6("2001:db8:a1::fe"), a6("2001:db8:ff::1")])
+    assert got == (ipaddress.IPv6Address("2001:db8:a1::2"), ipaddress.IPv6Address("2001:db8:a1::fe"))
