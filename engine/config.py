@@ -97,8 +97,10 @@ UPLINK_KEYS = {
                                    '"masquerade" (every IPv4 source) or "none"'),
     "nat6": Key("str", "none", hint='"npt" (RFC 6296 prefix translation to npt_prefix) or "none"'),
     "npt_prefix": Key("str", None, optional=True,
-                      hint='the prefix the LAN\'s IPv6 prefix maps to, routed to this router by the ISP '
-                           '(e.g. a delegated "2001:db8:a1:100::/64"), as long as the LAN prefix'),
+                      hint='"auto" (the uplink\'s own on-link prefix of the LAN prefix\'s length, answered '
+                           'for by proxy neighbour discovery) or the prefix the LAN\'s IPv6 prefix maps to, '
+                           'routed to this router by the ISP (e.g. a delegated "2001:db8:a1:100::/64"), '
+                           'as long as the LAN prefix'),
 }
 NAT_MODES = {"none": 0, "auto": 1, "masquerade": 2}
 
@@ -219,7 +221,7 @@ class Uplink:
     strip_option: bool = False                             # remove the traffic control option on the way out
     nat: str = "auto"                                      # IPv4 source translation: auto, masquerade, none
     nat6: str = "none"                                     # IPv6: npt or none
-    npt_prefix: ipaddress.IPv6Network | None = None
+    npt_prefix: ipaddress.IPv6Network | None = None        # nat6 = "npt" and None: "auto" (the uplink's own)
     gateway4: str | None = None                            # the IPv4 next hop's address; None: auto
     gateway6: str | None = None                            # the IPv6 next hop's; None: auto
     dns: list[str] = field(default_factory=list)           # resolvers pinned to this uplink (RFC 6419 2.3.1)
@@ -681,21 +683,22 @@ class _Loader:
         up.nat = v["nat"]
         if v["nat6"] == "masquerade":
             self.err(f"{where}.nat6", '"masquerade" (NAPT66) is not supported yet',
-                     'write "npt" with npt_prefix set to a prefix the ISP routes to this router, or "none"')
+                     'write "npt" (it maps the LAN prefix onto the uplink\'s own or npt_prefix) or "none"')
         if v["nat6"] not in ("npt", "none"):
             self.err(f"{where}.nat6", f"{_short(v['nat6'])} is not an IPv6 translation", 'write "npt" or "none"')
         up.nat6 = v["nat6"]
-        if v["npt_prefix"] is not None:
+        if v["npt_prefix"] is not None and v["npt_prefix"] != "auto":
             net = self.prefix(f"{where}.npt_prefix", v["npt_prefix"])
             if net.version != 6 or net.prefixlen > 64:
                 self.err(f"{where}.npt_prefix", f"{net} is not an IPv6 prefix of /64 or shorter",
-                         'write e.g. "2001:db8:a1:100::/64"')
+                         'write "auto" or a prefix such as "2001:db8:a1:100::/64"')
             up.npt_prefix = net
-        if up.nat6 == "npt" and up.npt_prefix is None:
-            self.err(f"{where}.npt_prefix", 'is missing (nat6 = "npt" maps the LAN prefix onto it)',
-                     'add npt_prefix = "<a prefix the ISP routes to this router, as long as the LAN prefix>"')
-        if up.nat6 == "npt":
-            lans = [p for p in cfg.lan_prefixes if p.version == 6]
+        lans = [p for p in cfg.lan_prefixes if p.version == 6]
+        if up.nat6 == "npt" and up.npt_prefix is None and lans and not any(p.prefixlen <= 64 for p in lans):
+            self.err(f"{where}.npt_prefix", f'"auto" maps a LAN prefix of /64 or shorter, and the IPv6 LAN '
+                     f"prefixes are longer ({', '.join(map(str, lans))})",
+                     'list the LAN\'s /64 in engine.lan_prefixes, or write nat6 = "none"')
+        if up.nat6 == "npt" and up.npt_prefix is not None:
             if lans and not any(p.prefixlen == up.npt_prefix.prefixlen for p in lans):
                 self.err(f"{where}.npt_prefix", f"{up.npt_prefix} is a /{up.npt_prefix.prefixlen}, and no IPv6 LAN "
                          f"prefix is ({', '.join(map(str, lans))})",

@@ -154,6 +154,8 @@ def config_document(cfg) -> dict:
         t["nat"], t["nat6"] = u.nat, u.nat6
         if u.npt_prefix is not None:
             t["npt_prefix"] = str(u.npt_prefix)
+        elif u.nat6 == "npt":
+            t["npt_prefix"] = "auto"
         if u.weight is not None:
             t["weight"] = u.weight
         t.update(u.overrides)                     # the [monitor] keys this uplink sets itself

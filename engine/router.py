@@ -13,6 +13,7 @@ prompting the kernel (a datagram to the discard port), rate-limited.
 from __future__ import annotations
 
 import ipaddress
+import select
 
 from engine.config import to_mapped
 from engine.datapath import Datapath, Inside
@@ -108,11 +109,63 @@ class Lan(Inside):
 
     def apply(self, dp: Datapath, cfg) -> None:
         self.learn_prefixes(dp, cfg)
-        dp.translation.refresh(dp.state, dp.up_index, cfg.lan_prefixes)
+        self.refresh_translation(dp, cfg)
         nets = [to_mapped(n) for n in cfg.lan_prefixes]
         dp.fw.set_lan_prefixes([(n.network_address.packed, n.netmask.packed) for n in nets])
         if self.guard_sets is not None:
             self.refresh_kernel_routes(dp)
+
+    def refresh_translation(self, dp: Datapath, cfg=None) -> bool:
+        """The translators from the kernel's state (engine/translate.py), then the proxies
+        that answer for NPT's translations on the uplinks where its prefix is on-link."""
+        cfg = cfg or dp.cfg
+        gw6 = [g[1] for g in dp.gw_addr] if hasattr(dp, "gw_addr") else None   # IPv6 next hops: NPT avoids them
+        changed = dp.translation.refresh(dp.state, dp.up_index, cfg.lan_prefixes, gw6)
+        self.follow_proxies(dp)
+        return changed
+
+    def follow_proxies(self, dp: Datapath) -> None:
+        """A proxy per Ethernet uplink whose NPT prefix is on its link (npt_prefix "auto", or
+        one the ISP made on-link); none on an L3 uplink (no neighbour discovery there: the
+        ISP routes the prefix to the device).  Opened and closed as prefixes come and go."""
+        from engine.ndproxy import NdProxy
+
+        for u, up in enumerate(dp.cfg.uplinks):
+            idx = dp.up_index[u]
+            tx = dp.up_tx[u] if hasattr(dp, "up_tx") else None
+            want = (dp.translation.npt is not None and tx is not None and not tx.l3
+                    and dp.translation.on_link(dp.state, u, idx))
+            p = dp.translation.proxies.get(u)
+            if not want:
+                if p is not None:
+                    dp.poller.unregister(p.fileno())
+                    p.close()
+                    del dp.translation.proxies[u]
+                    dp.log(f"uplink {up.name}: its NPT prefix is not on {up.device}'s link any more; "
+                           f"no proxy neighbour discovery there")
+                continue
+            if p is None:
+                try:
+                    p = NdProxy(up.device, lambda target, u=u: self.translated_host(dp, u, target), dp.log)
+                except OSError as exc:
+                    dp.log.warning(f"uplink {up.name}: cannot answer neighbour solicitations on {up.device} "
+                                   f"({exc}); the ISP's router cannot resolve the translated LAN hosts")
+                    continue
+                dp.translation.proxies[u] = p
+                dp.closables.append(p)
+                dp.poller.register(p.fileno(), select.POLLIN, p.readable)
+                dp.log(f"uplink {up.name}: answers neighbour solicitations on {up.device} for the LAN "
+                       f"hosts' translations (proxy neighbour discovery)")
+            link = dp.state.links.get(idx)
+            ll = next((a for a in dp.state.addrs.get(idx, {}) if len(a) == 16 and a[:2] == b"\xfe\x80"), None)
+            p.set_addresses(link.mac if link is not None else b"", ll)
+
+    def translated_host(self, dp: Datapath, u: int, target: bytes) -> bool:
+        """target is uplink u's translation of a LAN host mmr knows (its MAC is in the
+        forwarder's hosts): never the router's own or the gateway's (the translator keeps
+        clear of them), nor any address the LAN has no host at."""
+        inner = dp.translation.npt.address(u, target, False)
+        return inner is not None and addr16(inner.packed) in self.rows
 
     def refresh_local(self, dp: Datapath) -> None:
         """The router's own addresses (every device) and IPv4 broadcasts: left to its kernel."""
@@ -125,6 +178,8 @@ class Lan(Inside):
 
     def neighbour(self, dp: Datapath, index: int, addr: bytes) -> None:
         if index != self.index:
+            if index in dp.up_index and len(addr) == 16 and dp.translation.npt is not None:
+                self.refresh_translation(dp)     # a neighbour on an uplink: NPT keeps clear of it
             return
         key = addr16(addr)
         mac = dp.state.neighbour(index, addr)
@@ -154,9 +209,11 @@ class Lan(Inside):
             if learned:
                 nets = [to_mapped(n) for n in dp.cfg.lan_prefixes]
                 dp.fw.set_lan_prefixes([(n.network_address.packed, n.netmask.packed) for n in nets])
-            if dp.translation.refresh(dp.state, dp.up_index, dp.cfg.lan_prefixes) or learned:
+            if self.refresh_translation(dp) or learned:
                 if kind == "addr":
                     self.refresh_kernel_routes(dp)
+        if kind in ("route", "gone", "link"):
+            self.refresh_translation(dp)         # a new gateway, a vanished uplink, a new MAC
         if kind in ("route", "resync", "gone"):
             self.refresh_kernel_routes(dp)
         if kind == "resync":

@@ -2,13 +2,18 @@
 current by the control side.
 
     [[uplink]] nat = "auto" | "masquerade" | "none"   (IPv4 NAPT to the uplink's address)
-               nat6 = "npt" | "none", npt_prefix       (RFC 6296: the LAN prefix <-> npt_prefix)
+               nat6 = "npt" | "none", npt_prefix       (RFC 6296: the LAN prefix <-> npt_prefix,
+                                                        "auto": the uplink's own on-link prefix)
     [engine] nat_ports = "auto" | "LO-HI"              (the ports mappings take)
 
 The forwarder (pyx/forward.pyx) translates in its loop; this module builds the translators,
 gives them each uplink's IPv4 address and follows it over netlink (a new address drops the
 old mappings: they were made for it), gives NPTv6 the LAN prefix of npt_prefix's length
-(learned LAN prefixes included), expires idle mappings, reports them, and names what the
+(learned LAN prefixes included) and, with npt_prefix "auto", the uplink's own prefix of the
+LAN prefix's length, followed over netlink like the IPv4 address (none yet: LAN IPv6 through
+it is held, dropped as nat_no_address), with the addresses in use on the link kept clear of
+(the proxy that answers neighbour solicitations for the translations: engine/ndproxy.py),
+expires idle mappings, reports them, and names what the
 kernel must not see: replies to mappings' ports on the uplinks' addresses (its stack would
 answer them with a TCP reset or a port unreachable) and packets to the NPT prefixes (it has
 no route for them).  "auto" ports are 1024-65535 without the kernel's own
@@ -22,10 +27,68 @@ import time
 
 from engine.config import NAT_MODES
 
+NPT_AVOID = 16                     # addresses NPT keeps clear of per uplink (pyx/engine/_nat.pxd)
+
 KERNEL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
 ULA = ipaddress.ip_network("fc00::/7")
 LINGER_S = 2.0            # a gone address's mappings stay this long for the flows moved away
 PRIVATE4 = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")]
+
+
+def own_prefix(state, idx, length: int):
+    """(the uplink's own prefix of length, None) or (None, why): the /length around one of
+    its global IPv6 addresses whose on-link prefix (the address's own, or for a longer one
+    such as DHCPv6's /128 an on-link route's around it) is that long or shorter (a global one
+    before a unique local one, then the lowest: a deterministic choice while a renumbered
+    uplink has both)."""
+    from engine import _kernel as K
+
+    nets = []
+    if idx is not None:
+        # the on-link prefixes the device has routes for (an RA's, without autoconfiguration)
+        onlink = [ipaddress.IPv6Network((dst, plen)) for dst, plen, table, oifs, gw, _ in state.routes
+                  if len(dst) == 16 and 0 < plen <= length and table == K.RT_TABLE_MAIN
+                  and oifs == (idx,) and not gw]
+        for a, (plen, _) in state.addrs.get(idx, {}).items():
+            if len(a) != 16:
+                continue
+            ip = ipaddress.IPv6Address(a)
+            if ip.is_link_local or ip.is_multicast or ip.is_loopback:
+                continue
+            if plen > length:        # a DHCPv6 /128: the on-link route around it, if any
+                plen = min([n.prefixlen for n in onlink if ip in n] or [plen])
+            nets.append((plen, ip))
+    if not nets:
+        return None, "it has no global IPv6 address (npt_prefix \"auto\" maps onto its own prefix)"
+    fit = sorted((ip in ULA, ip, plen) for plen, ip in nets if plen <= length)
+    if not fit:
+        plen = min(p for p, _ in nets)
+        return None, (f"its IPv6 prefixes are /{plen} or longer, and npt_prefix \"auto\" needs one of the LAN "
+                      f"prefix's /{length} or shorter to map it onto (set npt_prefix to a prefix the ISP routes "
+                      f"to it)")
+    return ipaddress.IPv6Network((fit[0][1], length), strict=False), None
+
+
+def in_use(state, idx, outer, gateways: list) -> tuple:
+    """The addresses in outer that are in use on the uplink's link, which no LAN host may be
+    translated onto: the router's own there first, the gateway's, the neighbours' the kernel
+    knows on the device (not its own MAC's: a translation the kernel resolved)."""
+    own, others = [], []
+    if idx is None:
+        return ()
+    link = state.links.get(idx)
+    mac = link.mac if link is not None else b""
+    for a in state.addrs.get(idx, {}):
+        if len(a) == 16 and ipaddress.IPv6Address(a) in outer:
+            own.append(ipaddress.IPv6Address(a))
+    for gw in gateways:
+        if len(gw) == 16 and ipaddress.IPv6Address(gw) in outer:
+            others.append(ipaddress.IPv6Address(gw))
+    for (i, a), m in state.neigh.items():
+        if i == idx and len(a) == 16 and m != mac and ipaddress.IPv6Address(a) in outer:
+            others.append(ipaddress.IPv6Address(a))
+    seen = set(own)
+    return tuple(sorted(own)) + tuple(sorted(a for a in set(others) if a not in seen))
 
 
 def kernel_port_range(path: str = KERNEL_RANGE) -> tuple[int, int] | None:
@@ -73,12 +136,15 @@ class Translation:
             self.npt = Npt66(n)
         self.addrs: list = [None] * n
         self.active = [0] * n                    # modes in effect (auto: only with a private LAN)
-        self.npt_maps: list = [None] * n
+        self.npt_maps: list = [None] * n         # (LAN prefix, outer prefix) mapped
+        self.npt_avoid: list = [()] * n          # outer addresses in use on the link: kept clear of
+        self.npt_held: list = [None] * n         # npt_prefix "auto", no prefix yet: why (a sentence)
+        self.proxies: dict = {}                  # uplink -> its proxy ND (engine/ndproxy.py; router.py's)
         self.waiting = [False] * n               # said that it has no IPv4 address (once)
         self.lose_at: list = [None] * n          # when a gone address's mappings go
         fw.set_nat(self.nat, self.active, self.npt)
 
-    def refresh(self, state, up_index: list, lan_prefixes: list) -> bool:
+    def refresh(self, state, up_index: list, lan_prefixes: list, gateways: list | None = None) -> bool:
         """Each translating uplink's IPv4 address from the kernel's state, NPT's prefix pairs
         from the LAN prefixes; True when something changed (the guard's sets follow).  An
         uplink whose nat is "auto" translates only while the LAN has private IPv4 space
@@ -124,20 +190,55 @@ class Translation:
                 elif addr is not None or not active[u]:
                     self.waiting[u] = False
             if self.npt is not None and up.nat6 == "npt":
-                # the LAN prefix of npt_prefix's length; unique local ones first (RFC 6296's case)
-                lans = sorted((p for p in lan_prefixes if p.version == 6 and p.prefixlen == up.npt_prefix.prefixlen),
-                              key=lambda p: (not p.subnet_of(ULA), p))
-                pair = (lans[0], up.npt_prefix) if lans else None
-                if pair != self.npt_maps[u]:
-                    self.npt.set_prefixes(u, *(pair or (None, None)))
-                    self.npt_maps[u] = pair
-                    changed = True
-                    if pair is None:
-                        self.log.warning(f"uplink {up.name}: no IPv6 LAN prefix is a /{up.npt_prefix.prefixlen} like "
-                                         f"npt_prefix {up.npt_prefix}; IPv6 leaves it untranslated")
-                    else:
-                        self.log(f"uplink {up.name} maps {pair[0]} to {pair[1]} (NPTv6)")
+                changed = self.refresh_npt(u, up, state, up_index[u], lan_prefixes,
+                                           gateways[u] if gateways else None) or changed
         return changed
+
+    def refresh_npt(self, u: int, up, state, idx, lan_prefixes: list, gateway: bytes | None) -> bool:
+        """NPT's prefixes of one uplink: the LAN prefix of npt_prefix's length (unique local
+        ones first: RFC 6296's case) onto npt_prefix, or with npt_prefix "auto" onto the
+        uplink's own prefix of the LAN prefix's length; the addresses in use on the outer
+        prefix kept clear of.  True when something changed."""
+        auto = up.npt_prefix is None
+        lans = sorted((p for p in lan_prefixes if p.version == 6 and
+                       (p.prefixlen <= 64 if auto else p.prefixlen == up.npt_prefix.prefixlen)),
+                      key=lambda p: (not p.subnet_of(ULA), p))
+        inner = lans[0] if lans else None
+        outer, why = up.npt_prefix, None
+        if auto and inner is not None:
+            outer, why = own_prefix(state, idx, inner.prefixlen)
+        # the gateway mmr uses, and the kernel's default route's (a route event reaches here
+        # before the engine takes its new next hop)
+        gws = [g for g in (gateway, state.default_gateway(idx, 6) if idx is not None else None) if g]
+        avoid = in_use(state, idx, outer, gws) if outer is not None and inner is not None else ()
+        if len(avoid) > NPT_AVOID:
+            self.log.warning(f"uplink {up.name}: {len(avoid)} addresses in use on {outer}; NPT keeps clear "
+                             f"of the first {NPT_AVOID} (the router's own first)")
+            avoid = avoid[:NPT_AVOID]
+        pair = (inner, outer) if inner is not None and outer is not None else None
+        if pair == self.npt_maps[u] and avoid == self.npt_avoid[u] and why == self.npt_held[u]:
+            return False
+        self.npt_maps[u], self.npt_avoid[u], self.npt_held[u] = pair, avoid, why
+        if pair is not None:
+            self.npt.set_prefixes(u, inner, outer, avoid)
+            self.log(f"uplink {up.name} maps {inner} to {outer} (NPTv6"
+                     + (", the uplink's own prefix" if auto else "") + ")")
+        elif why is not None:
+            self.npt.hold(u, inner)
+            self.log.warning(f"uplink {up.name}: {why}; IPv6 from {inner} that would leave through it is "
+                             f"dropped (nat_no_address) until it has one")
+        else:
+            self.npt.set_prefixes(u, None, None)
+            length = "/64 or shorter" if auto else f"a /{up.npt_prefix.prefixlen} like npt_prefix {up.npt_prefix}"
+            self.log.warning(f"uplink {up.name}: no IPv6 LAN prefix is {length}; IPv6 leaves it untranslated")
+        return True
+
+    def on_link(self, state, u: int, idx) -> bool:
+        """Uplink u's outer prefix is on its link (one of its addresses is in it): the ISP's
+        router resolves the translated addresses there, and someone must answer."""
+        m = self.npt_maps[u]
+        return m is not None and idx is not None and any(
+            a.version == 6 and a in m[1] for a in state.addresses(idx))
 
     def expire(self, now: float | None = None) -> int:
         now = time.time() if now is None else now
@@ -164,7 +265,8 @@ class Translation:
             ranges = ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in port_ranges(self.ports))
             rules.append(f"iifname {{ {ups} }} ip daddr @nat4 meta l4proto {{ tcp, udp }} th dport {{ {ranges} }} "
                          f"counter drop")
-        rules.append(f"iifname {{ {ups} }} ip6 daddr @npt6 counter drop")
+        # the router's own addresses in an NPT prefix (npt_prefix "auto": its own) stay its own
+        rules.append(f"iifname {{ {ups} }} ip6 daddr @npt6 fib daddr type != local counter drop")
         return rules
 
     def status(self) -> dict:
@@ -182,6 +284,11 @@ class Translation:
                 t["mappings"] = st["uplinks"][u]
             if self.npt_maps[u] is not None:
                 t["npt"] = f"{self.npt_maps[u][0]} <-> {self.npt_maps[u][1]}"
+                t["npt_avoided"] = [str(a) for a in self.npt_avoid[u]]
+            elif self.npt_held[u] is not None:
+                t["npt_held"] = self.npt_held[u]
+            if u in self.proxies:
+                t["proxy_nd"] = dict(self.proxies[u].counts)
             out["uplinks"][name] = t
         return out
 

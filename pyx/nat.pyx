@@ -28,11 +28,13 @@ Returns a NAT_* code per packet; nothing is dropped here (the caller drops and c
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
 from libc.stdlib cimport malloc, calloc, free
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 
 from siphash cimport siphash13
 
 import os
+
+import ipaddress
 
 import numpy as np
 
@@ -818,6 +820,14 @@ cdef inline bint in_prefix(const uint8_t* a, const npt_map* m, bint outer) noexc
     return True
 
 
+cdef inline bint avoided(const uint8_t* a, const npt_map* m) noexcept nogil:
+    cdef int k
+    for k in range(m.n_avoid):
+        if memcmp(a, m.avoid[k], 16) == 0:
+            return True
+    return False
+
+
 cdef int npt_map_addr(uint8_t* a, const npt_map* m, bint out) noexcept nogil:
     """Rewrite address a from one prefix to the other, checksum-neutrally: the prefix bits
     change and one 16-bit word takes the difference (bits 48-63 for a /48 or shorter prefix,
@@ -848,6 +858,24 @@ cdef int npt_map_addr(uint8_t* a, const npt_map* m, bint out) noexcept nogil:
         v = 0
     st16(a + 2 * w, <uint16_t>v)
     return NAT_OK
+
+
+cdef int map_one(uint8_t* a, const npt_map* m, bint out) noexcept nogil:
+    """a mapped in place when it is in the prefix it leaves and neither it (in) nor what it
+    becomes (out) is an address to avoid: NAT_OK, else NAT_PASS or NAT_UNSUPPORTED."""
+    cdef int rc
+    cdef uint8_t t[16]
+    if not in_prefix(a, m, not out):
+        return NAT_PASS
+    if not out and avoided(a, m):
+        return NAT_PASS
+    memcpy(t, a, 16)
+    rc = npt_map_addr(t, m, out)
+    if rc == NAT_OK and out and avoided(t, m):
+        return NAT_UNSUPPORTED                  # (the packet untouched, as every refusal)
+    if rc == NAT_OK:
+        memcpy(a, t, 16)
+    return rc
 
 
 cdef inline uint32_t quoted6(const uint8_t* ip, uint32_t n) noexcept nogil:
@@ -884,11 +912,15 @@ cdef class Npt66:
     def __dealloc__(self):
         free(self.maps)
 
-    def set_prefixes(self, int u, inner, outer):
-        """inner, outer: ipaddress.IPv6Network of one length (at most /64), or None: off."""
+    def set_prefixes(self, int u, inner, outer, avoid=()):
+        """inner, outer: ipaddress.IPv6Network of one length (at most /64), or None: off.
+        avoid: up to NPT_AVOID addresses in outer that are in use on the uplink's link (the
+        router's own, the gateway's): a LAN source that would map onto one is not translated
+        (untranslatable), a packet to one is not the LAN's (pass)."""
         cdef npt_map* m
         cdef uint32_t si, so
         cdef bytes ib, ob, mb
+        cdef int k
         if u < 0 or u >= self.n_uplinks:
             raise IndexError("uplink out of range")
         m = &self.maps[u]
@@ -899,6 +931,9 @@ cdef class Npt66:
             return
         if inner.prefixlen != outer.prefixlen or inner.prefixlen > 64 or inner.version != 6 or outer.version != 6:
             raise ValueError("NPTv6 needs two IPv6 prefixes of one length, /64 or shorter")
+        av = [ipaddress.IPv6Address(a).packed for a in avoid]
+        if len(av) > NPT_AVOID:
+            raise ValueError(f"at most {NPT_AVOID} addresses to avoid")
         ib, ob, mb = inner.network_address.packed, outer.network_address.packed, inner.netmask.packed
         spin_lock(&self.lock)
         memcpy(m.inner, <const char*>ib, 16)
@@ -909,8 +944,46 @@ cdef class Npt66:
         # the word that takes the difference moves against the prefix: out, inner - outer
         m.adj_out = <uint16_t>((si + (~so & 0xFFFF)) % 0xFFFF)
         m.adj_in = <uint16_t>((so + (~si & 0xFFFF)) % 0xFFFF)
+        for k in range(len(av)):
+            memcpy(m.avoid[k], <const char*>av[k], 16)
+        m.n_avoid = len(av)
         m.active = 1
         spin_unlock(&self.lock)
+
+    def hold(self, int u, inner):
+        """The uplink has no prefix to map onto (yet): IPv6 from the LAN prefix inner that
+        would leave through it is dropped (no_address) instead of leaving untranslated."""
+        cdef npt_map* m
+        cdef bytes ib, mb
+        if u < 0 or u >= self.n_uplinks:
+            raise IndexError("uplink out of range")
+        if inner.version != 6 or inner.prefixlen > 64:
+            raise ValueError("NPTv6 holds an IPv6 prefix, /64 or shorter")
+        ib, mb = inner.network_address.packed, inner.netmask.packed
+        m = &self.maps[u]
+        spin_lock(&self.lock)
+        memcpy(m.inner, <const char*>ib, 16)
+        memcpy(m.mask, <const char*>mb, 16)
+        m.plen = inner.prefixlen
+        m.n_avoid = 0
+        m.active = NPT_HELD
+        spin_unlock(&self.lock)
+
+    def address(self, int u, addr, bint out):
+        """One address mapped as a packet's would be (out: LAN -> uplink u's prefix, else
+        back), or None (not in the prefix it leaves, not mappable, an address to avoid, the
+        uplink not mapping); for the control side (proxy neighbour discovery)."""
+        cdef uint8_t a[16]
+        cdef bytes b = ipaddress.IPv6Address(addr).packed
+        cdef int rc = NAT_PASS
+        if u < 0 or u >= self.n_uplinks:
+            raise IndexError("uplink out of range")
+        memcpy(a, <const char*>b, 16)
+        spin_lock(&self.lock)
+        if self.maps[u].active == 1:
+            rc = map_one(a, &self.maps[u], out)
+        spin_unlock(&self.lock)
+        return ipaddress.IPv6Address(bytes(a[:16])) if rc == NAT_OK else None
 
     cdef int out6(self, uint8_t* ip, uint32_t n, int u) noexcept nogil:
         cdef int rc
@@ -928,7 +1001,7 @@ cdef class Npt66:
 
     cdef int out6_locked(self, uint8_t* ip, uint32_t n, int u) noexcept nogil:
         """LAN -> uplink u: a source in the LAN prefix takes the uplink's (and an ICMPv6
-        error's quoted destination with it)."""
+        error's quoted destination with it); held (no prefix yet): dropped, no_address."""
         cdef npt_map* m
         cdef uint32_t q
         cdef int rc
@@ -937,9 +1010,9 @@ cdef class Npt66:
         m = &self.maps[u]
         if n < 40 or (ip[0] >> 4) != 6:
             return NAT_MALFORMED
-        if not in_prefix(ip + 8, m, False):
-            return NAT_PASS
-        rc = npt_map_addr(ip + 8, m, True)
+        if m.active == NPT_HELD:
+            return NAT_NO_ADDRESS if in_prefix(ip + 8, m, False) else NAT_PASS
+        rc = map_one(ip + 8, m, True)
         if rc != NAT_OK:
             return rc
         q = quoted6(ip, n)
@@ -949,18 +1022,19 @@ cdef class Npt66:
 
     cdef int in6_locked(self, uint8_t* ip, uint32_t n, int u) noexcept nogil:
         """uplink u -> LAN: a destination in the uplink's prefix takes the LAN's again (and
-        an ICMPv6 error's quoted source with it)."""
+        an ICMPv6 error's quoted source with it); one to avoid (the router's own) and
+        neighbour discovery to a translated address (RFC 4861 messages, 133-137) pass."""
         cdef npt_map* m
         cdef uint32_t q
         cdef int rc
-        if u < 0 or u >= self.n_uplinks or not self.maps[u].active:
+        if u < 0 or u >= self.n_uplinks or self.maps[u].active != 1:
             return NAT_PASS
         m = &self.maps[u]
         if n < 40 or (ip[0] >> 4) != 6:
             return NAT_MALFORMED
-        if not in_prefix(ip + 24, m, True):
-            return NAT_PASS
-        rc = npt_map_addr(ip + 24, m, False)
+        if ip[6] == 58 and n > 40 and ip[40] >= 133 and ip[40] <= 137:
+            return NAT_PASS         # neighbour discovery is the link's (the proxy's), never the LAN's
+        rc = map_one(ip + 24, m, False)
         if rc != NAT_OK:
             return rc
         q = quoted6(ip, n)

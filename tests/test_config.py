@@ -81,8 +81,10 @@ BAD = [
      "not a NAT mode"),
     ("nat6 masquerade", GOOD.replace('device = "up2"', 'device = "up2"\nnat6 = "masquerade"'), "uplink[1].nat6",
      "not supported yet"),
-    ("npt without prefix", GOOD.replace('device = "up2"', 'device = "up2"\nnat6 = "npt"'),
-     "uplink[1].npt_prefix", "is missing"),
+    ("npt prefix word", GOOD.replace('device = "up2"', 'device = "up2"\nnat6 = "npt"\nnpt_prefix = "automatic"'),
+     "uplink[1].npt_prefix", "automatic"),
+    ("npt auto, LAN too long", GOOD.replace('[engine]', '[engine]\nlan_prefixes = ["fd00:1::/96"]').replace(
+        'device = "up2"', 'device = "up2"\nnat6 = "npt"'), "uplink[1].npt_prefix", "/64 or shorter"),
     ("npt prefix length", GOOD.replace('[engine]', '[engine]\nlan_prefixes = ["2001:db8:1::/64"]').replace(
         'device = "up2"', 'device = "up2"\nnat6 = "npt"\nnpt_prefix = "2001:db8:a2:100::/56"'), "uplink[1].npt_prefix",
      "no IPv6 LAN prefix is"),
@@ -112,6 +114,21 @@ def test_every_mistake_is_one_sentence(tmp_path, what, text, key, words):
         assert f": {key}:" in msg
     assert words in msg
     assert "\n" not in msg and ";" in msg        # problem; fix
+
+
+def test_npt_prefix_defaults_to_the_uplinks_own(tmp_path):
+    """nat6 = "npt" without npt_prefix, or with "auto": the uplink's own prefix, chosen at
+    run time (engine/translate.py); the dump says "auto" and loads again as it."""
+    from engine.control import config_document
+
+    for extra in ('nat6 = "npt"', 'nat6 = "npt"\nnpt_prefix = "auto"'):
+        cfg = load_config(write(tmp_path, GOOD.replace('device = "up2"', 'device = "up2"\n' + extra)))
+        assert cfg.uplinks[1].nat6 == "npt" and cfg.uplinks[1].npt_prefix is None
+        assert cfg.uplinks[0].nat6 == "none"
+        assert config_document(cfg)["uplink"][1]["npt_prefix"] == "auto"
+    cfg = load_config(write(tmp_path, GOOD.replace('device = "up2"', 'device = "up2"\nnat6 = "npt"\n'
+                                                   'npt_prefix = "2001:db8:a2:100::/64"')))
+    assert str(cfg.uplinks[1].npt_prefix) == "2001:db8:a2:100::/64"
 
 
 def test_monitor_defaults_and_probe_targets(tmp_path):

@@ -427,6 +427,95 @@ def test_nptv6_is_checksum_neutral_reversible_and_agrees_with_its_reference(plen
     assert bytes(back[24:40]) == addr
 
 
+def test_nptv6_keeps_clear_of_the_addresses_in_use_on_the_uplinks_link():
+    """npt_prefix "auto" maps onto the uplink's on-link prefix: a LAN host whose translation
+    is the router's own or the gateway's is not translated (untranslatable), and a packet
+    to the router's own address there is not the LAN's (pass: its kernel's)."""
+    lan, own = ipaddress.ip_network("fd00:1::/64"), ipaddress.ip_network("2001:db8:a1::/64")
+    n, r = _nat.Npt66(1), Npt66Ref(1)
+    probe = _nat.Npt66(1)
+    probe.set_prefixes(0, lan, own)
+    host = ipaddress.ip_address("fd00:1::10")
+    clash = probe.address(0, host, True)                 # what the host would become
+    router = ipaddress.ip_address("2001:db8:a1::2")
+    for x in (n, r):
+        x.set_prefixes(0, lan, own, avoid=[router, clash])
+    a, b = bytearray(udp6(host.packed, CN6, 1, 2)), bytearray(udp6(host.packed, CN6, 1, 2))
+    assert n.out_packet(a, 0) == r.out_packet(b, 0) == "unsupported"
+    assert n.address(0, host, True) is None is r.address(0, host, True)
+    other = ipaddress.ip_address("fd00:1::11")
+    assert n.address(0, other, True) == r.address(0, other, True) != None          # noqa: E711
+    to_router = bytearray(udp6(CN6, router.packed, 2, 1))
+    assert n.in_packet(to_router, 0) == "pass" and bytes(to_router[24:40]) == router.packed
+    assert n.address(0, router, False) is None
+    with pytest.raises(ValueError):
+        n.set_prefixes(0, lan, own, avoid=[router] * 17)
+
+
+def test_nptv6_leaves_neighbour_discovery_to_a_translated_address_alone():
+    """An ISP router's unicast solicitation (unreachability detection) of a translated
+    address is the proxy's to answer: not translated into the LAN (the host would drop it,
+    its hop limit spent); an echo to the same address is translated."""
+    lan, own = ipaddress.ip_network("fd00:1::/64"), ipaddress.ip_network("2001:db8:a1::/64")
+    n, r = _nat.Npt66(1), Npt66Ref(1)
+    for x in (n, r):
+        x.set_prefixes(0, lan, own)
+    out = n.address(0, "fd00:1::10", True).packed
+    isp = ipaddress.ip_address("2001:db8:a1::1").packed
+    for typ in (133, 134, 135, 136, 137):
+        a, b = bytearray(icmp6_error(isp, out, bytes(24), typ)), bytearray(icmp6_error(isp, out, bytes(24), typ))
+        assert n.in_packet(a, 0) == r.in_packet(b, 0) == "pass" and bytes(a[24:40]) == out, typ
+    a, b = bytearray(icmp6_error(isp, out, bytes(24), 128)), bytearray(icmp6_error(isp, out, bytes(24), 128))
+    assert n.in_packet(a, 0) == r.in_packet(b, 0) == "ok" and a == b
+
+
+def test_nptv6_held_drops_lan_sources_until_the_uplink_has_a_prefix():
+    lan = ipaddress.ip_network("fd00:1::/64")
+    n, r = _nat.Npt66(1), Npt66Ref(1)
+    for x in (n, r):
+        x.hold(0, lan)
+    assert n.out_packet(bytearray(udp6(ipaddress.ip_address("fd00:1::10").packed, CN6, 1, 2)), 0) == \
+        r.out_packet(bytearray(udp6(ipaddress.ip_address("fd00:1::10").packed, CN6, 1, 2)), 0) == "no_address"
+    assert n.out_packet(bytearray(udp6(CN6, CN6, 1, 2)), 0) == "pass"      # not the LAN's: as before
+    assert n.in_packet(bytearray(udp6(CN6, ipaddress.ip_address("fd00:1::10").packed, 1, 2)), 0) == "pass"
+    assert n.address(0, "fd00:1::10", True) is None
+    n.set_prefixes(0, lan, ipaddress.ip_network("2001:db8:a1::/64"))           # the prefix came
+    assert n.out_packet(bytearray(udp6(ipaddress.ip_address("fd00:1::10").packed, CN6, 1, 2)), 0) == "ok"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 64), st.binary(min_size=16, max_size=16), st.binary(min_size=16, max_size=16),
+       st.lists(st.binary(min_size=16, max_size=16), min_size=1, max_size=4), st.integers(0, 16),
+       st.booleans())
+def test_nptv6_with_addresses_to_avoid_agrees_with_its_reference(plen, inner, outer, hosts, n_avoid, take_clash):
+    inner = ipaddress.ip_network((inner, plen), strict=False)
+    outer = ipaddress.ip_network((outer, plen), strict=False)
+    mask = int(inner.netmask)
+    def inside(h, net):
+        return ((int(net.network_address) & mask) | (int.from_bytes(h, "big") & ~mask & ((1 << 128) - 1))
+                ).to_bytes(16, "big")
+    lan_hosts = [inside(h, inner) for h in hosts]
+    probe = Npt66Ref(1)
+    probe.set_prefixes(0, inner, outer)
+    avoid = [inside(h, outer) for h in hosts][:n_avoid]
+    clash = probe.address(0, lan_hosts[0], True)
+    if take_clash and clash is not None:
+        avoid = (avoid + [clash.packed])[-16:]
+    n, r = _nat.Npt66(1), Npt66Ref(1)
+    for x in (n, r):
+        x.set_prefixes(0, inner, outer, avoid=avoid)
+    for h in lan_hosts + avoid:
+        for out in (True, False):
+            assert n.address(0, h, out) == r.address(0, h, out)
+        a, b = bytearray(udp6(h, CN6, 1, 2)), bytearray(udp6(h, CN6, 1, 2))
+        assert n.out_packet(a, 0) == r.out_packet(b, 0) and a == b
+        a, b = bytearray(udp6(CN6, h, 2, 1)), bytearray(udp6(CN6, h, 2, 1))
+        assert n.in_packet(a, 0) == r.in_packet(b, 0) and a == b
+        m = n.address(0, h, True)
+        if m is not None:
+            assert m.packed not in avoid and n.address(0, m, False) == ipaddress.ip_address(h)
+
+
 def test_mappings_keep_to_their_port_range_and_out_of_the_kernels():
     """nat ports: a range without the kernel's ip_local_port_range, so the router's own
     connections on the uplink address never share a port with a mapping."""

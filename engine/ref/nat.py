@@ -4,6 +4,7 @@ Python integers; the tests check separately, from scratch, that a packet whose c
 right before translation has right checksums after it."""
 from __future__ import annotations
 
+import ipaddress
 import os
 import struct
 
@@ -421,9 +422,27 @@ def npt_map(addr: bytes, frm, to) -> bytes | None:
 class Npt66Ref:
     def __init__(self, n_uplinks: int):
         self.maps = [None] * n_uplinks
+        self.held = [None] * n_uplinks
+        self.avoid = [frozenset()] * n_uplinks
 
-    def set_prefixes(self, u, inner, outer) -> None:
+    def set_prefixes(self, u, inner, outer, avoid=()) -> None:
         self.maps[u] = None if inner is None or outer is None else (inner, outer)
+        self.held[u] = None
+        self.avoid[u] = frozenset(ipaddress.IPv6Address(a).packed for a in avoid)
+
+    def hold(self, u, inner) -> None:
+        self.maps[u], self.held[u] = None, inner
+
+    def address(self, u, addr, out: bool):
+        if self.maps[u] is None:
+            return None
+        inner, outer = self.maps[u]
+        frm, to = (inner, outer) if out else (outer, inner)
+        a = ipaddress.IPv6Address(addr)
+        if a not in frm or (not out and a.packed in self.avoid[u]):
+            return None
+        new = npt_map(a.packed, frm, to)
+        return None if new is None or (out and new in self.avoid[u]) else ipaddress.IPv6Address(new)
 
     @staticmethod
     def _quoted(b: bytes) -> int:
@@ -437,18 +456,23 @@ class Npt66Ref:
         return 0
 
     def _go(self, b: bytearray, u: int, out: bool) -> str:
-        if not 0 <= u < len(self.maps) or self.maps[u] is None:
+        if not 0 <= u < len(self.maps) or (self.maps[u] is None and (self.held[u] is None or not out)):
             return PASS
         if len(b) < 40 or b[0] >> 4 != 6:
             return MALFORMED
+        if self.maps[u] is None:            # held: no prefix to map onto yet
+            return NO_ADDRESS if ipaddress.IPv6Address(bytes(b[8:24])) in self.held[u] else PASS
         inner, outer = self.maps[u]
         frm, to = (inner, outer) if out else (outer, inner)
         at = 8 if out else 24
-        import ipaddress
         if ipaddress.IPv6Address(bytes(b[at:at + 16])) not in frm:
             return PASS
+        if not out and bytes(b[at:at + 16]) in self.avoid[u]:
+            return PASS                     # the router's own (or the gateway's): not the LAN's
+        if not out and b[6] == 58 and len(b) > 40 and 133 <= b[40] <= 137:
+            return PASS                     # neighbour discovery: the link's, never the LAN's
         new = npt_map(bytes(b[at:at + 16]), frm, to)
-        if new is None:
+        if new is None or (out and new in self.avoid[u]):
             return UNSUPPORTED
         b[at:at + 16] = new
         q = self._quoted(b)

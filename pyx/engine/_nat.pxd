@@ -33,6 +33,10 @@ cdef struct frag_rec:
     uint8_t uplink
     double last
 
+cdef enum:
+    NPT_AVOID = 16         # outer addresses one uplink's NPT keeps clear of
+    NPT_HELD = 2           # npt_map.active: the uplink has no prefix yet
+
 cdef struct npt_map:
     uint8_t inner[16]        # the LAN prefix (bits past its length zero)
     uint8_t outer[16]        # the uplink's prefix of the same length
@@ -40,7 +44,9 @@ cdef struct npt_map:
     uint16_t adj_out         # one's complement sum(outer) - sum(inner)
     uint16_t adj_in
     int plen
-    int active
+    int active               # 0: off, 1: mapping, NPT_HELD: no outer prefix yet (LAN sources dropped)
+    int n_avoid
+    uint8_t avoid[NPT_AVOID][16]   # outer addresses in use on the uplink's link: never a translation
 
 
 cdef extern from *:
