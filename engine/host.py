@@ -29,7 +29,7 @@ import os
 import subprocess
 
 from engine.datapath import Datapath, Inside
-from engine.errors import UserError
+from engine.errors import ConfigError, UserError
 from engine.inet import mapped16
 
 NFT_TABLE = "mmrhost"
@@ -42,6 +42,11 @@ class VirtualInterface(Inside):
         self.addrs = [ipaddress.ip_interface(a) for a in cfg.host["addresses"]]
         self.tun = None
         self.bypass_said = False
+        for i, u in enumerate(cfg.uplinks):
+            if u.nat6 != "none":          # NPTv6 maps a LAN prefix; the VI's IPv6 needs NAPT66
+                raise ConfigError(cfg.path, f"uplink[{i}].nat6", f'"{u.nat6}" is not available in host mode '
+                                  f"(IPv6 from {self.vi} is sent with its own address)",
+                                  f'write "none" and have the networks route {self.vi}\'s IPv6 prefix to this host')
 
     def devices_needed(self, cfg) -> list[str]:
         return []
@@ -95,6 +100,14 @@ class VirtualInterface(Inside):
     def tables(self, dp: Datapath) -> None:
         for a in self.addrs:
             dp.fw.local.set(mapped16(a.ip), 1)
+        dp.translation.refresh(dp.state, dp.up_index, [])
+
+    def link_event(self, dp: Datapath, ev: tuple) -> None:
+        """An interface's IPv4 address changed: translations follow it, and the guard's set
+        of translated addresses with them."""
+        if ev[0] in ("addr", "resync", "gone"):
+            if dp.translation.refresh(dp.state, dp.up_index, []) and dp.guard is not None:
+                dp.guard.update_sets(dp.translation.guard_sets())
 
     def fds(self) -> list[int]:
         return [self.tun.fileno()]
@@ -114,11 +127,15 @@ class VirtualInterface(Inside):
         return up.qdisc_bypass
 
     def guard(self, dp: Datapath):
-        """The kernel must not also take the VI's packets off the interfaces."""
+        """The kernel must not also take the VI's packets off the interfaces, nor the replies
+        to translated flows (to an interface's address and a mapping's port: its stack would
+        answer them with a reset or a port unreachable)."""
+        ups = [u.device for u in dp.cfg.uplinks]
         a6 = ", ".join(str(a.ip) for a in self.addrs if a.version == 6)
         a4 = ", ".join(str(a.ip) for a in self.addrs if a.version == 4)
         rules = ([f"ip6 daddr {{ {a6} }} drop"] if a6 else []) + ([f"ip daddr {{ {a4} }} drop"] if a4 else [])
-        return NFT_TABLE, [u.device for u in dp.cfg.uplinks], rules, None
+        rules += dp.translation.guard_rules(ups)
+        return NFT_TABLE, ups, rules, dp.translation.guard_sets()
 
     def offload_text(self) -> str:
         if self.tun is None or not self.tun.vnet_hdr:

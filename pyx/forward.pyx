@@ -22,6 +22,9 @@ Two directions, one engine for ``mmr run`` (router) and ``mmr host`` (virtual in
 
   inbound    uplink u -> inside
       parse, verdict
+      translated back?  a reply to a mapping of uplink u's address (NAPT44; router: NPTv6
+               too) gets the LAN host's (host: the VI's) address and port again; to a
+               mapping's port without a mapping: DROP nat_unsolicited
       ours?    router: to uplink u's MAC, to a LAN prefix, not to the router itself;
                host: to an address of the VI.  Else KERNEL (probe replies, ND, ...)
       router: the LAN host's MAC known?  else DROP no_neighbour, punt a resolution
@@ -607,9 +610,10 @@ cdef class Forwarder:
                 out[i] = OUT_KERNEL
                 self.cnt[CNT_HANDOVER] += 1
                 continue
-            if self.router and not (vlan != NULL and vlan[i]) and memcmp(f, self.up_mac_c + 6 * u, 6) == 0:
+            if not (vlan != NULL and vlan[i]) and memcmp(f, self.up_mac_c + 6 * u, 6) == 0:
                 # a reply to a translated flow (sent to this uplink's MAC, not another host's
-                # on the ISP's segment): back to the LAN host's address and port
+                # on the ISP's segment): back to the LAN host's (host mode: the VI's) address
+                # and port; what NAT passes (the machine's own sockets) stays the kernel's
                 c = NAT_PASS
                 if r.family == 4 and self.nat_mode_c[u] and self.nat is not None:
                     c = self.nat.in4(base + off[i] + r.l3_off, lens[i] - r.l3_off, u, ts[i],

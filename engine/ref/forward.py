@@ -205,7 +205,7 @@ class RefForwarder:
                 out[i] = KERNEL
                 self.count("handover")
                 continue
-            if self.router and f[:6] == self.up_mac[u]:
+            if f[:6] == self.up_mac[u]:          # host mode too: replies to the VI's mappings
                 l3 = int(r["l3_off"])
                 code, f2 = self._translate(False, f, l3, r, u, ts[i], bool(vnets[i]["flags"] & NEEDS_CSUM))
                 if code not in (N.OK, N.PASS):
