@@ -100,12 +100,22 @@ class VirtualInterface(Inside):
     def tables(self, dp: Datapath) -> None:
         for a in self.addrs:
             dp.fw.local.set(mapped16(a.ip), 1)
+        self.refresh_own(dp)
         dp.translation.refresh(dp.state, dp.up_index, [])
 
+    def refresh_own(self, dp: Datapath) -> None:
+        """The interfaces' own addresses: what the host's kernel sends from one of them via
+        vi0 (its default route) leaves by that interface, untranslated."""
+        dp.fw.own.clear()
+        for u, idx in enumerate(dp.up_index):
+            for a in (dp.state.addresses(idx) if idx is not None else []):
+                dp.fw.own.set(mapped16(a), u)
+
     def link_event(self, dp: Datapath, ev: tuple) -> None:
-        """An interface's IPv4 address changed: translations follow it, and the guard's set
-        of translated addresses with them."""
+        """An interface's address changed: the own-address table and the translations follow
+        it, and the guard's set of translated addresses with them."""
         if ev[0] in ("addr", "resync", "gone"):
+            self.refresh_own(dp)
             if dp.translation.refresh(dp.state, dp.up_index, []) and dp.guard is not None:
                 dp.guard.update_sets(dp.translation.guard_sets())
 

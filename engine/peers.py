@@ -7,8 +7,10 @@
                                  send N datagrams tagged with (SVC, PREF) (-1 -1: untagged)
   udp-count PORT SECONDS         count datagrams until SECONDS or SIGTERM, print JSON totals
   echo-server PORT SECONDS [ADDR] UDP echo on ADDR (default ::): every datagram back to its sender
-  echo-client DST PORT N [SIZE]  N requests (of SIZE bytes: fragments above the MTU), print
-                                 JSON {"sent", "answered", "rtt_ms"}
+  echo-client DST PORT N [SIZE] [DEV]
+                                 N requests (of SIZE bytes: fragments above the MTU), print
+                                 JSON {"sent", "answered", "rtt_ms", "port"}; DEV: the socket
+                                 bound to that device (SO_BINDTODEVICE)
   tcp-sink PORT                  accept one connection, answer "<bytes> <sha256>", print the
                                  longest pause between arrivals
   reach DST [SECONDS]            one ICMPv6/ICMP echo answered in time: exit 0 (no ping needed)
@@ -16,8 +18,9 @@
                                  send NBYTES of a fixed pseudo-random stream (tagged unless
                                  SVC is -1; 64 KiB every PACE_MS ms), print the answer
   tcp-serve PORT NBYTES          accept one connection and send it NBYTES of that stream
-  tcp-fetch DST PORT NBYTES      connect, read to the end, print JSON {"bytes", "ok"} (ok: the
-                                 stream, every byte)
+  tcp-fetch DST PORT NBYTES [DEV]
+                                 connect, read to the end, print JSON {"bytes", "ok", "port"}
+                                 (ok: the stream, every byte; DEV: bound to that device)
   ttl-probe DST PORT TTL         one UDP datagram with that TTL / hop limit, print JSON with
                                  the ICMP error that came back {"origin", "type", "code", "from"}
 """
@@ -126,8 +129,15 @@ def echo_server(port, seconds, bind="::"):
         s.sendto(data, addr)
 
 
-def echo_client(dst, port, n, size=0):
+def bind_device(s, dev):
+    """The socket on one device, as an application bound to an interface (not to the VI)."""
+    if dev:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode())
+
+
+def echo_client(dst, port, n, size=0, dev=""):
     s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    bind_device(s, dev)
     s.connect((dst, int(port)))      # answers from any other address are not answers
     s.settimeout(1.0)
     answered, rtts = 0, []
@@ -145,7 +155,8 @@ def echo_client(dst, port, n, size=0):
         rtts.append((time.monotonic() - t0) * 1000)
         time.sleep(0.02)
     print(json.dumps({"sent": int(n), "answered": answered,
-                      "rtt_ms": round(sorted(rtts)[len(rtts) // 2], 3) if rtts else None}))
+                      "rtt_ms": round(sorted(rtts)[len(rtts) // 2], 3) if rtts else None,
+                      "port": s.getsockname()[1]}))
 
 
 def accept_one(port):
@@ -166,8 +177,9 @@ def tcp_serve(port, nbytes):
     c.close()
 
 
-def tcp_fetch(dst, port, nbytes):
+def tcp_fetch(dst, port, nbytes, dev=""):
     c = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    bind_device(c, dev)
     c.settimeout(30)
     c.connect((dst, int(port)))
     got = bytearray()
@@ -176,7 +188,7 @@ def tcp_fetch(dst, port, nbytes):
         if not d:
             break
         got += d
-    print(json.dumps({"bytes": len(got), "ok": bytes(got) == stream(int(nbytes))}))
+    print(json.dumps({"bytes": len(got), "ok": bytes(got) == stream(int(nbytes)), "port": c.getsockname()[1]}))
 
 
 def ttl_probe(dst, port, ttl):

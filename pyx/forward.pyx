@@ -11,6 +11,7 @@ Two directions, one engine for ``mmr run`` (router) and ``mmr host`` (virtual in
                                              source), or outside the handover window
       route                                  (engine._pipeline: route_c: classify, flowbase,
                                              select)
+      host: from an interface's own address?  out of that interface, untranslated
       next hop known?  else DROP no_neighbour        (the uplink's gateway MAC)
       fits the uplink's MTU?  else DROP oversize, punt packet too big
       (an unknown hop-by-hop option, RFC 8200 4.2: DROP opt_unknown_discard / _icmp at parse;
@@ -320,6 +321,7 @@ cdef class Forwarder:
         self.in_mtu = 1500
         self.local = AddrTable(1024)
         self.hosts = AddrTable(hosts)
+        self.own = AddrTable(256)
         self.t_start = 0.0
         self.t_end = float("inf")
         self.last_active = 0.0
@@ -495,6 +497,7 @@ cdef class Forwarder:
         cdef mmr_row* r
         cdef const uint8_t* f
         cdef uint32_t mtu
+        cdef bint own
         cdef int16_t* out = self.pipe.outp
         cdef double now = ts[n - 1] if n else 0.0
         self.pipe.parse_c(base, off, lens, n)
@@ -527,6 +530,16 @@ cdef class Forwarder:
                 continue
             r = &self.pipe.rp[i]
             f = base + off[i]
+            own = False
+            if not self.router:
+                k = self.own.get_c(r.src)
+                if k >= 0 and k < self.n_up:
+                    # the host's own packet that its kernel routed via the VI (a reset, an
+                    # unreachable, a server's answer on an interface's address): out of the
+                    # interface whose address it has, as it is
+                    u = k
+                    out[i] = <int16_t>k
+                    own = True
             if (self.gw_mac_c[6 * u] | self.gw_mac_c[6 * u + 1] | self.gw_mac_c[6 * u + 2] |
                     self.gw_mac_c[6 * u + 3] | self.gw_mac_c[6 * u + 4] | self.gw_mac_c[6 * u + 5]) == 0:
                 self.drop(i, rows.R_NO_NEIGHBOUR)
@@ -558,7 +571,9 @@ cdef class Forwarder:
                 self.drop(i, rows.R_BAD_OFFLOAD)
                 continue
             # source translation, on the frame as it leaves (untagged Ethernet: IP at 14)
-            if r.family == 4 and self.nat_mode_c[u] and self.nat is not None and \
+            if own:
+                pass
+            elif r.family == 4 and self.nat_mode_c[u] and self.nat is not None and \
                     (self.nat_mode_c[u] == 2 or private4(r.src + 12)):
                 c = self.nat.out4(base + off[i] + 14, lens[i] - 14, u, ts[i],
                                   (vh[i].flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0)

@@ -467,6 +467,28 @@ def test_host_mode_translates_the_vi_and_leaves_the_hosts_own_ports_to_the_kerne
     assert fw.counters[CT.INDEX["nat_unsolicited"]] == 2
 
 
+def test_host_mode_sends_the_hosts_own_packets_by_their_interface_untranslated():
+    """What the host's kernel routes via vi0 from an interface's own address (a reset of a
+    closed port, a server's answer) leaves by that interface as it is, whatever the flow's
+    choice; the VI's own packets are still translated."""
+    fw, ref = host_nat_pair()
+    fw2, _ = host_nat_pair()
+    for x in (fw, fw2):
+        for u in range(2):
+            x.own.set(bytes(10) + b"\xff\xff" + EXT[u], u)
+    ref.own = {bytes(10) + b"\xff\xff" + EXT[u]: u for u in range(2)}
+    frames = [g.eth(g.ipv4(g.tcp(45000 + k, 80), 6, src=str(ipaddress.ip_address(EXT[k % 2]))), 0x0800)
+              for k in range(8)] + [g.eth(g.ipv4(g.udp(40000, 53), 17, src="198.18.99.10"), 0x0800)]
+    out = compare(fw, ref, frames, [{}] * 9, np.full(9, 10.0), "out")
+    assert out.tolist()[:8] == [k % 2 for k in range(8)]
+    out2, sent = sent_frames(fw2, frames)
+    assert out2.tolist() == out.tolist()
+    for k in range(8):
+        assert sent[k][14:] == frames[k][14:] and sent[k][:6] == GW_MAC[k % 2]   # addresses, ports as they were
+    assert sent[8][26:30] == EXT[int(out[8])]
+    assert len(fw2.nat) == 1                                    # a mapping for the VI's flow only
+
+
 def from_vi(f: bytes) -> bytes:
     """An IPv4 frame's source made the VI's address (the header checksum made right again;
     the upper layer's is left off: compiled and reference see the same bytes)."""
