@@ -16,11 +16,19 @@ whole.  The ready line says which offloads were taken; a kernel that refuses the
 gets the plain device (a warning, one packet per read).  MMR_TUN_OFFLOADS=0 in the
 environment asks for the plain device (tests, comparisons).
 
+IPv4 is translated per interface (engine/translate.py's NAPT44 with the VI as its LAN; nat
+"auto" means every source here): a packet from the VI leaves with the interface's own
+address and a mapping port, the reply comes back to the VI's address; the rest of what
+reaches an interface's address is the host's own (its sockets' ports are the kernel's
+range, never a mapping's), and what the host's kernel sends from an interface's address but
+routes via the VI (its default route) leaves by that interface untranslated (``fw.own``).
+IPv6 is not translated here (NAPT66): the VI's IPv6 prefix must be routed to the host.
+
 On start mmr creates the TUN device and gives it the addresses and routes of [host]; the
 kernel guard (engine/guard.py, table ``inet mmrhost``) keeps the kernel from also delivering
-VI-addressed packets that arrive on the physical interfaces, with the same handover as the
-router.  On stop the TUN device goes (its addresses and routes with it) and the table is
-removed: the host is as it was.
+VI-addressed packets that arrive on the physical interfaces, and replies to mappings' ports
+on the interfaces' addresses, with the same handover as the router.  On stop the TUN device
+goes (its addresses and routes with it) and the table is removed: the host is as it was.
 """
 from __future__ import annotations
 
