@@ -59,8 +59,10 @@ class Translation:
         self.cfg, self.fw, self.log = cfg, fw, log
         n = len(cfg.uplinks)
         # host mode (mmr host): the VI's address is never an interface's, so "auto" translates
-        # every IPv4 source; "none" is for networks that route the VI's prefix to the host
-        self.modes = [NAT_MODES[u.nat] if router else (0 if u.nat == "none" else 2) for u in cfg.uplinks]
+        # every IPv4 source; "none" is for networks that route the VI's prefix to the host (a
+        # VI without an IPv4 address has nothing to translate)
+        vi4 = not router and any(ipaddress.ip_interface(a).version == 4 for a in cfg.host.get("addresses", []))
+        self.modes = [NAT_MODES[u.nat] if router else (2 if vi4 and u.nat != "none" else 0) for u in cfg.uplinks]
         self.nat = self.npt = None
         self.ports = None
         if any(self.modes):
