@@ -9,8 +9,8 @@
   echo-server PORT SECONDS [ADDR] UDP echo on ADDR (default ::): every datagram back to its sender
   echo-client DST PORT N [SIZE] [DEV]
                                  N requests (of SIZE bytes: fragments above the MTU), print
-                                 JSON {"sent", "answered", "rtt_ms", "port"}; DEV: the socket
-                                 bound to that device (SO_BINDTODEVICE)
+                                 JSON {"sent", "answered", "rtt_ms"}; DEV: the socket bound to
+                                 that device (SO_BINDTODEVICE), its local "port" printed too
   tcp-sink PORT                  accept one connection, answer "<bytes> <sha256>", print the
                                  longest pause between arrivals
   reach DST [SECONDS]            one ICMPv6/ICMP echo answered in time: exit 0 (no ping needed)
@@ -19,8 +19,8 @@
                                  SVC is -1; 64 KiB every PACE_MS ms), print the answer
   tcp-serve PORT NBYTES          accept one connection and send it NBYTES of that stream
   tcp-fetch DST PORT NBYTES [DEV]
-                                 connect, read to the end, print JSON {"bytes", "ok", "port"}
-                                 (ok: the stream, every byte; DEV: bound to that device)
+                                 connect, read to the end, print JSON {"bytes", "ok"} (ok: the
+                                 stream, every byte; DEV: bound to that device, "port" too)
   ttl-probe DST PORT TTL         one UDP datagram with that TTL / hop limit, print JSON with
                                  the ICMP error that came back {"origin", "type", "code", "from"}
 """
@@ -156,7 +156,7 @@ def echo_client(dst, port, n, size=0, dev=""):
         time.sleep(0.02)
     print(json.dumps({"sent": int(n), "answered": answered,
                       "rtt_ms": round(sorted(rtts)[len(rtts) // 2], 3) if rtts else None,
-                      "port": s.getsockname()[1]}))
+                      **({"port": s.getsockname()[1]} if dev else {})}))
 
 
 def accept_one(port):
@@ -188,7 +188,8 @@ def tcp_fetch(dst, port, nbytes, dev=""):
         if not d:
             break
         got += d
-    print(json.dumps({"bytes": len(got), "ok": bytes(got) == stream(int(nbytes)), "port": c.getsockname()[1]}))
+    print(json.dumps({"bytes": len(got), "ok": bytes(got) == stream(int(nbytes)),
+                      **({"port": c.getsockname()[1]} if dev else {})}))
 
 
 def ttl_probe(dst, port, ttl):
