@@ -93,8 +93,9 @@ UPLINK_KEYS = {
                        hint="how many of the uplink's probe targets must answer for a probe round to count, e.g. 1"),
     "strip_option": Key("bool", False, hint="true (the traffic control option is removed before a packet "
                                             "leaves on this uplink: the edge of the option's domain) or false"),
-    "nat": Key("str", "auto", hint='"auto" (translate IPv4 sources in private space: RFC 1918, 100.64/10), '
-                                   '"masquerade" (every IPv4 source) or "none"'),
+    "nat": Key("str", "auto", hint='"auto" (translate IPv4 sources in private space: RFC 1918, 100.64/10; '
+                                   'mmr host: every IPv4 source from the VI), "masquerade" (every IPv4 '
+                                   'source) or "none"'),
     "nat6": Key("str", "none", hint='"npt" (RFC 6296 prefix translation to npt_prefix) or "none"'),
     "npt_prefix": Key("str", None, optional=True,
                       hint='"auto" (the uplink\'s own on-link prefix of the LAN prefix\'s length, answered '

@@ -16,11 +16,19 @@ whole.  The ready line says which offloads were taken; a kernel that refuses the
 gets the plain device (a warning, one packet per read).  MMR_TUN_OFFLOADS=0 in the
 environment asks for the plain device (tests, comparisons).
 
+IPv4 is translated per interface (engine/translate.py's NAPT44 with the VI as its LAN; nat
+"auto" means every source here): a packet from the VI leaves with the interface's own
+address and a mapping port, the reply comes back to the VI's address; the rest of what
+reaches an interface's address is the host's own (its sockets' ports are the kernel's
+range, never a mapping's), and what the host's kernel sends from an interface's address but
+routes via the VI (its default route) leaves by that interface untranslated (``fw.own``).
+IPv6 is not translated here (NAPT66): the VI's IPv6 prefix must be routed to the host.
+
 On start mmr creates the TUN device and gives it the addresses and routes of [host]; the
 kernel guard (engine/guard.py, table ``inet mmrhost``) keeps the kernel from also delivering
-VI-addressed packets that arrive on the physical interfaces, with the same handover as the
-router.  On stop the TUN device goes (its addresses and routes with it) and the table is
-removed: the host is as it was.
+VI-addressed packets that arrive on the physical interfaces, and replies to mappings' ports
+on the interfaces' addresses, with the same handover as the router.  On stop the TUN device
+goes (its addresses and routes with it) and the table is removed: the host is as it was.
 """
 from __future__ import annotations
 
@@ -29,7 +37,7 @@ import os
 import subprocess
 
 from engine.datapath import Datapath, Inside
-from engine.errors import UserError
+from engine.errors import ConfigError, UserError
 from engine.inet import mapped16
 
 NFT_TABLE = "mmrhost"
@@ -42,6 +50,11 @@ class VirtualInterface(Inside):
         self.addrs = [ipaddress.ip_interface(a) for a in cfg.host["addresses"]]
         self.tun = None
         self.bypass_said = False
+        for i, u in enumerate(cfg.uplinks):
+            if u.nat6 != "none":          # NPTv6 maps a LAN prefix; the VI's IPv6 needs NAPT66
+                raise ConfigError(cfg.path, f"uplink[{i}].nat6", f'"{u.nat6}" is not available in host mode '
+                                  f"(IPv6 from {self.vi} is sent with its own address)",
+                                  f'write "none" and have the networks route {self.vi}\'s IPv6 prefix to this host')
 
     def devices_needed(self, cfg) -> list[str]:
         return []
@@ -95,6 +108,24 @@ class VirtualInterface(Inside):
     def tables(self, dp: Datapath) -> None:
         for a in self.addrs:
             dp.fw.local.set(mapped16(a.ip), 1)
+        self.refresh_own(dp)
+        dp.translation.refresh(dp.state, dp.up_index, [])
+
+    def refresh_own(self, dp: Datapath) -> None:
+        """The interfaces' own addresses: what the host's kernel sends from one of them via
+        vi0 (its default route) leaves by that interface, untranslated."""
+        dp.fw.own.clear()
+        for u, idx in enumerate(dp.up_index):
+            for a in (dp.state.addresses(idx) if idx is not None else []):
+                dp.fw.own.set(mapped16(a), u)
+
+    def link_event(self, dp: Datapath, ev: tuple) -> None:
+        """An interface's address changed: the own-address table and the translations follow
+        it, and the guard's set of translated addresses with them."""
+        if ev[0] in ("addr", "resync", "gone"):
+            self.refresh_own(dp)
+            if dp.translation.refresh(dp.state, dp.up_index, []) and dp.guard is not None:
+                dp.guard.update_sets(dp.translation.guard_sets())
 
     def fds(self) -> list[int]:
         return [self.tun.fileno()]
@@ -114,11 +145,15 @@ class VirtualInterface(Inside):
         return up.qdisc_bypass
 
     def guard(self, dp: Datapath):
-        """The kernel must not also take the VI's packets off the interfaces."""
+        """The kernel must not also take the VI's packets off the interfaces, nor the replies
+        to translated flows (to an interface's address and a mapping's port: its stack would
+        answer them with a reset or a port unreachable)."""
+        ups = [u.device for u in dp.cfg.uplinks]
         a6 = ", ".join(str(a.ip) for a in self.addrs if a.version == 6)
         a4 = ", ".join(str(a.ip) for a in self.addrs if a.version == 4)
         rules = ([f"ip6 daddr {{ {a6} }} drop"] if a6 else []) + ([f"ip daddr {{ {a4} }} drop"] if a4 else [])
-        return NFT_TABLE, [u.device for u in dp.cfg.uplinks], rules, None
+        rules += dp.translation.guard_rules(ups)
+        return NFT_TABLE, ups, rules, dp.translation.guard_sets()
 
     def offload_text(self) -> str:
         if self.tun is None or not self.tun.vnet_hdr:

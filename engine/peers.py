@@ -11,8 +11,10 @@
   echo-server PORT SECONDS [ADDR] UDP echo on ADDR (default ::): every datagram back to its
                                  sender; on SIGTERM or after SECONDS prints JSON {"answered",
                                  "sources"}
-  echo-client DST PORT N [SIZE]  N requests (of SIZE bytes: fragments above the MTU), print
-                                 JSON {"sent", "answered", "rtt_ms"}
+  echo-client DST PORT N [SIZE] [DEV]
+                                 N requests (of SIZE bytes: fragments above the MTU), print
+                                 JSON {"sent", "answered", "rtt_ms"}; DEV: the socket bound to
+                                 that device (SO_BINDTODEVICE), its local "port" printed too
   tcp-sink PORT                  accept one connection, answer "<bytes> <sha256>", print the
                                  longest pause between arrivals
   reach DST [SECONDS]            one ICMPv6/ICMP echo answered in time: exit 0 (no ping needed)
@@ -20,8 +22,9 @@
                                  send NBYTES of a fixed pseudo-random stream (tagged unless
                                  SVC is -1; 64 KiB every PACE_MS ms), print the answer
   tcp-serve PORT NBYTES          accept one connection and send it NBYTES of that stream
-  tcp-fetch DST PORT NBYTES      connect, read to the end, print JSON {"bytes", "ok"} (ok: the
-                                 stream, every byte)
+  tcp-fetch DST PORT NBYTES [DEV]
+                                 connect, read to the end, print JSON {"bytes", "ok"} (ok: the
+                                 stream, every byte; DEV: bound to that device, "port" too)
   ttl-probe DST PORT TTL         one UDP datagram with that TTL / hop limit, print JSON with
                                  the ICMP error that came back {"origin", "type", "code", "from"}
   ra-send DEV LIFETIME ADDR...   one router advertisement out of DEV to all nodes, with an
@@ -147,8 +150,15 @@ def echo_server(port, seconds, bind="::"):
     print(json.dumps({"answered": answered, "sources": sources}), flush=True)
 
 
-def echo_client(dst, port, n, size=0):
+def bind_device(s, dev):
+    """The socket on one device, as an application bound to an interface (not to the VI)."""
+    if dev:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode())
+
+
+def echo_client(dst, port, n, size=0, dev=""):
     s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    bind_device(s, dev)
     s.connect((dst, int(port)))      # answers from any other address are not answers
     s.settimeout(1.0)
     answered, rtts = 0, []
@@ -166,7 +176,8 @@ def echo_client(dst, port, n, size=0):
         rtts.append((time.monotonic() - t0) * 1000)
         time.sleep(0.02)
     print(json.dumps({"sent": int(n), "answered": answered,
-                      "rtt_ms": round(sorted(rtts)[len(rtts) // 2], 3) if rtts else None}))
+                      "rtt_ms": round(sorted(rtts)[len(rtts) // 2], 3) if rtts else None,
+                      **({"port": s.getsockname()[1]} if dev else {})}))
 
 
 def accept_one(port):
@@ -187,8 +198,9 @@ def tcp_serve(port, nbytes):
     c.close()
 
 
-def tcp_fetch(dst, port, nbytes):
+def tcp_fetch(dst, port, nbytes, dev=""):
     c = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    bind_device(c, dev)
     c.settimeout(30)
     c.connect((dst, int(port)))
     got = bytearray()
@@ -197,7 +209,8 @@ def tcp_fetch(dst, port, nbytes):
         if not d:
             break
         got += d
-    print(json.dumps({"bytes": len(got), "ok": bytes(got) == stream(int(nbytes))}))
+    print(json.dumps({"bytes": len(got), "ok": bytes(got) == stream(int(nbytes)),
+                      **({"port": c.getsockname()[1]} if dev else {})}))
 
 
 def ttl_probe(dst, port, ttl):

@@ -146,6 +146,44 @@ PEER_CORP_ADDR = "2001:db8:ee:c0::1"      # the built-in host policy pins it to 
 HOST_VI_ADDR4 = "198.18.99.10"
 PEER_ADDR4 = "198.51.100.9"
 
+# Host mode on ordinary networks (issue 11 item 7): the host testbed's nodes and links, but
+# R1 and R2 route nothing to the virtual interface's prefixes and drop sources outside the
+# host's link at their customer port (BCP 38), and the peer knows only the links' prefixes:
+# a packet from vi0's address that is not translated is lost, as in the world.  The host has
+# the default routes DHCP and RA would have installed (via R1 on i1, metric 100; via R2 on
+# i2, metric 200), so its own sockets reach the peer without mmr, and `gateway = "auto"`
+# learns the gateways.  The peer has three IPv4 addresses: policies pin one to each interface
+# and leave the third to the metric.
+HOSTNAT = Topology(
+    HOST.nodes, HOST.links,
+    {**HOST.addrs, "peer": HOST.addrs["peer"] + [("lo", "198.51.100.19/32"), ("lo", "198.51.100.29/32")]},
+    {"host": [["-4", "route", "add", "default", "via", "198.18.21.1", "dev", "i1", "metric", "100"],
+              ["-6", "route", "add", "default", "via", "2001:db8:b1::1", "dev", "i1", "metric", "100"],
+              ["-4", "route", "add", "default", "via", "198.18.22.1", "dev", "i2", "metric", "200"],
+              ["-6", "route", "add", "default", "via", "2001:db8:b2::1", "dev", "i2", "metric", "200"]],
+     "r1": [["-6", "route", "add", "2001:db8:ee::/48", "via", "2001:db8:d1::2"],
+            ["-4", "route", "add", "198.51.100.0/24", "via", "198.18.31.2"]],
+     "r2": [["-6", "route", "add", "2001:db8:ee::/48", "via", "2001:db8:d2::2"],
+            ["-4", "route", "add", "198.51.100.0/24", "via", "198.18.32.2"]],
+     "peer": [["-6", "route", "add", "2001:db8:b1::/64", "via", "2001:db8:d1::1"],
+              ["-6", "route", "add", "2001:db8:b2::/64", "via", "2001:db8:d2::1"],
+              ["-4", "route", "add", "198.18.21.0/24", "via", "198.18.31.1"],
+              ["-4", "route", "add", "198.18.22.0/24", "via", "198.18.32.1"]]},
+    ("r1", "r2"), (),
+    ("host", "198.51.100.9"),
+    more_checks=(("host", "2001:db8:ee::1"),),
+    nft={r: f"""table inet bcp38 {{
+    chain forward {{
+        type filter hook forward priority 0; policy accept;
+        iifname "eth0" ip saddr != {v4} counter drop comment "bcp38"
+        iifname "eth0" ip6 saddr != {v6} counter drop comment "bcp38"
+    }}
+}}
+""" for r, v4, v6 in (("r1", "198.18.21.0/24", "2001:db8:b1::/64"),
+                      ("r2", "198.18.22.0/24", "2001:db8:b2::/64"))},
+)
+HOSTNAT_PEER4 = ("198.51.100.9", "198.51.100.19", "198.51.100.29")   # pinned to i1, to i2, free
+
 # Two real ISPs (issue 11): MN - MMR - ISP1/ISP2 - CN.
 #
 #   <p>mn  eth0 ---- lan0 <p>mmr up1 ---- eth0 <p>isp1 eth1 ---- eth1 <p>cn (lo: 2001:db8:ff::1,
@@ -209,7 +247,7 @@ ISP_CN_ADDR4 = "198.51.100.1"
 ISP_MN_ADDR4 = "192.168.1.10"
 ISP_MN_ADDR = "fd00:1::10"
 
-TOPOLOGIES = {"draft": DRAFT, "host": HOST, "isp": ISP}
+TOPOLOGIES = {"draft": DRAFT, "host": HOST, "hostnat": HOSTNAT, "isp": ISP}
 
 MN_ADDR = "2001:db8:1::10"
 CN_ADDR = "2001:db8:ff::1"

@@ -19,6 +19,12 @@ answer them with a TCP reset or a port unreachable) and packets to the NPT prefi
 no route for them).  "auto" ports are 1024-65535 without the kernel's own
 ip_local_port_range, so the router's own connections on an uplink address and the mappings
 never share a port.
+
+Host mode (``mmr host``) uses the same NAPT44 with the VI as its LAN: "auto" there means
+"masquerade" (every IPv4 packet from vi0 leaves with the interface's own address), so the
+host works on networks that route nothing to vi0's prefix; the host's own sockets on an
+interface's address keep their ports (the kernel's range) and the kernel never sees the
+replies to mappings.  IPv6 in host mode is not translated (it needs NAPT66).
 """
 from __future__ import annotations
 
@@ -116,7 +122,11 @@ class Translation:
 
         self.cfg, self.fw, self.log = cfg, fw, log
         n = len(cfg.uplinks)
-        self.modes = [NAT_MODES[u.nat] if router else 0 for u in cfg.uplinks]
+        # host mode (mmr host): the VI's address is never an interface's, so "auto" translates
+        # every IPv4 source; "none" is for networks that route the VI's prefix to the host (a
+        # VI without an IPv4 address has nothing to translate)
+        vi4 = not router and any(ipaddress.ip_interface(a).version == 4 for a in cfg.host.get("addresses", []))
+        self.modes = [NAT_MODES[u.nat] if router else (2 if vi4 and u.nat != "none" else 0) for u in cfg.uplinks]
         self.nat = self.npt = None
         self.ports = None
         if any(self.modes):

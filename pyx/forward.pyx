@@ -11,6 +11,7 @@ Two directions, one engine for ``mmr run`` (router) and ``mmr host`` (virtual in
                                              source), or outside the handover window
       route                                  (engine._pipeline: route_c: classify, flowbase,
                                              select)
+      host: from an interface's own address?  out of that interface, untranslated
       next hop known?  else DROP no_neighbour        (the uplink's gateway MAC for the
                                              packet's family: gw_mac[u, 0] IPv4, [u, 1] IPv6)
       fits the uplink's MTU?  else DROP oversize, punt packet too big
@@ -23,6 +24,9 @@ Two directions, one engine for ``mmr run`` (router) and ``mmr host`` (virtual in
 
   inbound    uplink u -> inside
       parse, verdict
+      translated back?  a reply to a mapping of uplink u's address (NAPT44; router: NPTv6
+               too) gets the LAN host's (host: the VI's) address and port again; to a
+               mapping's port without a mapping: DROP nat_unsolicited
       ours?    router: to uplink u's MAC, to a LAN prefix, not to the router itself;
                host: to an address of the VI.  Else KERNEL (probe replies, ND, ...)
       router: the LAN host's MAC known?  else DROP no_neighbour, punt a resolution
@@ -320,6 +324,7 @@ cdef class Forwarder:
         self.in_mtu = 1500
         self.local = AddrTable(1024)
         self.hosts = AddrTable(hosts)
+        self.own = AddrTable(256)
         self.t_start = 0.0
         self.t_end = float("inf")
         self.last_active = 0.0
@@ -496,6 +501,7 @@ cdef class Forwarder:
         cdef const uint8_t* f
         cdef const uint8_t* gw
         cdef uint32_t mtu
+        cdef bint own
         cdef int16_t* out = self.pipe.outp
         cdef double now = ts[n - 1] if n else 0.0
         self.pipe.parse_c(base, off, lens, n)
@@ -528,6 +534,16 @@ cdef class Forwarder:
                 continue
             r = &self.pipe.rp[i]
             f = base + off[i]
+            own = False
+            if not self.router:
+                k = self.own.get_c(r.src)
+                if k >= 0 and k < self.n_up:
+                    # the host's own packet that its kernel routed via the VI (a reset, an
+                    # unreachable, a server's answer on an interface's address): out of the
+                    # interface whose address it has, as it is
+                    u = k
+                    out[i] = <int16_t>k
+                    own = True
             gw = self.gw_mac_c + 12 * u + (6 if r.family == 6 else 0)
             if (gw[0] | gw[1] | gw[2] | gw[3] | gw[4] | gw[5]) == 0:
                 self.drop(i, rows.R_NO_NEIGHBOUR)   # no next hop for this family on u
@@ -559,7 +575,9 @@ cdef class Forwarder:
                 self.drop(i, rows.R_BAD_OFFLOAD)
                 continue
             # source translation, on the frame as it leaves (untagged Ethernet: IP at 14)
-            if r.family == 4 and self.nat_mode_c[u] and self.nat is not None and \
+            if own:
+                pass
+            elif r.family == 4 and self.nat_mode_c[u] and self.nat is not None and \
                     (self.nat_mode_c[u] == 2 or private4(r.src + 12)):
                 c = self.nat.out4(base + off[i] + 14, lens[i] - 14, u, ts[i],
                                   (vh[i].flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0)
@@ -611,9 +629,10 @@ cdef class Forwarder:
                 out[i] = OUT_KERNEL
                 self.cnt[CNT_HANDOVER] += 1
                 continue
-            if self.router and not (vlan != NULL and vlan[i]) and memcmp(f, self.up_mac_c + 6 * u, 6) == 0:
+            if not (vlan != NULL and vlan[i]) and memcmp(f, self.up_mac_c + 6 * u, 6) == 0:
                 # a reply to a translated flow (sent to this uplink's MAC, not another host's
-                # on the ISP's segment): back to the LAN host's address and port
+                # on the ISP's segment): back to the LAN host's (host mode: the VI's) address
+                # and port; what NAT passes (the machine's own sockets) stays the kernel's
                 c = NAT_PASS
                 if r.family == 4 and self.nat_mode_c[u] and self.nat is not None:
                     c = self.nat.in4(base + off[i] + r.l3_off, lens[i] - r.l3_off, u, ts[i],

@@ -458,3 +458,111 @@ def test_translation_agrees_with_the_reference(outs, ins, u, modes):
             f[30:34] = EXT[u]                              # to the uplink's address (checksum off)
         back.append(bytes(f))
     compare(fw, ref, back, [{}] * len(back), np.full(len(back), 11.0), "in", u)
+
+
+# ------------------------------------------------------------------ host mode translation
+VI4 = to_mapped(ipaddress.ip_network("198.18.99.10/32")).network_address.packed
+KERNEL_PORTS = (32768, 60999)               # ip_local_port_range: the host's own sockets
+
+
+def host_nat_pair(capacity=64):
+    """mmr host: the VI's address is the only inside one, every IPv4 source translated."""
+    fw, ref = pair(router=False, local=[VI4], in_mtu=65535)
+    c = _nat.Nat44(2, capacity, seed=5, avoid=KERNEL_PORTS)
+    r = Nat44Ref(2, capacity, seed=5, avoid=KERNEL_PORTS)
+    for u in range(2):
+        c.set_address(u, EXT[u])
+        r.set_address(u, EXT[u])
+    fw.set_nat(c, [2, 2], None)
+    ref.set_nat(r, [2, 2], None)
+    return fw, ref
+
+
+def to_uplink(u, proto_l4, proto, src="198.51.100.9"):
+    return g.eth(g.ipv4(proto_l4, proto, src=src, dst=str(ipaddress.ip_address(EXT[u]))), 0x0800, dst=UP_MAC[u])
+
+
+def test_host_mode_translates_the_vi_and_leaves_the_hosts_own_ports_to_the_kernel():
+    fw, ref = host_nat_pair()
+    fw2, _ = host_nat_pair()
+    ts = np.full(1, 10.0)
+    f = g.eth(g.ipv4(g.udp(40000, 53), 17, src="198.18.99.10", dst="198.51.100.9"), 0x0800)
+    u = int(compare(fw, ref, [f], [{}], ts, "out")[0])
+    out, [sent] = sent_frames(fw2, [f])
+    assert u >= 0 and int(out[0]) == u and sent[26:30] == EXT[u]
+    port = struct.unpack("!H", sent[34:36])[0]
+    assert not KERNEL_PORTS[0] <= port <= KERNEL_PORTS[1]      # never a port the kernel's sockets take
+    reply = to_uplink(u, g.udp(53, port), 17)
+    assert compare(fw, ref, [reply], [{}], ts, "in", u).tolist() == [0]
+    out, [back] = sent_frames(fw2, [reply], "in", u)
+    assert out.tolist() == [0] and back[30:34] == g.a4("198.18.99.10") and back[36:38] == struct.pack("!H", 40000)
+    # to the interface's address: a mapping's port without a mapping is dropped and counted;
+    # the host's own sockets (ports of the kernel's range) and pings to it are the kernel's;
+    # a reply from another remote than the mapping's is unsolicited
+    others = [to_uplink(u, g.udp(53, port + 1), 17), to_uplink(u, g.udp(53, 40001), 17),
+              to_uplink(u, g.tcp(80, 45000), 6), to_uplink(u, g.icmp4_echo(ident=port), 1),
+              to_uplink(u, g.udp(53, port), 17, src="198.51.100.10")]
+    assert compare(fw, ref, others, [{}] * 5, np.full(5, 10.0), "in", u).tolist() == [-3, -2, -2, -2, -3]
+    assert fw.counters[CT.INDEX["nat_unsolicited"]] == 2
+
+
+def test_host_mode_sends_the_hosts_own_packets_by_their_interface_untranslated():
+    """What the host's kernel routes via vi0 from an interface's own address (a reset of a
+    closed port, a server's answer) leaves by that interface as it is, whatever the flow's
+    choice; the VI's own packets are still translated."""
+    fw, ref = host_nat_pair()
+    fw2, _ = host_nat_pair()
+    for x in (fw, fw2):
+        for u in range(2):
+            x.own.set(bytes(10) + b"\xff\xff" + EXT[u], u)
+    ref.own = {bytes(10) + b"\xff\xff" + EXT[u]: u for u in range(2)}
+    frames = [g.eth(g.ipv4(g.tcp(45000 + k, 80), 6, src=str(ipaddress.ip_address(EXT[k % 2]))), 0x0800)
+              for k in range(8)] + [g.eth(g.ipv4(g.udp(40000, 53), 17, src="198.18.99.10"), 0x0800)]
+    out = compare(fw, ref, frames, [{}] * 9, np.full(9, 10.0), "out")
+    assert out.tolist()[:8] == [k % 2 for k in range(8)]
+    out2, sent = sent_frames(fw2, frames)
+    assert out2.tolist() == out.tolist()
+    for k in range(8):
+        assert sent[k][14:] == frames[k][14:] and sent[k][:6] == GW_MAC[k % 2]   # addresses, ports as they were
+    assert sent[8][26:30] == EXT[int(out[8])]
+    assert len(fw2.nat) == 1                                    # a mapping for the VI's flow only
+
+
+def from_vi(f: bytes) -> bytes:
+    """An IPv4 frame's source made the VI's address (the header checksum made right again;
+    the upper layer's is left off: compiled and reference see the same bytes)."""
+    l3 = 14
+    while f[l3 - 2:l3] in (b"\x81\x00", b"\x88\xa8") and len(f) >= l3 + 4:
+        l3 += 4
+    ihl = (f[l3] & 15) * 4 if len(f) > l3 else 0
+    if f[l3 - 2:l3] != b"\x08\x00" or ihl < 20 or len(f) < l3 + ihl:
+        return f
+    h = bytearray(f[l3:l3 + ihl])
+    h[12:16] = g.a4("198.18.99.10")
+    h[10:12] = b"\0\0"
+    h[10:12] = struct.pack("!H", g.checksum(bytes(h)))
+    return f[:l3] + bytes(h) + f[l3 + ihl:]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(g.valid_frame(), min_size=1, max_size=16), st.lists(g.valid_frame(), min_size=1, max_size=16),
+       st.integers(0, 1))
+def test_host_mode_translation_agrees_with_the_reference(outs, ins, u):
+    """Random frames out of the VI, then random frames to the interface's address (and the
+    translated ones' replies) in: the same verdicts, bytes and counters as the reference."""
+    outs = [from_vi(f) for f in outs]
+    fw, ref = host_nat_pair()
+    compare(fw, ref, outs, [{}] * len(outs), np.full(len(outs), 10.0), "out")
+    fw2, _ = host_nat_pair()                    # the same seed: the same mappings
+    out2, sent = sent_frames(fw2, outs)
+    back = [to_uplink(u, g.udp(*struct.unpack("!HH", f[36:38] + f[34:36])), 17,
+                      src=str(ipaddress.ip_address(f[30:34])))
+            for v, f in zip(out2.tolist(), sent) if v == u and f[12:14] == b"\x08\x00" and f[14] == 0x45
+            and f[23] == 17 and not struct.unpack("!H", f[20:22])[0] & 0x3FFF]
+    for f in ins:
+        f = bytearray(f)
+        f[:6] = UP_MAC[u]
+        if len(f) >= 34 and f[12:14] == b"\x08\x00":
+            f[30:34] = EXT[u]
+        back.append(bytes(f))
+    compare(fw, ref, back, [{}] * len(back), np.full(len(back), 11.0), "in", u)

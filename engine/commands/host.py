@@ -17,6 +17,13 @@ the flows of a failed interface to a live one; they keep the VI's address, so op
 connections continue.  Rules may pin a destination, port or service to one interface
 (uplink = "NAME": only via that interface).
 
+IPv4 is translated per interface (each [[uplink]]'s nat, "auto" by default, which in host
+mode translates every IPv4 packet from the VI): it leaves with the interface's own address
+and a mapping port, so the networks need not route the VI's IPv4 address; replies to the
+mapping come back to the VI, anything else to the interface's address stays the host's own.
+nat = "none" sends the VI's address as it is (the network routes it).  IPv6 is not
+translated in host mode: the VI's IPv6 address must be routed to the host.
+
 'mmr status', 'mmr flows' and 'mmr reload' (or SIGHUP) work as with 'mmr run'.
 
 On stop (SIGINT/SIGTERM) the TUN device goes, with its addresses and routes, and the
@@ -26,10 +33,11 @@ off the physical interfaces) is removed: the host is as it was.  The table belon
 
 EPILOG = """\
 needs: root, or a user with CAP_NET_RAW and CAP_NET_ADMIN as ambient capabilities and
-access to /dev/net/tun (mode 0666 on Debian); iproute2, nftables; the peers behind the
-interfaces must route the VI's addresses back to this host (the built-in policy matches
-'mmr testbed up --topology host').  A missing TUN device, interface or gateway, or an
-address clash ends in one sentence, exit 2.
+access to /dev/net/tun (mode 0666 on Debian); iproute2, nftables; the networks behind the
+interfaces must route the VI's IPv6 addresses back to this host (IPv4 is translated; the
+built-in policy matches 'mmr testbed up --topology host', and 'mmr testbed up --topology
+hostnat' builds networks that route nothing to the VI).  A missing TUN device, interface or
+gateway, an address clash, or nat6 on a host's uplink ends in one sentence, exit 2.
 
 service: contrib/systemd/mmr-host.service ('mmr host --config /etc/mmr/mmr.toml', notify,
 watchdog, a dynamic user with the two capabilities).  Logging as for 'mmr run'.

@@ -24,6 +24,15 @@ traffic from CN still reaches the MMR when one of its uplinks is down.
   <prefix>peer 2001:db8:ee::1, 198.51.100.9 (loopback); routes the VI prefixes
                2001:db8:99::/64 and 198.18.99.0/24 back via r1 and r2
 
+--topology hostnat builds the same host on ordinary networks (issue 11 item 7):
+
+  <prefix>host i1 198.18.21.2, i2 198.18.22.2 (and IPv6); default routes via r1 (metric 100)
+               and r2 (metric 200), as DHCP and RA would install them
+  <prefix>r1, <prefix>r2   route nothing to the VI's prefixes and drop sources outside the
+               host's link (BCP 38)
+  <prefix>peer 198.51.100.9, .19, .29, 2001:db8:ee::1; routes only the links' prefixes
+  so only translated IPv4 from vi0 reaches the peer ('mmr host' with nat "auto")
+
 --topology isp builds two real ISPs instead (what mmr must overcome; issue 11):
 
   <prefix>mn   eth0 192.168.1.10, fd00:1::10     LAN private: 192.168.1.0/24, ULA fd00:1::/64
@@ -57,9 +66,11 @@ def register(sub) -> None:
     p.add_argument("action", choices=["up", "down", "status"], help="build, remove or list")
     p.add_argument("--prefix", default="mmr-", metavar="P",
                    help="namespace name prefix (default 'mmr-')")
-    p.add_argument("--topology", choices=["draft", "host", "isp"], default="draft",
+    p.add_argument("--topology", choices=["draft", "host", "hostnat", "isp"], default="draft",
                    help="draft: MN - MMR - AR1/AR2 - CN (default); host: a host with interfaces "
-                        "i1, i2 via routers r1, r2 to a peer, for 'mmr host'; isp: a private LAN "
+                        "i1, i2 via routers r1, r2 to a peer that routes the VI's prefixes back, for "
+                        "'mmr host'; hostnat: the same host where nothing routes the VI's prefixes and "
+                        "the routers drop foreign sources (BCP 38); isp: a private LAN "
                         "behind two ISPs with BCP 38, ISP2 over an L3 device")
     p.set_defaults(func=run)
 

@@ -36,6 +36,7 @@ class RefForwarder:
                          for up in cfg.uplinks[:n_uplinks]] + [0] * max(0, n_uplinks - len(cfg.uplinks))
         self.in_mtu = 1500
         self.local: set[bytes] = set()
+        self.own: dict[bytes, int] = {}           # host mode: an interface's address -> its uplink
         self.lan_nets: list[tuple[bytes, bytes]] = []
         self.kernel_nets: list[tuple[bytes, bytes]] = []
         self.hosts: dict[bytes, bytes] = {}
@@ -167,6 +168,9 @@ class RefForwarder:
                 if u == KERNEL:
                     self.count("kernel")
                 continue
+            own = not self.router and bytes(rows[i]["src"]) in self.own
+            if own:                                   # the host's own packet: its interface, as it is
+                u = out[i] = self.own[bytes(rows[i]["src"])]
             v = _vnet(vnets[i])
             gw = self.gw_mac[u]
             if not isinstance(gw, bytes):
@@ -183,7 +187,7 @@ class RefForwarder:
                 self.count("csum_finished" if not v["gso_type"] else "super_frames")
             sent[i] = self._emit(out, rows, i, frames[i], v, self.up_mac[u], gw, hop=self.router,
                                  strip=self.up_strip[u])
-            if sent[i] is not None:
+            if sent[i] is not None and not own:
                 f, v = sent[i]
                 code, f = self._translate(True, f, 14, rows[i], u, ts[i], bool(v["flags"] & NEEDS_CSUM))
                 if code not in (N.OK, N.PASS):
@@ -209,7 +213,7 @@ class RefForwarder:
                 out[i] = KERNEL
                 self.count("handover")
                 continue
-            if self.router and f[:6] == self.up_mac[u]:
+            if f[:6] == self.up_mac[u]:          # host mode too: replies to the VI's mappings
                 l3 = int(r["l3_off"])
                 code, f2 = self._translate(False, f, l3, r, u, ts[i], bool(vnets[i]["flags"] & NEEDS_CSUM))
                 if code not in (N.OK, N.PASS):

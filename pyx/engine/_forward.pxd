@@ -92,6 +92,7 @@ cdef class Forwarder:
     cdef readonly Py_ssize_t n_hosts, n_lan, n_kernel
     cdef public int in_mtu
     cdef readonly AddrTable local, hosts
+    cdef readonly AddrTable own               # host mode: an interface's own address -> its uplink
     cdef public double t_start, t_end, last_active
     cdef bint tun_ready
     cdef double* now_c
