@@ -107,20 +107,27 @@ class Demo:
 
         tb = Testbed(self.prefix)
         self.say(f"building the testbed (namespaces {self.prefix}mn/mmr/ar1/ar2/cn) ...")
+        (video_rx, echo), counts, summary = self._in_testbed(
+            tb, AR_NODES, _counters_table(VIDEO_PORT, ECHO_PORT), self._traffic)
+        return self._report(names, ar_of, exp_video, exp_echo, counts, video_rx, echo, summary)
+
+    def _in_testbed(self, tb: Testbed, nodes, counters: str, traffic):
+        """Build tb, put the counters table on nodes, start mmr run, run traffic(tb); returns
+        (what traffic returned, the counters, mmr's summary).  mmr is stopped and the
+        testbed removed (unless --keep) whatever happens."""
         tb.up()
         router = None
         try:
-            for ar in AR_NODES:
-                subprocess.run(["ip", "netns", "exec", tb.ns(ar), "nft", "-f", "-"],
-                               input=_counters_table(VIDEO_PORT, ECHO_PORT), text=True, check=True,
-                               capture_output=True)
+            for node in nodes:
+                subprocess.run(["ip", "netns", "exec", tb.ns(node), "nft", "-f", "-"], input=counters,
+                               text=True, check=True, capture_output=True)
             router = self._start_router(tb)
             self.say(f"mmr run started on {self.prefix}mmr\n")
-            video_rx, echo = self._traffic(tb)
-            counts = {ar: read_counters(tb, ar) for ar in AR_NODES}
+            result = traffic(tb)
+            counts = {node: read_counters(tb, node) for node in nodes}
             summary = self._stop_router(router)
             router = None
-            return self._report(names, ar_of, exp_video, exp_echo, counts, video_rx, echo, summary)
+            return result, counts, summary
         finally:
             if router is not None:
                 self._stop_router(router)
@@ -291,28 +298,10 @@ class IspDemo(Demo):
         tb = Testbed(self.prefix, ISP)
         self.say(f"building the ISP testbed (namespaces {self.prefix}mn/mmr/isp1/isp2/cn; a private "
                  f"LAN, BCP 38 at both ISPs, CN with no route to the LAN) ...")
-        tb.up()
-        router = None
-        try:
-            for isp in ISP_NODES:
-                subprocess.run(["ip", "netns", "exec", tb.ns(isp), "nft", "-f", "-"],
-                               input=_isp_counters_table(), text=True, check=True, capture_output=True)
-            router = self._start_router(tb)
-            self.say(f"mmr run started on {self.prefix}mmr\n")
-            own = {u.name: self._addresses(tb, u.device) for u in cfg.uplinks}
-            got = self._isp_traffic(tb)
-            counts = {isp: read_counters(tb, isp) for isp in ISP_NODES}
-            summary = self._stop_router(router)
-            router = None
-            return self._isp_report(cfg, want, own, counts, got, summary)
-        finally:
-            if router is not None:
-                self._stop_router(router)
-            if self.keep:
-                self.say(f"\ntestbed kept; remove it with 'mmr testbed down --prefix {self.prefix}'")
-            else:
-                tb.down()
-                self.say("\ntestbed removed")
+        (own, got), counts, summary = self._in_testbed(
+            tb, ISP_NODES, _isp_counters_table(),
+            lambda tb: ({u.name: self._addresses(tb, u.device) for u in cfg.uplinks}, self._isp_traffic(tb)))
+        return self._isp_report(cfg, want, own, counts, got, summary)
 
     @staticmethod
     def _translation(u) -> str:
