@@ -42,6 +42,12 @@ ENGINE_KEYS = {
     "lan_prefixes": Key("prefixes", [],          # [] (the default): learned from the LAN device
                         hint='a list of prefixes such as ["2001:db8:1::/64"] (leave it out to take '
                              'the networks of the LAN device\'s addresses)'),
+    "routed_prefixes": Key("prefixes", [],
+                           hint='a list of LAN prefixes open to connections from outside, such as '
+                                '["2001:db8:1:8::/64"] (leave it out: only replies to the LAN\'s own '
+                                'flows get in)'),
+    "edge_capacity": Key("int", 65536, 1, 1 << 24,
+                         hint="the flows the stateful edge tracks, 1 to 16777216, e.g. 65536"),
     "option_type": Key("int", C.DEFAULT_OPTION_TYPE, 0x20, 0x3F,
                        hint="an option type of the form 001xxxxx: 0x20..0x3F (default 0x3E)"),
     "flow_capacity": Key("int", 65536, 1, 1 << 26, hint="a flow count from 1 to 67108864"),
@@ -90,6 +96,8 @@ UPLINK_KEYS = {
     "nat": Key("str", "auto", hint='"auto" (translate IPv4 sources in private space: RFC 1918, 100.64/10), '
                                    '"masquerade" (every IPv4 source) or "none"'),
     "nat6": Key("str", "none", hint='"npt" (RFC 6296 prefix translation to npt_prefix) or "none"'),
+    "edge": Key("str", "stateful", hint='"stateful" (from this uplink only replies to the LAN\'s flows and '
+                                        'routed_prefixes get in) or "open" (everything to the LAN: a routed setup)'),
     "npt_prefix": Key("str", None, optional=True,
                       hint='the prefix the LAN\'s IPv6 prefix maps to, routed to this router by the ISP '
                            '(e.g. a delegated "2001:db8:a1:100::/64"), as long as the LAN prefix'),
@@ -214,6 +222,7 @@ class Uplink:
     nat: str = "auto"                                      # IPv4 source translation: auto, masquerade, none
     nat6: str = "none"                                     # IPv6: npt or none
     npt_prefix: ipaddress.IPv6Network | None = None
+    edge: str = "stateful"                                 # the stateful edge: stateful or open
 
 
 @dataclass
@@ -246,6 +255,8 @@ class Config:
     lan_prefixes: list = field(default_factory=list)
     lan_prefixes_learned: bool = False      # none configured: the LAN device's own, followed
     nat_ports: str | tuple | None = "auto"  # parsed: None (auto) or (low, high)
+    routed_prefixes: list = field(default_factory=list)    # LAN prefixes open to unsolicited inbound
+    edge_capacity: int = 65536
     option_type: int = C.DEFAULT_OPTION_TYPE
     flow_capacity: int = 65536
     idle_timeout_s: float = 120.0
@@ -499,6 +510,13 @@ class _Loader:
         if len(cfg.lan_prefixes) > 64:
             self.err("engine.lan_prefixes", f"{len(cfg.lan_prefixes)} prefixes is more than mmr takes",
                      "list at most 64 (aggregate them)")
+        if len(cfg.routed_prefixes) > 256:
+            self.err("engine.routed_prefixes", f"{len(cfg.routed_prefixes)} prefixes is more than mmr takes",
+                     "list at most 256 (aggregate them)")
+        for net in cfg.routed_prefixes:
+            if cfg.lan_prefixes and not any(net.version == p.version and net.subnet_of(p) for p in cfg.lan_prefixes):
+                self.err("engine.routed_prefixes", f"{net} is not inside the LAN's lan_prefixes",
+                         "write a prefix inside one of " + ", ".join(map(str, cfg.lan_prefixes)))
         self.uplinks(raw, cfg)
         self.classes(raw, cfg)
         self.policies(raw, cfg)
@@ -649,6 +667,9 @@ class _Loader:
         if v["nat6"] not in ("npt", "none"):
             self.err(f"{where}.nat6", f"{_short(v['nat6'])} is not an IPv6 translation", 'write "npt" or "none"')
         up.nat6 = v["nat6"]
+        if v["edge"] not in ("stateful", "open"):
+            self.err(f"{where}.edge", f"{_short(v['edge'])} is not an edge mode", 'write "stateful" or "open"')
+        up.edge = v["edge"]
         if v["npt_prefix"] is not None:
             net = self.prefix(f"{where}.npt_prefix", v["npt_prefix"])
             if net.version != 6 or net.prefixlen > 64:

@@ -45,7 +45,7 @@ from engine._pipeline import Pipeline
 from engine.connmgr import ConnectionManager
 from engine.control import ControlServer
 from engine.errors import UserError
-from engine.translate import Translation
+from engine.translate import Translation, edge_status, make_edge
 from engine.guard import KernelGuard
 from engine.icmperr import packet_too_big, parameter_problem, time_exceeded
 from engine.log import Log
@@ -219,6 +219,7 @@ class Datapath:
             self.fw.param_problems = False
             self.counters = self.fw.counters          # the one table (engine/counters.py)
             self.translation = Translation(cfg, self.fw, inside.router, self.log)
+            self.edge = make_edge(cfg, self.fw, inside.router)
             for u, up in enumerate(cfg.uplinks):
                 link = self.state.link(up.device)
                 if len(link.mac) == 6:               # an L3 device (PPP, raw IP, TUN) has none
@@ -715,6 +716,8 @@ class Datapath:
         self._follow_gateways()
         now = time.time()
         self.translation.expire(now)
+        if self.edge is not None:
+            self.edge.expire(now)
         self.pipe.expire(now)
         for w in self.workers:
             w.post(lambda w: w.pipe.expire(now))
@@ -804,14 +807,16 @@ class Datapath:
             return {"ok": False, "message": f"rejected, the old policy keeps running: {exc}"}
         old = self.cfg
         def wiring(c):
-            return [(u.name, u.device, u.gateway, u.gateway_mac, u.nat, u.nat6, u.npt_prefix) for u in c.uplinks]
+            return [(u.name, u.device, u.gateway, u.gateway_mac, u.nat, u.nat6, u.npt_prefix, u.edge)
+                    for u in c.uplinks]
         same = (new.lan == old.lan and wiring(new) == wiring(old) and new.option_type == old.option_type
-                and new.host == old.host and new.nat_ports == old.nat_ports)
+                and new.host == old.host and new.nat_ports == old.nat_ports
+                and new.routed_prefixes == old.routed_prefixes and new.edge_capacity == old.edge_capacity)
         if not same:
             return {"ok": False, "message": "rejected, the old policy keeps running: the LAN device, the "
-                                            "uplinks (names, devices, order, gateways, translation), "
-                                            "nat_ports, the option type or [host] changed; those need a "
-                                            "restart"}
+                                            "uplinks (names, devices, order, gateways, translation, edge), "
+                                            "nat_ports, routed_prefixes, edge_capacity, the option type or "
+                                            "[host] changed; those need a restart"}
         if len(new.lan_prefixes) > self.fw.lan_net.shape[0]:
             return {"ok": False, "message": f"rejected, the old policy keeps running: more than "
                                             f"{self.fw.lan_net.shape[0]} lan_prefixes"}
@@ -859,6 +864,7 @@ class Datapath:
                     "mode": self.mode, "counters": snap["counters"], "drops": snap["drops"],
                     "workers": self.worker_table(),
                     "translation": self.translation.status(),
+                    "edge": edge_status(self.cfg, self.edge),
                     "next_hops": {u.name: (str(ipaddress.ip_address(self.gw_addr[k])) if self.gw_addr[k] else
                                            ("point-to-point" if self.up_tx[k] is not None and self.up_tx[k].l3
                                             else None)) for k, u in enumerate(self.cfg.uplinks)}}

@@ -20,7 +20,7 @@ from __future__ import annotations
 import ipaddress
 import time
 
-from engine.config import NAT_MODES
+from engine.config import NAT_MODES, to_mapped
 
 KERNEL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
 ULA = ipaddress.ip_network("fc00::/7")
@@ -163,3 +163,25 @@ class Translation:
 
         return Nat44(1, 1024).bytes_per_mapping
 
+
+
+def make_edge(cfg, fw, router: bool):
+    """The stateful edge (pyx/edge.pyx) for the uplinks whose edge is "stateful", and the
+    routed prefixes open to unsolicited inbound; None when no uplink has one (or in host
+    mode, where the VI's own stack is the endpoint)."""
+    from engine._edge import Edge
+
+    modes = [int(router and u.edge == "stateful") for u in cfg.uplinks]
+    edge = Edge(cfg.edge_capacity) if any(modes) else None
+    fw.set_edge(edge, modes)
+    fw.set_routed_prefixes([(n.network_address.packed, n.netmask.packed)
+                            for n in map(to_mapped, cfg.routed_prefixes)])
+    return edge
+
+
+def edge_status(cfg, edge) -> dict:
+    out = {"uplinks": {u.name: u.edge for u in cfg.uplinks},
+           "routed_prefixes": [str(n) for n in cfg.routed_prefixes]}
+    if edge is not None:
+        out.update(edge.stats())
+    return out

@@ -58,6 +58,7 @@ from engine._rewrite cimport (rewrite_one, finish_checksum, RW_MACS, RW_HOP, RW_
 from engine._ring cimport RxRing, TxSocket
 from engine._tun cimport Tun
 from engine._nat cimport Nat44, Npt66, NAT_OK, NAT_PASS, NAT_UNKNOWN, NAT_EXHAUSTED, NAT_NO_ADDRESS
+from engine._edge cimport Edge, EDGE_OK, EDGE_FULL
 
 import os
 import time
@@ -364,6 +365,14 @@ cdef class Forwarder:
         self.nat_mode = np.zeros(max(n_uplinks, 1), np.uint8)
         cdef uint8_t[::1] nm = self.nat_mode
         self.nat_mode_c = &nm[0]
+        self.edge = None
+        self.edge_mode = np.zeros(max(n_uplinks, 1), np.uint8)
+        cdef uint8_t[::1] em = self.edge_mode
+        self.edge_mode_c = &em[0]
+        self.open_net = np.zeros((256, 2, 16), np.uint8)
+        cdef uint8_t[:, :, ::1] on = self.open_net
+        self.open_net_c = &on[0, 0, 0]
+        self.n_open = 0
 
     def set_strip(self, cfg):
         """[[uplink]] strip_option: the option type each uplink removes (0: none)."""
@@ -384,6 +393,23 @@ cdef class Forwarder:
             self.nat_mode[u] = m
         self.nat = nat
         self.npt = npt
+
+    def set_edge(self, Edge edge, modes):
+        """The stateful edge: edge (None: none) for the uplinks whose mode is 1; 0 lets an
+        uplink's inbound through unchecked (a routed setup).  Router only: in host mode the
+        VI's own stack is the endpoint."""
+        if len(modes) != self.n_up:
+            raise ValueError(f"give an edge mode for each of the {self.n_up} uplinks")
+        for u, m in enumerate(modes):
+            if m not in (0, 1):
+                raise ValueError("an edge mode is 0 or 1")
+            self.edge_mode[u] = m
+        self.edge = edge
+
+    def set_routed_prefixes(self, nets):
+        """LAN destinations open to unsolicited inbound (the operator's routed prefixes):
+        (value, mask) over the 16 row bytes.  At most 256."""
+        self.n_open = Forwarder._fill(self.open_net, nets)
 
     # ------------------------------------------------------------------ tables
     @staticmethod
@@ -492,6 +518,8 @@ cdef class Forwarder:
         cdef mmr_row* r
         cdef const uint8_t* f
         cdef uint32_t mtu
+        cdef uint8_t tcp_flags
+        cdef bint napt
         cdef int16_t* out = self.pipe.outp
         cdef double now = ts[n - 1] if n else 0.0
         self.pipe.parse_c(base, off, lens, n)
@@ -542,6 +570,10 @@ cdef class Forwarder:
                     self.cnt[CNT_CSUM_FINISHED] += 1
                 else:
                     self.cnt[CNT_SUPER_FRAMES] += 1
+            # the TCP flags for the edge, read before rewrite moves the headers (VLAN, option)
+            tcp_flags = 0
+            if r.proto == IPPROTO_TCP and (r.flags & rows.F_L4) and <uint32_t>r.l4_off + 14 <= lens[i]:
+                tcp_flags = f[r.l4_off + 13]
             v = rewrite_one(base, &off[i], &lens[i], r, &vh[i], self.up_mac_c + 6 * u, self.gw_mac_c + 6 * u,
                             how | ((RW_STRIP | (self.up_strip_c[u] << 8)) if self.up_strip_c[u] else 0))
             if v == VERDICT_HOP_LIMIT:
@@ -555,6 +587,7 @@ cdef class Forwarder:
                 self.drop(i, rows.R_BAD_OFFLOAD)
                 continue
             # source translation, on the frame as it leaves (untagged Ethernet: IP at 14)
+            napt = False
             if r.family == 4 and self.nat_mode_c[u] and self.nat is not None and \
                     (self.nat_mode_c[u] == 2 or private4(r.src + 12)):
                 c = self.nat.out4(base + off[i] + 14, lens[i] - 14, u, ts[i],
@@ -562,10 +595,17 @@ cdef class Forwarder:
                 if c != NAT_OK and c != NAT_PASS:
                     self.drop(i, nat_reason(c))
                     continue
+                napt = c == NAT_OK
             elif r.family == 6 and self.npt is not None:
                 c = self.npt.out6(base + off[i] + 14, lens[i] - 14, u)
                 if c != NAT_OK and c != NAT_PASS:
                     self.drop(i, nat_reason(c))
+                    continue
+            # the stateful edge learns the flow by its LAN addresses (the row: before NPTv6);
+            # NAPT44's mappings are its own edge for what it translated
+            if self.edge is not None and self.edge_mode_c[u] and not napt:
+                if self.edge.out_c(r, tcp_flags, ts[i]) == EDGE_FULL:
+                    self.drop(i, rows.R_EDGE_FULL)
                     continue
             self.pidx[u * self.cap + self.pn[u]] = <int32_t>i
             self.pn[u] += 1
@@ -584,7 +624,7 @@ cdef class Forwarder:
         cdef mmr_row* r
         cdef const uint8_t* f
         cdef const uint8_t* net
-        cdef bint inside
+        cdef bint inside, napt
         cdef int16_t* out = self.pipe.outp
         cdef int32_t* lst = self.pidx + self.n_up * self.cap
         cdef double now = ts[n - 1] if n else 0.0
@@ -607,6 +647,7 @@ cdef class Forwarder:
                 out[i] = OUT_KERNEL
                 self.cnt[CNT_HANDOVER] += 1
                 continue
+            napt = False
             if self.router and not (vlan != NULL and vlan[i]) and memcmp(f, self.up_mac_c + 6 * u, 6) == 0:
                 # a reply to a translated flow (sent to this uplink's MAC, not another host's
                 # on the ISP's segment): back to the LAN host's address and port
@@ -616,6 +657,7 @@ cdef class Forwarder:
                                      (vh[i].flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0)
                     if c == NAT_OK:
                         memcpy(r.dst + 12, base + off[i] + r.l3_off + 16, 4)
+                        napt = True
                 elif r.family == 6 and self.npt is not None:
                     c = self.npt.in6(base + off[i] + r.l3_off, lens[i] - r.l3_off, u)
                     if c == NAT_OK:
@@ -634,6 +676,13 @@ cdef class Forwarder:
             if not inside:
                 out[i] = OUT_KERNEL
                 self.cnt[CNT_KERNEL] += 1
+                continue
+            # the stateful edge: to the LAN only what belongs to its flows (NAPT44 filtered
+            # what it translated back), unless the destination is routed open
+            if (self.router and self.edge is not None and self.edge_mode_c[u] and not napt
+                    and not in_nets(r.dst, self.open_net_c, self.n_open)
+                    and self.edge.in_c(r, f, lens[i], ts[i]) != EDGE_OK):
+                self.drop(i, rows.R_EDGE_UNSOLICITED)
                 continue
             h = 0
             if self.router:

@@ -1,0 +1,183 @@
+"""The stateful edge live, in the ISP testbed (issue 11 item 2): MN (fd00:1::10) behind
+NPTv6 onto ISP1's delegated 2001:db8:a1:100::/64.  From ISP1 only replies to MN's flows, the
+ICMPv6 errors about them and the prefixes listed as routed reach the LAN; the rest is
+dropped and counted (edge_unsolicited).  The kernel's default offloads stay on."""
+import ipaddress
+import json
+import subprocess
+import time
+
+import pytest
+
+from engine.ref.nat import Npt66Ref
+from engine.testbed import CN_ADDR, ISP, ISP_MN_ADDR
+from netlab import in_ns, make_testbed, peer, running_mmr, start_peer
+
+pytestmark = pytest.mark.privileged
+
+ISP1 = """
+[[uplink]]
+name = "isp1"
+device = "up1"
+probe_targets = ["198.18.1.1"]
+nat6 = "npt"
+npt_prefix = "2001:db8:a1:100::/64"
+"""
+ROUTED_NET = "2001:db8:a1:101::/64"         # inside ISP1's delegated /56, numbered on the LAN
+ROUTED_MN = "2001:db8:a1:101::10"
+
+
+def mapped(addr: str) -> str:
+    """MN's address as NPTv6 shows it outside (RFC 6296: the checksum-neutral mapping)."""
+    npt = Npt66Ref(1)
+    npt.set_prefixes(0, ipaddress.ip_network("fd00:1::/64"), ipaddress.ip_network("2001:db8:a1:100::/64"))
+    pkt = bytearray(b"\x60" + bytes(3) + b"\x00\x08\x11\x40" + ipaddress.ip_address(addr).packed
+                    + ipaddress.ip_address(CN_ADDR).packed + b"\x13\x88\x00\x35\x00\x08\x00\x00")
+    assert npt.out_packet(pkt, 0) == "ok"
+    return str(ipaddress.ip_address(bytes(pkt[8:24])))
+
+
+MN_OUT = mapped(ISP_MN_ADDR)
+
+
+@pytest.fixture(scope="module")
+def bed():
+    with make_testbed("edge", ISP) as tb:
+        yield tb
+
+
+def policy(tmp_path, engine=""):
+    p = tmp_path / "edge.toml"
+    p.write_text('[engine]\nlan = "lan0"\n' + engine + "\n" + ISP1)
+    return str(p)
+
+
+def running(tb, path):
+    return running_mmr(tb, "mmr", "run", "forwarding", "--config", path)
+
+
+def drops(tb) -> dict:
+    p = subprocess.run(in_ns(tb, "mmr", "python3", "-m", "engine", "status", "--json"), capture_output=True,
+                       text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)["drops"]
+
+
+def send_udp_from_cn(tb, dst: str, port: int, n: int = 3):
+    code = (f"import socket; s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.bind(('{CN_ADDR}', 5353));\n"
+            f"[s.sendto(b'x', ('{dst}', {port})) for _ in range({n})]")
+    subprocess.run(in_ns(tb, "cn", "python3", "-c", code), check=True, timeout=10)
+
+
+def count_at_mn(tb, port, action) -> int:
+    sink = start_peer(tb, "mn", "udp-count", port, 5)
+    action()
+    time.sleep(0.5)
+    sink.send_signal(15)
+    return json.loads(sink.communicate(timeout=10)[0].splitlines()[-1])["datagrams"]
+
+
+def test_unsolicited_ipv6_is_dropped_while_mns_own_flows_work(bed, tmp_path):
+    """MN's UDP and TCP to CN work through NPTv6 (replies and data, hash-checked); CN's
+    datagrams to MN's outside address on a port MN never used are dropped and counted."""
+    with running(bed, policy(tmp_path)):
+        srv = start_peer(bed, "cn", "echo-server", 7601, 5, CN_ADDR)
+        r = json.loads(peer(bed, "mn", "echo-client", CN_ADDR, 7601, 3).stdout)
+        srv.kill()
+        srv.wait()
+        assert r["answered"] == 3, r
+        srv = start_peer(bed, "cn", "tcp-serve", 7602, 1_000_000)
+        r = peer(bed, "mn", "tcp-fetch", CN_ADDR, 7602, 1_000_000, timeout=60)
+        srv.wait(timeout=10)
+        assert json.loads(r.stdout) == {"bytes": 1_000_000, "ok": True}, r.stdout + r.stderr
+        before = drops(bed)["edge_unsolicited"]
+        got = count_at_mn(bed, 9999, lambda: send_udp_from_cn(bed, MN_OUT, 9999))
+        assert got == 0
+        assert drops(bed)["edge_unsolicited"] >= before + 3
+
+
+def test_path_mtu_discovery_over_ipv6_passes_the_edge(bed, tmp_path):
+    """ISP1 - CN at MTU 1280: ISP1's packet too big about MN's TCP segments reaches MN (it
+    quotes a packet of MN's flow) and the transfer completes, every byte hash-checked."""
+    with running(bed, policy(tmp_path)):
+        for node, dev in (("isp1", "eth1"), ("cn", "eth1")):
+            bed.run(node, "ip", "link", "set", dev, "mtu", "1280")
+        try:
+            before = drops(bed)["edge_unsolicited"]
+            sink = start_peer(bed, "cn", "tcp-sink", 7701)
+            r = peer(bed, "mn", "tcp-send", CN_ADDR, 7701, 1_000_000, timeout=60)
+            sink.kill()
+            sink.wait()
+            out = json.loads(r.stdout)
+            assert out["answer"] == out["expect"], out
+            assert drops(bed)["edge_unsolicited"] == before
+        finally:
+            for node, dev in (("isp1", "eth1"), ("cn", "eth1")):
+                bed.run(node, "ip", "link", "set", dev, "mtu", "1500")
+            bed.run("mn", "ip", "-6", "route", "flush", "cache")
+
+
+FORGE = """
+import socket, struct, sys, ipaddress
+mn, cn, sport, dport, mtu = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+quoted = (struct.pack("!IHBB", 6 << 28, 8 + 1400, 17, 64) + ipaddress.ip_address(mn).packed
+          + ipaddress.ip_address(cn).packed + struct.pack("!HHHH", sport, dport, 8 + 1400, 0) + bytes(1000))
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.bind((cn, 0))
+s.sendto(struct.pack("!BBHI", 2, 0, 0, mtu) + quoted, (mn, 0))     # the kernel fills the checksum
+"""
+
+
+def route_mtu(tb) -> str:
+    return tb.run("mn", "ip", "-6", "route", "get", CN_ADDR)
+
+
+def test_a_forged_error_about_an_unknown_flow_is_dropped(bed, tmp_path):
+    """MN keeps a UDP socket on port 40000 that sent to CN port 7801.  A packet too big from
+    CN quoting MN:40000 -> CN:7802 (no such flow) is dropped at the edge, so MN's path MTU to
+    CN stays (MN's stack would take it: the socket is not connected); the same quoting the
+    real flow passes, and MN's path MTU to CN becomes what it says."""
+    with running(bed, policy(tmp_path)):
+        bed.run("mn", "ip", "-6", "route", "flush", "cache")
+        holder = subprocess.Popen(in_ns(bed, "mn", "python3", "-c",
+                                        "import socket, time; s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM);"
+                                        f"s.bind(('::', 40000)); s.sendto(b'x', ('{CN_ADDR}', 7801));"
+                                        "print('ready', flush=True); time.sleep(20)"),
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "ready"
+            time.sleep(0.3)
+            before = drops(bed)["edge_unsolicited"]
+            subprocess.run(in_ns(bed, "cn", "python3", "-c", FORGE, MN_OUT, CN_ADDR, 40000, 7802, 1300),
+                           check=True, timeout=10)
+            time.sleep(0.3)
+            assert drops(bed)["edge_unsolicited"] == before + 1
+            assert "mtu 1300" not in route_mtu(bed)
+            subprocess.run(in_ns(bed, "cn", "python3", "-c", FORGE, MN_OUT, CN_ADDR, 40000, 7801, 1300),
+                           check=True, timeout=10)
+            time.sleep(0.3)
+            assert drops(bed)["edge_unsolicited"] == before + 1
+            assert "mtu 1300" in route_mtu(bed), route_mtu(bed)
+        finally:
+            holder.kill()
+            holder.wait()
+            bed.run("mn", "ip", "-6", "route", "flush", "cache")
+
+
+def test_a_routed_prefix_is_open(bed, tmp_path):
+    """MN also has an address from ISP1's delegated /56 (no translation): listed in
+    routed_prefixes, CN's datagrams to it reach MN; without the listing they are dropped."""
+    bed.run("mmr", "ip", "addr", "add", "2001:db8:a1:101::1/64", "dev", "lan0")
+    bed.run("mn", "ip", "addr", "add", ROUTED_MN + "/64", "dev", "eth0")
+    try:
+        for routed, want in ((True, 3), (False, 0)):
+            engine = f'routed_prefixes = ["{ROUTED_NET}"]\n' if routed else ""
+            with running(bed, policy(tmp_path, engine)):
+                # the first datagram may wait for MN's MAC (mmr asks the kernel, drops it)
+                send_udp_from_cn(bed, ROUTED_MN, 9998, 1)
+                time.sleep(0.3)
+                got = count_at_mn(bed, 9999, lambda: send_udp_from_cn(bed, ROUTED_MN, 9999))
+                assert got == want, (routed, got)
+    finally:
+        bed.run("mn", "ip", "addr", "del", ROUTED_MN + "/64", "dev", "eth0")
+        bed.run("mmr", "ip", "addr", "del", "2001:db8:a1:101::1/64", "dev", "lan0")
