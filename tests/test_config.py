@@ -92,7 +92,23 @@ BAD = [
      "at least 64 ports"),
     ("gateway text", GOOD.replace('device = "up2"', 'device = "up2"\ngateway = "router"'), "uplink[1].gateway",
      "not an IPv6 or IPv4 address"),
+    ("edge mode", GOOD.replace('device = "up2"', 'device = "up2"\nedge = "closed"'), "uplink[1].edge",
+     "not an edge mode"),
+    ("routed outside the LAN", GOOD.replace('[engine]', '[engine]\nlan_prefixes = ["2001:db8:1::/64"]\n'
+                                            'routed_prefixes = ["2001:db8:2::/64"]'),
+     "engine.routed_prefixes", "not inside the LAN's lan_prefixes"),
+    ("routed not a prefix", GOOD.replace('[engine]', '[engine]\nrouted_prefixes = ["2001:db8:1::1/64"]'),
+     "engine.routed_prefixes[0]", "not a valid prefix"),
+    ("edge capacity", GOOD.replace('[engine]', '[engine]\nedge_capacity = 0'), "engine.edge_capacity", "1 to"),
 ]
+
+
+def test_the_edge_is_stateful_by_default(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD))
+    assert [u.edge for u in cfg.uplinks] == ["stateful", "stateful"]
+    assert cfg.routed_prefixes == [] and cfg.edge_capacity == 65536
+    cfg = load_config(write(tmp_path, GOOD.replace('device = "up2"', 'device = "up2"\nedge = "open"')))
+    assert [u.edge for u in cfg.uplinks] == ["stateful", "open"]
 
 
 @pytest.mark.parametrize("what,text,key,words", BAD, ids=[b[0] for b in BAD])
