@@ -171,6 +171,8 @@ RULE_SET = ("service", "preference", "uplink")
 PIN_BASE = 65535      # a rule's uplink = NAME uses the reserved preference PIN_BASE - index
 # (an option asking for a preference a pin uses is not honoured: pyx/classify.pyx)
 TRUST_KEYS = ("src", "services", "preferences")
+FORWARD_KEYS = ("proto", "port", "to", "to_port", "uplinks")
+MAX_FORWARDS = 64
 MAX_TRUST = 1024
 PROTO_NAMES = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132, "udplite": 136,
                "gre": 47, "esp": 50}
@@ -240,6 +242,17 @@ class Rule:
 
 
 @dataclass
+class Forward:
+    """[[forward]]: new connections from outside to port (a range: lo..hi) reach to:to_port."""
+    index: int
+    proto: int                                  # 6 or 17
+    ports: tuple[int, int]
+    to: ipaddress.IPv4Address | ipaddress.IPv6Address
+    to_port: int                                # the first port of the range on the LAN host
+    uplinks: tuple[int, ...]                    # uplink indexes it opens on
+
+
+@dataclass
 class Trust:
     """[[trust]]: what an option from a LAN source prefix may ask for."""
     index: int
@@ -269,6 +282,7 @@ class Config:
     policies: dict[int, Policy] = field(default_factory=dict)
     rules: list[Rule] = field(default_factory=list)
     trust: list[Trust] = field(default_factory=list)
+    forwards: list[Forward] = field(default_factory=list)
     monitor: dict = field(default_factory=dict)
     host: dict = field(default_factory=dict)
     select: dict = field(default_factory=lambda: {"sticky_s": 0.0})
@@ -493,7 +507,7 @@ class _Loader:
         except RecursionError:
             self.err(None, "nests tables or arrays too deeply", "write a flat policy file")
         self.unknown(raw, ("engine", "uplink", "classes", "policy", "rule", "monitor", "host",
-                          "select", "trust", "tag"), "")
+                          "select", "trust", "tag", "forward"), "")
         eng = self.table(raw.get("engine", {}), ENGINE_KEYS, "engine")
         cfg = Config(path=self.path, raw=raw, **eng)
         cfg.lan_prefixes = eng["lan_prefixes"]
@@ -522,6 +536,7 @@ class _Loader:
         self.policies(raw, cfg)
         self.rules(raw, cfg)
         self.trust(raw, cfg)
+        self.forwards(raw, cfg)
         self.monitor(raw, cfg)
         self.host(raw, cfg)
         cfg.select = self.table(raw.get("select", {}), SELECT_KEYS, "select")
@@ -891,6 +906,69 @@ class _Loader:
                         merged.append((lo, hi))
                 tr.preferences = tuple(merged)
             cfg.trust.append(tr)
+
+    def forwards(self, raw, cfg):
+        """[[forward]] tables: port forwards from the uplinks to a LAN host.  Built: what
+        needs no translation of its own (IPv6, NPTv6 keeps ports; IPv4 on an uplink that
+        leaves it untranslated), opened in the stateful edge."""
+        tables = raw.get("forward", [])
+        if not isinstance(tables, list):
+            self.err("forward", "must be an array of tables", "write each as [[forward]]")
+        if len(tables) > MAX_FORWARDS:
+            self.err("forward", f"{len(tables)} tables is more than mmr takes", f"keep at most {MAX_FORWARDS}")
+        names = [u.name for u in cfg.uplinks]
+        for i, t in enumerate(tables):
+            where = f"forward[{i}]"
+            if not isinstance(t, dict):
+                self.err(where, "must be a table", "write each as [[forward]]")
+            self.unknown(t, FORWARD_KEYS, where)
+            for k, example in (("proto", '"tcp"'), ("port", "8080"), ("to", '"fd00:1::10"')):
+                if k not in t:
+                    self.err(f"{where}.{k}", "is missing", f"add {k} = {example}")
+            proto = t["proto"]
+            if not isinstance(proto, str) or proto.lower() not in ("tcp", "udp"):
+                self.err(f"{where}.proto", f"{_short(proto)} is not a protocol mmr forwards", 'write "tcp" or "udp"')
+            lo, hi = self.port_range(f"{where}.port", t["port"])
+            if lo < 1 or hi - lo >= 1024:
+                self.err(f"{where}.port", f"{_short(t['port'])} is not a port 1..65535 or a range of at most 1024",
+                         'write e.g. 8080 or "6881-6889"')
+            if not isinstance(t["to"], str):
+                self.err(f"{where}.to", f"{_short(t['to'])} is not an address", 'write e.g. "fd00:1::10"')
+            try:
+                to = ipaddress.ip_address(t["to"])
+            except ValueError:
+                self.err(f"{where}.to", f"{_short(t['to'])} is not an address", 'write e.g. "fd00:1::10"')
+            if cfg.lan_prefixes and not any(to in p for p in cfg.lan_prefixes):
+                self.err(f"{where}.to", f"{to} is outside the LAN prefixes",
+                         "write the address of a LAN host, inside one of " + ", ".join(map(str, cfg.lan_prefixes)))
+            to_port = t.get("to_port", lo)
+            if isinstance(to_port, bool) or not isinstance(to_port, int) or not 1 <= to_port <= 65535 - (hi - lo):
+                self.err(f"{where}.to_port", f"{_short(to_port)} is not a port 1..65535 for the whole range",
+                         "write the LAN host's first port, e.g. 80")
+            ups = t.get("uplinks", names)
+            if not isinstance(ups, list) or not all(isinstance(x, str) for x in ups) or not ups:
+                self.err(f"{where}.uplinks", "must be a list of uplink names", f"write e.g. [\"{names[0]}\"]")
+            for x in ups:
+                if x not in names:
+                    self.err(f"{where}.uplinks", f"{_short(x)} is not an uplink", f"use one of {', '.join(names)}")
+            idx = tuple(sorted({names.index(x) for x in ups}))
+            if to_port != lo:
+                self.err(f"{where}.to_port", f"{to_port} differs from port {lo}, and mmr does not rewrite ports "
+                         "of forwarded connections yet", f"write to_port = {lo} (or leave it out) and let the LAN "
+                         "host listen there")
+            for u in idx:
+                up = cfg.uplinks[u]
+                if to.version == 4 and (up.nat == "masquerade" or (up.nat == "auto" and to.is_private)):
+                    self.err(f"{where}.to", f"{to} is an IPv4 LAN host that uplink {up.name} translates (nat = "
+                             f"\"{up.nat}\"), and forwards through NAPT44 are not built yet",
+                             "forward to an IPv6 LAN address, or list only uplinks with nat = \"none\" in uplinks")
+            f = Forward(i, 6 if proto.lower() == "tcp" else 17, (lo, hi), to, to_port, idx)
+            for g in cfg.forwards:
+                if (g.proto == f.proto and g.to.version == to.version and set(g.uplinks) & set(idx)
+                        and g.ports[0] <= hi and lo <= g.ports[1]):
+                    self.err(f"{where}.port", f"{lo}-{hi} clashes with forward[{g.index}]'s {g.ports[0]}-{g.ports[1]} "
+                             f"({proto.lower()} on a shared uplink)", "give each forward its own ports")
+            cfg.forwards.append(f)
 
     def port_range(self, key, v):
         if isinstance(v, int) and not isinstance(v, bool):

@@ -811,12 +811,13 @@ class Datapath:
                     for u in c.uplinks]
         same = (new.lan == old.lan and wiring(new) == wiring(old) and new.option_type == old.option_type
                 and new.host == old.host and new.nat_ports == old.nat_ports
-                and new.routed_prefixes == old.routed_prefixes and new.edge_capacity == old.edge_capacity)
+                and new.routed_prefixes == old.routed_prefixes and new.edge_capacity == old.edge_capacity
+                and new.forwards == old.forwards)
         if not same:
             return {"ok": False, "message": "rejected, the old policy keeps running: the LAN device, the "
                                             "uplinks (names, devices, order, gateways, translation, edge), "
-                                            "nat_ports, routed_prefixes, edge_capacity, the option type or "
-                                            "[host] changed; those need a restart"}
+                                            "nat_ports, routed_prefixes, edge_capacity, [[forward]], the option "
+                                            "type or [host] changed; those need a restart"}
         if len(new.lan_prefixes) > self.fw.lan_net.shape[0]:
             return {"ok": False, "message": f"rejected, the old policy keeps running: more than "
                                             f"{self.fw.lan_net.shape[0]} lan_prefixes"}

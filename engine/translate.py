@@ -176,12 +176,17 @@ def make_edge(cfg, fw, router: bool):
     fw.set_edge(edge, modes)
     fw.set_routed_prefixes([(n.network_address.packed, n.netmask.packed)
                             for n in map(to_mapped, cfg.routed_prefixes)])
+    fw.set_forwards([(to_mapped(ipaddress.ip_network(f.to)).network_address.packed, f.proto, f.ports[0],
+                      f.ports[1], f.uplinks) for f in cfg.forwards])
     return edge
 
 
 def edge_status(cfg, edge) -> dict:
+    names = [u.name for u in cfg.uplinks]
     out = {"uplinks": {u.name: u.edge for u in cfg.uplinks},
-           "routed_prefixes": [str(n) for n in cfg.routed_prefixes]}
+           "routed_prefixes": [str(n) for n in cfg.routed_prefixes],
+           "forwards": [{"proto": {6: "tcp", 17: "udp"}[f.proto], "port": f"{f.ports[0]}-{f.ports[1]}",
+                         "to": str(f.to), "uplinks": [names[u] for u in f.uplinks]} for f in cfg.forwards]}
     if edge is not None:
         out.update(edge.stats())
     return out

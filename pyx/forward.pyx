@@ -373,6 +373,14 @@ cdef class Forwarder:
         cdef uint8_t[:, :, ::1] on = self.open_net
         self.open_net_c = &on[0, 0, 0]
         self.n_open = 0
+        self.fwd_addr = np.zeros((64, 16), np.uint8)
+        self.fwd_meta = np.zeros((64, 3), np.int32)
+        self.fwd_up = np.zeros((64, max(n_uplinks, 1)), np.uint8)
+        cdef uint8_t[:, ::1] fa = self.fwd_addr
+        cdef int32_t[:, ::1] fm = self.fwd_meta
+        cdef uint8_t[:, ::1] fu = self.fwd_up
+        self.fwd_addr_c, self.fwd_meta_c, self.fwd_up_c = &fa[0, 0], &fm[0, 0], &fu[0, 0]
+        self.n_fwd = 0
 
     def set_strip(self, cfg):
         """[[uplink]] strip_option: the option type each uplink removes (0: none)."""
@@ -410,6 +418,33 @@ cdef class Forwarder:
         """LAN destinations open to unsolicited inbound (the operator's routed prefixes):
         (value, mask) over the 16 row bytes.  At most 256."""
         self.n_open = Forwarder._fill(self.open_net, nets)
+
+    def set_forwards(self, forwards):
+        """[[forward]] port forwards the edge opens: (LAN address in the row form, protocol,
+        first port, last port, the uplinks' indexes).  At most 64."""
+        forwards = list(forwards)
+        if len(forwards) > 64:
+            raise ValueError("at most 64 forwards")
+        self.fwd_up[:] = 0
+        for k, (addr, proto, lo, hi, ups) in enumerate(forwards):
+            self.fwd_addr[k] = np.frombuffer(bytes(addr), np.uint8)
+            self.fwd_meta[k] = (proto, lo, hi)
+            for u in ups:
+                self.fwd_up[k, u] = 1
+        self.n_fwd = len(forwards)
+
+    cdef inline bint forwarded(self, const mmr_row* r, int u) noexcept nogil:
+        """A new connection a [[forward]] opens: its protocol, LAN address and port, on uplink u."""
+        cdef Py_ssize_t k
+        cdef const int32_t* m
+        if not (r.flags & rows.F_L4):
+            return False
+        for k in range(self.n_fwd):
+            m = self.fwd_meta_c + 3 * k
+            if (m[0] == r.proto and m[1] <= r.dport and r.dport <= m[2] and self.fwd_up_c[k * self.n_up + u]
+                    and memcmp(self.fwd_addr_c + 16 * k, r.dst, 16) == 0):
+                return True
+        return False
 
     # ------------------------------------------------------------------ tables
     @staticmethod
@@ -678,10 +713,11 @@ cdef class Forwarder:
                 self.cnt[CNT_KERNEL] += 1
                 continue
             # the stateful edge: to the LAN only what belongs to its flows (NAPT44 filtered
-            # what it translated back), unless the destination is routed open
+            # what it translated back), unless the destination is routed open or a new
+            # connection a [[forward]] opens (looked at only when no flow matched)
             if (self.router and self.edge is not None and self.edge_mode_c[u] and not napt
                     and not in_nets(r.dst, self.open_net_c, self.n_open)
-                    and self.edge.in_c(r, f, lens[i], ts[i]) != EDGE_OK):
+                    and self.edge.in_c(r, f, lens[i], ts[i]) != EDGE_OK and not self.forwarded(r, u)):
                 self.drop(i, rows.R_EDGE_UNSOLICITED)
                 continue
             h = 0

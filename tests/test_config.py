@@ -43,6 +43,10 @@ def test_good_config_defaults(tmp_path):
     assert cfg.idle_timeout_s == 120.0
 
 
+LAN = GOOD.replace('[engine]', '[engine]\nlan_prefixes = ["fd00:1::/64", "192.168.1.0/24"]')
+FWD = '\n[[forward]]\nproto = "tcp"\nport = 8080\nto = "fd00:1::10"\n'
+
+
 BAD = [
     ("unknown key", GOOD.replace('lan = "lan0"', 'lan = "lan0"\nlna = 1'), "engine.lna", "remove it"),
     ("wrong type", GOOD.replace('qos = 1.0', 'qos = "high"'), "uplink[0].qos", "must be a number"),
@@ -100,6 +104,17 @@ BAD = [
     ("routed not a prefix", GOOD.replace('[engine]', '[engine]\nrouted_prefixes = ["2001:db8:1::1/64"]'),
      "engine.routed_prefixes[0]", "not a valid prefix"),
     ("edge capacity", GOOD.replace('[engine]', '[engine]\nedge_capacity = 0'), "engine.edge_capacity", "1 to"),
+    ("forward outside the LAN", LAN + FWD.replace("fd00:1::10", "fd00:2::10"), "forward[0].to",
+     "outside the LAN prefixes"),
+    ("forward clash", LAN + FWD + FWD.replace("8080", '"8000-8080"'), "forward[1].port", "clashes with forward[0]"),
+    ("forward port 0", LAN + FWD.replace("8080", "0"), "forward[0].port", "not a port 1..65535"),
+    ("forward port 70000", LAN + FWD.replace("8080", "70000"), "forward[0].port", "not a port"),
+    ("forward unknown uplink", LAN + FWD + 'uplinks = ["ar3"]\n', "forward[0].uplinks", "not an uplink"),
+    ("forward proto", LAN + FWD.replace('"tcp"', '"icmp"'), "forward[0].proto", "not a protocol mmr forwards"),
+    ("forward missing to", LAN + FWD.replace('to = "fd00:1::10"', ''), "forward[0].to", "is missing"),
+    ("forward other port", LAN + FWD + "to_port = 80\n", "forward[0].to_port", "does not rewrite ports"),
+    ("forward through napt", LAN + FWD.replace("fd00:1::10", "192.168.1.10"), "forward[0].to",
+     "forwards through NAPT44 are not built yet"),
 ]
 
 
@@ -169,3 +184,13 @@ def test_explain_load_balancing_shows_the_weights(tmp_path):
                          str(p)], capture_output=True, text=True)
     assert ex.returncode == 0, ex.stderr
     assert "ar1 3 (75 %), ar2 1 (25 %)" in ex.stdout and "winner" not in ex.stdout
+
+
+def test_forwards(tmp_path):
+    text = (LAN.replace('device = "up2"', 'device = "up2"\nnat = "none"') + FWD
+            + FWD.replace("8080", '"9000-9009"').replace('"tcp"', '"udp"') + 'uplinks = ["ar2"]\n'
+            + FWD.replace("fd00:1::10", "192.168.1.10").replace('"tcp"', '"udp"') + 'uplinks = ["ar2"]\n')
+    f = load_config(write(tmp_path, text)).forwards
+    assert [(x.proto, x.ports, str(x.to), x.to_port, x.uplinks) for x in f] == [
+        (6, (8080, 8080), "fd00:1::10", 8080, (0, 1)), (17, (9000, 9009), "fd00:1::10", 9000, (1,)),
+        (17, (8080, 8080), "192.168.1.10", 8080, (1,))]

@@ -422,7 +422,7 @@ def test_translation_agrees_with_the_reference(outs, ins, u, modes):
 
 
 # ------------------------------------------------------------------ the stateful edge
-def edge_pair(modes=(1, 1), routed=(), nat_modes=(0, 0), capacity=64):
+def edge_pair(modes=(1, 1), routed=(), nat_modes=(0, 0), capacity=64, forwards=()):
     """nat_pair without NPTv6 (replies go to the LAN addresses themselves) and with an edge."""
     from engine import _edge
     from engine.ref.edge import RefEdge
@@ -433,6 +433,8 @@ def edge_pair(modes=(1, 1), routed=(), nat_modes=(0, 0), capacity=64):
     nets = [to_mapped(ipaddress.ip_network(n)) for n in routed]
     for x in (fw, ref):
         x.set_routed_prefixes([(n.network_address.packed, n.netmask.packed) for n in nets])
+        x.set_forwards([(to_mapped(ipaddress.ip_network(a)).network_address.packed, p, lo, hi, ups)
+                        for a, p, lo, hi, ups in forwards])
     return fw, ref
 
 
@@ -491,6 +493,28 @@ def test_edge_open_uplinks_and_routed_prefixes():
     assert compare(fw, ref, [stranger], [{}], ts, "in", 1).tolist() == [-3]
 
 
+def test_a_forward_opens_new_connections_to_its_host_and_ports_only():
+    fw, ref = edge_pair(forwards=[("2001:db8:1::10", 6, 8080, 8081, (0,)), ("192.0.2.10", 17, 5000, 5000, (0, 1))])
+    ts = np.full(1, 10.0)
+
+    def syn(dst, dport, proto=6, u=0, fam=6):
+        l4 = g.tcp(40000, dport) if proto == 6 else g.udp(40000, dport)
+        if fam == 6:
+            return g.eth(g.ipv6(l4, proto, src="2001:db8:ff::1", dst=dst), dst=UP_MAC[u])
+        return g.eth(g.ipv4(l4, proto, src="198.51.100.1", dst=dst), 0x0800, dst=UP_MAC[u])
+    assert compare(fw, ref, [syn("2001:db8:1::10", 8080)], [{}], ts, "in", 0).tolist() == [0]
+    assert compare(fw, ref, [syn("2001:db8:1::10", 8081)], [{}], ts, "in", 0).tolist() == [0]
+    assert compare(fw, ref, [syn("2001:db8:1::10", 8082)], [{}], ts, "in", 0).tolist() == [-3]   # other port
+    assert compare(fw, ref, [syn("2001:db8:1::10", 8080, 17)], [{}], ts, "in", 0).tolist() == [-3]  # udp
+    assert compare(fw, ref, [syn("2001:db8:1::10", 8080, u=1)], [{}], ts, "in", 1).tolist() == [-3]  # uplink
+    assert compare(fw, ref, [syn("192.0.2.10", 5000, 17, 1, 4)], [{}], ts, "in", 1).tolist() == [0]
+    assert fw.counters[CT.INDEX["edge_unsolicited"]] == 3
+    # the server's answer makes the flow; what follows matches it like any reply
+    answer = g.eth(g.ipv6(g.tcp(8080, 40000), 6, src="2001:db8:1::10", dst="2001:db8:ff::1"))
+    compare(fw, ref, [answer], [{}], ts, "out")
+    assert len(fw.edge) == len(ref.edge) == 1
+
+
 def test_edge_does_not_track_what_napt_translated():
     fw, ref = edge_pair(nat_modes=(2, 2))
     f = g.eth(g.ipv4(g.udp(5000, 53), 17), 0x0800)
@@ -512,7 +536,8 @@ def test_edge_full_drops_new_flows():
 def test_edge_agrees_with_the_reference(outs, strangers, modes, nat_modes, routed):
     """Random frames out, then their replies (on the uplink they left by) and random frames
     to the LAN hosts in: the same verdicts, bytes, counters and flows as the reference."""
-    fw, ref = edge_pair(modes, ["2001:db8:1::10/128"] if routed else (), nat_modes)
+    fw, ref = edge_pair(modes, ["2001:db8:1::10/128"] if routed else (), nat_modes,
+                        forwards=[("2001:db8:1::10", 17, 1000, 2000, (0,)), ("192.0.2.10", 6, 1, 100, (0, 1))])
     out = compare(fw, ref, outs, [{}] * len(outs), np.full(len(outs), 10.0), "out").tolist()
     assert sorted(fw.edge.entries()) == ref.edge.entries()
     for u in range(2):

@@ -45,6 +45,15 @@ class RefForwarder:
         self.nat, self.npt, self.nat_mode = None, None, [0] * n_uplinks
         self.edge, self.edge_mode = None, [0] * n_uplinks
         self.open_nets: list[tuple[bytes, bytes]] = []
+        self.forwards: list[tuple[bytes, int, int, int, tuple]] = []
+
+    def set_forwards(self, forwards) -> None:
+        self.forwards = [(bytes(a), p, lo, hi, tuple(ups)) for a, p, lo, hi, ups in forwards]
+
+    def _forwarded(self, r, u: int) -> bool:
+        return bool(r["flags"] & C.F_L4) and any(
+            p == r["proto"] and lo <= r["dport"] <= hi and u in ups and a == bytes(r["dst"])
+            for a, p, lo, hi, ups in self.forwards)
 
     def set_nat(self, nat, modes, npt) -> None:
         self.nat, self.nat_mode, self.npt = nat, list(modes), npt
@@ -253,7 +262,7 @@ class RefForwarder:
                 continue
             if (self.router and self.edge is not None and self.edge_mode[u] and not napt
                     and not self._in(dst, self.open_nets)
-                    and self.edge.inbound(self._row(r), f, ts[i]) != E.OK):
+                    and self.edge.inbound(self._row(r), f, ts[i]) != E.OK and not self._forwarded(r, u)):
                 self._drop(out, rows, i, "edge_unsolicited")
                 continue
             v = _vnet(vnets[i])

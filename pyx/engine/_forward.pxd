@@ -120,6 +120,13 @@ cdef class Forwarder:
     cdef readonly object open_net                # routed prefixes: open to unsolicited inbound
     cdef uint8_t* open_net_c
     cdef readonly Py_ssize_t n_open
+    cdef readonly object fwd_addr, fwd_meta, fwd_up  # [[forward]]: LAN address; proto, lo, hi; per uplink
+    cdef uint8_t* fwd_addr_c
+    cdef int32_t* fwd_meta_c
+    cdef uint8_t* fwd_up_c
+    cdef readonly Py_ssize_t n_fwd
+
+    cdef inline bint forwarded(self, const mmr_row* r, int u) noexcept nogil
 
     cdef inline void drop(self, Py_ssize_t i, int reason) noexcept nogil
     cdef void punt(self, int kind, int side, int uplink, const uint8_t* frame, uint32_t length,
