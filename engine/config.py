@@ -908,9 +908,9 @@ class _Loader:
             cfg.trust.append(tr)
 
     def forwards(self, raw, cfg):
-        """[[forward]] tables: port forwards from the uplinks to a LAN host.  Built: what
-        needs no translation of its own (IPv6, NPTv6 keeps ports; IPv4 on an uplink that
-        leaves it untranslated), opened in the stateful edge."""
+        """[[forward]] tables: port forwards from the uplinks to a LAN host: through NAPT44
+        (IPv4 to a translating uplink's address, engine/translate.py) or opened in the
+        stateful edge (IPv6 after NPTv6, which keeps ports; IPv4 an uplink leaves as it is)."""
         tables = raw.get("forward", [])
         if not isinstance(tables, list):
             self.err("forward", "must be an array of tables", "write each as [[forward]]")
@@ -956,12 +956,6 @@ class _Loader:
                 self.err(f"{where}.to_port", f"{to_port} differs from port {lo}, and mmr does not rewrite ports "
                          "of forwarded connections yet", f"write to_port = {lo} (or leave it out) and let the LAN "
                          "host listen there")
-            for u in idx:
-                up = cfg.uplinks[u]
-                if to.version == 4 and (up.nat == "masquerade" or (up.nat == "auto" and to.is_private)):
-                    self.err(f"{where}.to", f"{to} is an IPv4 LAN host that uplink {up.name} translates (nat = "
-                             f"\"{up.nat}\"), and forwards through NAPT44 are not built yet",
-                             "forward to an IPv6 LAN address, or list only uplinks with nat = \"none\" in uplinks")
             f = Forward(i, 6 if proto.lower() == "tcp" else 17, (lo, hi), to, to_port, idx)
             for g in cfg.forwards:
                 if (g.proto == f.proto and g.to.version == to.version and set(g.uplinks) & set(idx)

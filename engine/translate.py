@@ -72,6 +72,18 @@ class Translation:
             self.npt = Npt66(n)
         self.addrs: list = [None] * n
         self.active = [0] * n                    # modes in effect (auto: only with a private LAN)
+        # [[forward]] to an IPv4 host the uplink translates: its ports go to that host (out
+        # of the mappings' pool; the guard keeps the kernel from them)
+        self.forward_ports: dict[int, list] = {6: [], 17: []}
+        if self.nat is not None:
+            for f in cfg.forwards:
+                if f.to.version != 4:
+                    continue
+                private = any(f.to in net for net in PRIVATE4)
+                for u in f.uplinks:
+                    if self.modes[u] == 2 or (self.modes[u] == 1 and private):
+                        self.nat.set_forward(u, f.proto, f.ports[0], f.ports[1], f.to.packed)
+                        self.forward_ports[f.proto].append(f.ports)
         self.npt_maps: list = [None] * n
         fw.set_nat(self.nat, self.active, self.npt)
 
@@ -136,6 +148,10 @@ class Translation:
             ranges = ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in port_ranges(self.ports))
             rules.append(f"iifname {{ {ups} }} ip daddr @nat4 meta l4proto {{ tcp, udp }} th dport {{ {ranges} }} "
                          f"counter drop")
+        for proto, name in ((6, "tcp"), (17, "udp")):
+            if self.forward_ports[proto]:
+                ranges = ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in sorted(set(self.forward_ports[proto])))
+                rules.append(f"iifname {{ {ups} }} ip daddr @nat4 {name} dport {{ {ranges} }} counter drop")
         rules.append(f"iifname {{ {ups} }} ip6 daddr @npt6 counter drop")
         return rules
 

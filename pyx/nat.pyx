@@ -245,6 +245,34 @@ cdef class Nat44:
             spin_unlock(&self.lock)
         return None
 
+    def set_forward(self, int u, int proto, int lo, int hi, to_addr):
+        """A [[forward]] on uplink u: TCP (6) or UDP (17) to the uplink's address and a port in
+        lo..hi goes to to_addr (4 bytes), the same port; what that host sends from those
+        ports leaves with the uplink's address.  The ports leave the mappings' pool (a mapping
+        holding one is dropped).  At most 64 forwards."""
+        cdef int pi = pindex(<uint8_t>proto)
+        cdef bytes b = bytes(to_addr)
+        cdef size_t idx
+        cdef int p, k
+        if u < 0 or u >= self.n_uplinks:
+            raise IndexError("uplink out of range")
+        if pi != P_TCP and pi != P_UDP:
+            raise ValueError("a forward is TCP (6) or UDP (17)")
+        if not 1 <= lo <= hi <= 65535 or len(b) != 4:
+            raise ValueError("ports 1..65535, low to high, and a 4-byte address")
+        if self.n_fwd >= 64:
+            raise ValueError("at most 64 forwards")
+        k = self.n_fwd
+        memcpy(&self.fwd_to[k], <const char*>b, 4)
+        self.n_fwd += 1
+        spin_lock(&self.lock)
+        for p in range(lo, hi + 1):
+            idx = (<size_t>u * 3 + pi) * 65536 + p
+            if self.rev[idx] >= 0:
+                self.release(self.rev[idx])
+            self.rev[idx] = -2 - k            # create() passes it by (free_ports counts mappings)
+        spin_unlock(&self.lock)
+
     def address(self, int u):
         if u < 0 or u >= self.n_uplinks:
             raise IndexError("uplink out of range")
@@ -327,12 +355,12 @@ cdef class Nat44:
         if self.n_free == 0 or self.free_ports[u * 3 + proto] == 0:
             self.exhausted += 1
             return -1
-        if self.port_ok[want] and rv[want] < 0:
+        if self.port_ok[want] and rv[want] == -1:
             p = want
         else:
             i = (h >> 8) % self.n_ports
             tries = 0
-            while rv[self.ports[i]] >= 0:
+            while rv[self.ports[i]] != -1:          # a mapping's, or a forward's (<= -2)
                 i += 1
                 if i == self.n_ports:
                     i = 0
@@ -472,6 +500,12 @@ cdef class Nat44:
                 return NAT_MALFORMED
             memcpy(&sport, ip + l4, 2)
             memcpy(&dport, ip + l4 + 2, 2)
+            m = self.rev[(<size_t>u * 3 + pi) * 65536 + ld16(ip + l4)]
+            if m <= -2 and self.fwd_to[-2 - m] == src:
+                # a forwarded connection's host answering: the uplink's address, its port kept
+                ck = ip + l4 + (16 if pi == P_TCP else 6)
+                set_addr(ip + 12, ext, ip + 10, NULL, ck, pending, pi == P_UDP)
+                return NAT_OK
         h = self.key_hash(src, dst, sport, dport, pi, u)
         m = self.find(h, src, dst, sport, dport, pi, u)
         if m < 0:
@@ -616,6 +650,20 @@ cdef class Nat44:
                 return NAT_MALFORMED
             port = ld16(ip + l4 + 2)
             memcpy(&sport, ip + l4, 2)
+            m = self.rev[(<size_t>u * 3 + pi) * 65536 + port]
+            if m <= -2:
+                # a [[forward]]'s port: to its LAN host, the same port
+                ck = ip + l4 + (16 if pi == P_TCP else 6)
+                set_addr(ip + 16, self.fwd_to[-2 - m], ip + 10, NULL, ck, pending, pi == P_UDP)
+                if frag & 0x2000:
+                    fr = &self.frags[self.frag_slot(src, ip_id, proto, u)]
+                    fr.rem_addr = src
+                    fr.int_addr = self.fwd_to[-2 - m]
+                    fr.ip_id = ip_id
+                    fr.proto = proto
+                    fr.uplink = u
+                    fr.last = now
+                return NAT_OK
         if not self.port_ok[port]:
             return NAT_PASS                   # outside the mappings' ports: the router's own
         m = self.rev[(<size_t>u * 3 + pi) * 65536 + port]

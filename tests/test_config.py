@@ -113,8 +113,6 @@ BAD = [
     ("forward proto", LAN + FWD.replace('"tcp"', '"icmp"'), "forward[0].proto", "not a protocol mmr forwards"),
     ("forward missing to", LAN + FWD.replace('to = "fd00:1::10"', ''), "forward[0].to", "is missing"),
     ("forward other port", LAN + FWD + "to_port = 80\n", "forward[0].to_port", "does not rewrite ports"),
-    ("forward through napt", LAN + FWD.replace("fd00:1::10", "192.168.1.10"), "forward[0].to",
-     "forwards through NAPT44 are not built yet"),
 ]
 
 

@@ -217,6 +217,21 @@ to = "{ISP_MN_ADDR}"
 """
 
 
+def test_a_tcp_port_forward_over_ipv4_through_the_nat(bed, tmp_path):
+    """The same server forwarded over IPv4: CN connects to up1's address (198.18.1.2) port
+    8443, mmr sends it to MN (192.168.1.10) and MN's answers leave with up1's address; 1 MB
+    hash-checked.  The kernel stays out of it (the guard: no reset from the router)."""
+    with running(bed, policy(tmp_path, extra=FORWARD.replace(ISP_MN_ADDR, "192.168.1.10"))):
+        peer(bed, "mn", "reach", "198.51.100.1", "1")          # mmr learns MN's MAC
+        srv = start_peer(bed, "mn", "tcp-serve", 8443, 1_000_000)
+        r = peer(bed, "cn", "tcp-fetch", "::ffff:198.18.1.2", 8443, 1_000_000, timeout=60)
+        srv.wait(timeout=10)
+        assert json.loads(r.stdout) == {"bytes": 1_000_000, "ok": True}, r.stdout + r.stderr
+        st = subprocess.run(in_ns(bed, "mmr", "python3", "-m", "engine", "status", "--json"), capture_output=True,
+                            text=True, timeout=30)
+        assert json.loads(st.stdout)["drops"]["nat_unsolicited"] == 0
+
+
 def test_a_tcp_port_forward_over_ipv6(bed, tmp_path):
     """A server on MN port 8443, forwarded: CN connects to MN's outside address (NPTv6) and
     fetches 1 MB, hash-checked; without the [[forward]] the connection does not get in (the
