@@ -710,7 +710,8 @@ cdef class Nat44:
         cdef nat_map* e
         cdef uint8_t* ic = ip + l4 + 2
         cdef uint8_t* qck = NULL
-        cdef uint32_t h
+        cdef uint32_t h, int_addr
+        cdef uint16_t int_port
         cdef covered c
         if qn < 20 or (q[0] >> 4) != 4:
             return NAT_MALFORMED
@@ -732,12 +733,19 @@ cdef class Nat44:
         else:
             port = ld16(q + qihl)
             memcpy(&qdport, q + qihl + 2, 2)
-        if not self.port_ok[port]:
-            return NAT_PASS
         m = self.rev[(<size_t>u * 3 + pi) * 65536 + port]
-        if m < 0 or self.maps[m].rem_addr != qdst or self.maps[m].rem_port != qdport:
-            return NAT_PASS if pi == P_ICMP else NAT_UNKNOWN
-        e = &self.maps[m]
+        if m <= -2 and pi != P_ICMP:
+            # about a forwarded connection (any remote): back to the forward's host, same port
+            int_addr = self.fwd_to[-2 - m]
+            int_port = ld16(q + qihl)
+        else:
+            if not self.port_ok[port]:
+                return NAT_PASS
+            if m < 0 or self.maps[m].rem_addr != qdst or self.maps[m].rem_port != qdport:
+                return NAT_PASS if pi == P_ICMP else NAT_UNKNOWN
+            e = &self.maps[m]
+            int_addr = e.int_addr
+            int_port = ld16(<uint8_t*>&e.int_port)
         if pi == P_TCP and qihl + 18 <= qn:
             qck = q + qihl + 16
         elif pi == P_UDP:
@@ -751,16 +759,16 @@ cdef class Nat44:
         cover(&c, qck)
         cover(&c, q + qihl + (4 if pi == P_ICMP else 0))
         if pi == P_UDP:       # the quoted UDP checksum: 0 stays 0
-            set_addr(q + 12, e.int_addr, q + 10, NULL, qck, False, True)
-            set_word(q + qihl, ld16(<uint8_t*>&e.int_port), NULL, NULL, qck, False, True)
+            set_addr(q + 12, int_addr, q + 10, NULL, qck, False, True)
+            set_word(q + qihl, int_port, NULL, NULL, qck, False, True)
         elif pi == P_TCP:
-            set_addr(q + 12, e.int_addr, q + 10, qck, NULL, False, False)
-            set_word(q + qihl, ld16(<uint8_t*>&e.int_port), qck, NULL, NULL, False, False)
+            set_addr(q + 12, int_addr, q + 10, qck, NULL, False, False)
+            set_word(q + qihl, int_port, qck, NULL, NULL, False, False)
         else:
-            set_addr(q + 12, e.int_addr, q + 10, NULL, NULL, False, False)
-            set_word(q + qihl + 4, ld16(<uint8_t*>&e.int_port), qck, NULL, NULL, False, False)
+            set_addr(q + 12, int_addr, q + 10, NULL, NULL, False, False)
+            set_word(q + qihl + 4, int_port, qck, NULL, NULL, False, False)
         settle(&c, ic)
-        set_addr(ip + 16, e.int_addr, ip + 10, NULL, NULL, False, False)
+        set_addr(ip + 16, int_addr, ip + 10, NULL, NULL, False, False)
         return NAT_OK
 
     # ---------------------------------------------------------------- Python entry points

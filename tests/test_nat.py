@@ -107,6 +107,11 @@ def test_a_forward_sends_its_port_to_the_lan_host_and_its_answers_back():
     assert both(c, r, "in", udp(REM, EXT0, 40000, 8443), 0, 1.2)[0] == "unknown"
     code, other = both(c, r, "out", tcp(LAN1, REM, 8443, 40000), 0, 1.3)
     assert code == "ok" and other[20:22] != struct.pack("!H", 8443)          # a mapping of its own
+    # an error about the forwarded connection (a router on the client's path) reaches the
+    # host with its quote put back as the host sent it
+    big = tcp(EXT0, REM, 8443, 40000, flags=0x10, data=b"b" * 40)
+    code, err = both(c, r, "in", error(ROUTER, EXT0, big, typ=3, code=4), 0, 1.25)
+    assert code == "ok" and err[16:20] == LAN2 and err[40:44] == LAN2 and valid(err), err.hex()
     # no dynamic mapping takes a forward's port, even when the LAN port asks for it
     for k in range(5):
         code, out = both(c, r, "out", tcp(LAN1, REM2, 8443, 1000 + k), 0, 1.4)

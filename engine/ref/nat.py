@@ -401,6 +401,11 @@ class Nat44Ref:
             port, qdport = p.w(q + qihl + 4), 0
         else:
             port, qdport = p.w(q + qihl), p.w(q + qihl + 2)
+            to = self.fwds.get((u, pi, port))
+            if to is not None:                   # about a forwarded connection: its host, same port
+                self._rewrite_quote(p, l4 + 2, q, qihl, n, pi, 12, to, q + qihl, port)
+                p.set_addr(16, to, [(10, False, False)])
+                return OK
         if port not in self.port_set:
             return PASS
         m = self.rev.get((u, pi, port))
