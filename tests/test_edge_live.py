@@ -97,11 +97,12 @@ def test_unsolicited_ipv6_is_dropped_while_mns_own_flows_work(bed, tmp_path):
 
 
 def test_path_mtu_discovery_over_ipv6_passes_the_edge(bed, tmp_path):
-    """ISP1 - CN at MTU 1280: ISP1's packet too big about MN's TCP segments reaches MN (it
-    quotes a packet of MN's flow) and the transfer completes, every byte hash-checked."""
+    """ISP1's link to CN at MTU 1280 (CN's own at 1500: its MSS lets MN send full frames):
+    ISP1's packet too big about MN's TCP segments reaches MN (it quotes a packet of MN's
+    flow; MN's path MTU to CN becomes 1280) and the transfer completes, hash-checked."""
     with running(bed, policy(tmp_path)):
-        for node, dev in (("isp1", "eth1"), ("cn", "eth1")):
-            bed.run(node, "ip", "link", "set", dev, "mtu", "1280")
+        bed.run("mn", "ip", "-6", "route", "flush", "cache")
+        bed.run("isp1", "ip", "link", "set", "eth1", "mtu", "1280")
         try:
             before = drops(bed)["edge_unsolicited"]
             sink = start_peer(bed, "cn", "tcp-sink", 7701)
@@ -110,10 +111,10 @@ def test_path_mtu_discovery_over_ipv6_passes_the_edge(bed, tmp_path):
             sink.wait()
             out = json.loads(r.stdout)
             assert out["answer"] == out["expect"], out
+            assert "mtu 1280" in route_mtu(bed), route_mtu(bed)
             assert drops(bed)["edge_unsolicited"] == before
         finally:
-            for node, dev in (("isp1", "eth1"), ("cn", "eth1")):
-                bed.run(node, "ip", "link", "set", dev, "mtu", "1500")
+            bed.run("isp1", "ip", "link", "set", "eth1", "mtu", "1500")
             bed.run("mn", "ip", "-6", "route", "flush", "cache")
 
 
@@ -230,6 +231,27 @@ def test_a_tcp_port_forward_over_ipv4_through_the_nat(bed, tmp_path):
         st = subprocess.run(in_ns(bed, "mmr", "python3", "-m", "engine", "status", "--json"), capture_output=True,
                             text=True, timeout=30)
         assert json.loads(st.stdout)["drops"]["nat_unsolicited"] == 0
+
+
+def test_path_mtu_discovery_of_a_forwarded_server(bed, tmp_path):
+    """ISP1's link to CN at MTU 1280 (CN's own at 1500): the server on MN sends 1 MB over the
+    forwarded connection; ISP1's 'fragmentation needed' about MN's segments (to up1's
+    address, quoting its port 8443) reaches MN with the quote restored (MN's path MTU to CN
+    becomes 1280), and every byte arrives."""
+    with running(bed, policy(tmp_path, extra=FORWARD.replace(ISP_MN_ADDR, "192.168.1.10"))):
+        peer(bed, "mn", "reach", "198.51.100.1", "1")
+        bed.run("mn", "ip", "route", "flush", "cache")
+        bed.run("isp1", "ip", "link", "set", "eth1", "mtu", "1280")
+        try:
+            srv = start_peer(bed, "mn", "tcp-serve", 8443, 1_000_000)
+            r = peer(bed, "cn", "tcp-fetch", "::ffff:198.18.1.2", 8443, 1_000_000, timeout=60)
+            srv.wait(timeout=10)
+            assert json.loads(r.stdout) == {"bytes": 1_000_000, "ok": True}, r.stdout + r.stderr
+            routes = [bed.run("mn", "ip", "-4", "route", "get", a) for a in ("198.18.11.2", "198.51.100.1")]
+            assert any("mtu 1280" in x for x in routes), routes
+        finally:
+            bed.run("isp1", "ip", "link", "set", "eth1", "mtu", "1500")
+            bed.run("mn", "ip", "route", "flush", "cache")
 
 
 def test_a_tcp_port_forward_over_ipv6(bed, tmp_path):
