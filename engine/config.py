@@ -42,6 +42,12 @@ ENGINE_KEYS = {
     "lan_prefixes": Key("prefixes", [],          # [] (the default): learned from the LAN device
                         hint='a list of prefixes such as ["2001:db8:1::/64"] (leave it out to take '
                              'the networks of the LAN device\'s addresses)'),
+    "routed_prefixes": Key("prefixes", [],
+                           hint='a list of LAN prefixes open to connections from outside, such as '
+                                '["2001:db8:1:8::/64"] (leave it out: only replies to the LAN\'s own '
+                                'flows get in)'),
+    "edge_capacity": Key("int", 65536, 1, 1 << 24,
+                         hint="the flows the stateful edge tracks, 1 to 16777216, e.g. 65536"),
     "option_type": Key("int", C.DEFAULT_OPTION_TYPE, 0x20, 0x3F,
                        hint="an option type of the form 001xxxxx: 0x20..0x3F (default 0x3E)"),
     "flow_capacity": Key("int", 65536, 1, 1 << 26, hint="a flow count from 1 to 67108864"),
@@ -97,6 +103,8 @@ UPLINK_KEYS = {
                                    'mmr host: every IPv4 source from the VI), "masquerade" (every IPv4 '
                                    'source) or "none"'),
     "nat6": Key("str", "none", hint='"npt" (RFC 6296 prefix translation to npt_prefix) or "none"'),
+    "edge": Key("str", "stateful", hint='"stateful" (from this uplink only replies to the LAN\'s flows and '
+                                        'routed_prefixes get in) or "open" (everything to the LAN: a routed setup)'),
     "npt_prefix": Key("str", None, optional=True,
                       hint='"auto" (the uplink\'s own on-link prefix of the LAN prefix\'s length, answered '
                            'for by proxy neighbour discovery) or the prefix the LAN\'s IPv6 prefix maps to, '
@@ -172,6 +180,8 @@ RULE_SET = ("service", "preference", "uplink")
 PIN_BASE = 65535      # a rule's uplink = NAME uses the reserved preference PIN_BASE - index
 # (an option asking for a preference a pin uses is not honoured: pyx/classify.pyx)
 TRUST_KEYS = ("src", "services", "preferences")
+FORWARD_KEYS = ("proto", "port", "to", "to_port", "uplinks")
+MAX_FORWARDS = 64
 MAX_TRUST = 1024
 PROTO_NAMES = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132, "udplite": 136,
                "gre": 47, "esp": 50}
@@ -226,6 +236,7 @@ class Uplink:
     gateway4: str | None = None                            # the IPv4 next hop's address; None: auto
     gateway6: str | None = None                            # the IPv6 next hop's; None: auto
     dns: list[str] = field(default_factory=list)           # resolvers pinned to this uplink (RFC 6419 2.3.1)
+    edge: str = "stateful"                                 # the stateful edge: stateful or open
 
 
 @dataclass
@@ -240,6 +251,17 @@ class Rule:
     service: int | None = None
     preference: int | None = None
     pin: bool = False          # uplink = NAME: applies to tagged traffic too ("only via")
+
+
+@dataclass
+class Forward:
+    """[[forward]]: new connections from outside to port (a range: lo..hi) reach to:to_port."""
+    index: int
+    proto: int                                  # 6 or 17
+    ports: tuple[int, int]
+    to: ipaddress.IPv4Address | ipaddress.IPv6Address
+    to_port: int                                # the first port of the range on the LAN host
+    uplinks: tuple[int, ...]                    # uplink indexes it opens on
 
 
 @dataclass
@@ -258,6 +280,8 @@ class Config:
     lan_prefixes: list = field(default_factory=list)
     lan_prefixes_learned: bool = False      # none configured: the LAN device's own, followed
     nat_ports: str | tuple | None = "auto"  # parsed: None (auto) or (low, high)
+    routed_prefixes: list = field(default_factory=list)    # LAN prefixes open to unsolicited inbound
+    edge_capacity: int = 65536
     option_type: int = C.DEFAULT_OPTION_TYPE
     flow_capacity: int = 65536
     idle_timeout_s: float = 120.0
@@ -270,6 +294,7 @@ class Config:
     policies: dict[int, Policy] = field(default_factory=dict)
     rules: list[Rule] = field(default_factory=list)
     trust: list[Trust] = field(default_factory=list)
+    forwards: list[Forward] = field(default_factory=list)
     monitor: dict = field(default_factory=dict)
     host: dict = field(default_factory=dict)
     select: dict = field(default_factory=lambda: {"sticky_s": 0.0})
@@ -494,7 +519,7 @@ class _Loader:
         except RecursionError:
             self.err(None, "nests tables or arrays too deeply", "write a flat policy file")
         self.unknown(raw, ("engine", "uplink", "classes", "policy", "rule", "monitor", "host",
-                          "select", "trust", "tag"), "")
+                          "select", "trust", "tag", "forward"), "")
         eng = self.table(raw.get("engine", {}), ENGINE_KEYS, "engine")
         cfg = Config(path=self.path, raw=raw, **eng)
         cfg.lan_prefixes = eng["lan_prefixes"]
@@ -511,11 +536,19 @@ class _Loader:
         if len(cfg.lan_prefixes) > 64:
             self.err("engine.lan_prefixes", f"{len(cfg.lan_prefixes)} prefixes is more than mmr takes",
                      "list at most 64 (aggregate them)")
+        if len(cfg.routed_prefixes) > 256:
+            self.err("engine.routed_prefixes", f"{len(cfg.routed_prefixes)} prefixes is more than mmr takes",
+                     "list at most 256 (aggregate them)")
+        for net in cfg.routed_prefixes:
+            if cfg.lan_prefixes and not any(net.version == p.version and net.subnet_of(p) for p in cfg.lan_prefixes):
+                self.err("engine.routed_prefixes", f"{net} is not inside the LAN's lan_prefixes",
+                         "write a prefix inside one of " + ", ".join(map(str, cfg.lan_prefixes)))
         self.uplinks(raw, cfg)
         self.classes(raw, cfg)
         self.policies(raw, cfg)
         self.rules(raw, cfg)
         self.trust(raw, cfg)
+        self.forwards(raw, cfg)
         self.monitor(raw, cfg)
         self.host(raw, cfg)
         cfg.select = self.table(raw.get("select", {}), SELECT_KEYS, "select")
@@ -688,6 +721,9 @@ class _Loader:
         if v["nat6"] not in ("npt", "none"):
             self.err(f"{where}.nat6", f"{_short(v['nat6'])} is not an IPv6 translation", 'write "npt" or "none"')
         up.nat6 = v["nat6"]
+        if v["edge"] not in ("stateful", "open"):
+            self.err(f"{where}.edge", f"{_short(v['edge'])} is not an edge mode", 'write "stateful" or "open"')
+        up.edge = v["edge"]
         if v["npt_prefix"] is not None and v["npt_prefix"] != "auto":
             net = self.prefix(f"{where}.npt_prefix", v["npt_prefix"])
             if net.version != 6 or net.prefixlen > 64:
@@ -910,6 +946,63 @@ class _Loader:
                         merged.append((lo, hi))
                 tr.preferences = tuple(merged)
             cfg.trust.append(tr)
+
+    def forwards(self, raw, cfg):
+        """[[forward]] tables: port forwards from the uplinks to a LAN host: through NAPT44
+        (IPv4 to a translating uplink's address, engine/translate.py) or opened in the
+        stateful edge (IPv6 after NPTv6, which keeps ports; IPv4 an uplink leaves as it is)."""
+        tables = raw.get("forward", [])
+        if not isinstance(tables, list):
+            self.err("forward", "must be an array of tables", "write each as [[forward]]")
+        if len(tables) > MAX_FORWARDS:
+            self.err("forward", f"{len(tables)} tables is more than mmr takes", f"keep at most {MAX_FORWARDS}")
+        names = [u.name for u in cfg.uplinks]
+        for i, t in enumerate(tables):
+            where = f"forward[{i}]"
+            if not isinstance(t, dict):
+                self.err(where, "must be a table", "write each as [[forward]]")
+            self.unknown(t, FORWARD_KEYS, where)
+            for k, example in (("proto", '"tcp"'), ("port", "8080"), ("to", '"fd00:1::10"')):
+                if k not in t:
+                    self.err(f"{where}.{k}", "is missing", f"add {k} = {example}")
+            proto = t["proto"]
+            if not isinstance(proto, str) or proto.lower() not in ("tcp", "udp"):
+                self.err(f"{where}.proto", f"{_short(proto)} is not a protocol mmr forwards", 'write "tcp" or "udp"')
+            lo, hi = self.port_range(f"{where}.port", t["port"])
+            if lo < 1 or hi - lo >= 1024:
+                self.err(f"{where}.port", f"{_short(t['port'])} is not a port 1..65535 or a range of at most 1024",
+                         'write e.g. 8080 or "6881-6889"')
+            if not isinstance(t["to"], str):
+                self.err(f"{where}.to", f"{_short(t['to'])} is not an address", 'write e.g. "fd00:1::10"')
+            try:
+                to = ipaddress.ip_address(t["to"])
+            except ValueError:
+                self.err(f"{where}.to", f"{_short(t['to'])} is not an address", 'write e.g. "fd00:1::10"')
+            if cfg.lan_prefixes and not any(to in p for p in cfg.lan_prefixes):
+                self.err(f"{where}.to", f"{to} is outside the LAN prefixes",
+                         "write the address of a LAN host, inside one of " + ", ".join(map(str, cfg.lan_prefixes)))
+            to_port = t.get("to_port", lo)
+            if isinstance(to_port, bool) or not isinstance(to_port, int) or not 1 <= to_port <= 65535 - (hi - lo):
+                self.err(f"{where}.to_port", f"{_short(to_port)} is not a port 1..65535 for the whole range",
+                         "write the LAN host's first port, e.g. 80")
+            ups = t.get("uplinks", names)
+            if not isinstance(ups, list) or not all(isinstance(x, str) for x in ups) or not ups:
+                self.err(f"{where}.uplinks", "must be a list of uplink names", f"write e.g. [\"{names[0]}\"]")
+            for x in ups:
+                if x not in names:
+                    self.err(f"{where}.uplinks", f"{_short(x)} is not an uplink", f"use one of {', '.join(names)}")
+            idx = tuple(sorted({names.index(x) for x in ups}))
+            if to_port != lo:
+                self.err(f"{where}.to_port", f"{to_port} differs from port {lo}, and mmr does not rewrite ports "
+                         "of forwarded connections yet", f"write to_port = {lo} (or leave it out) and let the LAN "
+                         "host listen there")
+            f = Forward(i, 6 if proto.lower() == "tcp" else 17, (lo, hi), to, to_port, idx)
+            for g in cfg.forwards:
+                if (g.proto == f.proto and g.to.version == to.version and set(g.uplinks) & set(idx)
+                        and g.ports[0] <= hi and lo <= g.ports[1]):
+                    self.err(f"{where}.port", f"{lo}-{hi} clashes with forward[{g.index}]'s {g.ports[0]}-{g.ports[1]} "
+                             f"({proto.lower()} on a shared uplink)", "give each forward its own ports")
+            cfg.forwards.append(f)
 
     def port_range(self, key, v):
         if isinstance(v, int) and not isinstance(v, bool):

@@ -99,6 +99,9 @@ REASONS = [
     (22, "nat_exhausted", "drop"),        # no port or mapping slot left for a new flow
     (23, "nat_untranslatable", "drop"),   # a protocol, ICMP type or address NAPT/NPTv6 cannot map
     (24, "nat_no_address", "drop"),       # the uplink has no IPv4 address to translate to (yet)
+    # the stateful edge (pyx/edge.pyx; [[uplink]] edge, [engine] routed_prefixes, edge_capacity)
+    (25, "edge_unsolicited", "drop"),     # from an uplink to the LAN, no flow the LAN started
+    (26, "edge_full", "drop"),            # a new flow out and the edge's table is full
 ]
 REASON_NAMES = [name for _, name, _ in REASONS]
 REASON_ACTION = {code: action for code, _, action in REASONS}
@@ -129,6 +132,8 @@ REASON_NAT_UNSOLICITED = 21
 REASON_NAT_EXHAUSTED = 22
 REASON_NAT_UNTRANSLATABLE = 23
 REASON_NAT_NO_ADDRESS = 24
+REASON_EDGE_UNSOLICITED = 25
+REASON_EDGE_FULL = 26
 
 # RFC 8504 section 5.3 limits applied to the hop-by-hop and destination options headers
 MAX_PAD_BYTES = 7          # consecutive padding bytes (Pad1 and PadN together)

@@ -134,6 +134,7 @@ def config_document(cfg) -> dict:
 
     eng = {k: getattr(cfg, k) for k in ENGINE_KEYS if getattr(cfg, k) is not None}   # workers: unset = auto
     eng["lan_prefixes"] = [str(p) for p in cfg.lan_prefixes]
+    eng["routed_prefixes"] = [str(p) for p in cfg.routed_prefixes]
     eng["nat_ports"] = "auto" if cfg.nat_ports is None else f"{cfg.nat_ports[0]}-{cfg.nat_ports[1]}"
     uplinks = []
     for u in cfg.uplinks:
@@ -152,6 +153,7 @@ def config_document(cfg) -> dict:
         t["reliability"] = u.reliability
         t["strip_option"] = u.strip_option
         t["nat"], t["nat6"] = u.nat, u.nat6
+        t["edge"] = u.edge
         if u.npt_prefix is not None:
             t["npt_prefix"] = str(u.npt_prefix)
         elif u.nat6 == "npt":
@@ -188,8 +190,11 @@ def config_document(cfg) -> dict:
     trust = [{"src": str(t.src), "services": [C.SERVICE_NAMES[s] for s in t.services],
               "preferences": [lo if lo == hi else f"{lo}-{hi}" for lo, hi in t.preferences]}
              for t in cfg.trust]
+    forwards = [{"proto": proto_names[f.proto], "port": f.ports[0] if f.ports[0] == f.ports[1] else
+                 f"{f.ports[0]}-{f.ports[1]}", "to": str(f.to), "to_port": f.to_port,
+                 "uplinks": [cfg.uplinks[u].name for u in f.uplinks]} for f in cfg.forwards]
     doc = {"engine": eng, "uplink": uplinks, "classes": classes, "policy": policies, "rule": rules,
-           "trust": trust,
+           "trust": trust, "forward": forwards,
            # "" and None: a key left out (a policy file may not write them)
            "monitor": {k: v for k, v in cfg.monitor.items() if v not in ("", None)},
            "select": dict(cfg.select),

@@ -53,7 +53,7 @@ from engine._pipeline import Pipeline
 from engine.connmgr import ConnectionManager
 from engine.control import ControlServer
 from engine.errors import UserError
-from engine.translate import Translation
+from engine.translate import Translation, edge_status, make_edge
 from engine.guard import KernelGuard
 from engine.icmperr import packet_too_big, parameter_problem, time_exceeded
 from engine.log import Log
@@ -239,6 +239,7 @@ class Datapath:
             self.fw.param_problems = False
             self.counters = self.fw.counters          # the one table (engine/counters.py)
             self.translation = Translation(cfg, self.fw, inside.router, self.log)
+            self.edge = make_edge(cfg, self.fw, inside.router)
             inside.open(self, batch)
             self.up_rx: list = [None] * self.n_up
             self.up_tx: list = [None] * self.n_up
@@ -931,6 +932,8 @@ class Datapath:
         self._expire_resolvers()
         now = time.time()
         self.translation.expire(now)
+        if self.edge is not None:
+            self.edge.expire(now)
         self.pipe.expire(now)
         for w in self.workers:
             w.post(lambda w: w.pipe.expire(now))
@@ -1022,10 +1025,13 @@ class Datapath:
             return {"ok": False, "message": f"rejected, the old policy keeps running: {exc}"}
         old = self.cfg
         def wiring(c):
-            return [(u.name, u.device, u.gateway, u.gateway4, u.gateway6, u.gateway_mac, u.nat, u.nat6, u.npt_prefix)
+            return [(u.name, u.device, u.gateway, u.gateway4, u.gateway6, u.gateway_mac, u.nat, u.nat6, u.npt_prefix,
+                     u.edge)
                     for u in c.uplinks]
         same = (new.lan == old.lan and wiring(new) == wiring(old) and new.option_type == old.option_type
-                and new.host == old.host and new.nat_ports == old.nat_ports)
+                and new.host == old.host and new.nat_ports == old.nat_ports
+                and new.routed_prefixes == old.routed_prefixes and new.edge_capacity == old.edge_capacity
+                and new.forwards == old.forwards)
         added = [u.name for u in new.uplinks if u.name not in {x.name for x in old.uplinks}]
         removed = [u.name for u in old.uplinks if u.name not in {x.name for x in new.uplinks}]
         if added or removed:
@@ -1035,9 +1041,9 @@ class Datapath:
                                             + "; adding or removing an uplink needs a restart"}
         if not same:
             return {"ok": False, "message": "rejected, the old policy keeps running: the LAN device, the "
-                                            "uplinks (names, devices, order, gateways, translation), "
-                                            "nat_ports, the option type or [host] changed; those need a "
-                                            "restart"}
+                                            "uplinks (names, devices, order, gateways, translation, edge), "
+                                            "nat_ports, routed_prefixes, edge_capacity, [[forward]], the option "
+                                            "type or [host] changed; those need a restart"}
         if len(new.lan_prefixes) > self.fw.lan_net.shape[0]:
             return {"ok": False, "message": f"rejected, the old policy keeps running: more than "
                                             f"{self.fw.lan_net.shape[0]} lan_prefixes"}
@@ -1092,6 +1098,7 @@ class Datapath:
                     "next_hops": {u.name: self._next_hop_text(k, 1) or self._next_hop_text(k, 0)
                                   for k, u in enumerate(self.cfg.uplinks)},
                     "resolvers": self.resolver_table(),
+                    "edge": edge_status(self.cfg, self.edge),
                     "next_hops_by_family": {u.name: {"ipv4": self._next_hop_text(k, 0),
                                                      "ipv6": self._next_hop_text(k, 1)}
                                             for k, u in enumerate(self.cfg.uplinks)}}

@@ -31,7 +31,7 @@ from __future__ import annotations
 import ipaddress
 import time
 
-from engine.config import NAT_MODES
+from engine.config import NAT_MODES, to_mapped
 
 NPT_AVOID = 16                     # addresses NPT keeps clear of per uplink (pyx/engine/_nat.pxd)
 
@@ -152,6 +152,18 @@ class Translation:
         self.proxies: dict = {}                  # uplink -> its proxy ND (engine/ndproxy.py; router.py's)
         self.waiting = [False] * n               # said that it has no IPv4 address (once)
         self.lose_at: list = [None] * n          # when a gone address's mappings go
+        # [[forward]] to an IPv4 host the uplink translates: its ports go to that host (out
+        # of the mappings' pool; the guard keeps the kernel from them)
+        self.forward_ports: dict[int, list] = {6: [], 17: []}
+        if self.nat is not None:
+            for f in cfg.forwards:
+                if f.to.version != 4:
+                    continue
+                private = any(f.to in net for net in PRIVATE4)
+                for u in f.uplinks:
+                    if self.modes[u] == 2 or (self.modes[u] == 1 and private):
+                        self.nat.set_forward(u, f.proto, f.ports[0], f.ports[1], f.to.packed)
+                        self.forward_ports[f.proto].append(f.ports)
         fw.set_nat(self.nat, self.active, self.npt)
 
     def refresh(self, state, up_index: list, lan_prefixes: list, gateways: list | None = None) -> bool:
@@ -275,6 +287,10 @@ class Translation:
             ranges = ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in port_ranges(self.ports))
             rules.append(f"iifname {{ {ups} }} ip daddr @nat4 meta l4proto {{ tcp, udp }} th dport {{ {ranges} }} "
                          f"counter drop")
+        for proto, name in ((6, "tcp"), (17, "udp")):
+            if self.forward_ports[proto]:
+                ranges = ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in sorted(set(self.forward_ports[proto])))
+                rules.append(f"iifname {{ {ups} }} ip daddr @nat4 {name} dport {{ {ranges} }} counter drop")
         # the router's own addresses in an NPT prefix (npt_prefix "auto": its own) stay its own
         rules.append(f"iifname {{ {ups} }} ip6 daddr @npt6 fib daddr type != local counter drop")
         return rules
@@ -308,3 +324,30 @@ class Translation:
 
         return Nat44(1, 1024).bytes_per_mapping
 
+
+
+def make_edge(cfg, fw, router: bool):
+    """The stateful edge (pyx/edge.pyx) for the uplinks whose edge is "stateful", and the
+    routed prefixes open to unsolicited inbound; None when no uplink has one (or in host
+    mode, where the VI's own stack is the endpoint)."""
+    from engine._edge import Edge
+
+    modes = [int(router and u.edge == "stateful") for u in cfg.uplinks]
+    edge = Edge(cfg.edge_capacity) if any(modes) else None
+    fw.set_edge(edge, modes)
+    fw.set_routed_prefixes([(n.network_address.packed, n.netmask.packed)
+                            for n in map(to_mapped, cfg.routed_prefixes)])
+    fw.set_forwards([(to_mapped(ipaddress.ip_network(f.to)).network_address.packed, f.proto, f.ports[0],
+                      f.ports[1], f.uplinks) for f in cfg.forwards])
+    return edge
+
+
+def edge_status(cfg, edge) -> dict:
+    names = [u.name for u in cfg.uplinks]
+    out = {"uplinks": {u.name: u.edge for u in cfg.uplinks},
+           "routed_prefixes": [str(n) for n in cfg.routed_prefixes],
+           "forwards": [{"proto": {6: "tcp", 17: "udp"}[f.proto], "port": f"{f.ports[0]}-{f.ports[1]}",
+                         "to": str(f.to), "uplinks": [names[u] for u in f.uplinks]} for f in cfg.forwards]}
+    if edge is not None:
+        out.update(edge.stats())
+    return out

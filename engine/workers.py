@@ -440,6 +440,11 @@ class Worker:
         f.t_start, f.t_end = f0.t_start, f0.t_end
         if f.nat is not f0.nat or f.npt is not f0.npt or (f.nat_mode != f0.nat_mode).any():
             f.set_nat(f0.nat, list(f0.nat_mode), f0.npt)      # one translator, shared (it locks)
+        if f.edge is not f0.edge or (f.edge_mode != f0.edge_mode).any():
+            f.set_edge(f0.edge, list(f0.edge_mode))          # one edge table, shared (it locks)
+        f.set_routed_prefixes([(bytes(v), bytes(m)) for v, m in f0.open_net[:f0.n_open]])
+        f.set_forwards([(bytes(f0.fwd_addr[k]), *map(int, f0.fwd_meta[k]), [u for u in range(f0.n_up) if f0.fwd_up[k, u]])
+                        for k in range(f0.n_fwd)])
 
     def detach_inside(self) -> None:
         self.fw.attach(in_ring=None, in_tx=None)

@@ -44,6 +44,7 @@ def reason_codes():
         "opt_unknown_discard": rows.R_OPT_UNKNOWN_DISCARD, "opt_unknown_icmp": rows.R_OPT_UNKNOWN_ICMP,
         "nat_unsolicited": rows.R_NAT_UNSOLICITED, "nat_exhausted": rows.R_NAT_EXHAUSTED,
         "nat_untranslatable": rows.R_NAT_UNTRANSLATABLE, "nat_no_address": rows.R_NAT_NO_ADDRESS,
+        "edge_unsolicited": rows.R_EDGE_UNSOLICITED, "edge_full": rows.R_EDGE_FULL,
     }, rows.N_REASONS
 
 

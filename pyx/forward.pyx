@@ -63,6 +63,7 @@ from engine._rewrite cimport (rewrite_one, finish_checksum, RW_MACS, RW_HOP, RW_
 from engine._ring cimport RxRing, TxSocket
 from engine._tun cimport Tun
 from engine._nat cimport Nat44, Npt66, NAT_OK, NAT_PASS, NAT_UNKNOWN, NAT_EXHAUSTED, NAT_NO_ADDRESS
+from engine._edge cimport Edge, EDGE_OK, EDGE_FULL
 
 import os
 import time
@@ -372,6 +373,22 @@ cdef class Forwarder:
         self.nat_mode = np.zeros(max(n_uplinks, 1), np.uint8)
         cdef uint8_t[::1] nm = self.nat_mode
         self.nat_mode_c = &nm[0]
+        self.edge = None
+        self.edge_mode = np.zeros(max(n_uplinks, 1), np.uint8)
+        cdef uint8_t[::1] em = self.edge_mode
+        self.edge_mode_c = &em[0]
+        self.open_net = np.zeros((256, 2, 16), np.uint8)
+        cdef uint8_t[:, :, ::1] on = self.open_net
+        self.open_net_c = &on[0, 0, 0]
+        self.n_open = 0
+        self.fwd_addr = np.zeros((64, 16), np.uint8)
+        self.fwd_meta = np.zeros((64, 3), np.int32)
+        self.fwd_up = np.zeros((64, max(n_uplinks, 1)), np.uint8)
+        cdef uint8_t[:, ::1] fa = self.fwd_addr
+        cdef int32_t[:, ::1] fm = self.fwd_meta
+        cdef uint8_t[:, ::1] fu = self.fwd_up
+        self.fwd_addr_c, self.fwd_meta_c, self.fwd_up_c = &fa[0, 0], &fm[0, 0], &fu[0, 0]
+        self.n_fwd = 0
 
     def set_strip(self, cfg):
         """[[uplink]] strip_option: the option type each uplink removes (0: none)."""
@@ -392,6 +409,50 @@ cdef class Forwarder:
             self.nat_mode[u] = m
         self.nat = nat
         self.npt = npt
+
+    def set_edge(self, Edge edge, modes):
+        """The stateful edge: edge (None: none) for the uplinks whose mode is 1; 0 lets an
+        uplink's inbound through unchecked (a routed setup).  Router only: in host mode the
+        VI's own stack is the endpoint."""
+        if len(modes) != self.n_up:
+            raise ValueError(f"give an edge mode for each of the {self.n_up} uplinks")
+        for u, m in enumerate(modes):
+            if m not in (0, 1):
+                raise ValueError("an edge mode is 0 or 1")
+            self.edge_mode[u] = m
+        self.edge = edge
+
+    def set_routed_prefixes(self, nets):
+        """LAN destinations open to unsolicited inbound (the operator's routed prefixes):
+        (value, mask) over the 16 row bytes.  At most 256."""
+        self.n_open = Forwarder._fill(self.open_net, nets)
+
+    def set_forwards(self, forwards):
+        """[[forward]] port forwards the edge opens: (LAN address in the row form, protocol,
+        first port, last port, the uplinks' indexes).  At most 64."""
+        forwards = list(forwards)
+        if len(forwards) > 64:
+            raise ValueError("at most 64 forwards")
+        self.fwd_up[:] = 0
+        for k, (addr, proto, lo, hi, ups) in enumerate(forwards):
+            self.fwd_addr[k] = np.frombuffer(bytes(addr), np.uint8)
+            self.fwd_meta[k] = (proto, lo, hi)
+            for u in ups:
+                self.fwd_up[k, u] = 1
+        self.n_fwd = len(forwards)
+
+    cdef inline bint forwarded(self, const mmr_row* r, int u) noexcept nogil:
+        """A new connection a [[forward]] opens: its protocol, LAN address and port, on uplink u."""
+        cdef Py_ssize_t k
+        cdef const int32_t* m
+        if not (r.flags & rows.F_L4):
+            return False
+        for k in range(self.n_fwd):
+            m = self.fwd_meta_c + 3 * k
+            if (m[0] == r.proto and m[1] <= r.dport and r.dport <= m[2] and self.fwd_up_c[k * self.n_up + u]
+                    and memcmp(self.fwd_addr_c + 16 * k, r.dst, 16) == 0):
+                return True
+        return False
 
     # ------------------------------------------------------------------ tables
     @staticmethod
@@ -502,6 +563,8 @@ cdef class Forwarder:
         cdef const uint8_t* gw
         cdef uint32_t mtu
         cdef bint own
+        cdef uint8_t tcp_flags
+        cdef bint napt
         cdef int16_t* out = self.pipe.outp
         cdef double now = ts[n - 1] if n else 0.0
         self.pipe.parse_c(base, off, lens, n)
@@ -562,6 +625,10 @@ cdef class Forwarder:
                     self.cnt[CNT_CSUM_FINISHED] += 1
                 else:
                     self.cnt[CNT_SUPER_FRAMES] += 1
+            # the TCP flags for the edge, read before rewrite moves the headers (VLAN, option)
+            tcp_flags = 0
+            if r.proto == IPPROTO_TCP and (r.flags & rows.F_L4) and <uint32_t>r.l4_off + 14 <= lens[i]:
+                tcp_flags = f[r.l4_off + 13]
             v = rewrite_one(base, &off[i], &lens[i], r, &vh[i], self.up_mac_c + 6 * u, gw,
                             how | ((RW_STRIP | (self.up_strip_c[u] << 8)) if self.up_strip_c[u] else 0))
             if v == VERDICT_HOP_LIMIT:
@@ -575,6 +642,7 @@ cdef class Forwarder:
                 self.drop(i, rows.R_BAD_OFFLOAD)
                 continue
             # source translation, on the frame as it leaves (untagged Ethernet: IP at 14)
+            napt = False
             if own:
                 pass
             elif r.family == 4 and self.nat_mode_c[u] and self.nat is not None and \
@@ -584,10 +652,17 @@ cdef class Forwarder:
                 if c != NAT_OK and c != NAT_PASS:
                     self.drop(i, nat_reason(c))
                     continue
+                napt = c == NAT_OK
             elif r.family == 6 and self.npt is not None:
                 c = self.npt.out6(base + off[i] + 14, lens[i] - 14, u)
                 if c != NAT_OK and c != NAT_PASS:
                     self.drop(i, nat_reason(c))
+                    continue
+            # the stateful edge learns the flow by its LAN addresses (the row: before NPTv6);
+            # NAPT44's mappings are its own edge for what it translated
+            if self.edge is not None and self.edge_mode_c[u] and not napt:
+                if self.edge.out_c(r, tcp_flags, ts[i]) == EDGE_FULL:
+                    self.drop(i, rows.R_EDGE_FULL)
                     continue
             self.pidx[u * self.cap + self.pn[u]] = <int32_t>i
             self.pn[u] += 1
@@ -606,7 +681,7 @@ cdef class Forwarder:
         cdef mmr_row* r
         cdef const uint8_t* f
         cdef const uint8_t* net
-        cdef bint inside
+        cdef bint inside, napt
         cdef int16_t* out = self.pipe.outp
         cdef int32_t* lst = self.pidx + self.n_up * self.cap
         cdef double now = ts[n - 1] if n else 0.0
@@ -629,6 +704,7 @@ cdef class Forwarder:
                 out[i] = OUT_KERNEL
                 self.cnt[CNT_HANDOVER] += 1
                 continue
+            napt = False
             if not (vlan != NULL and vlan[i]) and memcmp(f, self.up_mac_c + 6 * u, 6) == 0:
                 # a reply to a translated flow (sent to this uplink's MAC, not another host's
                 # on the ISP's segment): back to the LAN host's (host mode: the VI's) address
@@ -639,6 +715,7 @@ cdef class Forwarder:
                                      (vh[i].flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0)
                     if c == NAT_OK:
                         memcpy(r.dst + 12, base + off[i] + r.l3_off + 16, 4)
+                        napt = True
                 elif r.family == 6 and self.npt is not None:
                     c = self.npt.in6(base + off[i] + r.l3_off, lens[i] - r.l3_off, u)
                     if c == NAT_OK:
@@ -657,6 +734,14 @@ cdef class Forwarder:
             if not inside:
                 out[i] = OUT_KERNEL
                 self.cnt[CNT_KERNEL] += 1
+                continue
+            # the stateful edge: to the LAN only what belongs to its flows (NAPT44 filtered
+            # what it translated back), unless the destination is routed open or a new
+            # connection a [[forward]] opens (looked at only when no flow matched)
+            if (self.router and self.edge is not None and self.edge_mode_c[u] and not napt
+                    and not in_nets(r.dst, self.open_net_c, self.n_open)
+                    and self.edge.in_c(r, f, lens[i], ts[i]) != EDGE_OK and not self.forwarded(r, u)):
+                self.drop(i, rows.R_EDGE_UNSOLICITED)
                 continue
             h = 0
             if self.router:

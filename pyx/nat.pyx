@@ -247,6 +247,34 @@ cdef class Nat44:
             spin_unlock(&self.lock)
         return None
 
+    def set_forward(self, int u, int proto, int lo, int hi, to_addr):
+        """A [[forward]] on uplink u: TCP (6) or UDP (17) to the uplink's address and a port in
+        lo..hi goes to to_addr (4 bytes), the same port; what that host sends from those
+        ports leaves with the uplink's address.  The ports leave the mappings' pool (a mapping
+        holding one is dropped).  At most 64 forwards."""
+        cdef int pi = pindex(<uint8_t>proto)
+        cdef bytes b = bytes(to_addr)
+        cdef size_t idx
+        cdef int p, k
+        if u < 0 or u >= self.n_uplinks:
+            raise IndexError("uplink out of range")
+        if pi != P_TCP and pi != P_UDP:
+            raise ValueError("a forward is TCP (6) or UDP (17)")
+        if not 1 <= lo <= hi <= 65535 or len(b) != 4:
+            raise ValueError("ports 1..65535, low to high, and a 4-byte address")
+        if self.n_fwd >= 64:
+            raise ValueError("at most 64 forwards")
+        k = self.n_fwd
+        memcpy(&self.fwd_to[k], <const char*>b, 4)
+        self.n_fwd += 1
+        spin_lock(&self.lock)
+        for p in range(lo, hi + 1):
+            idx = (<size_t>u * 3 + pi) * 65536 + p
+            if self.rev[idx] >= 0:
+                self.release(self.rev[idx])
+            self.rev[idx] = -2 - k            # create() passes it by (free_ports counts mappings)
+        spin_unlock(&self.lock)
+
     def address(self, int u):
         if u < 0 or u >= self.n_uplinks:
             raise IndexError("uplink out of range")
@@ -329,12 +357,12 @@ cdef class Nat44:
         if self.n_free == 0 or self.free_ports[u * 3 + proto] == 0:
             self.exhausted += 1
             return -1
-        if self.port_ok[want] and rv[want] < 0:
+        if self.port_ok[want] and rv[want] == -1:
             p = want
         else:
             i = (h >> 8) % self.n_ports
             tries = 0
-            while rv[self.ports[i]] >= 0:
+            while rv[self.ports[i]] != -1:          # a mapping's, or a forward's (<= -2)
                 i += 1
                 if i == self.n_ports:
                     i = 0
@@ -474,6 +502,12 @@ cdef class Nat44:
                 return NAT_MALFORMED
             memcpy(&sport, ip + l4, 2)
             memcpy(&dport, ip + l4 + 2, 2)
+            m = self.rev[(<size_t>u * 3 + pi) * 65536 + ld16(ip + l4)]
+            if m <= -2 and self.fwd_to[-2 - m] == src:
+                # a forwarded connection's host answering: the uplink's address, its port kept
+                ck = ip + l4 + (16 if pi == P_TCP else 6)
+                set_addr(ip + 12, ext, ip + 10, NULL, ck, pending, pi == P_UDP)
+                return NAT_OK
         h = self.key_hash(src, dst, sport, dport, pi, u)
         m = self.find(h, src, dst, sport, dport, pi, u)
         if m < 0:
@@ -618,6 +652,20 @@ cdef class Nat44:
                 return NAT_MALFORMED
             port = ld16(ip + l4 + 2)
             memcpy(&sport, ip + l4, 2)
+            m = self.rev[(<size_t>u * 3 + pi) * 65536 + port]
+            if m <= -2:
+                # a [[forward]]'s port: to its LAN host, the same port
+                ck = ip + l4 + (16 if pi == P_TCP else 6)
+                set_addr(ip + 16, self.fwd_to[-2 - m], ip + 10, NULL, ck, pending, pi == P_UDP)
+                if frag & 0x2000:
+                    fr = &self.frags[self.frag_slot(src, ip_id, proto, u)]
+                    fr.rem_addr = src
+                    fr.int_addr = self.fwd_to[-2 - m]
+                    fr.ip_id = ip_id
+                    fr.proto = proto
+                    fr.uplink = u
+                    fr.last = now
+                return NAT_OK
         if not self.port_ok[port]:
             return NAT_PASS                   # outside the mappings' ports: the router's own
         m = self.rev[(<size_t>u * 3 + pi) * 65536 + port]
@@ -664,7 +712,8 @@ cdef class Nat44:
         cdef nat_map* e
         cdef uint8_t* ic = ip + l4 + 2
         cdef uint8_t* qck = NULL
-        cdef uint32_t h
+        cdef uint32_t h, int_addr
+        cdef uint16_t int_port
         cdef covered c
         if qn < 20 or (q[0] >> 4) != 4:
             return NAT_MALFORMED
@@ -686,12 +735,19 @@ cdef class Nat44:
         else:
             port = ld16(q + qihl)
             memcpy(&qdport, q + qihl + 2, 2)
-        if not self.port_ok[port]:
-            return NAT_PASS
         m = self.rev[(<size_t>u * 3 + pi) * 65536 + port]
-        if m < 0 or self.maps[m].rem_addr != qdst or self.maps[m].rem_port != qdport:
-            return NAT_PASS if pi == P_ICMP else NAT_UNKNOWN
-        e = &self.maps[m]
+        if m <= -2 and pi != P_ICMP:
+            # about a forwarded connection (any remote): back to the forward's host, same port
+            int_addr = self.fwd_to[-2 - m]
+            int_port = ld16(q + qihl)
+        else:
+            if not self.port_ok[port]:
+                return NAT_PASS
+            if m < 0 or self.maps[m].rem_addr != qdst or self.maps[m].rem_port != qdport:
+                return NAT_PASS if pi == P_ICMP else NAT_UNKNOWN
+            e = &self.maps[m]
+            int_addr = e.int_addr
+            int_port = ld16(<uint8_t*>&e.int_port)
         if pi == P_TCP and qihl + 18 <= qn:
             qck = q + qihl + 16
         elif pi == P_UDP:
@@ -705,16 +761,16 @@ cdef class Nat44:
         cover(&c, qck)
         cover(&c, q + qihl + (4 if pi == P_ICMP else 0))
         if pi == P_UDP:       # the quoted UDP checksum: 0 stays 0
-            set_addr(q + 12, e.int_addr, q + 10, NULL, qck, False, True)
-            set_word(q + qihl, ld16(<uint8_t*>&e.int_port), NULL, NULL, qck, False, True)
+            set_addr(q + 12, int_addr, q + 10, NULL, qck, False, True)
+            set_word(q + qihl, int_port, NULL, NULL, qck, False, True)
         elif pi == P_TCP:
-            set_addr(q + 12, e.int_addr, q + 10, qck, NULL, False, False)
-            set_word(q + qihl, ld16(<uint8_t*>&e.int_port), qck, NULL, NULL, False, False)
+            set_addr(q + 12, int_addr, q + 10, qck, NULL, False, False)
+            set_word(q + qihl, int_port, qck, NULL, NULL, False, False)
         else:
-            set_addr(q + 12, e.int_addr, q + 10, NULL, NULL, False, False)
-            set_word(q + qihl + 4, ld16(<uint8_t*>&e.int_port), qck, NULL, NULL, False, False)
+            set_addr(q + 12, int_addr, q + 10, NULL, NULL, False, False)
+            set_word(q + qihl + 4, int_port, qck, NULL, NULL, False, False)
         settle(&c, ic)
-        set_addr(ip + 16, e.int_addr, ip + 10, NULL, NULL, False, False)
+        set_addr(ip + 16, int_addr, ip + 10, NULL, NULL, False, False)
         return NAT_OK
 
     # ---------------------------------------------------------------- Python entry points

@@ -78,7 +78,9 @@ cdef enum:
     R_NAT_EXHAUSTED = 22
     R_NAT_UNTRANSLATABLE = 23
     R_NAT_NO_ADDRESS = 24
-    N_REASONS = 25
+    R_EDGE_UNSOLICITED = 25
+    R_EDGE_FULL = 26
+    N_REASONS = 27
 
 # row flags
 cdef enum:

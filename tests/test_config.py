@@ -43,6 +43,10 @@ def test_good_config_defaults(tmp_path):
     assert cfg.idle_timeout_s == 120.0
 
 
+LAN = GOOD.replace('[engine]', '[engine]\nlan_prefixes = ["fd00:1::/64", "192.168.1.0/24"]')
+FWD = '\n[[forward]]\nproto = "tcp"\nport = 8080\nto = "fd00:1::10"\n'
+
+
 BAD = [
     ("unknown key", GOOD.replace('lan = "lan0"', 'lan = "lan0"\nlna = 1'), "engine.lna", "remove it"),
     ("wrong type", GOOD.replace('qos = 1.0', 'qos = "high"'), "uplink[0].qos", "must be a number"),
@@ -100,7 +104,32 @@ BAD = [
     ("gateway6 and a mac", GOOD.replace('device = "up2"', 'device = "up2"\ngateway6 = "fe80::1"\n'
                                         'gateway_mac = "02:00:00:00:00:01"'), "uplink[1].gateway6",
      "leave out gateway6 or gateway_mac"),
+    ("edge mode", GOOD.replace('device = "up2"', 'device = "up2"\nedge = "closed"'), "uplink[1].edge",
+     "not an edge mode"),
+    ("routed outside the LAN", GOOD.replace('[engine]', '[engine]\nlan_prefixes = ["2001:db8:1::/64"]\n'
+                                            'routed_prefixes = ["2001:db8:2::/64"]'),
+     "engine.routed_prefixes", "not inside the LAN's lan_prefixes"),
+    ("routed not a prefix", GOOD.replace('[engine]', '[engine]\nrouted_prefixes = ["2001:db8:1::1/64"]'),
+     "engine.routed_prefixes[0]", "not a valid prefix"),
+    ("edge capacity", GOOD.replace('[engine]', '[engine]\nedge_capacity = 0'), "engine.edge_capacity", "1 to"),
+    ("forward outside the LAN", LAN + FWD.replace("fd00:1::10", "fd00:2::10"), "forward[0].to",
+     "outside the LAN prefixes"),
+    ("forward clash", LAN + FWD + FWD.replace("8080", '"8000-8080"'), "forward[1].port", "clashes with forward[0]"),
+    ("forward port 0", LAN + FWD.replace("8080", "0"), "forward[0].port", "not a port 1..65535"),
+    ("forward port 70000", LAN + FWD.replace("8080", "70000"), "forward[0].port", "not a port"),
+    ("forward unknown uplink", LAN + FWD + 'uplinks = ["ar3"]\n', "forward[0].uplinks", "not an uplink"),
+    ("forward proto", LAN + FWD.replace('"tcp"', '"icmp"'), "forward[0].proto", "not a protocol mmr forwards"),
+    ("forward missing to", LAN + FWD.replace('to = "fd00:1::10"', ''), "forward[0].to", "is missing"),
+    ("forward other port", LAN + FWD + "to_port = 80\n", "forward[0].to_port", "does not rewrite ports"),
 ]
+
+
+def test_the_edge_is_stateful_by_default(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD))
+    assert [u.edge for u in cfg.uplinks] == ["stateful", "stateful"]
+    assert cfg.routed_prefixes == [] and cfg.edge_capacity == 65536
+    cfg = load_config(write(tmp_path, GOOD.replace('device = "up2"', 'device = "up2"\nedge = "open"')))
+    assert [u.edge for u in cfg.uplinks] == ["stateful", "open"]
 
 
 @pytest.mark.parametrize("what,text,key,words", BAD, ids=[b[0] for b in BAD])
@@ -189,3 +218,13 @@ def test_explain_load_balancing_shows_the_weights(tmp_path):
                          str(p)], capture_output=True, text=True)
     assert ex.returncode == 0, ex.stderr
     assert "ar1 3 (75 %), ar2 1 (25 %)" in ex.stdout and "winner" not in ex.stdout
+
+
+def test_forwards(tmp_path):
+    text = (LAN.replace('device = "up2"', 'device = "up2"\nnat = "none"') + FWD
+            + FWD.replace("8080", '"9000-9009"').replace('"tcp"', '"udp"') + 'uplinks = ["ar2"]\n'
+            + FWD.replace("fd00:1::10", "192.168.1.10").replace('"tcp"', '"udp"') + 'uplinks = ["ar2"]\n')
+    f = load_config(write(tmp_path, text)).forwards
+    assert [(x.proto, x.ports, str(x.to), x.to_port, x.uplinks) for x in f] == [
+        (6, (8080, 8080), "fd00:1::10", 8080, (0, 1)), (17, (9000, 9009), "fd00:1::10", 9000, (1,)),
+        (17, (8080, 8080), "192.168.1.10", 8080, (1,))]

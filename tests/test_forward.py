@@ -100,7 +100,7 @@ def compare(fw, ref, frames, vnets, ts, direction, u=0):
     table = fw.counters
     for name in ("kernel", "handover", "csum_finished", "super_frames", "no_uplink", "hop_limit", "oversize",
                  "no_neighbour", "bad_offload", "nat_unsolicited", "nat_exhausted", "nat_untranslatable",
-                 "nat_no_address"):
+                 "nat_no_address", "edge_unsolicited", "edge_full"):
         assert int(table[CT.INDEX[name]]) == ref.counters.get(name, 0), name
     return out
 
@@ -566,3 +566,131 @@ def test_host_mode_translation_agrees_with_the_reference(outs, ins, u):
             f[30:34] = EXT[u]
         back.append(bytes(f))
     compare(fw, ref, back, [{}] * len(back), np.full(len(back), 11.0), "in", u)
+# ------------------------------------------------------------------ the stateful edge
+def edge_pair(modes=(1, 1), routed=(), nat_modes=(0, 0), capacity=64, forwards=()):
+    """nat_pair without NPTv6 (replies go to the LAN addresses themselves) and with an edge."""
+    from engine import _edge
+    from engine.ref.edge import RefEdge
+
+    fw, ref = nat_pair(modes=nat_modes, npt=False)
+    fw.set_edge(_edge.Edge(capacity, seed=5), list(modes))
+    ref.set_edge(RefEdge(capacity), list(modes))
+    nets = [to_mapped(ipaddress.ip_network(n)) for n in routed]
+    for x in (fw, ref):
+        x.set_routed_prefixes([(n.network_address.packed, n.netmask.packed) for n in nets])
+        x.set_forwards([(to_mapped(ipaddress.ip_network(a)).network_address.packed, p, lo, hi, ups)
+                        for a, p, lo, hi, ups in forwards])
+    return fw, ref
+
+
+def reply_of(frame: bytes, u: int) -> bytes:
+    """The frame's addresses and ports swapped, to uplink u's MAC (the IPv4 header checksum
+    does not change: the same words)."""
+    from engine.ref.parse import parse_frame
+
+    r = parse_frame(frame)
+    f = bytearray(frame)
+    f[:6] = UP_MAC[u]
+    l3 = r["l3_off"]
+    if r["family"] == 6:
+        f[l3 + 8:l3 + 24], f[l3 + 24:l3 + 40] = frame[l3 + 24:l3 + 40], frame[l3 + 8:l3 + 24]
+    else:
+        f[l3 + 12:l3 + 16], f[l3 + 16:l3 + 20] = frame[l3 + 16:l3 + 20], frame[l3 + 12:l3 + 16]
+    if r["flags"] & C.F_L4 and not r["flags"] & C.F_ECHO and r["proto"] in (6, 17, 132, 136, 33):
+        l4 = r["l4_off"]
+        f[l4:l4 + 2], f[l4 + 2:l4 + 4] = frame[l4 + 2:l4 + 4], frame[l4:l4 + 2]
+    if r["flags"] & C.F_ECHO:
+        f[r["l4_off"]] = {128: 129, 8: 0}.get(frame[r["l4_off"]], frame[r["l4_off"]])
+    return bytes(f)
+
+
+def test_edge_lets_replies_in_and_drops_the_rest():
+    fw, ref = edge_pair()
+    ts = np.full(1, 10.0)
+    out6 = g.eth(g.ipv6(g.udp(5000, 53), 17, src="2001:db8:1::10"))
+    out4 = g.eth(g.ipv4(g.udp(5000, 53), 17), 0x0800)
+    sent = compare(fw, ref, [out6, out4], [{}] * 2, np.full(2, 10.0), "out").tolist()
+    assert all(u >= 0 for u in sent)
+    assert len(fw.edge) == len(ref.edge) == 2
+    replies = [reply_of(out6, sent[0]), reply_of(out4, sent[1])]
+    assert compare(fw, ref, replies[:1], [{}], ts, "in", sent[0]).tolist() == [0]
+    assert compare(fw, ref, replies[1:], [{}], ts, "in", sent[1]).tolist() == [0]
+    stranger = g.eth(g.ipv6(g.udp(53, 5001), 17, src="2001:db8:ff::1", dst="2001:db8:1::10"), dst=UP_MAC[0])
+    assert compare(fw, ref, [stranger], [{}], ts, "in", 0).tolist() == [-3]
+    assert fw.counters[CT.INDEX["edge_unsolicited"]] == 1
+    # multicast, link-local and the router's own stay the kernel's, the edge never sees them
+    nd = g.eth(g.ipv6(g.icmpv6(135, 0, bytes(20)), 58, src="fe80::1", dst="ff02::1:ff00:10", hlim=255),
+               dst=UP_MAC[0])
+    assert compare(fw, ref, [nd], [{}], ts, "in", 0).tolist() == [-2]
+    assert fw.counters[CT.INDEX["edge_unsolicited"]] == 1
+
+
+def test_edge_open_uplinks_and_routed_prefixes():
+    ts = np.full(1, 10.0)
+    stranger = g.eth(g.ipv6(g.udp(53, 5001), 17, src="2001:db8:ff::1", dst="2001:db8:1::10"), dst=UP_MAC[1])
+    fw, ref = edge_pair(modes=(1, 0))
+    assert compare(fw, ref, [stranger], [{}], ts, "in", 1).tolist() == [0]      # uplink 1 open
+    to0 = g.eth(g.ipv6(g.udp(53, 5001), 17, src="2001:db8:ff::1", dst="2001:db8:1::10"), dst=UP_MAC[0])
+    assert compare(fw, ref, [to0], [{}], ts, "in", 0).tolist() == [-3]          # uplink 0 stateful
+    fw, ref = edge_pair(routed=["2001:db8:1::/120"])
+    assert compare(fw, ref, [stranger], [{}], ts, "in", 1).tolist() == [0]      # routed open
+    fw, ref = edge_pair(routed=["2001:db8:1::100/120"])
+    assert compare(fw, ref, [stranger], [{}], ts, "in", 1).tolist() == [-3]
+
+
+def test_a_forward_opens_new_connections_to_its_host_and_ports_only():
+    fw, ref = edge_pair(forwards=[("2001:db8:1::10", 6, 8080, 8081, (0,)), ("192.0.2.10", 17, 5000, 5000, (0, 1))])
+    ts = np.full(1, 10.0)
+
+    def syn(dst, dport, proto=6, u=0, fam=6):
+        l4 = g.tcp(40000, dport) if proto == 6 else g.udp(40000, dport)
+        if fam == 6:
+            return g.eth(g.ipv6(l4, proto, src="2001:db8:ff::1", dst=dst), dst=UP_MAC[u])
+        return g.eth(g.ipv4(l4, proto, src="198.51.100.1", dst=dst), 0x0800, dst=UP_MAC[u])
+    assert compare(fw, ref, [syn("2001:db8:1::10", 8080)], [{}], ts, "in", 0).tolist() == [0]
+    assert compare(fw, ref, [syn("2001:db8:1::10", 8081)], [{}], ts, "in", 0).tolist() == [0]
+    assert compare(fw, ref, [syn("2001:db8:1::10", 8082)], [{}], ts, "in", 0).tolist() == [-3]   # other port
+    assert compare(fw, ref, [syn("2001:db8:1::10", 8080, 17)], [{}], ts, "in", 0).tolist() == [-3]  # udp
+    assert compare(fw, ref, [syn("2001:db8:1::10", 8080, u=1)], [{}], ts, "in", 1).tolist() == [-3]  # uplink
+    assert compare(fw, ref, [syn("192.0.2.10", 5000, 17, 1, 4)], [{}], ts, "in", 1).tolist() == [0]
+    assert fw.counters[CT.INDEX["edge_unsolicited"]] == 3
+    # the server's answer makes the flow; what follows matches it like any reply
+    answer = g.eth(g.ipv6(g.tcp(8080, 40000), 6, src="2001:db8:1::10", dst="2001:db8:ff::1"))
+    compare(fw, ref, [answer], [{}], ts, "out")
+    assert len(fw.edge) == len(ref.edge) == 1
+
+
+def test_edge_does_not_track_what_napt_translated():
+    fw, ref = edge_pair(nat_modes=(2, 2))
+    f = g.eth(g.ipv4(g.udp(5000, 53), 17), 0x0800)
+    compare(fw, ref, [f], [{}], np.full(1, 10.0), "out")
+    assert len(fw.edge) == len(ref.edge) == 0                  # NAPT44's mapping is its edge
+    assert len(fw.nat) == 1
+
+
+def test_edge_full_drops_new_flows():
+    fw, ref = edge_pair(capacity=2)
+    frames = [g.eth(g.ipv6(g.udp(4000 + k, 53), 17, src="2001:db8:1::10")) for k in range(4)]
+    out = compare(fw, ref, frames, [{}] * 4, np.full(4, 10.0), "out").tolist()
+    assert out[2:] == [-3, -3] and fw.counters[CT.INDEX["edge_full"]] == 2
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(g.valid_frame(), min_size=1, max_size=16), st.lists(g.valid_frame(), max_size=8),
+       st.sampled_from([(1, 1), (1, 0)]), st.sampled_from([(0, 0), (2, 2), (1, 1)]), st.booleans())
+def test_edge_agrees_with_the_reference(outs, strangers, modes, nat_modes, routed):
+    """Random frames out, then their replies (on the uplink they left by) and random frames
+    to the LAN hosts in: the same verdicts, bytes, counters and flows as the reference."""
+    fw, ref = edge_pair(modes, ["2001:db8:1::10/128"] if routed else (), nat_modes,
+                        forwards=[("2001:db8:1::10", 17, 1000, 2000, (0,)), ("192.0.2.10", 6, 1, 100, (0, 1))])
+    out = compare(fw, ref, outs, [{}] * len(outs), np.full(len(outs), 10.0), "out").tolist()
+    assert sorted(fw.edge.entries()) == ref.edge.entries()
+    for u in range(2):
+        back = [reply_of(f, u) for f, k in zip(outs, out) if k == u and fw.nat_mode[u] == 0]
+        for f in strangers:
+            f = bytearray(f)
+            f[:6] = UP_MAC[u]
+            back.append(bytes(f))
+        if back:
+            compare(fw, ref, back, [{}] * len(back), np.full(len(back), 11.0), "in", u)
+    assert sorted(fw.edge.entries()) == ref.edge.entries()

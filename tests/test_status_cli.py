@@ -98,6 +98,7 @@ POLICY = """
 [engine]
 lan = "lan0"
 lan_prefixes = ["2001:db8:1::/64", "10.0.0.0/8"]
+routed_prefixes = ["2001:db8:1::/120"]
 default_preference = 2
 
 [[uplink]]
@@ -123,6 +124,18 @@ metric = 3
 usable = false
 probe_targets = []
 strip_option = true
+edge = "open"
+
+[[forward]]
+proto = "udp"
+port = "6881-6889"
+to = "10.0.0.5"
+uplinks = ["%s"]
+
+[[forward]]
+proto = "tcp"
+port = 443
+to = "2001:db8:1::5"
 
 [classes]
 packet_size = 0.7
@@ -160,7 +173,7 @@ measure = ["loss"]
 failback = "return"
 control_socket = "/run/mmr/ctl.sock"
 control_read_group = "users"
-""" % (LONG, LONG)
+""" % (LONG, LONG, LONG)
 
 
 @pytest.mark.parametrize("text", [None, "default-host.toml", POLICY], ids=["default", "host", "everything"])
@@ -180,6 +193,7 @@ def test_running_policy_as_toml_loads_back_to_the_same_policy(tmp_path, text):
     assert again.policies == cfg.policies and again.classes == cfg.classes and again.monitor == cfg.monitor
     assert again.select == cfg.select
     assert again.trust == cfg.trust
+    assert again.forwards == cfg.forwards and again.routed_prefixes == cfg.routed_prefixes
 
 
 def test_status_config_prints_toml_or_json(monkeypatch, capsys):

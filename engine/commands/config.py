@@ -67,15 +67,21 @@ def show(cfg) -> str:
            f"engine: lan={cfg.lan} lan_prefixes="
            f"{'(the networks of ' + cfg.lan + chr(39) + 's addresses, followed)' if cfg.lan_prefixes_learned else [str(p) for p in cfg.lan_prefixes]} "
            f"option_type=0x{cfg.option_type:02X} flow_capacity={cfg.flow_capacity} "
-           f"idle_timeout_s={cfg.idle_timeout_s:g} default_preference={cfg.default_preference}",
+           f"idle_timeout_s={cfg.idle_timeout_s:g} default_preference={cfg.default_preference}"
+           + (f" routed_prefixes={[str(p) for p in cfg.routed_prefixes]}" if cfg.routed_prefixes else ""),
            "uplinks:"]
     for i, u in enumerate(cfg.uplinks):
         chars = " ".join(f"{k}={v:g}" for k, v in u.chars.items())
         out.append(f"  [{i}] {u.name} dev={u.device} gateway={u.gateway or '-'} "
                    f"mac={u.gateway_mac or '(neighbour table)'} metric={u.metric} "
                    f"{'usable' if u.usable else 'UNUSABLE'}"
-                   + (" strip_option" if u.strip_option else ""))
+                   + (" strip_option" if u.strip_option else "")
+                   + (" edge=open" if u.edge == "open" else ""))
         out.append(f"      {chars}")
+    for f in cfg.forwards:
+        ports = f"{f.ports[0]}" if f.ports[0] == f.ports[1] else f"{f.ports[0]}-{f.ports[1]}"
+        out.append(f"  forward {'tcp' if f.proto == 6 else 'udp'} {ports} -> {f.to} via "
+                   + ", ".join(cfg.uplinks[u].name for u in f.uplinks))
     out.append("classes (data, control, voip, video):")
     for k, v in sorted(cfg.classes.items()):
         out.append(f"  {k} = {', '.join(f'{x:g}' for x in v)}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine import constants as C
+from engine.ref import edge as E
 from engine.ref import nat as N
 from engine.ref.pipeline import RefPipeline
 from engine.ref.rewrite import NEEDS_CSUM, rewrite_frame
@@ -44,9 +45,31 @@ class RefForwarder:
         self.counters: dict[str, int] = {}
         self.punts: list[tuple[int, int]] = []        # (kind, frame index)
         self.nat, self.npt, self.nat_mode = None, None, [0] * n_uplinks
+        self.edge, self.edge_mode = None, [0] * n_uplinks
+        self.open_nets: list[tuple[bytes, bytes]] = []
+        self.forwards: list[tuple[bytes, int, int, int, tuple]] = []
+
+    def set_forwards(self, forwards) -> None:
+        self.forwards = [(bytes(a), p, lo, hi, tuple(ups)) for a, p, lo, hi, ups in forwards]
+
+    def _forwarded(self, r, u: int) -> bool:
+        return bool(r["flags"] & C.F_L4) and any(
+            p == r["proto"] and lo <= r["dport"] <= hi and u in ups and a == bytes(r["dst"])
+            for a, p, lo, hi, ups in self.forwards)
 
     def set_nat(self, nat, modes, npt) -> None:
         self.nat, self.nat_mode, self.npt = nat, list(modes), npt
+
+    def set_edge(self, edge, modes) -> None:
+        self.edge, self.edge_mode = edge, list(modes)
+
+    def set_routed_prefixes(self, nets) -> None:
+        self.open_nets = [(bytes(v), bytes(m)) for v, m in nets]
+
+    @staticmethod
+    def _row(r) -> dict:
+        return {k: (bytes(r[k]) if k in ("src", "dst") else int(r[k]))
+                for k in ("src", "dst", "sport", "dport", "proto", "family", "l3_off", "l4_off", "flags", "icmp_type")}
 
     NAT_REASON = {N.UNKNOWN: "nat_unsolicited", N.EXHAUSTED: "nat_exhausted", N.NO_ADDRESS: "nat_no_address"}
 
@@ -185,6 +208,9 @@ class RefForwarder:
                 continue
             if v["flags"] & NEEDS_CSUM:
                 self.count("csum_finished" if not v["gso_type"] else "super_frames")
+            r = rows[i]
+            l4 = int(r["l4_off"])
+            tcp_flags = frames[i][l4 + 13] if r["proto"] == 6 and r["flags"] & C.F_L4 and l4 + 14 <= len(frames[i]) else 0
             sent[i] = self._emit(out, rows, i, frames[i], v, self.up_mac[u], gw, hop=self.router,
                                  strip=self.up_strip[u])
             if sent[i] is not None and not own:
@@ -193,8 +219,14 @@ class RefForwarder:
                 if code not in (N.OK, N.PASS):
                     self._drop(out, rows, i, self.NAT_REASON.get(code, "nat_untranslatable"))
                     sent[i] = None
-                else:
-                    sent[i] = (f, v)
+                    continue
+                napt = code == N.OK and r["family"] == 4
+                if (self.edge is not None and self.edge_mode[u] and not napt
+                        and self.edge.outbound(self._row(r), tcp_flags, ts[i]) == E.FULL):
+                    self._drop(out, rows, i, "edge_full")
+                    sent[i] = None
+                    continue
+                sent[i] = (f, v)
         return out, sent, rows
 
     def inbound(self, u: int, frames, vnets, ts):
@@ -213,6 +245,7 @@ class RefForwarder:
                 out[i] = KERNEL
                 self.count("handover")
                 continue
+            napt = False
             if f[:6] == self.up_mac[u]:          # host mode too: replies to the VI's mappings
                 l3 = int(r["l3_off"])
                 code, f2 = self._translate(False, f, l3, r, u, ts[i], bool(vnets[i]["flags"] & NEEDS_CSUM))
@@ -221,6 +254,7 @@ class RefForwarder:
                     continue
                 if code == N.OK:
                     f = f2
+                    napt = r["family"] == 4
                     new = bytes(r["dst"])[:12] + f[l3 + 16:l3 + 20] if r["family"] == 4 else f[l3 + 24:l3 + 40]
                     r["dst"] = np.frombuffer(new, np.uint8)
             dst = bytes(r["dst"])
@@ -233,6 +267,11 @@ class RefForwarder:
             if not inside:
                 out[i] = KERNEL
                 self.count("kernel")
+                continue
+            if (self.router and self.edge is not None and self.edge_mode[u] and not napt
+                    and not self._in(dst, self.open_nets)
+                    and self.edge.inbound(self._row(r), f, ts[i]) != E.OK and not self._forwarded(r, u)):
+                self._drop(out, rows, i, "edge_unsolicited")
                 continue
             v = _vnet(vnets[i])
             host = bytes(6)

@@ -111,6 +111,7 @@ class Nat44Ref:
         self.addr = [None] * n_uplinks
         self.fwd: dict[tuple, Map] = {}
         self.rev: dict[tuple, Map] = {}          # (u, pi, ext_port)
+        self.fwds: dict[tuple, bytes] = {}       # (u, pi, port): a [[forward]]'s LAN host
         self.frags: dict[int, tuple] = {}        # slot: (rem, ip_id, proto, u, int_addr, last)
         self.t = dict(TIMEOUTS, **(timeouts or {}))
         self.exhausted = 0
@@ -121,6 +122,14 @@ class Nat44Ref:
         if a != self.addr[u]:
             self.flush_uplink(u)
             self.addr[u] = a
+
+    def set_forward(self, u: int, proto: int, lo: int, hi: int, to_addr) -> None:
+        pi = PI[proto]
+        for p in range(lo, hi + 1):
+            m = self.rev.get((u, pi, p))
+            if m is not None:
+                self._release(m)
+            self.fwds[(u, pi, p)] = bytes(to_addr)
 
     def flush_uplink(self, u: int) -> int:
         gone = [m for m in self.fwd.values() if m.u == u]
@@ -142,12 +151,17 @@ class Nat44Ref:
         if len(self.fwd) >= self.capacity or in_use >= len(self.ports):
             self.exhausted += 1
             return None
-        if int_port in self.port_set and (u, pi, int_port) not in self.rev:
+        if int_port in self.port_set and (u, pi, int_port) not in self.rev and (u, pi, int_port) not in self.fwds:
             port = int_port
         else:
             i = (self._hash(*key) >> 8) % len(self.ports)
-            while (u, pi, self.ports[i]) in self.rev:
+            tries = 0
+            while (u, pi, self.ports[i]) in self.rev or (u, pi, self.ports[i]) in self.fwds:
                 i = (i + 1) % len(self.ports)
+                tries += 1
+                if tries >= len(self.ports):
+                    self.exhausted += 1
+                    return None
             port = self.ports[i]
         m = Map(int_addr, rem_addr, int_port, rem_port, port, pi, u, now)
         self.fwd[key] = m
@@ -225,6 +239,10 @@ class Nat44Ref:
             if l4 + (20 if pi == 0 else 8) > n:
                 return MALFORMED
             sport, dport = p.w(l4), p.w(l4 + 2)
+            if self.fwds.get((u, pi, sport)) == bytes(b[12:16]):
+                ck = l4 + (16 if pi == 0 else 6)
+                p.set_addr(12, ext, ipsum + [(ck, pending, pi == 1)])
+                return OK
         key = (bytes(b[12:16]), bytes(b[16:20]), sport, dport, pi, u)
         m = self.fwd.get(key)
         if m is None:
@@ -339,6 +357,13 @@ class Nat44Ref:
             if l4 + (20 if pi == 0 else 8) > n:
                 return MALFORMED
             port, sport = p.w(l4 + 2), p.w(l4)
+            to = self.fwds.get((u, pi, port))
+            if to is not None:
+                ck = l4 + (16 if pi == 0 else 6)
+                p.set_addr(16, to, ipsum + [(ck, pending, pi == 1)])
+                if frag & 0x2000:
+                    self.frags[self._frag_slot(src, ip_id, proto, u)] = (src, ip_id, proto, u, to, now)
+                return OK
         if port not in self.port_set:
             return PASS
         m = self.rev.get((u, pi, port))
@@ -377,6 +402,11 @@ class Nat44Ref:
             port, qdport = p.w(q + qihl + 4), 0
         else:
             port, qdport = p.w(q + qihl), p.w(q + qihl + 2)
+            to = self.fwds.get((u, pi, port))
+            if to is not None:                   # about a forwarded connection: its host, same port
+                self._rewrite_quote(p, l4 + 2, q, qihl, n, pi, 12, to, q + qihl, port)
+                p.set_addr(16, to, [(10, False, False)])
+                return OK
         if port not in self.port_set:
             return PASS
         m = self.rev.get((u, pi, port))

@@ -6,6 +6,7 @@ from engine._pipeline cimport Pipeline
 from engine._ring cimport RxRing, TxSocket
 from engine._tun cimport Tun
 from engine._nat cimport Nat44, Npt66
+from engine._edge cimport Edge
 
 # the events of the counter table, after the reasons (engine/counters.py: EVENTS, same order)
 cdef enum:
@@ -114,6 +115,19 @@ cdef class Forwarder:
     cdef readonly Npt66 npt                      # NPTv6 for the uplinks with nat6 = "npt"
     cdef readonly object nat_mode                # per uplink: 0 none, 1 private sources, 2 every source
     cdef uint8_t* nat_mode_c
+    cdef readonly Edge edge                      # the stateful edge's table (None: no edge)
+    cdef readonly object edge_mode               # per uplink: 1 stateful, 0 open (a routed setup)
+    cdef uint8_t* edge_mode_c
+    cdef readonly object open_net                # routed prefixes: open to unsolicited inbound
+    cdef uint8_t* open_net_c
+    cdef readonly Py_ssize_t n_open
+    cdef readonly object fwd_addr, fwd_meta, fwd_up  # [[forward]]: LAN address; proto, lo, hi; per uplink
+    cdef uint8_t* fwd_addr_c
+    cdef int32_t* fwd_meta_c
+    cdef uint8_t* fwd_up_c
+    cdef readonly Py_ssize_t n_fwd
+
+    cdef inline bint forwarded(self, const mmr_row* r, int u) noexcept nogil
 
     cdef inline void drop(self, Py_ssize_t i, int reason) noexcept nogil
     cdef void punt(self, int kind, int side, int uplink, const uint8_t* frame, uint32_t length,

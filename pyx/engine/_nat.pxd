@@ -86,6 +86,8 @@ cdef class Nat44:
     cdef double t_syn, t_est, t_fin, t_rst, t_udp, t_udp2, t_icmp
     cdef public uint64_t exhausted
     cdef public uint64_t moved         # new mappings of a flow another uplink carried before
+    cdef uint32_t fwd_to[64]           # [[forward]] k's LAN host (packet order); rev holds -2 - k
+    cdef int n_fwd
 
     cdef inline uint32_t key_hash(self, uint32_t int_addr, uint32_t rem_addr, uint16_t int_port,
                                   uint16_t rem_port, uint8_t proto, uint8_t u) noexcept nogil
