@@ -6,6 +6,7 @@ default offloads stay on.  Every new UDP flow takes the primary uplink (preferen
 lowest metric among the usable ones, here the first listed), so where new flows go shows
 whether mmr uses the uplink again."""
 import json
+import re
 import subprocess
 import time
 
@@ -212,6 +213,13 @@ def test_masquerade_waits_for_the_ipv4_address(bed, tmp_path):
         restore(bed, "up1")
 
 
+def guarded(tb) -> set:
+    """The devices the kernel guard's prerouting chain leaves to mmr."""
+    text = tb.run("mmr", "nft", "list", "chain", "inet", "mmr", "pre")
+    m = re.search(r'iifname != \{ ([^}]*) \} accept', text)
+    return set(re.findall(r'"([^"]+)"', m.group(1))) if m else set()
+
+
 def reload_with(bed, tmp_path, uplinks, extra=""):
     policy(tmp_path, uplinks, extra=extra)
     r = mmr(bed, "reload")
@@ -234,6 +242,7 @@ def test_reload_adds_and_removes_uplinks(bed, tmp_path, workers):
         assert rc == 0 and "added isp2" in out, out
         until("isp2 usable after the reload", lambda: uplink(bed, "isp2")["usable"], 20)
         assert [u["name"] for u in status(bed)["uplinks"]] == ["isp1", "isp2"]
+        assert guarded(bed) == {"lan0", "up1", "up2"}            # the kernel guard covers up2 now
         assert flows_on(bed, 7701) == {"isp1"}                    # isp1's flows stay where they are
         assert mmr(bed, "uplink", "isp1", "down").returncode == 0
         r = echo(bed, 7702)
@@ -260,6 +269,7 @@ def test_reload_adds_and_removes_uplinks(bed, tmp_path, workers):
         assert r["answered"] >= 350, r                             # the flow went on through isp2
         st = status(bed)
         assert [u["name"] for u in st["uplinks"]] == ["isp2"]
+        assert guarded(bed) == {"lan0", "up2"}                    # up1 is the kernel's again
         assert "isp1" not in st["translation"]["uplinks"] and "isp1" not in st["next_hops"]
         assert st["moved_flows"] >= moved_before + 1
         assert {"uplink": "isp1", "reason": "removed by reload"}.items() <= st["failovers"][-1].items()
