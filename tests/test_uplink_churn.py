@@ -289,3 +289,28 @@ def test_reload_adds_and_removes_uplinks(bed, tmp_path, workers):
     text = "".join(lines) + rest
     assert "uplink isp1 is removed by the reload" in text, text
     assert "internal error" not in text and "Traceback" not in text, text
+
+
+def test_reload_adds_an_uplink_whose_device_comes_later(bed, tmp_path):
+    """An uplink added by a reload before its device exists is waited for (said once, listed
+    without an ifindex, unusable) and taken into use when the device appears."""
+    bed.run("mmr", "ip", "link", "del", "up1")
+    try:
+        with running_mmr(bed, "mmr", "run", "forwarding", "--config", policy(tmp_path, ("isp2",))) as (p, lines):
+            rc, out = reload_with(bed, tmp_path, ("isp2", "isp1"))
+            assert rc == 0 and "added isp1" in out, out
+            isp1 = uplink(bed, "isp1")
+            assert isp1["ifindex"] is None and not isp1["usable"], isp1
+            bed.relink("mmr", "up1")
+            until("isp1 usable once up1 exists", lambda: uplink(bed, "isp1")["usable"], 20)
+            assert mmr(bed, "uplink", "isp2", "down").returncode == 0
+            r = echo(bed, 7711)
+            assert r["answered"] == 5 and flows_on(bed, 7711) == {"isp1"}, r
+            p.terminate()
+            rest = p.stderr.read()
+        text = "".join(lines) + rest
+        assert text.count("uplink isp1: waiting for device up1") == 1, text
+        assert "uplink isp1: device up1 is here" in text, text
+        assert "internal error" not in text and "Traceback" not in text, text
+    finally:
+        restore(bed, "up1")
