@@ -64,6 +64,10 @@ ENGINE_KEYS = {
     "workers": Key("int", None, 1, 64, optional=True,
                    hint="forwarding threads, 1 to 64, e.g. 2 (default: the CPUs mmr may use, at most "
                         "the smallest RX queue count of its devices)"),
+    "uplink_slots": Key("int", None, 1, 254, optional=True,
+                        hint="how many uplinks mmr run can hold without a restart (mmr reload adds "
+                             "uplinks into free slots), 1 to 254, e.g. 8 (default: the uplinks and "
+                             "two more, at least 4)"),
 }
 
 UPLINK_KEYS = {
@@ -237,6 +241,7 @@ class Uplink:
     gateway6: str | None = None                            # the IPv6 next hop's; None: auto
     dns: list[str] = field(default_factory=list)           # resolvers pinned to this uplink (RFC 6419 2.3.1)
     edge: str = "stateful"                                 # the stateful edge: stateful or open
+    empty: bool = False                                    # a free uplink slot (engine/slots.py), never usable
 
 
 @dataclass
@@ -289,6 +294,7 @@ class Config:
     busy_poll_ms: float = 1000.0
     ring_frames: int = 8192
     workers: int | None = None          # None: engine.workers.default_workers()
+    uplink_slots: int | None = None     # None: engine.slots.default_slots()
     uplinks: list[Uplink] = field(default_factory=list)
     classes: dict[str, tuple] = field(default_factory=dict)
     policies: dict[int, Policy] = field(default_factory=dict)
@@ -544,6 +550,9 @@ class _Loader:
                 self.err("engine.routed_prefixes", f"{net} is not inside the LAN's lan_prefixes",
                          "write a prefix inside one of " + ", ".join(map(str, cfg.lan_prefixes)))
         self.uplinks(raw, cfg)
+        if cfg.uplink_slots is not None and cfg.uplink_slots < len(cfg.uplinks):
+            self.err("engine.uplink_slots", f"{cfg.uplink_slots} is fewer than the {len(cfg.uplinks)} uplinks",
+                     f"write at least {len(cfg.uplinks)} (or leave it out)")
         self.classes(raw, cfg)
         self.policies(raw, cfg)
         self.rules(raw, cfg)

@@ -207,9 +207,12 @@ class UplinkHealth:
         self.degraded_changes = 0
         self.over = 0                       # consecutive rounds over a degraded threshold
         self.under = 0                      # consecutive rounds under the recovery thresholds
+        self.removed = False                # taken out of the policy by mmr reload: never usable again
 
     @property
     def usable(self) -> bool:
+        if self.removed:
+            return False
         if self.admin != "auto":
             return self.admin == "up"
         return self.link_up and self.probe_ok
@@ -492,23 +495,13 @@ class ConnectionManager:
         self.m = dict(cfg.monitor)
         self.s = self._settings()
         now = clock()
-        self.health = [UplinkHealth(i, u.name, u.device, self.s[i]["window"], now)
-                       for i, u in enumerate(cfg.uplinks)]
-        for h in self.health:
-            h.link_up = self._link_ok(h.dev)
-            if not h.link_up:
-                link = self.state.link(h.dev)
-                h.reason = "no device yet" if link is None else "link down" if not link.up else "no address"
-        self.probers: list = []
-        base = (os.getpid() * 7) & 0xFFFF
-        for i, u in enumerate(cfg.uplinks):
-            ok = probes and self.s[i]["probes"] and u.probe_targets
-            self.probers.append(prober(u.device, u.probe_targets, base + i) if ok else None)
-        self.next_probe = [now] * len(cfg.uplinks)
-        for i, h in enumerate(self.health):
-            h.timeout_s = h.timeout(self.s[i]["probe_timeout_ms"] / 1000)
-            h.targets = max(1, len(cfg.uplinks[i].probe_targets))
-            h.need = max(1, min(getattr(cfg.uplinks[i], "reliability", 1), h.targets))
+        self.probes, self.prober = probes, prober
+        n = len(cfg.uplinks)
+        self.health: list = [None] * n
+        self.probers: list = [None] * n
+        self.next_probe = [now] * n
+        for i in range(n):
+            self._slot(i, now)
         self.hooks = Hooks(log)
         self.failback_at: float | None = None
         self.moves: list[dict] = []          # the last failovers, for status
@@ -516,6 +509,35 @@ class ConnectionManager:
         self.suspect: list[int] = []
         self.last_measure = 0.0
         self._usable = None
+        self.apply()
+
+    def _slot(self, i: int, now: float) -> None:
+        """Uplink slot i's health and probes from scratch, for cfg.uplinks[i] (an empty slot:
+        never usable, nothing probed)."""
+        u = self.cfg.uplinks[i]
+        if self.probers[i] is not None:
+            self.probers[i].close()
+        h = self.health[i] = UplinkHealth(i, u.name, u.device, self.s[i]["window"], now)
+        h.link_up = self._link_ok(h.dev)
+        if not h.link_up:
+            link = self.state.link(h.dev)
+            h.reason = "no device yet" if link is None else "link down" if not link.up else "no address"
+        ok = self.probes and self.s[i]["probes"] and u.probe_targets and not u.empty
+        self.probers[i] = self.prober(u.device, u.probe_targets, ((os.getpid() * 7) + i) & 0xFFFF) if ok else None
+        self.next_probe[i] = now
+        h.timeout_s = h.timeout(self.s[i]["probe_timeout_ms"] / 1000)
+        h.targets = max(1, len(u.probe_targets))
+        h.need = max(1, min(getattr(u, "reliability", 1), h.targets))
+
+    def remove(self, i: int) -> None:
+        """mmr reload took uplink i out: unusable at once, its flows moved (counted, listed in
+        the failovers as "removed by reload"), its probes stopped.  The slot is emptied by the
+        next apply(cfg)."""
+        h = self.health[i]
+        h.removed, h.reason = True, "removed by reload"
+        if self.probers[i] is not None:
+            self.probers[i].close()
+            self.probers[i] = None
         self.apply()
 
     def _settings(self) -> list[dict]:
@@ -549,6 +571,8 @@ class ConnectionManager:
         """Netlink said links or addresses changed: re-read each uplink's state from memory."""
         changed = False
         for h in self.health:
+            if h.removed:
+                continue
             link = self.state.link(h.dev)
             if link is None:                        # (absent since the start: still "no device yet")
                 changed |= h.set_link(False, "no device yet" if h.reason == "no device yet" else "device removed")
@@ -643,8 +667,8 @@ class ConnectionManager:
         Returns the uplink's status entry; raises ValueError (one sentence) for an unknown
         uplink or mode."""
         names = [u.name for u in self.cfg.uplinks]
-        if name not in names:
-            raise ValueError(f"no uplink named {name!r}; the uplinks are {', '.join(names)}")
+        if not name or name not in names:
+            raise ValueError(f"no uplink named {name!r}; the uplinks are {', '.join(n for n in names if n)}")
         if mode not in ADMIN_MODES:
             raise ValueError(f"{mode!r} is not an administrative mode; use up, down or auto")
         h = self.health[names.index(name)]
@@ -655,7 +679,7 @@ class ConnectionManager:
                       "auto": "; link and probes decide"}[mode])
             self._hook(h, f"admin-{mode}", f"administrative mode {mode} (was {was})", self.clock())
             self.apply()
-        return self.status()[h.index]
+        return [s for s in self.status() if s["name"] == name][0]
 
     # ---------------------------------------------------------------- hooks
     def _hook(self, h: UplinkHealth, action: str, reason: str, now: float) -> None:
@@ -702,12 +726,12 @@ class ConnectionManager:
         likely the probes' problem than the world's (mwan3 and OPNsense keep a gateway too).
         An uplink administratively down is never kept."""
         nh = self.next_hop_known()
-        mask = np.array([u.usable and h.usable and bool(nh[h.index])
+        mask = np.array([u.usable and not u.empty and h.usable and bool(nh[h.index])
                          for u, h in zip(self.cfg.uplinks, self.health)], np.uint8)
         suspect = []
         if not mask.any():
             suspect = [h.index for u, h in zip(self.cfg.uplinks, self.health)
-                       if u.usable and h.admin == "auto" and h.link_up and not h.probe_ok and nh[h.index]]
+                       if u.usable and not u.empty and h.admin == "auto" and h.link_up and not h.probe_ok and nh[h.index]]
             mask[suspect] = 1
         if bool(suspect) != bool(self.suspect):
             self.log("every uplink looks down by its probes alone; keeping " +
@@ -717,6 +741,8 @@ class ConnectionManager:
         return mask
 
     def _why(self, h: UplinkHealth) -> str:
+        if h.removed:
+            return h.reason
         return "admin down" if h.admin == "down" else h.reason or "no next hop"
 
     def apply(self, cfg=None, selector=None) -> None:
@@ -725,9 +751,13 @@ class ConnectionManager:
         that went down or came up.  With ``cfg`` and ``selector``: a reloaded policy (the
         flowbase, the probes and the administrative modes are kept)."""
         if cfg is not None:
+            # a slot whose uplink changed (added or removed by the reload) starts afresh
+            changed = [i for i, (a, b) in enumerate(zip(self.cfg.uplinks, cfg.uplinks)) if a.name != b.name]
             self.cfg = cfg
             self.m.update({k: v for k, v in cfg.monitor.items() if k not in ("control_socket", "probes", "window")})
             self.s = self._settings()
+            for i in changed:
+                self._slot(i, self.clock())
             for h, s in zip(self.health, self.s):
                 if s["window"] != h.results.maxlen:
                     h.results = collections.deque(h.results, maxlen=s["window"])
@@ -810,6 +840,8 @@ class ConnectionManager:
         usable = self._usable if self._usable is not None else self.usable_mask()
         out = []
         for h, u in zip(self.health, self.cfg.uplinks):
+            if u.empty:                               # a free uplink slot (engine/slots.py)
+                continue
             st = h.window_stats()
             if h.admin == "down":
                 reason = "admin down"

@@ -138,6 +138,8 @@ def config_document(cfg) -> dict:
     eng["nat_ports"] = "auto" if cfg.nat_ports is None else f"{cfg.nat_ports[0]}-{cfg.nat_ports[1]}"
     uplinks = []
     for u in cfg.uplinks:
+        if u.empty:                             # a free uplink slot of the running engine
+            continue
         t = {"name": u.name, "device": u.device}
         if u.gateway:
             t["gateway"] = u.gateway

@@ -214,18 +214,25 @@ class Datapath:
         self.closables.append(self.netlink)
         try:
             self.state = self.netlink.sync()
+            # mmr run holds uplink_slots uplinks (engine/slots.py): every per-uplink table is
+            # sized for them, so mmr reload can add and remove uplinks; mmr host has its own
+            if inside.router:
+                from engine.slots import default_slots, slotted
+                n = cfg.uplink_slots if cfg.uplink_slots is not None else default_slots(len(cfg.uplinks))
+                cfg = self.cfg = slotted(cfg, n)
             # mmr run starts with the uplinks whose devices exist and takes the others when
             # they appear (a modem still enumerating at boot); mmr host sizes its virtual
             # interface by its interfaces, so it needs them all
-            wait_for = [u for u in cfg.uplinks if inside.router and self.state.link(u.device) is None]
-            for dev in [u.device for u in cfg.uplinks if u not in wait_for] + inside.devices_needed(cfg):
+            real = [u for u in cfg.uplinks if not u.empty]
+            wait_for = [u for u in real if inside.router and self.state.link(u.device) is None]
+            for dev in [u.device for u in real if u not in wait_for] + inside.devices_needed(cfg):
                 if self.state.link(dev) is None:
                     raise UserError(f"device {dev!r} does not exist; check the device names in the "
                                     f"policy file ('ip link' lists them)")
             for up in wait_for:
                 self.log.warning(f"uplink {up.name}: waiting for device {up.device} (it does not exist yet); "
                                  f"it is taken into use when it appears")
-            if wait_for and len(wait_for) == len(cfg.uplinks):
+            if wait_for and len(wait_for) == len(real):
                 self.log.warning("no uplink device exists yet: nothing is forwarded until one appears")
             self.n_up = len(cfg.uplinks)
             self.batch = batch
@@ -295,7 +302,7 @@ class Datapath:
             return 1
         if want is None:
             from engine.workers import default_workers
-            return default_workers(self.inside.devices_needed(cfg) + [u.device for u in cfg.uplinks])
+            return default_workers(self.inside.devices_needed(cfg) + [u.device for u in cfg.uplinks if not u.empty])
         return int(want)
 
     def _open_workers(self, batch: int, explicit: bool) -> None:
@@ -365,6 +372,8 @@ class Datapath:
         """Each uplink's device as netlink last described it: one deleted (or renamed away)
         is let go; one that appeared, or was re-created under a new index, is taken."""
         for u, up in enumerate(self.cfg.uplinks):
+            if up.empty:
+                continue
             idx = self.state.index(up.device)
             if self.up_index[u] is not None and idx != self.up_index[u]:
                 self._uplink_gone(u)
@@ -672,7 +681,7 @@ class Datapath:
     def resolver_table(self) -> dict:
         """Per uplink: its pinned resolvers, where each came from, seconds left (None: for good)."""
         now = time.monotonic()
-        out = {u.name: [] for u in self.cfg.uplinks}
+        out = {u.name: [] for u in self.cfg.uplinks if not u.empty}
         for a, (u, where, exp) in sorted(self.resolvers.items(), key=lambda kv: (kv[1][0], kv[0])):
             text = ipaddress.ip_address(a)
             text = text.ipv4_mapped or text
@@ -729,7 +738,7 @@ class Datapath:
             self.conn.links_changed()
         self._tables_changed()
 
-    def _uplink_gone(self, u: int) -> None:
+    def _uplink_gone(self, u: int, why: str | None = None) -> None:
         """Uplink u's device was deleted (or renamed, or re-created under a new index): its
         rings and sockets (every worker's, so its fanout group) closed; the connection
         manager moves its flows as on a link down."""
@@ -737,8 +746,8 @@ class Datapath:
         if self.up_rx[u] is None:
             self.up_index[u] = None
             return
-        self.log(f"device {up.device} of uplink {up.name} disappeared; the other devices keep "
-                 f"forwarding, and {up.name} is taken into use again when a device {up.device} is back")
+        self.log(why or f"device {up.device} of uplink {up.name} disappeared; the other devices keep "
+                        f"forwarding, and {up.name} is taken into use again when a device {up.device} is back")
         self._read_ring_drops()
         self.sent_before[u] = self.uplink_sent(u)
         self.on_workers(lambda w: w.detach_uplink(u))
@@ -973,7 +982,8 @@ class Datapath:
     def summary_line(self) -> str:
         """One logfmt line: the main counters, packets per uplink, flows, all drops, every non-zero drop reason."""
         t = self.table()
-        per = " ".join(f"up_{u.name}={self.uplink_sent(i)[0]}" for i, u in enumerate(self.cfg.uplinks))
+        per = " ".join(f"up_{u.name}={self.uplink_sent(i)[0]}" for i, u in enumerate(self.cfg.uplinks)
+                       if not u.empty)
         d = CT.drops(t)
         drops = " ".join(f"drop_{k}={v}" for k, v in d.items() if v)
         drops += "".join(f" {k}={int(t[CT.INDEX[k]])}" for k in self.SUMMARY_NONZERO if t[CT.INDEX[k]])
@@ -1024,26 +1034,47 @@ class Datapath:
         except ConfigError as exc:
             return {"ok": False, "message": f"rejected, the old policy keeps running: {exc}"}
         old = self.cfg
-        def wiring(c):
-            return [(u.name, u.device, u.gateway, u.gateway4, u.gateway6, u.gateway_mac, u.nat, u.nat6, u.npt_prefix,
-                     u.edge)
-                    for u in c.uplinks]
-        same = (new.lan == old.lan and wiring(new) == wiring(old) and new.option_type == old.option_type
-                and new.host == old.host and new.nat_ports == old.nat_ports
-                and new.routed_prefixes == old.routed_prefixes and new.edge_capacity == old.edge_capacity
-                and new.forwards == old.forwards)
-        added = [u.name for u in new.uplinks if u.name not in {x.name for x in old.uplinks}]
-        removed = [u.name for u in old.uplinks if u.name not in {x.name for x in new.uplinks}]
-        if added or removed:
-            return {"ok": False, "message": "rejected, the old policy keeps running: uplinks "
-                                            + "; ".join(f"{w} {', '.join(n)}" for w, n in (("added", added),
-                                                                                          ("removed", removed)) if n)
-                                            + "; adding or removing an uplink needs a restart"}
-        if not same:
-            return {"ok": False, "message": "rejected, the old policy keeps running: the LAN device, the "
-                                            "uplinks (names, devices, order, gateways, translation, edge), "
-                                            "nat_ports, routed_prefixes, edge_capacity, [[forward]], the option "
-                                            "type or [host] changed; those need a restart"}
+        refused = "rejected, the old policy keeps running: "
+
+        def wiring(u):
+            return (u.device, u.gateway, u.gateway4, u.gateway6, u.gateway_mac, u.nat, u.nat6, u.npt_prefix, u.edge)
+        running = {u.name: u for u in old.uplinks if not u.empty}
+        names = {u.name for u in new.uplinks}
+        added = [u for u in new.uplinks if u.name not in running]
+        removed = [k for k, u in enumerate(old.uplinks) if not u.empty and u.name not in names]
+        rewired = [u.name for u in new.uplinks if u.name in running and wiring(u) != wiring(running[u.name])]
+        if not self.inside.router and [u.name for u in new.uplinks] != [u.name for u in old.uplinks] \
+                and not (added or removed):
+            return {"ok": False, "message": refused + "the order of the uplinks changed; mmr host needs a "
+                                                      "restart for that"}
+        if (added or removed) and not self.inside.router:
+            return {"ok": False, "message": refused + "uplinks " + "; ".join(
+                f"{w} {', '.join(n)}" for w, n in (("added", [u.name for u in added]),
+                                                   ("removed", [old.uplinks[k].name for k in removed])) if n)
+                + "; mmr host needs a restart for that"}
+        if rewired:
+            return {"ok": False, "message": refused + f"the device, gateways, translation or edge of uplink "
+                                                      f"{', '.join(rewired)} changed; that needs a restart "
+                                                      f"(or remove it in one reload and add it in the next)"}
+        if not (new.lan == old.lan and new.option_type == old.option_type and new.host == old.host
+                and new.nat_ports == old.nat_ports and new.routed_prefixes == old.routed_prefixes
+                and new.edge_capacity == old.edge_capacity and new.forwards == old.forwards):
+            return {"ok": False, "message": refused + "the LAN device, nat_ports, routed_prefixes, "
+                                                      "edge_capacity, [[forward]], the option type or [host] "
+                                                      "changed; those need a restart"}
+        for up in added:
+            why = self.translation.missing(up)
+            if why is None and self.inside.router and self.edge is None and up.edge == "stateful":
+                why = (f"uplink {up.name} has edge = \"stateful\" but mmr started without the stateful "
+                       f"edge (every uplink open); that needs a restart")
+            if why is not None:
+                return {"ok": False, "message": refused + why}
+        if self.inside.router:
+            from engine.slots import slot_names, slotted
+            try:
+                new = slotted(new, self.n_up, slot_names(old))
+            except UserError as exc:
+                return {"ok": False, "message": refused + str(exc)}
         if len(new.lan_prefixes) > self.fw.lan_net.shape[0]:
             return {"ok": False, "message": f"rejected, the old policy keeps running: more than "
                                             f"{self.fw.lan_net.shape[0]} lan_prefixes"}
@@ -1051,6 +1082,12 @@ class Datapath:
             self.control.set_read_group(new.monitor.get("control_read_group"))
         except (UserError, OSError) as exc:
             return {"ok": False, "message": f"rejected, the old policy keeps running: {exc}"}
+        # removed uplinks first, under the old policy: their flows move to the others (as
+        # when a device vanishes: counted, listed in the failovers), then their rings close
+        for k in removed:
+            self._probe_fds(k, False)             # before its sockets close (their numbers get reused)
+            self.conn.remove(k)
+            self._uplink_gone(k, f"uplink {old.uplinks[k].name} is removed by the reload; its flows moved")
         self.pipe.apply(new)                      # new rules and selector; flows kept
         self.fw.set_strip(new)                    # [[uplink]] strip_option
         # every other worker takes the new policy and then waits, so that its new selector
@@ -1059,6 +1096,13 @@ class Datapath:
         for w in self.workers:
             w.post(lambda w: (w.pipe.apply(new), w.fw.set_strip(new), gate.wait(CALL_TIMEOUT_S)))
         self.cfg = new
+        if self.edge is not None and self.inside.router:
+            # an added uplink's slot takes its own edge mode (workers copy it at their sync)
+            self.fw.set_edge(self.edge, [int(u.edge == "stateful") for u in new.uplinks])
+        changed = [k for k, (a, b) in enumerate(zip(old.uplinks, new.uplinks)) if a.name != b.name]
+        for k in changed:
+            self._reslot(k)
+            self._probe_fds(k, False)
         self._config_resolvers(new)               # the new selectors have the config's: learned ones back
         self._push_resolvers()
         try:
@@ -1066,18 +1110,69 @@ class Datapath:
         finally:
             gate.set()
         self.inside.apply(self, new)
+        if changed:
+            for k in changed:                     # the new uplinks' probes (conn.apply made them)
+                self._probe_fds(k, True)
+            self._uplinks_reloaded(changed)
         self._tables_changed()
         self.reloads += 1
         self.last_reload_ok, self.last_reload_success_s = True, time.time()
-        return {"ok": True, "message": f"policy reloaded from {new.path} ({self.n_flows()} flows kept)"}
+        return {"ok": True, "message": f"policy reloaded from {new.path} ({self.n_flows()} flows kept"
+                + "".join(f"; {w} {', '.join(n)}" for w, n in (("added", [u.name for u in added]),
+                                                              ("removed", [old.uplinks[k].name for k in removed]))
+                          if n) + ")"}
+
+    def _probe_fds(self, k: int, on: bool) -> None:
+        """Uplink slot k's probe sockets into the poll set, or out of it."""
+        p = self.conn.probers[k]
+        for fd in (p.fds() if p is not None else []):
+            if on:
+                self.poller.register(fd, select.POLLIN, lambda ev, u=k: self.conn.probe_readable(u))
+            else:
+                self.poller.unregister(fd)
+
+    def _reslot(self, k: int) -> None:
+        """Slot k's uplink changed in a reload (self.cfg is the new policy): nothing of the
+        old one stays there (next hop, resolvers learned, translation, proxy, counts)."""
+        self.gw_addr[k], self.gw_auto[k] = [None, None], [False, False]
+        self.fw.gw_mac[k] = 0
+        self.sent_before[k] = (0, 0)
+        self.resolvers = {a: v for a, v in self.resolvers.items() if v[0] != k}
+        p = self.translation.proxies.pop(k, None)
+        if p is not None:
+            self.poller.unregister(p.fileno())
+            p.close()
+            if p in self.closables:
+                self.closables.remove(p)
+        gone = self.translation.reslot(k, self.cfg)
+        if gone:
+            self.log(f"{gone} translation mappings of the removed uplink are gone")
+
+    def _uplinks_reloaded(self, slots: list[int]) -> None:
+        """After a reload that added or removed uplinks: the kernel guard covers the devices
+        of the uplinks there are now; an added uplink whose device exists is opened at once
+        (else when it appears, as an uplink missing at start)."""
+        if self.guard is not None:
+            _, devices, rules, _ = self.inside.guard(self)
+            self.guard.set_devices(devices, rules)
+        self.inside.uplinks_changed(self)
+        for k in slots:
+            up = self.cfg.uplinks[k]
+            if up.empty:
+                continue
+            if self.state.index(up.device) is not None:
+                self._uplink_back(k)
+            else:
+                self.log.warning(f"uplink {up.name}: waiting for device {up.device} (it does not exist "
+                                 f"yet); it is taken into use when it appears")
 
     def snapshot(self) -> dict:
         names = [u.name for u in self.cfg.uplinks]
         t = self.table()
         return {"uplinks": self.conn.status(), "flows": self.n_flows(),
                 "counters": CT.snapshot(t), "drops": CT.drops(t),
-                "uplink_packets": {n: self.uplink_sent(i)[0] for i, n in enumerate(names)},
-                "uplink_bytes": {n: self.uplink_sent(i)[1] for i, n in enumerate(names)},
+                "uplink_packets": {n: self.uplink_sent(i)[0] for i, n in enumerate(names) if n},
+                "uplink_bytes": {n: self.uplink_sent(i)[1] for i, n in enumerate(names) if n},
                 "reload": {"successful": self.last_reload_ok, "success_time": self.last_reload_success_s,
                            "reloads": self.reloads}}
 
@@ -1087,8 +1182,9 @@ class Datapath:
             return {"ok": True}
         if cmd == "status":
             snap = self.snapshot()
-            for k, u in enumerate(snap["uplinks"]):
-                u["ifindex"] = self.up_index[k]       # None: its device is absent (waited for)
+            slot = {u.name: k for k, u in enumerate(self.cfg.uplinks) if not u.empty}
+            for u in snap["uplinks"]:
+                u["ifindex"] = self.up_index[slot[u["name"]]]   # None: its device is absent (waited for)
             return {"ok": True, "policy": self.cfg.path, "uptime_s": round(time.time() - self.started, 1),
                     "reloads": self.reloads, "flows": snap["flows"], "uplinks": snap["uplinks"],
                     "failovers": self.conn.moves, "moved_flows": self.conn.moved_flows,
@@ -1096,19 +1192,19 @@ class Datapath:
                     "workers": self.worker_table(),
                     "translation": self.translation.status(),
                     "next_hops": {u.name: self._next_hop_text(k, 1) or self._next_hop_text(k, 0)
-                                  for k, u in enumerate(self.cfg.uplinks)},
+                                  for k, u in enumerate(self.cfg.uplinks) if not u.empty},
                     "resolvers": self.resolver_table(),
                     "edge": edge_status(self.cfg, self.edge),
                     "next_hops_by_family": {u.name: {"ipv4": self._next_hop_text(k, 0),
                                                      "ipv6": self._next_hop_text(k, 1)}
-                                            for k, u in enumerate(self.cfg.uplinks)}}
+                                            for k, u in enumerate(self.cfg.uplinks) if not u.empty}}
         if cmd == "flows":
             from engine.replay import address_text
 
             names = [u.name for u in self.cfg.uplinks]
             want = req.get("uplink")
-            if want is not None and want not in names:
-                return {"ok": False, "error": f"no uplink named {want!r}; the uplinks are {', '.join(names)}"}
+            if want is not None and (not want or want not in names):
+                return {"ok": False, "error": f"no uplink named {want!r}; the uplinks are {', '.join(n for n in names if n)}"}
             limit = req.get("limit")
             limit = 1000 if limit is None else min(int(limit), MAX_FLOWS_ANSWERED)
             uplink = -1 if want is None else names.index(want)
@@ -1129,7 +1225,7 @@ class Datapath:
             out = [{"src": address_text(r["src"]), "dst": address_text(r["dst"]), "proto": int(r["proto"]),
                     "sport": int(r["sport"]), "dport": int(r["dport"]),
                     "service": C.SERVICE_NAMES[min(int(r["service"]), 3)], "preference": int(r["preference"]),
-                    "uplink": names[int(r["uplink"])] if int(r["uplink"]) < len(names) else None,
+                    "uplink": names[int(r["uplink"])] or None if int(r["uplink"]) < len(names) else None,
                     "packets": int(r["packets"]), "bytes": int(r["bytes"]),
                     **({"worker": worker_of[i]} if self.workers else {})} for i, r in enumerate(recs)]
             return {"ok": True, "total": total, "flows": out}
@@ -1141,8 +1237,8 @@ class Datapath:
         if cmd == "uplink":
             names = [u.name for u in self.cfg.uplinks]
             name, mode = req["name"], req["mode"]
-            if name not in names:
-                return {"ok": False, "error": f"no uplink named {name!r}; the uplinks are {', '.join(names)}"}
+            if not name or name not in names:
+                return {"ok": False, "error": f"no uplink named {name!r}; the uplinks are {', '.join(n for n in names if n)}"}
             try:
                 now = self.conn.set_admin(name, mode)          # logs the change itself
             except ValueError as exc:

@@ -94,6 +94,21 @@ class KernelGuard:
         self.end = end
         return float(end)
 
+    def set_devices(self, devices: list[str], rules: list[str]) -> None:
+        """Other devices (mmr reload added or removed an uplink): the ``pre`` chain rewritten
+        in one transaction, so every packet meets the old rules or the new ones, never none."""
+        if (devices, rules) == (self.devices, self.rules):
+            return
+        self.devices, self.rules = devices, rules
+        if self.start is None:
+            return
+        t = self.table
+        devs = ", ".join(f'"{d}"' for d in devices)
+        self.nft.send("; ".join([f"flush chain inet {t} pre",
+                                 f"add rule inet {t} pre iifname != {{ {devs} }} accept",
+                                 f"add rule inet {t} pre jump window"]
+                                + [f"add rule inet {t} pre {r}" for r in rules]))
+
     def update_sets(self, sets: dict) -> None:
         """New contents for named sets (one transaction: flush and refill)."""
         cmds = []

@@ -255,7 +255,7 @@ class Lan(Inside):
         return [self.ring] if self.ring is not None else []
 
     def guard(self, dp: Datapath):
-        ups = [u.device for u in dp.cfg.uplinks]
+        ups = [u.device for u in dp.cfg.uplinks if not u.empty]
         return NFT_TABLE, [self.dev] + ups, guard_rules(ups, dp.translation.guard_rules(ups)), self.guard_sets
 
     def refresh_kernel_routes(self, dp: Datapath) -> None:
@@ -287,7 +287,7 @@ class Lan(Inside):
             dp.guard.update_sets(sets)
 
     def ready_line(self, dp: Datapath) -> str:
-        ups = ", ".join(f"{u.name}({u.device})" for u in dp.cfg.uplinks)
+        ups = ", ".join(f"{u.name}({u.device})" for u in dp.cfg.uplinks if not u.empty)
         workers = f" ({dp.n_workers} workers)" if getattr(dp, "n_workers", 1) > 1 else ""
         return (f"forwarding {self.dev} -> {ups}{workers}; the kernel leaves transit packets on these "
                 f"devices to mmr")

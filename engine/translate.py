@@ -166,6 +166,34 @@ class Translation:
                         self.forward_ports[f.proto].append(f.ports)
         fw.set_nat(self.nat, self.active, self.npt)
 
+    def missing(self, up) -> str | None:
+        """What an uplink added by mmr reload would need that mmr did not start with (a
+        translator is sized and shared at start): a sentence, or None."""
+        if NAT_MODES[up.nat] and self.nat is None:
+            return (f"uplink {up.name} translates IPv4 (nat = \"{up.nat}\") but mmr started without a "
+                    f"translating uplink; restart mmr to add it, or write nat = \"none\"")
+        if up.nat6 == "npt" and self.npt is None:
+            return (f"uplink {up.name} has nat6 = \"npt\" but mmr started without an NPT uplink; "
+                    f"restart mmr to add it")
+        return None
+
+    def reslot(self, u: int, cfg) -> int:
+        """Slot u's uplink changed (mmr reload emptied it or put another there): its mappings
+        and NPT prefixes go, its mode is the new uplink's.  The caller refreshes afterwards.
+        Returns the mappings that went."""
+        self.cfg = cfg
+        up = cfg.uplinks[u]
+        gone = 0
+        if self.nat is not None:
+            gone = self.nat.flush_uplink(u)
+            self.nat.set_address(u, None)
+        if self.npt is not None:
+            self.npt.set_prefixes(u, None, None)
+        self.modes[u] = NAT_MODES[up.nat]
+        self.addrs[u], self.waiting[u], self.lose_at[u] = None, False, None
+        self.npt_maps[u], self.npt_avoid[u], self.npt_held[u] = None, (), None
+        return gone
+
     def refresh(self, state, up_index: list, lan_prefixes: list, gateways: list | None = None) -> bool:
         """Each translating uplink's IPv4 address from the kernel's state, NPT's prefix pairs
         from the LAN prefixes; True when something changed (the guard's sets follow).  An
@@ -303,6 +331,8 @@ class Translation:
             out.update(mappings=st["mappings"], capacity=st["capacity"], ports=st["ports"],
                        exhausted=st["exhausted"], moved=st["moved"])
         for u, name in enumerate(names):
+            if not name:                            # a free uplink slot (engine/slots.py)
+                continue
             t = {"nat": self.cfg.uplinks[u].nat, "nat6": self.cfg.uplinks[u].nat6}
             t["translating"] = bool(self.active[u])
             if self.nat is not None and self.active[u]:
@@ -344,7 +374,7 @@ def make_edge(cfg, fw, router: bool):
 
 def edge_status(cfg, edge) -> dict:
     names = [u.name for u in cfg.uplinks]
-    out = {"uplinks": {u.name: u.edge for u in cfg.uplinks},
+    out = {"uplinks": {u.name: u.edge for u in cfg.uplinks if not u.empty},
            "routed_prefixes": [str(n) for n in cfg.routed_prefixes],
            "forwards": [{"proto": {6: "tcp", 17: "udp"}[f.proto], "port": f"{f.ports[0]}-{f.ports[1]}",
                          "to": str(f.to), "uplinks": [names[u] for u in f.uplinks]} for f in cfg.forwards]}

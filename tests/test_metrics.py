@@ -48,7 +48,9 @@ def engine(cfg, table):
         pipe=mock.MagicMock(flows=list(range(5))), control=mock.MagicMock(),
         inside=mock.MagicMock(default_policy="default.toml"),
         fw=types.SimpleNamespace(lan_net=np.zeros((16, 17), np.uint8), set_strip=lambda cfg: None),
-        workers=[], n_flows=lambda: 5, _conn_views=lambda: (None, None), _tables_changed=lambda: None)
+        workers=[], n_flows=lambda: 5, _conn_views=lambda: (None, None), _tables_changed=lambda: None,
+        n_up=len(cfg.uplinks),                # its uplink slots: as many as the policy's uplinks
+        _config_resolvers=lambda cfg: None, _push_resolvers=lambda: None)
 
 
 def render(snapshot) -> dict:

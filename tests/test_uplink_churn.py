@@ -6,6 +6,7 @@ default offloads stay on.  Every new UDP flow takes the primary uplink (preferen
 lowest metric among the usable ones, here the first listed), so where new flows go shows
 whether mmr uses the uplink again."""
 import json
+import re
 import subprocess
 import time
 
@@ -176,12 +177,12 @@ def test_no_uplink_device_at_start(bed, tmp_path):
             bed.relink("mmr", "up1")
             until("isp1 usable once up1 exists", lambda: uplink(bed, "isp1")["usable"], 20)
             assert echo(bed, 7621)["answered"] == 5
-            # uplinks added or removed by a reload: not built (README), refused in one sentence
+            # an uplink added by a reload into a free slot (test_reload_adds_and_removes_uplinks)
             with open(tmp_path / "churn.toml", "a") as f:
                 f.write(UPLINKS["isp2"])
             r = mmr(bed, "reload")
-            assert r.returncode != 0 and "uplinks added isp2; adding or removing an uplink needs a restart" in \
-                r.stdout + r.stderr, r
+            assert r.returncode == 0 and "added isp2" in r.stdout + r.stderr, r
+            until("isp2 usable after the reload", lambda: uplink(bed, "isp2")["usable"], 20)
     finally:
         restore(bed, "up1")
 
@@ -209,4 +210,107 @@ def test_masquerade_waits_for_the_ipv4_address(bed, tmp_path):
         assert "translates IPv4 to 198.18.1.2" in rest and "has no IPv4 address" not in rest, rest
     finally:
         bed.run("mmr", "ip", "addr", "add", "198.18.1.2/24", "dev", "up1", check=False)
+        restore(bed, "up1")
+
+
+def guarded(tb) -> set:
+    """The devices the kernel guard's prerouting chain leaves to mmr."""
+    text = tb.run("mmr", "nft", "list", "chain", "inet", "mmr", "pre")
+    m = re.search(r'iifname != \{ ([^}]*) \} accept', text)
+    return set(re.findall(r'"([^"]+)"', m.group(1))) if m else set()
+
+
+def reload_with(bed, tmp_path, uplinks, extra=""):
+    policy(tmp_path, uplinks, extra=extra)
+    r = mmr(bed, "reload")
+    return r.returncode, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
+def test_reload_adds_and_removes_uplinks(bed, tmp_path, workers):
+    """mmr starts with isp1 alone; a reload adds isp2 (a free slot: status lists it, new flows
+    take it once isp1 is down by the operator's word); a reload removing isp1 while a UDP
+    exchange runs on it moves the flow to isp2, where it goes on (counted as moved, and
+    status no longer lists isp1); a reload with more uplinks than slots is refused in one
+    sentence naming the key, and the running uplinks stay as they were."""
+    with running_mmr(bed, "mmr", "run", "forwarding", "--config",
+                     policy(tmp_path, ("isp1",), engine=f"workers = {workers}")) as (p, lines):
+        assert [u["name"] for u in status(bed)["uplinks"]] == ["isp1"]
+        r = echo(bed, 7701)
+        assert r["answered"] == 5 and flows_on(bed, 7701) == {"isp1"}, r
+        rc, out = reload_with(bed, tmp_path, ("isp1", "isp2"))
+        assert rc == 0 and "added isp2" in out, out
+        until("isp2 usable after the reload", lambda: uplink(bed, "isp2")["usable"], 20)
+        assert [u["name"] for u in status(bed)["uplinks"]] == ["isp1", "isp2"]
+        assert guarded(bed) == {"lan0", "up1", "up2"}            # the kernel guard covers up2 now
+        assert flows_on(bed, 7701) == {"isp1"}                    # isp1's flows stay where they are
+        assert mmr(bed, "uplink", "isp1", "down").returncode == 0
+        r = echo(bed, 7702)
+        assert r["answered"] == 5 and flows_on(bed, 7702) == {"isp2"}, r
+        assert mmr(bed, "uplink", "isp1", "auto").returncode == 0
+        until("isp1 usable again", lambda: uplink(bed, "isp1")["usable"], 10)
+
+        moved_before = status(bed)["moved_flows"]
+        srv = start_peer(bed, "cn", "echo-server", 7703, 30, CN4)
+        client = subprocess.Popen(in_ns(bed, "mn", "python3", "-m", "engine.peers", "echo-client", CN4, 7703, 400),
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            until("the flow on isp1", lambda: flows_on(bed, 7703) == {"isp1"}, 5)
+            rc, out = reload_with(bed, tmp_path, ("isp2",))
+            assert rc == 0 and "removed isp1" in out, out
+            assert flows_on(bed, 7703) == {"isp2"}
+            out, _ = client.communicate(timeout=60)
+        finally:
+            if client.poll() is None:
+                client.kill()
+            srv.kill()
+            srv.wait()
+        r = json.loads(out)
+        assert r["answered"] >= 350, r                             # the flow went on through isp2
+        st = status(bed)
+        assert [u["name"] for u in st["uplinks"]] == ["isp2"]
+        assert guarded(bed) == {"lan0", "up2"}                    # up1 is the kernel's again
+        assert "isp1" not in st["translation"]["uplinks"] and "isp1" not in st["next_hops"]
+        assert st["moved_flows"] >= moved_before + 1
+        assert {"uplink": "isp1", "reason": "removed by reload"}.items() <= st["failovers"][-1].items()
+        if workers > 1:
+            assert len(st["workers"]) == workers
+
+        # more uplinks than the 4 slots (the default for one uplink at start): refused
+        many = "".join(f'\n[[uplink]]\nname = "x{k}"\ndevice = "x{k}"\n' for k in range(4))
+        rc, out = reload_with(bed, tmp_path, ("isp2",), extra=many)
+        assert rc != 0 and "5 uplinks do not fit in the engine's 4 uplink slots; raise [engine] " \
+            "uplink_slots to 5 or more and restart mmr" in out, out
+        assert [u["name"] for u in status(bed)["uplinks"]] == ["isp2"]
+        r = echo(bed, 7704)
+        assert r["answered"] == 5 and flows_on(bed, 7704) == {"isp2"}, r
+        p.terminate()
+        rest = p.stderr.read()
+    text = "".join(lines) + rest
+    assert "uplink isp1 is removed by the reload" in text, text
+    assert "internal error" not in text and "Traceback" not in text, text
+
+
+def test_reload_adds_an_uplink_whose_device_comes_later(bed, tmp_path):
+    """An uplink added by a reload before its device exists is waited for (said once, listed
+    without an ifindex, unusable) and taken into use when the device appears."""
+    bed.run("mmr", "ip", "link", "del", "up1")
+    try:
+        with running_mmr(bed, "mmr", "run", "forwarding", "--config", policy(tmp_path, ("isp2",))) as (p, lines):
+            rc, out = reload_with(bed, tmp_path, ("isp2", "isp1"))
+            assert rc == 0 and "added isp1" in out, out
+            isp1 = uplink(bed, "isp1")
+            assert isp1["ifindex"] is None and not isp1["usable"], isp1
+            bed.relink("mmr", "up1")
+            until("isp1 usable once up1 exists", lambda: uplink(bed, "isp1")["usable"], 20)
+            assert mmr(bed, "uplink", "isp2", "down").returncode == 0
+            r = echo(bed, 7711)
+            assert r["answered"] == 5 and flows_on(bed, 7711) == {"isp1"}, r
+            p.terminate()
+            rest = p.stderr.read()
+        text = "".join(lines) + rest
+        assert text.count("uplink isp1: waiting for device up1") == 1, text
+        assert "uplink isp1: device up1 is here" in text, text
+        assert "internal error" not in text and "Traceback" not in text, text
+    finally:
         restore(bed, "up1")

@@ -94,7 +94,8 @@ def test_host_mode_runs_one_worker_and_says_so():
     assert Datapath._workers_wanted(host, SimpleNamespace(workers=None), None) == 1 and len(said) == 1
     router = SimpleNamespace(inside=SimpleNamespace(router=True, devices_needed=lambda cfg: ["nosuchdev0"]),
                              log=SimpleNamespace(warning=said.append))
-    cfg = SimpleNamespace(workers=None, uplinks=[SimpleNamespace(device="nosuchdev1")])
+    cfg = SimpleNamespace(workers=None, uplinks=[SimpleNamespace(device="nosuchdev1", empty=False),
+                                                 SimpleNamespace(device="", empty=True)])   # a free slot
     assert Datapath._workers_wanted(router, cfg, None) == 1          # sysfs knows no queues: 1
     assert Datapath._workers_wanted(router, cfg, 3) == 3             # --workers
     cfg.workers = 2

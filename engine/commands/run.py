@@ -38,7 +38,8 @@ that does not exist at start is waited for (one line says so), and one deleted a
 again under its name (a modem re-enumerating, PPP redialling) is opened again on its new
 index: both are taken into use once their link, address and next hop are up.  The LAN
 device must exist.  SIGHUP re-reads the policy file (an invalid one is rejected, the old
-policy keeps running; adding or removing an uplink needs a restart); 'mmr status', 'mmr
+policy keeps running; uplinks may be added, up to [engine] uplink_slots, and removed: see
+'mmr reload --help'); 'mmr status', 'mmr
 flows' and 'mmr reload' talk to the control socket.  A one-line logfmt summary is logged
 every --stats-interval seconds and at exit."""
 

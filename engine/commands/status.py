@@ -30,8 +30,13 @@ RELOAD_DESC = """\
 Make a running router re-read its policy file (the same as sending it SIGHUP).  A valid file
 takes effect at once for new flows; the flowbase is kept, so existing flows stay where they
 are.  An invalid file is rejected with its error and the old policy keeps running; a file
-that changes the LAN device, the uplinks or the option type is rejected too (restart for
-those)."""
+that changes the LAN device, the option type, nat_ports or an uplink's device, gateways or
+translation is rejected too (restart for those).  mmr run accepts uplinks added and removed:
+an added one takes a free uplink slot ([engine] uplink_slots, fixed at start) and is used
+once its device, link, address and next hop are up; a removed one's flows move to the others
+(counted as moved, as on a failure), its translations and probes go.  More uplinks than
+slots are rejected, naming the key to raise (with a restart).  mmr host needs a restart to
+add or remove one."""
 
 ACCESS = """\
 Root may use every command.  Members of the group named by [monitor] control_read_group may
