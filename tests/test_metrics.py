@@ -50,7 +50,7 @@ def engine(cfg, table):
         fw=types.SimpleNamespace(lan_net=np.zeros((16, 17), np.uint8), set_strip=lambda cfg: None),
         workers=[], n_flows=lambda: 5, _conn_views=lambda: (None, None), _tables_changed=lambda: None,
         n_up=len(cfg.uplinks),                # its uplink slots: as many as the policy's uplinks
-        _config_resolvers=lambda cfg: None, _push_resolvers=lambda: None)
+        _config_resolvers=lambda cfg: None, _push_resolvers=lambda: None, edge=None)
 
 
 def render(snapshot) -> dict:
