@@ -1123,16 +1123,17 @@ cdef class Nat66(Nat44):
         free(self.has6)
         free(self.frags6)
 
-    def set_address(self, int u, address):
-        """The uplink's IPv6 address (16 bytes, an ipaddress object, or None: none).  A change
-        drops the uplink's mappings: they were made for the old address."""
+    def set_address(self, int u, address, bint hold=False):
+        """The uplink's IPv6 address (16 bytes, an ipaddress object, or None: the uplink does
+        not translate; with hold, it translates but has no address yet: IPv6 that would leave
+        through it is dropped, no_address).  A change drops the uplink's mappings."""
         cdef uint8_t a[16]
         cdef bytes b
-        cdef bint has = address is not None
+        cdef uint8_t has = 1 if address is not None else (2 if hold else 0)
         if u < 0 or u >= self.n_uplinks:
             raise IndexError("uplink out of range")
         memset(a, 0, 16)
-        if has:
+        if has == 1:
             b = bytes(address if isinstance(address, (bytes, bytearray)) else address.packed)
             if len(b) != 16:
                 raise ValueError("an IPv6 address has 16 bytes")
@@ -1148,7 +1149,7 @@ cdef class Nat66(Nat44):
     def address(self, int u):
         if u < 0 or u >= self.n_uplinks:
             raise IndexError("uplink out of range")
-        return (<char*>self.addr6)[16 * u:16 * u + 16] if self.has6[u] else None
+        return (<char*>self.addr6)[16 * u:16 * u + 16] if self.has6[u] == 1 else None
 
     def expire(self, double now):
         cdef uint32_t i
@@ -1200,9 +1201,9 @@ cdef class Nat66(Nat44):
         cdef uint8_t* ck
         cdef uint8_t* ext
         cdef nat_map* e
-        if u < 0 or u >= self.n_uplinks:
+        if u < 0 or u >= self.n_uplinks or self.has6[u] == 0:
             return NAT_PASS
-        if not self.has6[u]:
+        if self.has6[u] == 2:
             return NAT_NO_ADDRESS
         if n < 40 or (ip[0] >> 4) != 6:
             return NAT_MALFORMED
@@ -1276,7 +1277,7 @@ cdef class Nat66(Nat44):
         cdef uint8_t* ia
         cdef nat_map* e
         cdef frag6_rec* fr = NULL
-        if u < 0 or u >= self.n_uplinks or not self.has6[u]:
+        if u < 0 or u >= self.n_uplinks or self.has6[u] != 1:
             return NAT_PASS
         if n < 40 or (ip[0] >> 4) != 6:
             return NAT_MALFORMED

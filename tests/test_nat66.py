@@ -189,8 +189,11 @@ def test_exhaustion_expiry_pending_sums_and_no_address():
     assert code == "ok" and struct.unpack("!H", out[off + 6:off + 8])[0] == _sum(
         out[8:40] + struct.pack("!I3xB", len(out) - off, 17))
     for nat in (c, r):
-        nat.set_address(1, None)
+        nat.set_address(1, None, hold=True)
     assert both(c, r, "out", udp6(LAN1, REM, 1000, 53), 1, 51.0)[0] == "no_address"
+    for nat in (c, r):
+        nat.set_address(1, None)
+    assert both(c, r, "out", udp6(LAN1, REM, 1000, 53), 1, 51.0)[0] == "pass"      # not translating
     assert c.address(0) == EXT0 and c.address(1) is None
 
 

@@ -44,9 +44,10 @@ class RefForwarder:
         self.counters: dict[str, int] = {}
         self.punts: list[tuple[int, int]] = []        # (kind, frame index)
         self.nat, self.npt, self.nat_mode = None, None, [0] * n_uplinks
+        self.nat6 = None
 
-    def set_nat(self, nat, modes, npt) -> None:
-        self.nat, self.nat_mode, self.npt = nat, list(modes), npt
+    def set_nat(self, nat, modes, npt, nat6=None) -> None:
+        self.nat, self.nat_mode, self.npt, self.nat6 = nat, list(modes), npt, nat6
 
     NAT_REASON = {N.UNKNOWN: "nat_unsolicited", N.EXHAUSTED: "nat_exhausted", N.NO_ADDRESS: "nat_no_address"}
 
@@ -62,8 +63,11 @@ class RefForwarder:
         if row["family"] == 4 and self.nat_mode[u] and self.nat is not None and (
                 not out_dir or self.nat_mode[u] == 2 or self._private4(bytes(row["src"])[12:])):
             code = (self.nat.out_packet if out_dir else self.nat.in_packet)(ip, u, now, pending)
-        elif row["family"] == 6 and self.npt is not None:
-            code = (self.npt.out_packet if out_dir else self.npt.in_packet)(ip, u)
+        elif row["family"] == 6:
+            if self.nat6 is not None:
+                code = (self.nat6.out_packet if out_dir else self.nat6.in_packet)(ip, u, now, pending)
+            if code == N.PASS and self.npt is not None:
+                code = (self.npt.out_packet if out_dir else self.npt.in_packet)(ip, u)
         return code, frame[:l3] + bytes(ip)
 
     def count(self, name: str, k: int = 1) -> None:

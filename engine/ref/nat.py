@@ -519,11 +519,16 @@ class Nat66Ref(Nat44Ref):
     """NAPT66 as Nat44Ref, on IPv6: the keys hold the whole addresses; the port choice hashes
     the compiled table's keyed folds of them."""
 
-    def set_address(self, u: int, address) -> None:
+    def __init__(self, n_uplinks: int, *args, **kw):
+        super().__init__(n_uplinks, *args, **kw)
+        self.held = [False] * n_uplinks          # translating, no address yet
+
+    def set_address(self, u: int, address, hold: bool = False) -> None:
         a = None if address is None else bytes(address if isinstance(address, (bytes, bytearray)) else address.packed)
-        if a != self.addr[u]:
+        if a != self.addr[u] or (a is None and hold != self.held[u]):
             self.flush_uplink(u)
             self.addr[u] = a
+        self.held[u] = a is None and hold
 
     def _fold(self, a: bytes) -> bytes:
         return siphash13(a, self.k1, self.k0).to_bytes(4, "little")
@@ -551,7 +556,7 @@ class Nat66Ref(Nat44Ref):
             return PASS
         ext = self.addr[u]
         if ext is None:
-            return NO_ADDRESS
+            return NO_ADDRESS if self.held[u] else PASS
         n = self._length(b)
         if n is None:
             return MALFORMED
