@@ -154,6 +154,19 @@ class Nat44Ref:
         self.rev[(u, pi, port)] = m
         return m
 
+    def _lookup(self, key, now) -> Map | None:
+        """The key's mapping, or a new one (a flow another uplink carried before counts as
+        moved); None: exhausted."""
+        m = self.fwd.get(key)
+        if m is None:
+            m = self._create(key, now)
+            if m is None:
+                return None
+            if any(key[:5] + (v,) in self.fwd for v in range(self.n) if v != key[5]):
+                self.moved += 1
+        m.last = now
+        return m
+
     def _timeout(self, m: Map) -> float:
         if m.pi == 0:
             return {"est": self.t["tcp_established"], "fin": self.t["tcp_fin"], "rst": self.t["tcp_rst"]}.get(
@@ -226,14 +239,9 @@ class Nat44Ref:
                 return MALFORMED
             sport, dport = p.w(l4), p.w(l4 + 2)
         key = (bytes(b[12:16]), bytes(b[16:20]), sport, dport, pi, u)
-        m = self.fwd.get(key)
+        m = self._lookup(key, now)
         if m is None:
-            m = self._create(key, now)
-            if m is None:
-                return EXHAUSTED
-            if any(key[:5] + (v,) in self.fwd for v in range(self.n) if v != u):
-                self.moved += 1
-        m.last = now
+            return EXHAUSTED
         if pi == 0:
             self._tcp_state(m, b[l4 + 13], False)
             ck = l4 + 16
@@ -584,14 +592,9 @@ class Nat66Ref(Nat44Ref):
                 return MALFORMED
             sport, dport = p.w(l4), p.w(l4 + 2)
         key = (bytes(b[8:24]), bytes(b[24:40]), sport, dport, pi, u)
-        m = self.fwd.get(key)
+        m = self._lookup(key, now)
         if m is None:
-            m = self._create(key, now)
-            if m is None:
-                return EXHAUSTED
-            if any(key[:5] + (v,) in self.fwd for v in range(self.n) if v != u):
-                self.moved += 1
-        m.last = now
+            return EXHAUSTED
         if pi == 0:
             self._tcp_state(m, b[l4 + 13], False)
             ck = l4 + 16
