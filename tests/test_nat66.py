@@ -263,3 +263,20 @@ def test_compiled_and_reference_agree_on_every_packet(ops, mutate):
             assert c.expire(now) == r.expire(now)
         assert len(c) == len(r)
         assert c.exhausted == r.exhausted and c.moved == r.moved
+
+
+def test_the_uplinks_address_is_a_stable_global_one():
+    """NAPT66 translates to the device's global address: a stable one before a privacy
+    (temporary) or deprecated one, a global one before a unique local one; none: None."""
+    from engine.netlink import IFA_F_DEPRECATED, IFA_F_TEMPORARY, State
+
+    s = State()
+    s.addrs[3] = {A("fe80::1"): (64, None), A("2001:db8:1::aaaa"): (64, None), A("2001:db8:1::2"): (64, None),
+                  A("2001:db8:1::1"): (64, None), A("fd00:9::1"): (64, None)}
+    s.aflags[(3, A("2001:db8:1::1"))] = IFA_F_TEMPORARY
+    s.aflags[(3, A("2001:db8:1::2"))] = IFA_F_DEPRECATED
+    assert str(s.address6(3)) == "2001:db8:1::aaaa"
+    s.addrs[3].pop(A("2001:db8:1::aaaa"))
+    assert str(s.address6(3)) == "fd00:9::1"             # stable (a ULA) before temporary or deprecated
+    s.addrs[3] = {A("fe80::1"): (64, None)}
+    assert s.address6(3) is None and s.address6(4) is None
