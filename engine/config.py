@@ -106,7 +106,8 @@ UPLINK_KEYS = {
     "nat": Key("str", "auto", hint='"auto" (translate IPv4 sources in private space: RFC 1918, 100.64/10; '
                                    'mmr host: every IPv4 source from the VI), "masquerade" (every IPv4 '
                                    'source) or "none"'),
-    "nat6": Key("str", "none", hint='"npt" (RFC 6296 prefix translation to npt_prefix) or "none"'),
+    "nat6": Key("str", "none", hint='"npt" (RFC 6296 prefix translation to npt_prefix), "masquerade" '
+                                    '(NAPT66: every IPv6 source to the uplink\'s own address) or "none"'),
     "edge": Key("str", "stateful", hint='"stateful" (from this uplink only replies to the LAN\'s flows and '
                                         'routed_prefixes get in) or "open" (everything to the LAN: a routed setup)'),
     "npt_prefix": Key("str", None, optional=True,
@@ -235,7 +236,7 @@ class Uplink:
     monitor: dict = field(default_factory=dict)            # its effective probe/degraded/hook settings
     strip_option: bool = False                             # remove the traffic control option on the way out
     nat: str = "auto"                                      # IPv4 source translation: auto, masquerade, none
-    nat6: str = "none"                                     # IPv6: npt or none
+    nat6: str = "none"                                     # IPv6: npt, masquerade or none
     npt_prefix: ipaddress.IPv6Network | None = None        # nat6 = "npt" and None: "auto" (the uplink's own)
     gateway4: str | None = None                            # the IPv4 next hop's address; None: auto
     gateway6: str | None = None                            # the IPv6 next hop's; None: auto
@@ -724,11 +725,9 @@ class _Loader:
         if v["nat"] not in NAT_MODES:
             self.err(f"{where}.nat", f"{_short(v['nat'])} is not a NAT mode", 'write "auto", "masquerade" or "none"')
         up.nat = v["nat"]
-        if v["nat6"] == "masquerade":
-            self.err(f"{where}.nat6", '"masquerade" (NAPT66) is not supported yet',
-                     'write "npt" (it maps the LAN prefix onto the uplink\'s own or npt_prefix) or "none"')
-        if v["nat6"] not in ("npt", "none"):
-            self.err(f"{where}.nat6", f"{_short(v['nat6'])} is not an IPv6 translation", 'write "npt" or "none"')
+        if v["nat6"] not in ("npt", "masquerade", "none"):
+            self.err(f"{where}.nat6", f"{_short(v['nat6'])} is not an IPv6 translation",
+                     'write "npt", "masquerade" or "none"')
         up.nat6 = v["nat6"]
         if v["edge"] not in ("stateful", "open"):
             self.err(f"{where}.edge", f"{_short(v['edge'])} is not an edge mode", 'write "stateful" or "open"')

@@ -51,10 +51,11 @@ class VirtualInterface(Inside):
         self.tun = None
         self.bypass_said = False
         for i, u in enumerate(cfg.uplinks):
-            if u.nat6 != "none":          # NPTv6 maps a LAN prefix; the VI's IPv6 needs NAPT66
-                raise ConfigError(cfg.path, f"uplink[{i}].nat6", f'"{u.nat6}" is not available in host mode '
-                                  f"(IPv6 from {self.vi} is sent with its own address)",
-                                  f'write "none" and have the networks route {self.vi}\'s IPv6 prefix to this host')
+            if u.nat6 == "npt":           # NPTv6 maps a LAN prefix; the VI's address takes NAPT66
+                raise ConfigError(cfg.path, f"uplink[{i}].nat6", f'"npt" is not available in host mode '
+                                  f"(it maps a LAN prefix; {self.vi} has addresses)",
+                                  'write "masquerade" (IPv6 from the VI leaves with the interface\'s own '
+                                  'address) or "none" (the networks route the VI\'s prefix to this host)')
 
     def devices_needed(self, cfg) -> list[str]:
         return []

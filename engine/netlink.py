@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 from engine import _kernel as K
 
+IFA_F_TEMPORARY, IFA_F_DEPRECATED = 0x01, 0x20      # linux/if_addr.h
+
 NLMSG = struct.Struct("=IHHII")          # struct nlmsghdr
 IFINFO = struct.Struct("=BxHiII")        # struct ifinfomsg
 IFADDR = struct.Struct("=BBBBI")         # struct ifaddrmsg
@@ -98,6 +100,7 @@ class State:
     links: dict[int, Link] = field(default_factory=dict)
     addrs: dict[int, dict[bytes, tuple[int, bytes | None]]] = field(default_factory=dict)
     neigh: dict[tuple[int, bytes], bytes] = field(default_factory=dict)
+    aflags: dict[tuple[int, bytes], int] = field(default_factory=dict)   # (index, address): IFA_F_*
     routes: set = field(default_factory=set)     # (dst, plen, table, oifs, gateway, priority): unicast routes
 
     def index(self, name: str) -> int | None:
@@ -112,6 +115,14 @@ class State:
 
     def addresses(self, index: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
         return [ipaddress.ip_address(a) for a in self.addrs.get(index, {})]
+
+    def address6(self, index: int) -> ipaddress.IPv6Address | None:
+        """The device's global IPv6 address for NAPT66: a stable one (not a privacy address,
+        not deprecated) before others, a global one before a unique local one, then the lowest."""
+        cands = [ipaddress.IPv6Address(a) for a in self.addrs.get(index, {}) if len(a) == 16]
+        cands = [a for a in cands if not (a.is_link_local or a.is_multicast or a.is_loopback)]
+        return min(cands, key=lambda a: (bool(self.aflags.get((index, a.packed), 0) & (IFA_F_TEMPORARY | IFA_F_DEPRECATED)),
+                                         a in ipaddress.IPv6Network("fc00::/7"), a), default=None)
 
     def has_address(self, index: int) -> bool:
         """An address beyond link-local: the device's own on its network."""
@@ -359,6 +370,7 @@ class Netlink:
                 else:
                     brd = at.get(K.IFA_BROADCAST)
                     per[bytes(a)] = (plen, bytes(brd) if brd else None)
+                    st.aflags[(index, bytes(a))] = aflags
                     self._mark("addrs", (index, bytes(a)))
                 yield ("addr", index)
             elif mtype in (K.RTM_NEWNEIGH, K.RTM_DELNEIGH) and body + NDMSG.size <= end:

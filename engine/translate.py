@@ -4,6 +4,7 @@ current by the control side.
     [[uplink]] nat = "auto" | "masquerade" | "none"   (IPv4 NAPT to the uplink's address)
                nat6 = "npt" | "none", npt_prefix       (RFC 6296: the LAN prefix <-> npt_prefix,
                                                         "auto": the uplink's own on-link prefix)
+               nat6 = "masquerade"                     (NAPT66 to the uplink's IPv6 address)
     [engine] nat_ports = "auto" | "LO-HI"              (the ports mappings take)
 
 The forwarder (pyx/forward.pyx) translates in its loop; this module builds the translators,
@@ -13,7 +14,8 @@ old mappings: they were made for it), gives NPTv6 the LAN prefix of npt_prefix's
 LAN prefix's length, followed over netlink like the IPv4 address (none yet: LAN IPv6 through
 it is held, dropped as nat_no_address), with the addresses in use on the link kept clear of
 (the proxy that answers neighbour solicitations for the translations: engine/ndproxy.py),
-expires idle mappings, reports them, and names what the
+gives NAPT66 each masquerading uplink's stable global IPv6 address (not a temporary or
+deprecated one while another is there), followed like the IPv4 one, expires idle mappings, reports them, and names what the
 kernel must not see: replies to mappings' ports on the uplinks' addresses (its stack would
 answer them with a TCP reset or a port unreachable) and packets to the NPT prefixes (it has
 no route for them).  "auto" ports are 1024-65535 without the kernel's own
@@ -24,7 +26,8 @@ Host mode (``mmr host``) uses the same NAPT44 with the VI as its LAN: "auto" the
 "masquerade" (every IPv4 packet from vi0 leaves with the interface's own address), so the
 host works on networks that route nothing to vi0's prefix; the host's own sockets on an
 interface's address keep their ports (the kernel's range) and the kernel never sees the
-replies to mappings.  IPv6 in host mode is not translated (it needs NAPT66).
+replies to mappings.  IPv6 from the VI is translated with NAPT66 where an interface says
+nat6 = "masquerade" (the default, "none", sends the VI's IPv6 address as it is).
 """
 from __future__ import annotations
 
@@ -118,7 +121,7 @@ def port_ranges(ports) -> list[tuple[int, int]]:
 
 class Translation:
     def __init__(self, cfg, fw, router: bool, log):
-        from engine._nat import Npt66, Nat44, port_list
+        from engine._nat import Npt66, Nat44, Nat66, port_list
 
         self.cfg, self.fw, self.log = cfg, fw, log
         n = len(cfg.uplinks)
@@ -127,13 +130,14 @@ class Translation:
         # VI without an IPv4 address has nothing to translate)
         vi4 = not router and any(ipaddress.ip_interface(a).version == 4 for a in cfg.host.get("addresses", []))
         self.modes = [NAT_MODES[u.nat] if router else (2 if vi4 and u.nat != "none" else 0) for u in cfg.uplinks]
-        self.nat = self.npt = None
+        self.nat = self.npt = self.nat6 = None
         self.ports = None
-        if any(self.modes):
+        masq6 = [u.nat6 == "masquerade" for u in cfg.uplinks]
+        if any(self.modes) or any(masq6):
             if cfg.nat_ports is None:
                 avoid = kernel_port_range()
                 self.ports = port_list((1024, 65535), avoid)
-                self.nat = Nat44(n, max(1024, min(cfg.flow_capacity, 1 << 22)), avoid=avoid)
+                kw = {"avoid": avoid}
             else:
                 self.ports = port_list(cfg.nat_ports)
                 k = kernel_port_range()
@@ -141,10 +145,19 @@ class Translation:
                     log.warning(f"nat_ports {cfg.nat_ports[0]}-{cfg.nat_ports[1]} overlaps the kernel's "
                                 f"ip_local_port_range {k[0]}-{k[1]}: the router's own connections on a "
                                 f"translating uplink's address may lose their replies to mappings")
-                self.nat = Nat44(n, max(1024, min(cfg.flow_capacity, 1 << 22)), port_range=cfg.nat_ports)
+                kw = {"port_range": cfg.nat_ports}
+            cap = max(1024, min(cfg.flow_capacity, 1 << 22))
+            if any(self.modes):
+                self.nat = Nat44(n, cap, **kw)
+            if any(masq6):
+                self.nat6 = Nat66(n, cap, **kw)
+                for u in range(n):
+                    if masq6[u]:
+                        self.nat6.set_address(u, None, hold=True)   # until its address is known
         if router and any(u.nat6 == "npt" for u in cfg.uplinks):
             self.npt = Npt66(n)
         self.addrs: list = [None] * n
+        self.addrs6: list = [None] * n           # NAPT66: each masquerading uplink's address
         self.active = [0] * n                    # modes in effect (auto: only with a private LAN)
         self.npt_maps: list = [None] * n         # (LAN prefix, outer prefix) mapped
         self.npt_avoid: list = [()] * n          # outer addresses in use on the link: kept clear of
@@ -164,7 +177,7 @@ class Translation:
                     if self.modes[u] == 2 or (self.modes[u] == 1 and private):
                         self.nat.set_forward(u, f.proto, f.ports[0], f.ports[1], f.to.packed)
                         self.forward_ports[f.proto].append(f.ports)
-        fw.set_nat(self.nat, self.active, self.npt)
+        fw.set_nat(self.nat, self.active, self.npt, self.nat6)
 
     def missing(self, up) -> str | None:
         """What an uplink added by mmr reload would need that mmr did not start with (a
@@ -205,7 +218,7 @@ class Translation:
         active = [m if m == 2 or (m == 1 and private) else 0 for m in self.modes]
         if active != self.active:
             self.active = active
-            self.fw.set_nat(self.nat, active, self.npt)
+            self.fw.set_nat(self.nat, active, self.npt, self.nat6)
             changed = True
         for u, up in enumerate(self.cfg.uplinks):
             if self.nat is not None:
@@ -239,6 +252,18 @@ class Translation:
                                      "(nat_no_address)")
                 elif addr is not None or not active[u]:
                     self.waiting[u] = False
+            if self.nat6 is not None and up.nat6 == "masquerade":
+                idx = up_index[u]
+                a6 = state.address6(idx) if idx is not None else None
+                if a6 != self.addrs6[u]:
+                    changed = True
+                    self.addrs6[u] = a6
+                    self.nat6.set_address(u, a6, hold=True)
+                    if a6 is not None:
+                        self.log(f"uplink {up.name} translates IPv6 to {a6} (NAPT66)")
+                    else:
+                        self.log.warning(f"uplink {up.name} ({up.device}) has no global IPv6 address: IPv6 "
+                                         f"through it is dropped (nat_no_address) until it has one")
             if self.npt is not None and up.nat6 == "npt":
                 changed = self.refresh_npt(u, up, state, up_index[u], lan_prefixes,
                                            gateways[u] if gateways else None) or changed
@@ -292,8 +317,9 @@ class Translation:
 
     def expire(self, now: float | None = None) -> int:
         now = time.time() if now is None else now
+        k = self.nat6.expire(now) if self.nat6 is not None else 0
         if self.nat is None:
-            return 0
+            return k
         for u, at in enumerate(self.lose_at):
             if at is not None and now >= at:
                 self.lose_at[u] = None
@@ -301,11 +327,12 @@ class Translation:
                 self.nat.set_address(u, None)
                 self.log(f"uplink {self.cfg.uplinks[u].name}: its IPv4 address is gone, and its {gone} "
                          f"mappings with it")
-        return self.nat.expire(now)
+        return self.nat.expire(now) + k
 
     def guard_sets(self) -> dict:
         return {"nat4": ("ipv4_addr", [str(a) for a in self.addrs if a is not None]),
-                "npt6": ("ipv6_addr", [str(m[1]) for m in self.npt_maps if m is not None])}
+                "npt6": ("ipv6_addr", [str(m[1]) for m in self.npt_maps if m is not None]),
+                "nat6": ("ipv6_addr", [str(a) for a in self.addrs6 if a is not None])}
 
     def guard_rules(self, uplinks: list[str]) -> list[str]:
         """Rules for the kernel guard, before its 'the router itself' rule."""
@@ -319,6 +346,8 @@ class Translation:
             if self.forward_ports[proto]:
                 ranges = ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in sorted(set(self.forward_ports[proto])))
                 rules.append(f"iifname {{ {ups} }} ip daddr @nat4 {name} dport {{ {ranges} }} counter drop")
+            rules.append(f"iifname {{ {ups} }} ip6 daddr @nat6 meta l4proto {{ tcp, udp }} th dport {{ {ranges} }} "
+                         f"counter drop")
         # the router's own addresses in an NPT prefix (npt_prefix "auto": its own) stay its own
         rules.append(f"iifname {{ {ups} }} ip6 daddr @npt6 fib daddr type != local counter drop")
         return rules
@@ -330,6 +359,9 @@ class Translation:
             st = self.nat.stats()
             out.update(mappings=st["mappings"], capacity=st["capacity"], ports=st["ports"],
                        exhausted=st["exhausted"], moved=st["moved"])
+        if self.nat6 is not None:
+            st6 = self.nat6.stats()
+            out["napt66"] = {k: st6[k] for k in ("mappings", "capacity", "ports", "exhausted", "moved")}
         for u, name in enumerate(names):
             if not name:                            # a free uplink slot (engine/slots.py)
                 continue
@@ -338,6 +370,9 @@ class Translation:
             if self.nat is not None and self.active[u]:
                 t["address"] = None if self.addrs[u] is None else str(self.addrs[u])
                 t["mappings"] = st["uplinks"][u]
+            if self.nat6 is not None and self.cfg.uplinks[u].nat6 == "masquerade":
+                t["address6"] = None if self.addrs6[u] is None else str(self.addrs6[u])
+                t["mappings6"] = st6["uplinks"][u]
             if self.npt_maps[u] is not None:
                 t["npt"] = f"{self.npt_maps[u][0]} <-> {self.npt_maps[u][1]}"
                 t["npt_avoided"] = [str(a) for a in self.npt_avoid[u]]

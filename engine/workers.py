@@ -438,8 +438,8 @@ class Worker:
                 for key, v in want.items():
                     mine.set(key, v)
         f.t_start, f.t_end = f0.t_start, f0.t_end
-        if f.nat is not f0.nat or f.npt is not f0.npt or (f.nat_mode != f0.nat_mode).any():
-            f.set_nat(f0.nat, list(f0.nat_mode), f0.npt)      # one translator, shared (it locks)
+        if f.nat is not f0.nat or f.npt is not f0.npt or f.nat6 is not f0.nat6 or (f.nat_mode != f0.nat_mode).any():
+            f.set_nat(f0.nat, list(f0.nat_mode), f0.npt, f0.nat6)      # one translator, shared (it locks)
         if f.edge is not f0.edge or (f.edge_mode != f0.edge_mode).any():
             f.set_edge(f0.edge, list(f0.edge_mode))          # one edge table, shared (it locks)
         f.set_routed_prefixes([(bytes(v), bytes(m)) for v, m in f0.open_net[:f0.n_open]])

@@ -62,7 +62,7 @@ from engine._rewrite cimport (rewrite_one, finish_checksum, RW_MACS, RW_HOP, RW_
                               VERDICT_OK, VERDICT_HOP_LIMIT, VERDICT_BAD_OFFLOAD)
 from engine._ring cimport RxRing, TxSocket
 from engine._tun cimport Tun
-from engine._nat cimport Nat44, Npt66, NAT_OK, NAT_PASS, NAT_UNKNOWN, NAT_EXHAUSTED, NAT_NO_ADDRESS
+from engine._nat cimport Nat44, Npt66, Nat66, NAT_OK, NAT_PASS, NAT_UNKNOWN, NAT_EXHAUSTED, NAT_NO_ADDRESS
 from engine._edge cimport Edge, EDGE_OK, EDGE_FULL
 
 import os
@@ -370,6 +370,7 @@ cdef class Forwarder:
         self.set_strip(pipe.cfg)
         self.nat = None
         self.npt = None
+        self.nat6 = None
         self.nat_mode = np.zeros(max(n_uplinks, 1), np.uint8)
         cdef uint8_t[::1] nm = self.nat_mode
         self.nat_mode_c = &nm[0]
@@ -395,13 +396,14 @@ cdef class Forwarder:
         for u, up in enumerate(cfg.uplinks[:self.n_up]):
             self.up_strip[u] = cfg.option_type if getattr(up, "strip_option", False) else 0
 
-    def set_nat(self, Nat44 nat, modes, Npt66 npt):
+    def set_nat(self, Nat44 nat, modes, Npt66 npt, Nat66 nat6=None):
         """Source translation: nat (NAPT44) for the uplinks whose mode is 1 (IPv4 sources in
-        private ranges) or 2 (every IPv4 source); npt (NPTv6) for those it has prefixes for.
-        None: no translation of that family."""
+        private ranges) or 2 (every IPv4 source); npt (NPTv6) for those it has prefixes for;
+        nat6 (NAPT66) for those it has an address (or a hold) for.  None: no translation."""
         if len(modes) != self.n_up:
             raise ValueError(f"give a mode for each of the {self.n_up} uplinks")
-        if nat is not None and nat.n_uplinks < self.n_up or npt is not None and npt.n_uplinks < self.n_up:
+        if (nat is not None and nat.n_uplinks < self.n_up or npt is not None and npt.n_uplinks < self.n_up
+                or nat6 is not None and nat6.n_uplinks < self.n_up):
             raise ValueError("the translators must cover every uplink")
         for u, m in enumerate(modes):
             if m not in (0, 1, 2):
@@ -409,6 +411,7 @@ cdef class Forwarder:
             self.nat_mode[u] = m
         self.nat = nat
         self.npt = npt
+        self.nat6 = nat6
 
     def set_edge(self, Edge edge, modes):
         """The stateful edge: edge (None: none) for the uplinks whose mode is 1; 0 lets an
@@ -653,8 +656,14 @@ cdef class Forwarder:
                     self.drop(i, nat_reason(c))
                     continue
                 napt = c == NAT_OK
-            elif r.family == 6 and self.npt is not None:
-                c = self.npt.out6(base + off[i] + 14, lens[i] - 14, u)
+            elif r.family == 6 and (self.npt is not None or self.nat6 is not None):
+                c = NAT_PASS        # an uplink has one of them (or neither): the other passes
+                if self.nat6 is not None:
+                    c = self.nat6.out6(base + off[i] + 14, lens[i] - 14, u, ts[i],
+                                       (vh[i].flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0)
+                    napt = c == NAT_OK       # NAPT66 filters what it translates, like NAPT44
+                if c == NAT_PASS and self.npt is not None:
+                    c = self.npt.out6(base + off[i] + 14, lens[i] - 14, u)
                 if c != NAT_OK and c != NAT_PASS:
                     self.drop(i, nat_reason(c))
                     continue
@@ -716,8 +725,13 @@ cdef class Forwarder:
                     if c == NAT_OK:
                         memcpy(r.dst + 12, base + off[i] + r.l3_off + 16, 4)
                         napt = True
-                elif r.family == 6 and self.npt is not None:
-                    c = self.npt.in6(base + off[i] + r.l3_off, lens[i] - r.l3_off, u)
+                elif r.family == 6 and (self.npt is not None or self.nat6 is not None):
+                    if self.nat6 is not None:
+                        c = self.nat6.in6(base + off[i] + r.l3_off, lens[i] - r.l3_off, u, ts[i],
+                                          (vh[i].flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0)
+                        napt = c == NAT_OK   # NAPT66 filtered it, like NAPT44
+                    if c == NAT_PASS and self.npt is not None:
+                        c = self.npt.in6(base + off[i] + r.l3_off, lens[i] - r.l3_off, u)
                     if c == NAT_OK:
                         memcpy(r.dst, base + off[i] + r.l3_off + 24, 16)
                 if c != NAT_OK and c != NAT_PASS:

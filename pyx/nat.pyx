@@ -786,7 +786,7 @@ cdef class Nat44:
 
     def out_batch(self, uint8_t[::1] buf, const long[::1] offsets, const long[::1] lengths,
                   const int[::1] uplinks, double now, long n=-1):
-        """out_packet over n packets of buf (offsets at their IPv4 headers); codes as uint8."""
+        """out_packet over n packets of buf (offsets at their IP headers); codes as uint8."""
         return self._batch(buf, offsets, lengths, uplinks, now, n, True)
 
     def in_batch(self, uint8_t[::1] buf, const long[::1] offsets, const long[::1] lengths,
@@ -807,11 +807,12 @@ cdef class Nat44:
         cdef uint8_t[::1] c = codes
         with nogil:
             for i in range(n):
-                if out:
-                    c[i] = self.out4(&buf[0] + offsets[i], lengths[i], uplinks[i], now, False)
-                else:
-                    c[i] = self.in4(&buf[0] + offsets[i], lengths[i], uplinks[i], now, False)
+                c[i] = self.one(&buf[0] + offsets[i], lengths[i], uplinks[i], now, out)
         return codes
+
+    cdef int one(self, uint8_t* ip, uint32_t n, int u, double now, bint out) noexcept nogil:
+        """One packet of a batch (Nat66 translates IPv6 here)."""
+        return self.out4(ip, n, u, now, False) if out else self.in4(ip, n, u, now, False)
 
     def mapping(self, int proto, int_addr, int int_port, rem_addr, int rem_port, int u):
         """The external port of a mapping (addresses as 4 bytes, ports as numbers), or None."""
@@ -1103,3 +1104,412 @@ cdef class Npt66:
 
     def in_packet(self, bytearray pkt, int u):
         return NAMES[self.in6(<uint8_t*>(<char*>pkt), len(pkt), u)]
+
+
+# ==================================================================== NAPT66
+
+cdef inline int pindex6(uint8_t proto) noexcept nogil:
+    if proto == 6:
+        return P_TCP
+    if proto == 17:
+        return P_UDP
+    if proto == 58:
+        return P_ICMP
+    return -1
+
+
+cdef int walk6(const uint8_t* ip, uint32_t n, uint32_t* l4, uint8_t* proto, uint32_t* frag) noexcept nogil:
+    """Past the extension headers (hop-by-hop, mmr's option included; destination options; a
+    routing header with no segment left; one fragment header) to the upper layer: NAT_OK with
+    its offset, its protocol and the fragment header's offset (0: none); NAT_MALFORMED when
+    cut short; NAT_UNSUPPORTED for a routing header still routing or a chain past 8 headers."""
+    cdef uint32_t off = 40
+    cdef uint8_t nh = ip[6]
+    cdef int k
+    frag[0] = 0
+    for k in range(9):
+        if nh == 0 or nh == 60 or nh == 43:
+            if off + 8 > n:
+                return NAT_MALFORMED
+            if nh == 43 and ip[off + 3] != 0:
+                return NAT_UNSUPPORTED        # the destination is not the final one
+            nh = ip[off]
+            off += (<uint32_t>ip[off + 1] + 1) * 8
+        elif nh == 44:
+            if off + 8 > n or frag[0]:
+                return NAT_MALFORMED
+            frag[0] = off
+            nh = ip[off]
+            off += 8
+        else:
+            if off > n:
+                return NAT_MALFORMED
+            l4[0] = off
+            proto[0] = nh
+            return NAT_OK
+    return NAT_UNSUPPORTED
+
+
+cdef inline void set_addr6(uint8_t* p, const uint8_t* a, uint8_t* c1, uint8_t* c3, bint pending3,
+                           bint udp3) noexcept nogil:
+    """Write the 16-byte address at p and update the checksums over it (pseudo-headers)."""
+    cdef int i
+    for i in range(8):
+        set_word(p + 2 * i, ld16(a + 2 * i), c1, NULL, c3, pending3, udp3)
+
+
+cdef class Nat66(Nat44):
+    """NAPT66 for up to n_uplinks uplinks that offer one IPv6 address each: Nat44's table,
+    port choice, timeouts and exhaustion on IPv6 packets (the ICMPv6 checksum covers the
+    pseudo-header; fragments follow their first by identification)."""
+
+    def __cinit__(self, int n_uplinks, uint32_t capacity=65536, seed=None, timeouts=None,
+                  port_range=(1024, 65535), avoid=None):
+        self.a6 = <uint8_t*>calloc(capacity, 32)
+        self.addr6 = <uint8_t*>calloc(n_uplinks, 16)
+        self.has6 = <uint8_t*>calloc(n_uplinks, 1)
+        self.frags6 = <frag6_rec*>calloc(FRAG_SLOTS, sizeof(frag6_rec))
+        if self.a6 == NULL or self.addr6 == NULL or self.has6 == NULL or self.frags6 == NULL:
+            raise MemoryError()
+        self.collisions = 0
+
+    def __dealloc__(self):
+        free(self.a6)
+        free(self.addr6)
+        free(self.has6)
+        free(self.frags6)
+
+    def set_address(self, int u, address, bint hold=False):
+        """The uplink's IPv6 address (16 bytes, an ipaddress object, or None: the uplink does
+        not translate; with hold, it translates but has no address yet: IPv6 that would leave
+        through it is dropped, no_address).  A change drops the uplink's mappings."""
+        cdef uint8_t a[16]
+        cdef bytes b
+        cdef uint8_t has = 1 if address is not None else (2 if hold else 0)
+        if u < 0 or u >= self.n_uplinks:
+            raise IndexError("uplink out of range")
+        memset(a, 0, 16)
+        if has == 1:
+            b = bytes(address if isinstance(address, (bytes, bytearray)) else address.packed)
+            if len(b) != 16:
+                raise ValueError("an IPv6 address has 16 bytes")
+            memcpy(a, <const char*>b, 16)
+        if has != self.has6[u] or memcmp(a, self.addr6 + 16 * u, 16) != 0:
+            self.flush_uplink(u)
+            spin_lock(&self.lock)
+            memcpy(self.addr6 + 16 * u, a, 16)
+            self.has6[u] = has
+            spin_unlock(&self.lock)
+        return None
+
+    def address(self, int u):
+        if u < 0 or u >= self.n_uplinks:
+            raise IndexError("uplink out of range")
+        return (<char*>self.addr6)[16 * u:16 * u + 16] if self.has6[u] == 1 else None
+
+    def expire(self, double now):
+        cdef uint32_t i
+        k = Nat44.expire(self, now)
+        with nogil:
+            spin_lock(&self.lock)
+            for i in range(FRAG_SLOTS):
+                if self.frags6[i].used and now - self.frags6[i].last > FRAG_TIMEOUT:
+                    memset(&self.frags6[i], 0, sizeof(frag6_rec))
+            spin_unlock(&self.lock)
+        return k
+
+    cdef inline uint32_t fold(self, const uint8_t* a) noexcept nogil:
+        """An IPv6 address as the table's 32-bit key: keyed (the keys swapped), so no LAN
+        host can choose two addresses of one fold."""
+        return siphash13(a, 2, self.k1, self.k0)
+
+    cdef int32_t find6(self, const uint8_t* int_addr, const uint8_t* rem_addr, uint16_t int_port,
+                       uint16_t rem_port, uint8_t pi, uint8_t u) noexcept nogil:
+        """The mapping of the key, -1: none, -2: another key of the same folds holds it."""
+        cdef uint32_t fi = self.fold(int_addr), fr = self.fold(rem_addr)
+        cdef int32_t m = self.find(self.key_hash(fi, fr, int_port, rem_port, pi, u), fi, fr, int_port,
+                                   rem_port, pi, u)
+        if m >= 0 and (memcmp(self.a6 + 32 * <size_t>m, int_addr, 16) != 0
+                       or memcmp(self.a6 + 32 * <size_t>m + 16, rem_addr, 16) != 0):
+            return -2
+        return m
+
+    cdef int out6(self, uint8_t* ip, uint32_t n, int u, double now, bint pending) noexcept nogil:
+        cdef int rc
+        spin_lock(&self.lock)
+        rc = self.out6_locked(ip, n, u, now, pending)
+        spin_unlock(&self.lock)
+        return rc
+
+    cdef int in6(self, uint8_t* ip, uint32_t n, int u, double now, bint pending) noexcept nogil:
+        cdef int rc
+        spin_lock(&self.lock)
+        rc = self.in6_locked(ip, n, u, now, pending)
+        spin_unlock(&self.lock)
+        return rc
+
+    cdef int out6_locked(self, uint8_t* ip, uint32_t n, int u, double now, bint pending) noexcept nogil:
+        cdef uint32_t l4, fh, fi, fr
+        cdef uint16_t sport, dport
+        cdef uint8_t proto, t
+        cdef int pi, rc, v
+        cdef int32_t m
+        cdef uint8_t* ck
+        cdef uint8_t* ext
+        cdef nat_map* e
+        if u < 0 or u >= self.n_uplinks or self.has6[u] == 0:
+            return NAT_PASS
+        if self.has6[u] == 2:
+            return NAT_NO_ADDRESS
+        if n < 40 or (ip[0] >> 4) != 6:
+            return NAT_MALFORMED
+        if 40 + <uint32_t>ld16(ip + 4) < n:
+            n = 40 + ld16(ip + 4)
+        rc = walk6(ip, n, &l4, &proto, &fh)
+        if rc != NAT_OK:
+            return rc
+        ext = self.addr6 + 16 * u
+        if fh and (ld16(ip + fh + 2) & 0xFFF8):   # a later fragment: its address only
+            memcpy(ip + 8, ext, 16)
+            return NAT_OK
+        pi = pindex6(proto)
+        if pi < 0:
+            return NAT_UNSUPPORTED
+        if pi == P_ICMP:
+            if l4 + 8 > n:
+                return NAT_MALFORMED
+            t = ip[l4]
+            if t >= 1 and t <= 4:
+                return self.error6(ip, n, l4, u, True)
+            if t != 128:
+                return NAT_UNSUPPORTED
+            memcpy(&sport, ip + l4 + 4, 2)     # the identifier stands for the port
+            dport = 0
+        else:
+            if l4 + (20 if pi == P_TCP else 8) > n:
+                return NAT_MALFORMED
+            memcpy(&sport, ip + l4, 2)
+            memcpy(&dport, ip + l4 + 2, 2)
+        m = self.find6(ip + 8, ip + 24, sport, dport, pi, u)
+        if m == -2:
+            self.collisions += 1
+            self.exhausted += 1
+            return NAT_EXHAUSTED
+        if m < 0:
+            fi, fr = self.fold(ip + 8), self.fold(ip + 24)
+            m = self.create(self.key_hash(fi, fr, sport, dport, pi, u), fi, fr, sport, dport, pi, u, now)
+            if m < 0:
+                return NAT_EXHAUSTED
+            memcpy(self.a6 + 32 * <size_t>m, ip + 8, 16)
+            memcpy(self.a6 + 32 * <size_t>m + 16, ip + 24, 16)
+            for v in range(self.n_uplinks):      # failover moved it: its translation changed
+                if v != u and self.find6(ip + 8, ip + 24, sport, dport, pi, v) >= 0:
+                    self.moved += 1
+                    break
+        e = &self.maps[m]
+        e.last = now
+        if pi == P_TCP:
+            self.tcp_state(e, ip[l4 + 13], False)
+            ck = ip + l4 + 16
+            set_addr6(ip + 8, ext, NULL, ck, pending, False)
+            set_word(ip + l4, e.ext_port, ck if not pending else NULL, NULL, NULL, False, False)
+        elif pi == P_UDP:
+            ck = ip + l4 + 6
+            set_addr6(ip + 8, ext, NULL, ck, pending, True)
+            set_word(ip + l4, e.ext_port, NULL, NULL, ck if not pending else NULL, False, True)
+        else:                                 # ICMPv6: the pseudo-header is in its checksum
+            ck = ip + l4 + 2
+            set_addr6(ip + 8, ext, ck, NULL, False, False)
+            set_word(ip + l4 + 4, e.ext_port, ck, NULL, NULL, False, False)
+        return NAT_OK
+
+    cdef int in6_locked(self, uint8_t* ip, uint32_t n, int u, double now, bint pending) noexcept nogil:
+        cdef uint32_t l4, fh, ident = 0, slot
+        cdef uint16_t sport, port, fo
+        cdef uint8_t proto, t
+        cdef int pi, rc
+        cdef int32_t m
+        cdef uint8_t* ck
+        cdef uint8_t* ia
+        cdef nat_map* e
+        cdef frag6_rec* fr = NULL
+        if u < 0 or u >= self.n_uplinks or self.has6[u] != 1:
+            return NAT_PASS
+        if n < 40 or (ip[0] >> 4) != 6:
+            return NAT_MALFORMED
+        if memcmp(ip + 24, self.addr6 + 16 * u, 16) != 0:
+            return NAT_PASS
+        if 40 + <uint32_t>ld16(ip + 4) < n:
+            n = 40 + ld16(ip + 4)
+        rc = walk6(ip, n, &l4, &proto, &fh)
+        if rc != NAT_OK:
+            return NAT_PASS if rc == NAT_UNSUPPORTED else rc
+        fo = ld16(ip + fh + 2) if fh else 0
+        if fh:
+            memcpy(&ident, ip + fh + 4, 4)
+            slot = self.frag_slot(self.fold(ip + 8), <uint16_t>(ident ^ (ident >> 16)), proto, u)
+            fr = &self.frags6[slot]
+        if fo & 0xFFF8:                       # a later fragment: where its first one went
+            if (not fr.used or fr.ident != ident or fr.proto != proto or fr.uplink != u
+                    or memcmp(fr.rem_addr, ip + 8, 16) != 0):
+                return NAT_PASS               # not a translated datagram's: the router's own
+            fr.last = now
+            memcpy(ip + 24, fr.int_addr, 16)
+            return NAT_OK
+        pi = pindex6(proto)
+        if pi < 0:
+            return NAT_PASS                   # ESP, GRE, ... to the router: its own
+        if pi == P_ICMP:
+            if l4 + 8 > n:
+                return NAT_MALFORMED
+            t = ip[l4]
+            if t >= 1 and t <= 4:
+                return self.error6(ip, n, l4, u, False)
+            if t != 129:
+                return NAT_PASS               # an echo request, neighbour discovery: the router's
+            port = ld16(ip + l4 + 4)
+            sport = 0
+        else:
+            if l4 + (20 if pi == P_TCP else 8) > n:
+                return NAT_MALFORMED
+            port = ld16(ip + l4 + 2)
+            memcpy(&sport, ip + l4, 2)
+        if not self.port_ok[port]:
+            return NAT_PASS                   # outside the mappings' ports: the router's own
+        m = self.rev[(<size_t>u * 3 + pi) * 65536 + port]
+        if m < 0 or self.maps[m].rem_port != sport or memcmp(self.a6 + 32 * <size_t>m + 16, ip + 8, 16) != 0:
+            return NAT_PASS if pi == P_ICMP else NAT_UNKNOWN
+        e = &self.maps[m]
+        e.last = now
+        ia = self.a6 + 32 * <size_t>m
+        if pi == P_TCP:
+            self.tcp_state(e, ip[l4 + 13], True)
+            ck = ip + l4 + 16
+            set_addr6(ip + 24, ia, NULL, ck, pending, False)
+            set_word(ip + l4 + 2, ld16(<uint8_t*>&e.int_port), ck if not pending else NULL, NULL, NULL,
+                     False, False)
+        elif pi == P_UDP:
+            e.state = ST_EST
+            ck = ip + l4 + 6
+            set_addr6(ip + 24, ia, NULL, ck, pending, True)
+            set_word(ip + l4 + 2, ld16(<uint8_t*>&e.int_port), NULL, NULL, ck if not pending else NULL,
+                     False, True)
+        else:
+            ck = ip + l4 + 2
+            set_addr6(ip + 24, ia, ck, NULL, False, False)
+            set_word(ip + l4 + 4, ld16(<uint8_t*>&e.int_port), ck, NULL, NULL, False, False)
+        if fh and (fo & 1):                   # a first fragment: the later ones follow it
+            memcpy(fr.rem_addr, ip + 8, 16)
+            memcpy(fr.int_addr, ia, 16)
+            fr.ident = ident
+            fr.proto = proto
+            fr.uplink = u
+            fr.used = 1
+            fr.last = now
+        return NAT_OK
+
+    cdef int error6(self, uint8_t* ip, uint32_t n, uint32_t l4, int u, bint out) noexcept nogil:
+        """An ICMPv6 error (destination unreachable, packet too big, time exceeded, parameter
+        problem) about a translated packet.  Out: a LAN host's, about a reply that came in
+        (quoted remote -> LAN host): the quote is put back as the remote sent it (-> the
+        uplink's address and port).  In: about a packet the NAT sent (quoted uplink address
+        and port -> remote): the quote is put back as the LAN host sent it, and the error goes
+        to the LAN host.  The ICMPv6 checksum follows every changed word, the pseudo-header's
+        too; the quoted upper-layer checksum follows its own pseudo-header and port."""
+        cdef uint8_t* q = ip + l4 + 8
+        cdef uint32_t qn = n - l4 - 8, ql4, qfh
+        cdef uint8_t qproto
+        cdef uint8_t* ic = ip + l4 + 2
+        cdef uint8_t* qck = NULL
+        cdef uint8_t* lan          # the quoted LAN-side address, the port word, the remote's
+        cdef uint8_t* pw
+        cdef uint8_t* rem
+        cdef uint16_t lport, rport, old
+        cdef int pi, rc
+        cdef int32_t m
+        cdef nat_map* e
+        if qn < 40 or (q[0] >> 4) != 6:
+            return NAT_MALFORMED
+        rc = walk6(q, qn, &ql4, &qproto, &qfh)
+        if rc != NAT_OK:
+            return rc
+        if qfh and (ld16(q + qfh + 2) & 0xFFF8):
+            return NAT_UNSUPPORTED if out else NAT_PASS
+        pi = pindex6(qproto)
+        if pi < 0 or ql4 + 8 > qn:
+            return (NAT_UNSUPPORTED if out else NAT_PASS) if pi < 0 else NAT_MALFORMED
+        if out:
+            lan, rem = q + 24, q + 8          # remote -> LAN host
+        else:
+            lan, rem = q + 8, q + 24          # uplink address -> remote
+            if memcmp(lan, self.addr6 + 16 * u, 16) != 0:
+                return NAT_PASS
+        if pi == P_ICMP:
+            if q[ql4] != (129 if out else 128):   # only an echo (reply) can be quoted back
+                return NAT_UNSUPPORTED if out else NAT_PASS
+            pw = q + ql4 + 4
+            rport = 0
+            qck = q + ql4 + 2
+        else:
+            pw = q + ql4 + (2 if out else 0)
+            memcpy(&rport, q + ql4 + (0 if out else 2), 2)
+            if pi == P_UDP:
+                qck = q + ql4 + 6
+            elif ql4 + 18 <= qn:
+                qck = q + ql4 + 16
+        if out:
+            memcpy(&lport, pw, 2)
+            m = self.find6(lan, rem, lport, rport, pi, u)
+            if m < 0:
+                return NAT_UNKNOWN
+        else:
+            if not self.port_ok[ld16(pw)]:
+                return NAT_PASS
+            m = self.rev[(<size_t>u * 3 + pi) * 65536 + ld16(pw)]
+            if m < 0 or self.maps[m].rem_port != rport or memcmp(self.a6 + 32 * <size_t>m + 16, rem, 16) != 0:
+                return NAT_PASS if pi == P_ICMP else NAT_UNKNOWN
+        e = &self.maps[m]
+        old = ld16(qck) if qck != NULL else 0
+        if out:
+            set_addr6(lan, self.addr6 + 16 * u, ic, qck, False, pi == P_UDP)
+            set_word(pw, e.ext_port, ic, NULL, qck, False, pi == P_UDP)
+        else:
+            set_addr6(lan, self.a6 + 32 * <size_t>m, ic, qck, False, pi == P_UDP)
+            set_word(pw, ld16(<uint8_t*>&e.int_port), ic, NULL, qck, False, pi == P_UDP)
+        if qck != NULL:
+            fix(ic, old, ld16(qck), False, False)
+        if out:                               # the error itself: from the uplink's address
+            set_addr6(ip + 8, self.addr6 + 16 * u, ic, NULL, False, False)
+        else:                                 # to the LAN host
+            set_addr6(ip + 24, self.a6 + 32 * <size_t>m, ic, NULL, False, False)
+        return NAT_OK
+
+    # ---------------------------------------------------------------- Python entry points
+    def out_packet(self, bytearray pkt, int u, double now, bint pending=False):
+        """Translate one IPv6 packet (LAN -> uplink u) in place; returns the NAT_* name."""
+        return NAMES[self.out6(<uint8_t*>(<char*>pkt), len(pkt), u, now, pending)]
+
+    def in_packet(self, bytearray pkt, int u, double now, bint pending=False):
+        """Translate one IPv6 packet (uplink u -> LAN) in place; returns the NAT_* name."""
+        return NAMES[self.in6(<uint8_t*>(<char*>pkt), len(pkt), u, now, pending)]
+
+    cdef int one(self, uint8_t* ip, uint32_t n, int u, double now, bint out) noexcept nogil:
+        return self.out6(ip, n, u, now, False) if out else self.in6(ip, n, u, now, False)
+
+    def mapping(self, int proto, int_addr, int int_port, rem_addr, int rem_port, int u):
+        """The external port of a mapping (addresses as 16 bytes, ports as numbers), or None."""
+        cdef int pi = pindex6(proto)
+        cdef uint16_t ip_, rp
+        cdef int32_t m
+        cdef bytes ia = bytes(int_addr), ra = bytes(rem_addr)
+        if pi < 0 or u < 0 or u >= self.n_uplinks:
+            return None
+        if len(ia) != 16 or len(ra) != 16:
+            raise ValueError("IPv6 addresses have 16 bytes")
+        ip_ = ((int_port & 0xFF) << 8) | (int_port >> 8)        # packet order
+        rp = ((rem_port & 0xFF) << 8) | (rem_port >> 8)
+        spin_lock(&self.lock)
+        m = self.find6(<const uint8_t*><const char*>ia, <const uint8_t*><const char*>ra, ip_, rp, pi, u)
+        port = -1 if m < 0 else self.maps[m].ext_port
+        spin_unlock(&self.lock)
+        return None if port < 0 else port

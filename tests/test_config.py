@@ -83,8 +83,8 @@ BAD = [
     ("monitor key", GOOD + '[monitor]\ninterval = 1\n', "monitor.interval", "remove it"),
     ("nat mode", GOOD.replace('device = "up2"', 'device = "up2"\nnat = "yes"'), "uplink[1].nat",
      "not a NAT mode"),
-    ("nat6 masquerade", GOOD.replace('device = "up2"', 'device = "up2"\nnat6 = "masquerade"'), "uplink[1].nat6",
-     "not supported yet"),
+    ("nat6 word", GOOD.replace('device = "up2"', 'device = "up2"\nnat6 = "napt"'), "uplink[1].nat6",
+     'write "npt", "masquerade" or "none"'),
     ("npt prefix word", GOOD.replace('device = "up2"', 'device = "up2"\nnat6 = "npt"\nnpt_prefix = "automatic"'),
      "uplink[1].npt_prefix", "automatic"),
     ("npt auto, LAN too long", GOOD.replace('[engine]', '[engine]\nlan_prefixes = ["fd00:1::/96"]').replace(
@@ -158,6 +158,11 @@ def test_npt_prefix_defaults_to_the_uplinks_own(tmp_path):
     cfg = load_config(write(tmp_path, GOOD.replace('device = "up2"', 'device = "up2"\nnat6 = "npt"\n'
                                                    'npt_prefix = "2001:db8:a2:100::/64"')))
     assert str(cfg.uplinks[1].npt_prefix) == "2001:db8:a2:100::/64"
+
+
+def test_nat6_masquerade_is_napt66(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD.replace('device = "up2"', 'device = "up2"\nnat6 = "masquerade"')))
+    assert cfg.uplinks[1].nat6 == "masquerade" and cfg.uplinks[0].nat6 == "none"
 
 
 def test_monitor_defaults_and_probe_targets(tmp_path):

@@ -694,3 +694,46 @@ def test_edge_agrees_with_the_reference(outs, strangers, modes, nat_modes, route
         if back:
             compare(fw, ref, back, [{}] * len(back), np.full(len(back), 11.0), "in", u)
     assert sorted(fw.edge.entries()) == ref.edge.entries()
+
+
+
+def napt66_pair():
+    from engine.ref.nat import Nat66Ref
+
+    fw, ref = pair(hosts=[LAN_HOST4, LAN_HOST6])
+    c6, r6 = _nat.Nat66(2, 64, seed=3), Nat66Ref(2, 64, seed=3)
+    n6, p6 = _nat.Npt66(2), Npt66Ref(2)
+    for x in (c6, r6):
+        x.set_address(0, EXT6)
+    for x in (n6, p6):
+        x.set_prefixes(1, ipaddress.ip_network("2001:db8:1::/64"), NPT_OUT)
+    fw.set_nat(None, [0, 0], n6, c6)
+    ref.set_nat(None, [0, 0], p6, r6)
+    return fw, ref
+
+
+EXT6 = g.a6("2001:db8:a1::2")
+
+
+def test_napt66_on_the_uplink_that_masquerades():
+    """nat6 = "masquerade" on uplink 0, NPTv6 on uplink 1: each uplink's IPv6 takes its own
+    translation in the compiled forwarder as in its reference; a reply comes back to the LAN
+    host; one from a stranger to a mapping's port is dropped (nat_unsolicited)."""
+    frames = [g.eth(g.ipv6(g.udp(5000 + k, 53), 17)) for k in range(32)]
+    ts = np.full(len(frames), 10.0)
+    fw, ref = napt66_pair()
+    out = [int(u) for u in compare(fw, ref, frames, [{}] * len(frames), ts, "out")]
+    fw2, _ = napt66_pair()
+    out2, sent = sent_frames(fw2, frames)
+    assert out2.tolist() == out and 0 in out
+    for u, f in zip(out, sent):
+        assert f[22:38] == EXT6 if u == 0 else ipaddress.IPv6Address(f[22:38]) in NPT_OUT
+    k = out.index(0)
+    port = struct.unpack("!H", sent[k][54:56])[0]
+    reply = g.eth(g.ipv6(g.udp(53, port), 17, src="2001:db8:ff::1", dst="2001:db8:a1::2"), dst=UP_MAC[0])
+    assert compare(fw, ref, [reply], [{}], ts[:1], "in", 0).tolist() == [0]
+    out3, [back] = sent_frames(fw2, [reply], "in", 0)
+    assert out3.tolist() == [0] and back[38:54] == LAN_HOST6 and back[:6] == HOST_MAC
+    stranger = g.eth(g.ipv6(g.udp(53, port), 17, src="2001:db8:ff::9", dst="2001:db8:a1::2"), dst=UP_MAC[0])
+    assert compare(fw, ref, [stranger], [{}], ts[:1], "in", 0).tolist() == [-3]
+    assert fw.counters[CT.INDEX["nat_unsolicited"]] == 1

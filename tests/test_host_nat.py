@@ -244,7 +244,7 @@ def test_unsolicited_packets_to_a_mapping_port_are_dropped_and_counted(bed, tmp_
         assert "@nat4" in guard and IFACE4["i1"] in guard, guard
 
 
-def test_ipv6_translation_is_refused_in_host_mode(bed, tmp_path):
+def test_npt_is_refused_in_host_mode(bed, tmp_path):
     text = POLICY.replace('probe_targets = ["198.18.21.1"]',
                           'probe_targets = ["198.18.21.1"]\nnat6 = "npt"\nnpt_prefix = "2001:db8:b1:100::/64"')
     p = subprocess.run(in_ns(bed, "host", sys.executable, "-m", "engine", "host", "--config", policy(tmp_path, text)),
@@ -265,3 +265,39 @@ def test_nat_none_sends_the_vi_address_and_bcp38_drops_it(bed, tmp_path):
         out = bed.run("host", "ping", "-4", "-c", "2", "-i", "0.2", "-W", "2", PINNED["i2"], check=False)
         assert out is not None and " 0% packet loss" in out, out
         assert status(bed)["translation"]["uplinks"]["i1"]["translating"] is False
+
+
+VI6 = "2001:db8:99::10"           # routed by nobody: only NAPT66 gets its packets anywhere
+PEER6 = "2001:db8:ee::1"
+IFACE6 = {"i1": "2001:db8:b1::2", "i2": "2001:db8:b2::2"}
+
+
+@pytest.mark.parametrize("iface", ["i1", "i2"])
+def test_ipv6_through_vi0_with_napt66_over_each_interface(bed, tmp_path, iface):
+    """nat6 = "masquerade": vi0's IPv6 leaves each interface with the interface's own address
+    (what R1 and R2's BCP 38 filters let through, and the peer routes back): ping, UDP (the
+    peer sees the interface's address), a UDP exchange, TCP hash-checked."""
+    text = POLICY.replace(f'{VI4}/32"]', f'{VI4}/32", "{VI6}/128"]')
+    for name in ("i1", "i2"):
+        text = text.replace(f'device = "{name}"\n', f'device = "{name}"\nnat6 = "masquerade"\n')
+    text += f'\n[[rule]]\ndst = "{PEER6}/128"\nuplink = "{iface}"\n'
+    with running(bed, policy(tmp_path, text)) as (_, lines):
+        assert f"uplink {iface} translates IPv6 to {IFACE6[iface]} (NAPT66)" in "".join(lines)
+        out = bed.run("host", "ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", "-I", VI6, PEER6, check=False)
+        assert out is not None and " 0% packet loss" in out, out
+        sink = start_peer(bed, "peer", "udp-sink", 7701, 2)
+        assert peer(bed, "host", "udp-send", PEER6, 7701, 10, -1, -1).returncode == 0
+        got = [json.loads(x) for x in sink.communicate(timeout=10)[0].splitlines() if x.startswith("{")]
+        assert len(got) >= 9 and {g["src"] for g in got} == {IFACE6[iface]}, got
+        srv = start_peer(bed, "peer", "echo-server", 7702, 6, PEER6)
+        r = json.loads(peer(bed, "host", "echo-client", PEER6, 7702, 20).stdout)
+        srv.kill()
+        srv.wait()
+        assert r["answered"] >= 19, r
+        srv = start_peer(bed, "peer", "tcp-serve", 7703, 3_000_000)
+        f = json.loads(peer(bed, "host", "tcp-fetch", PEER6, 7703, 3_000_000, timeout=60).stdout)
+        srv.wait(timeout=10)
+        assert f["ok"] and f["bytes"] == 3_000_000, f
+        t = status(bed)["translation"]["uplinks"][iface]
+        assert t["address6"] == IFACE6[iface] and t["mappings6"]["udp"] >= 2 and t["mappings6"]["tcp"] >= 1, t
+        assert flows_to(bed, 7703) == {iface}

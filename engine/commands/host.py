@@ -37,7 +37,7 @@ access to /dev/net/tun (mode 0666 on Debian); iproute2, nftables; the networks b
 interfaces must route the VI's IPv6 addresses back to this host (IPv4 is translated; the
 built-in policy matches 'mmr testbed up --topology host', and 'mmr testbed up --topology
 hostnat' builds networks that route nothing to the VI).  A missing TUN device, interface or
-gateway, an address clash, or nat6 on a host's uplink ends in one sentence, exit 2.
+gateway, an address clash, or nat6 = "npt" on a host's uplink ends in one sentence, exit 2.
 
 service: contrib/systemd/mmr-host.service ('mmr host --config /etc/mmr/mmr.toml', notify,
 watchdog, a dynamic user with the two capabilities).  Logging as for 'mmr run'.

@@ -56,9 +56,11 @@ class RefForwarder:
         return bool(r["flags"] & C.F_L4) and any(
             p == r["proto"] and lo <= r["dport"] <= hi and u in ups and a == bytes(r["dst"])
             for a, p, lo, hi, ups in self.forwards)
+        self.nat6 = None
+        self.napt_last = False
 
-    def set_nat(self, nat, modes, npt) -> None:
-        self.nat, self.nat_mode, self.npt = nat, list(modes), npt
+    def set_nat(self, nat, modes, npt, nat6=None) -> None:
+        self.nat, self.nat_mode, self.npt, self.nat6 = nat, list(modes), npt, nat6
 
     def set_edge(self, edge, modes) -> None:
         self.edge, self.edge_mode = edge, list(modes)
@@ -82,11 +84,17 @@ class RefForwarder:
         """(code, frame) after the uplink's source translation, out or in."""
         ip = bytearray(frame[l3:])
         code = N.PASS
+        self.napt_last = False            # NAPT44 / NAPT66 translated it (they filter it themselves)
         if row["family"] == 4 and self.nat_mode[u] and self.nat is not None and (
                 not out_dir or self.nat_mode[u] == 2 or self._private4(bytes(row["src"])[12:])):
             code = (self.nat.out_packet if out_dir else self.nat.in_packet)(ip, u, now, pending)
-        elif row["family"] == 6 and self.npt is not None:
-            code = (self.npt.out_packet if out_dir else self.npt.in_packet)(ip, u)
+            self.napt_last = code == N.OK
+        elif row["family"] == 6:
+            if self.nat6 is not None:
+                code = (self.nat6.out_packet if out_dir else self.nat6.in_packet)(ip, u, now, pending)
+                self.napt_last = code == N.OK
+            if code == N.PASS and self.npt is not None:
+                code = (self.npt.out_packet if out_dir else self.npt.in_packet)(ip, u)
         return code, frame[:l3] + bytes(ip)
 
     def count(self, name: str, k: int = 1) -> None:
@@ -220,7 +228,7 @@ class RefForwarder:
                     self._drop(out, rows, i, self.NAT_REASON.get(code, "nat_untranslatable"))
                     sent[i] = None
                     continue
-                napt = code == N.OK and r["family"] == 4
+                napt = self.napt_last
                 if (self.edge is not None and self.edge_mode[u] and not napt
                         and self.edge.outbound(self._row(r), tcp_flags, ts[i]) == E.FULL):
                     self._drop(out, rows, i, "edge_full")
@@ -254,7 +262,7 @@ class RefForwarder:
                     continue
                 if code == N.OK:
                     f = f2
-                    napt = r["family"] == 4
+                    napt = self.napt_last
                     new = bytes(r["dst"])[:12] + f[l3 + 16:l3 + 20] if r["family"] == 4 else f[l3 + 24:l3 + 40]
                     r["dst"] = np.frombuffer(new, np.uint8)
             dst = bytes(r["dst"])

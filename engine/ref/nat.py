@@ -168,6 +168,19 @@ class Nat44Ref:
         self.rev[(u, pi, port)] = m
         return m
 
+    def _lookup(self, key, now) -> Map | None:
+        """The key's mapping, or a new one (a flow another uplink carried before counts as
+        moved); None: exhausted."""
+        m = self.fwd.get(key)
+        if m is None:
+            m = self._create(key, now)
+            if m is None:
+                return None
+            if any(key[:5] + (v,) in self.fwd for v in range(self.n) if v != key[5]):
+                self.moved += 1
+        m.last = now
+        return m
+
     def _timeout(self, m: Map) -> float:
         if m.pi == 0:
             return {"est": self.t["tcp_established"], "fin": self.t["tcp_fin"], "rst": self.t["tcp_rst"]}.get(
@@ -244,14 +257,9 @@ class Nat44Ref:
                 p.set_addr(12, ext, ipsum + [(ck, pending, pi == 1)])
                 return OK
         key = (bytes(b[12:16]), bytes(b[16:20]), sport, dport, pi, u)
-        m = self.fwd.get(key)
+        m = self._lookup(key, now)
         if m is None:
-            m = self._create(key, now)
-            if m is None:
-                return EXHAUSTED
-            if any(key[:5] + (v,) in self.fwd for v in range(self.n) if v != u):
-                self.moved += 1
-        m.last = now
+            return EXHAUSTED
         if pi == 0:
             self._tcp_state(m, b[l4 + 13], False)
             ck = l4 + 16
@@ -518,3 +526,230 @@ class Npt66Ref:
 
     def in_packet(self, b: bytearray, u: int) -> str:
         return self._go(b, u, False)
+
+
+# ---------------------------------------------------------------------- NAPT66
+PI6 = {6: 0, 17: 1, 58: 2}
+
+
+def walk6(b, n: int):
+    """(status, l4, proto, fragment header offset or 0) past the extension headers."""
+    off, nh, fh = 40, b[6], 0
+    for _ in range(9):
+        if nh in (0, 60, 43):
+            if off + 8 > n:
+                return MALFORMED, 0, 0, 0
+            if nh == 43 and b[off + 3] != 0:
+                return UNSUPPORTED, 0, 0, 0
+            nh, off = b[off], off + (b[off + 1] + 1) * 8
+        elif nh == 44:
+            if off + 8 > n or fh:
+                return MALFORMED, 0, 0, 0
+            fh, nh, off = off, b[off], off + 8
+        else:
+            if off > n:
+                return MALFORMED, 0, 0, 0
+            return OK, off, nh, fh
+    return UNSUPPORTED, 0, 0, 0
+
+
+class Nat66Ref(Nat44Ref):
+    """NAPT66 as Nat44Ref, on IPv6: the keys hold the whole addresses; the port choice hashes
+    the compiled table's keyed folds of them."""
+
+    def __init__(self, n_uplinks: int, *args, **kw):
+        super().__init__(n_uplinks, *args, **kw)
+        self.held = [False] * n_uplinks          # translating, no address yet
+
+    def set_address(self, u: int, address, hold: bool = False) -> None:
+        a = None if address is None else bytes(address if isinstance(address, (bytes, bytearray)) else address.packed)
+        if a != self.addr[u] or (a is None and hold != self.held[u]):
+            self.flush_uplink(u)
+            self.addr[u] = a
+        self.held[u] = a is None and hold
+
+    def _fold(self, a: bytes) -> bytes:
+        return siphash13(a, self.k1, self.k0).to_bytes(4, "little")
+
+    def _hash(self, int_addr, rem_addr, int_port, rem_port, pi, u) -> int:
+        return super()._hash(self._fold(int_addr), self._fold(rem_addr), int_port, rem_port, pi, u)
+
+    def _frag_slot6(self, src: bytes, ident: bytes, proto: int, u: int) -> int:
+        i = int.from_bytes(ident, "little")
+        return self._frag_slot(self._fold(src), ((i ^ (i >> 16)) & 0xFFFF).to_bytes(2, "little"), proto, u)
+
+    @staticmethod
+    def _length(b) -> int | None:
+        if len(b) < 40 or b[0] >> 4 != 6:
+            return None
+        return min(len(b), 40 + int.from_bytes(b[4:6], "big"))
+
+    @staticmethod
+    def _addr(p: _Pkt, at: int, a: bytes, sums) -> None:
+        for i in range(0, 16, 2):
+            p.set_word(at + i, int.from_bytes(a[i:i + 2], "big"), sums)
+
+    def out_packet(self, b: bytearray, u: int, now: float, pending: bool = False) -> str:
+        if not 0 <= u < self.n:
+            return PASS
+        ext = self.addr[u]
+        if ext is None:
+            return NO_ADDRESS if self.held[u] else PASS
+        n = self._length(b)
+        if n is None:
+            return MALFORMED
+        rc, l4, proto, fh = walk6(b, n)
+        if rc != OK:
+            return rc
+        p = _Pkt(b)
+        if fh and p.w(fh + 2) & 0xFFF8:
+            b[8:24] = ext
+            return OK
+        pi = PI6.get(proto)
+        if pi is None:
+            return UNSUPPORTED
+        if pi == 2:
+            if l4 + 8 > n:
+                return MALFORMED
+            t = b[l4]
+            if 1 <= t <= 4:
+                return self._error(b, n, l4, u, True)
+            if t != 128:
+                return UNSUPPORTED
+            sport, dport = p.w(l4 + 4), 0
+        else:
+            if l4 + (20 if pi == 0 else 8) > n:
+                return MALFORMED
+            sport, dport = p.w(l4), p.w(l4 + 2)
+        key = (bytes(b[8:24]), bytes(b[24:40]), sport, dport, pi, u)
+        m = self._lookup(key, now)
+        if m is None:
+            return EXHAUSTED
+        if pi == 0:
+            self._tcp_state(m, b[l4 + 13], False)
+            ck = l4 + 16
+            self._addr(p, 8, ext, [(ck, pending, False)])
+            p.set_word(l4, m.ext_port, [] if pending else [(ck, False, False)])
+        elif pi == 1:
+            ck = l4 + 6
+            self._addr(p, 8, ext, [(ck, pending, True)])
+            p.set_word(l4, m.ext_port, [] if pending else [(ck, False, True)])
+        else:
+            self._addr(p, 8, ext, [(l4 + 2, False, False)])
+            p.set_word(l4 + 4, m.ext_port, [(l4 + 2, False, False)])
+        return OK
+
+    def in_packet(self, b: bytearray, u: int, now: float, pending: bool = False) -> str:
+        if not 0 <= u < self.n or self.addr[u] is None:
+            return PASS
+        n = self._length(b)
+        if n is None:
+            return MALFORMED
+        if bytes(b[24:40]) != self.addr[u]:
+            return PASS
+        rc, l4, proto, fh = walk6(b, n)
+        if rc != OK:
+            return PASS if rc == UNSUPPORTED else rc
+        p = _Pkt(b)
+        src = bytes(b[8:24])
+        fo = p.w(fh + 2) if fh else 0
+        ident = bytes(b[fh + 4:fh + 8]) if fh else b""
+        if fo & 0xFFF8:
+            slot = self._frag_slot6(src, ident, proto, u)
+            f = self.frags.get(slot)
+            if f is None or f[:4] != (src, ident, proto, u):
+                return PASS
+            self.frags[slot] = f[:5] + (now,)
+            b[24:40] = f[4]
+            return OK
+        pi = PI6.get(proto)
+        if pi is None:
+            return PASS
+        if pi == 2:
+            if l4 + 8 > n:
+                return MALFORMED
+            t = b[l4]
+            if 1 <= t <= 4:
+                return self._error(b, n, l4, u, False)
+            if t != 129:
+                return PASS
+            port, sport = p.w(l4 + 4), 0
+        else:
+            if l4 + (20 if pi == 0 else 8) > n:
+                return MALFORMED
+            port, sport = p.w(l4 + 2), p.w(l4)
+        if port not in self.port_set:
+            return PASS
+        m = self.rev.get((u, pi, port))
+        if m is None or m.rem_addr != src or m.rem_port != sport:
+            return PASS if pi == 2 else UNKNOWN
+        m.last = now
+        if pi == 0:
+            self._tcp_state(m, b[l4 + 13], True)
+            ck = l4 + 16
+            self._addr(p, 24, m.int_addr, [(ck, pending, False)])
+            p.set_word(l4 + 2, m.int_port, [] if pending else [(ck, False, False)])
+        elif pi == 1:
+            m.state = "est"
+            ck = l4 + 6
+            self._addr(p, 24, m.int_addr, [(ck, pending, True)])
+            p.set_word(l4 + 2, m.int_port, [] if pending else [(ck, False, True)])
+        else:
+            self._addr(p, 24, m.int_addr, [(l4 + 2, False, False)])
+            p.set_word(l4 + 4, m.int_port, [(l4 + 2, False, False)])
+        if fh and fo & 1:
+            self.frags[self._frag_slot6(src, ident, proto, u)] = (src, ident, proto, u, m.int_addr, now)
+        return OK
+
+    def _error(self, b, n, l4, u, out: bool) -> str:
+        q = l4 + 8
+        if n - q < 40 or b[q] >> 4 != 6:
+            return MALFORMED
+        quote = b[q:n]
+        rc, ql4, qproto, qfh = walk6(quote, n - q)
+        if rc != OK:
+            return rc
+        p = _Pkt(b)
+        refuse = UNSUPPORTED if out else PASS
+        if qfh and p.w(q + qfh + 2) & 0xFFF8:
+            return refuse
+        pi = PI6.get(qproto)
+        if pi is None:
+            return refuse
+        if q + ql4 + 8 > n:
+            return MALFORMED
+        ql4 += q
+        lan, rem = (q + 24, q + 8) if out else (q + 8, q + 24)
+        if not out and bytes(b[lan:lan + 16]) != self.addr[u]:
+            return PASS
+        if pi == 2:
+            if b[ql4] != (129 if out else 128):
+                return refuse
+            pw, rport, qck = ql4 + 4, 0, ql4 + 2
+        else:
+            pw, rport = ql4 + (2 if out else 0), p.w(ql4 + (0 if out else 2))
+            qck = ql4 + 6 if pi == 1 else (ql4 + 16 if ql4 + 18 <= n else None)
+        if out:
+            m = self.fwd.get((bytes(b[lan:lan + 16]), bytes(b[rem:rem + 16]), p.w(pw), rport, pi, u))
+            if m is None:
+                return UNKNOWN
+            addr, port = self.addr[u], m.ext_port
+        else:
+            if p.w(pw) not in self.port_set:
+                return PASS
+            m = self.rev.get((u, pi, p.w(pw)))
+            if m is None or m.rem_port != rport or m.rem_addr != bytes(b[rem:rem + 16]):
+                return PASS if pi == 2 else UNKNOWN
+            addr, port = m.int_addr, m.int_port
+        ic = l4 + 2
+        sums = [(ic, False, False)] + ([(qck, False, pi == 1)] if qck is not None else [])
+        old = p.w(qck) if qck is not None else 0
+        self._addr(p, lan, addr, sums)
+        p.set_word(pw, port, sums)
+        if qck is not None:
+            p.fix(ic, old, p.w(qck))
+        if out:
+            self._addr(p, 8, self.addr[u], [(ic, False, False)])
+        else:
+            self._addr(p, 24, m.int_addr, [(ic, False, False)])
+        return OK

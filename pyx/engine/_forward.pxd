@@ -5,7 +5,7 @@ from virtio_net cimport virtio_net_hdr
 from engine._pipeline cimport Pipeline
 from engine._ring cimport RxRing, TxSocket
 from engine._tun cimport Tun
-from engine._nat cimport Nat44, Npt66
+from engine._nat cimport Nat44, Npt66, Nat66
 from engine._edge cimport Edge
 
 # the events of the counter table, after the reasons (engine/counters.py: EVENTS, same order)
@@ -113,6 +113,7 @@ cdef class Forwarder:
     cdef list up_rx, up_tx
     cdef readonly Nat44 nat                      # NAPT44 for the uplinks with nat (None: none)
     cdef readonly Npt66 npt                      # NPTv6 for the uplinks with nat6 = "npt"
+    cdef readonly Nat66 nat6                     # NAPT66 for the uplinks with nat6 = "masquerade"
     cdef readonly object nat_mode                # per uplink: 0 none, 1 private sources, 2 every source
     cdef uint8_t* nat_mode_c
     cdef readonly Edge edge                      # the stateful edge's table (None: no edge)

@@ -105,6 +105,7 @@ cdef class Nat44:
     cdef int in4(self, uint8_t* ip, uint32_t n, int u, double now, bint pending) noexcept nogil
     cdef int in4_locked(self, uint8_t* ip, uint32_t n, int u, double now, bint pending) noexcept nogil
     cdef int in_error(self, uint8_t* ip, uint32_t n, uint32_t l4, int u) noexcept nogil
+    cdef int one(self, uint8_t* ip, uint32_t n, int u, double now, bint out) noexcept nogil
 
 
 cdef class Npt66:
@@ -116,3 +117,33 @@ cdef class Npt66:
     cdef int in6(self, uint8_t* ip, uint32_t n, int u) noexcept nogil
     cdef int out6_locked(self, uint8_t* ip, uint32_t n, int u) noexcept nogil
     cdef int in6_locked(self, uint8_t* ip, uint32_t n, int u) noexcept nogil
+
+
+cdef struct frag6_rec:
+    uint8_t rem_addr[16]
+    uint8_t int_addr[16]
+    uint32_t ident           # packet order
+    uint8_t proto
+    uint8_t uplink
+    uint8_t used
+    double last
+
+
+cdef class Nat66(Nat44):
+    # NAPT66 keeps Nat44's table, ports, timeouts and reverse arrays: its keys carry a keyed
+    # 32-bit fold of each IPv6 address, the full addresses sit beside the mapping in a6
+    cdef uint8_t* a6               # [capacity][32]: the LAN address, the remote address
+    cdef uint8_t* addr6            # [uplink][16]: the uplink's address
+    cdef uint8_t* has6             # [uplink]: 1 when addr6 holds one
+    cdef frag6_rec* frags6
+    cdef public uint64_t collisions    # two keys of one fold: the newer flow refused (counted as exhausted)
+
+    cdef inline uint32_t fold(self, const uint8_t* a) noexcept nogil
+    cdef int32_t find6(self, const uint8_t* int_addr, const uint8_t* rem_addr, uint16_t int_port,
+                       uint16_t rem_port, uint8_t pi, uint8_t u) noexcept nogil
+    cdef int out6(self, uint8_t* ip, uint32_t n, int u, double now, bint pending) noexcept nogil
+    cdef int in6(self, uint8_t* ip, uint32_t n, int u, double now, bint pending) noexcept nogil
+    cdef int out6_locked(self, uint8_t* ip, uint32_t n, int u, double now, bint pending) noexcept nogil
+    cdef int in6_locked(self, uint8_t* ip, uint32_t n, int u, double now, bint pending) noexcept nogil
+    cdef int one(self, uint8_t* ip, uint32_t n, int u, double now, bint out) noexcept nogil
+    cdef int error6(self, uint8_t* ip, uint32_t n, uint32_t l4, int u, bint out) noexcept nogil
