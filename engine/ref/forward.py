@@ -48,6 +48,8 @@ class RefForwarder:
         self.edge, self.edge_mode = None, [0] * n_uplinks
         self.open_nets: list[tuple[bytes, bytes]] = []
         self.forwards: list[tuple[bytes, int, int, int, tuple]] = []
+        self.nat6 = None
+        self.napt_last = False            # the last _translate was NAPT44's or NAPT66's
 
     def set_forwards(self, forwards) -> None:
         self.forwards = [(bytes(a), p, lo, hi, tuple(ups)) for a, p, lo, hi, ups in forwards]
@@ -56,8 +58,6 @@ class RefForwarder:
         return bool(r["flags"] & C.F_L4) and any(
             p == r["proto"] and lo <= r["dport"] <= hi and u in ups and a == bytes(r["dst"])
             for a, p, lo, hi, ups in self.forwards)
-        self.nat6 = None
-        self.napt_last = False
 
     def set_nat(self, nat, modes, npt, nat6=None) -> None:
         self.nat, self.nat_mode, self.npt, self.nat6 = nat, list(modes), npt, nat6
