@@ -342,12 +342,12 @@ class Translation:
             ranges = ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in port_ranges(self.ports))
             rules.append(f"iifname {{ {ups} }} ip daddr @nat4 meta l4proto {{ tcp, udp }} th dport {{ {ranges} }} "
                          f"counter drop")
-        for proto, name in ((6, "tcp"), (17, "udp")):
-            if self.forward_ports[proto]:
-                ranges = ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in sorted(set(self.forward_ports[proto])))
-                rules.append(f"iifname {{ {ups} }} ip daddr @nat4 {name} dport {{ {ranges} }} counter drop")
             rules.append(f"iifname {{ {ups} }} ip6 daddr @nat6 meta l4proto {{ tcp, udp }} th dport {{ {ranges} }} "
                          f"counter drop")
+        for proto, name in ((6, "tcp"), (17, "udp")):
+            if self.forward_ports[proto]:
+                fwd = ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in sorted(set(self.forward_ports[proto])))
+                rules.append(f"iifname {{ {ups} }} ip daddr @nat4 {name} dport {{ {fwd} }} counter drop")
         # the router's own addresses in an NPT prefix (npt_prefix "auto": its own) stay its own
         rules.append(f"iifname {{ {ups} }} ip6 daddr @npt6 fib daddr type != local counter drop")
         return rules
