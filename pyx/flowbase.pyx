@@ -242,11 +242,13 @@ cdef class FlowTable:
         if n == 0:
             return 0
         with nogil:
-            misses = self.lookup_c(rp, &ts[0], &out[0], n)
+            misses = self.lookup_c(rp, &ts[0], &out[0], n, NULL)
         return misses
 
     cdef Py_ssize_t lookup_c(self, const mmr_row* rp, const double* ts, int16_t* out,
-                             Py_ssize_t n) noexcept nogil:
+                             Py_ssize_t n, uint32_t* recs) noexcept nogil:
+        """Rows at -1 that belong to a known flow get its uplink; recs (NULL: not wanted)
+        gets each such row's record index."""
         cdef Py_ssize_t i, j
         cdef uint8_t key[40]
         cdef uint32_t h, rec
@@ -278,6 +280,8 @@ cdef class FlowTable:
                     continue
                 self.hits += 1
                 out[i + j] = self.recs[rec].uplink
+                if recs != NULL:
+                    recs[i + j] = rec
                 self.recs[rec].last_seen = ts[i + j]
                 self.recs[rec].packets += 1
                 self.recs[rec].bytes += rp[i + j].length
@@ -300,12 +304,12 @@ cdef class FlowTable:
         if n == 0:
             return 0
         with nogil:
-            made = self.insert_c(rp, &ts[0], &out[0], &choice[0], &service[0], &preference[0], n)
+            made = self.insert_c(rp, &ts[0], &out[0], &choice[0], &service[0], &preference[0], n, NULL)
         return made
 
     cdef Py_ssize_t insert_c(self, const mmr_row* rp, const double* ts, int16_t* out,
                              const int16_t* choice, const uint8_t* service,
-                             const uint16_t* preference, Py_ssize_t n) noexcept nogil:
+                             const uint16_t* preference, Py_ssize_t n, uint32_t* recs) noexcept nogil:
         cdef Py_ssize_t i
         cdef uint8_t key[40]
         cdef uint32_t h, rec
@@ -324,6 +328,8 @@ cdef class FlowTable:
             if rec != NIL:
                 e = &self.recs[rec]
                 out[i] = e.uplink
+                if recs != NULL:
+                    recs[i] = rec
                 e.last_seen = ts[i]
                 e.packets += 1
                 e.bytes += rp[i].length
@@ -352,6 +358,8 @@ cdef class FlowTable:
             self.created += 1
             self.created_up[e.uplink] += 1
             out[i] = choice[i]
+            if recs != NULL:
+                recs[i] = rec
             made += 1
         return made
 

@@ -412,6 +412,12 @@ cdef class Forwarder:
         self.nat = nat
         self.npt = npt
         self.nat6 = nat6
+        cdef int32_t[::1] hv
+        if (nat is not None or nat6 is not None) and self.n_hint == 0:
+            # a translated flow remembers its mapping: its later packets skip the hash and probe
+            self.nat_hint = np.full(self.pipe.flows.capacity, -1, np.int32)
+            hv = self.nat_hint
+            self.nat_hint_c, self.n_hint = &hv[0], self.pipe.flows.capacity
 
     def set_edge(self, Edge edge, modes):
         """The stateful edge: edge (None: none) for the uplinks whose mode is 1; 0 lets an
@@ -651,7 +657,7 @@ cdef class Forwarder:
             elif r.family == 4 and self.nat_mode_c[u] and self.nat is not None and \
                     (self.nat_mode_c[u] == 2 or private4(r.src + 12)):
                 c = self.nat.out4(base + off[i] + 14, lens[i] - 14, u, ts[i],
-                                  (vh[i].flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0)
+                                  (vh[i].flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0, self.hint(i))
                 if c != NAT_OK and c != NAT_PASS:
                     self.drop(i, nat_reason(c))
                     continue
@@ -660,7 +666,7 @@ cdef class Forwarder:
                 c = NAT_PASS        # an uplink has one of them (or neither): the other passes
                 if self.nat6 is not None:
                     c = self.nat6.out6(base + off[i] + 14, lens[i] - 14, u, ts[i],
-                                       (vh[i].flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0)
+                                       (vh[i].flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0, self.hint(i))
                     napt = c == NAT_OK       # NAPT66 filters what it translates, like NAPT44
                 if c == NAT_PASS and self.npt is not None:
                     c = self.npt.out6(base + off[i] + 14, lens[i] - 14, u)
@@ -675,6 +681,11 @@ cdef class Forwarder:
                     continue
             self.pidx[u * self.cap + self.pn[u]] = <int32_t>i
             self.pn[u] += 1
+
+    cdef inline int32_t* hint(self, Py_ssize_t i) noexcept nogil:
+        """Row i's flow's memory of its translation (NULL: no flow record, or none kept)."""
+        cdef uint32_t rec = self.pipe.frec[i]
+        return self.nat_hint_c + rec if rec < self.n_hint else NULL
 
     cdef inline void drop(self, Py_ssize_t i, int reason) noexcept nogil:
         self.pipe.outp[i] = OUT_DROP

@@ -135,6 +135,60 @@ cdef inline void set_addr(uint8_t* p, uint32_t a, uint8_t* c1, uint8_t* c2, uint
     set_word(p + 2, ld16(b + 2), c1, c2, c3, pending3, udp3)
 
 
+cdef inline uint32_t wdelta(const uint8_t* old, const uint8_t* new, int words) noexcept nogil:
+    """What replacing `words` 16-bit words old -> new adds to a one's complement sum:
+    sum(~m + m') over the words that change (RFC 1624 eq. 3, the words summed first)."""
+    cdef uint32_t s = 0
+    cdef uint16_t m, m2
+    cdef int i
+    for i in range(words):
+        m = ld16(old + 2 * i)
+        m2 = ld16(new + 2 * i)
+        if m != m2:
+            s += (<uint32_t>(~m & 0xFFFF)) + m2
+    return s
+
+
+cdef inline void apply(uint8_t* field, uint32_t d, bint pending, bint udp) noexcept nogil:
+    """The checksum at field after words summing to d (wdelta) changed under it: one update
+    for all of them, the same bytes as one fix() per word."""
+    cdef uint32_t s
+    cdef uint16_t c
+    if d == 0:
+        return
+    c = ld16(field)
+    if pending:                                 # the uncomplemented pseudo-header sum: S + d
+        s = c + d
+    else:
+        if udp and c == 0:
+            return                              # UDP without a checksum stays without
+        s = (~c & 0xFFFF) + d
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    c = <uint16_t>s if pending else <uint16_t>(~s & 0xFFFF)
+    if udp and c == 0 and not pending:
+        c = 0xFFFF
+    st16(field, c)
+
+
+cdef inline void xlate(uint8_t* at, const uint8_t* addr, int words, uint8_t* ipck, uint8_t* pw,
+                       uint16_t port, uint8_t* ck, bint pseudo, bint pending, bint udp) noexcept nogil:
+    """The translation of one packet's address (words 16-bit words at `at`) and port (the
+    word at pw: a port or an ICMP identifier) with one update per checksum: the IPv4
+    header's (ipck; NULL for IPv6) over the address, the upper layer's (ck) over the
+    address when its pseudo-header holds it (pseudo: TCP, UDP, ICMPv6) and over the port
+    unless it is a pending (offloaded) sum, which covers only the pseudo-header."""
+    cdef uint32_t da = wdelta(at, addr, words), dp = 0
+    cdef uint16_t old = ld16(pw)
+    memcpy(at, addr, 2 * words)
+    if old != port:
+        dp = (<uint32_t>(~old & 0xFFFF)) + port
+        st16(pw, port)
+    if ipck != NULL:
+        apply(ipck, da, False, False)
+    apply(ck, (da if pseudo else 0) + (0 if pending else dp), pending, udp)
+
+
 cdef struct covered:
     uint8_t* at[6]           # words inside an ICMP message that a rewrite may change
     uint16_t old[6]
@@ -215,6 +269,7 @@ cdef class Nat44:
         self.t_udp, self.t_udp2, self.t_icmp = t["udp"], t["udp_replied"], t["icmp"]
         self.exhausted = 0
         self.moved = 0
+        self.hinted = 0
 
     def __dealloc__(self):
         free(self.maps)
@@ -438,11 +493,13 @@ cdef class Nat44:
         return siphash13(k, 1, self.k0, self.k1) % FRAG_SLOTS
 
     # ---------------------------------------------------------------- out: LAN -> uplink
-    cdef int out4(self, uint8_t* ip, uint32_t n, int u, double now, bint pending) noexcept nogil:
-        """Translate one packet LAN -> uplink u (the workers share the translator: locked)."""
+    cdef int out4(self, uint8_t* ip, uint32_t n, int u, double now, bint pending, int32_t* hint) noexcept nogil:
+        """Translate one packet LAN -> uplink u (the workers share the translator: locked).
+        hint (NULL: none) is the caller's memory of this packet's flow: the mapping it had
+        last time, checked against the key before it is used, and set to the one it has now."""
         cdef int rc
         spin_lock(&self.lock)
-        rc = self.out4_locked(ip, n, u, now, pending)
+        rc = self.out4_locked(ip, n, u, now, pending, hint)
         spin_unlock(&self.lock)
         return rc
 
@@ -454,7 +511,8 @@ cdef class Nat44:
         spin_unlock(&self.lock)
         return rc
 
-    cdef int out4_locked(self, uint8_t* ip, uint32_t n, int u, double now, bint pending) noexcept nogil:
+    cdef int out4_locked(self, uint8_t* ip, uint32_t n, int u, double now, bint pending,
+                         int32_t* hint) noexcept nogil:
         cdef uint32_t ihl, tot, l4, src, dst, ext, h
         cdef int v
         cdef uint16_t sport, dport, frag
@@ -508,31 +566,36 @@ cdef class Nat44:
                 ck = ip + l4 + (16 if pi == P_TCP else 6)
                 set_addr(ip + 12, ext, ip + 10, NULL, ck, pending, pi == P_UDP)
                 return NAT_OK
-        h = self.key_hash(src, dst, sport, dport, pi, u)
-        m = self.find(h, src, dst, sport, dport, pi, u)
+        m = -1
+        if hint != NULL and hint[0] >= 0 and <uint32_t>hint[0] < self.capacity:
+            e = &self.maps[hint[0]]           # the flow's mapping last time: still this key's?
+            if (e.used and e.int_addr == src and e.rem_addr == dst and e.int_port == sport
+                    and e.rem_port == dport and e.proto == pi and e.uplink == u):
+                m = hint[0]
+                self.hinted += 1
         if m < 0:
-            m = self.create(h, src, dst, sport, dport, pi, u, now)
+            h = self.key_hash(src, dst, sport, dport, pi, u)
+            m = self.find(h, src, dst, sport, dport, pi, u)
             if m < 0:
-                return NAT_EXHAUSTED
-            for v in range(self.n_uplinks):      # failover moved it: its translation changed
-                if v != u and self.find(self.key_hash(src, dst, sport, dport, pi, v), src, dst, sport, dport,
-                                        pi, v) >= 0:
-                    self.moved += 1
-                    break
+                m = self.create(h, src, dst, sport, dport, pi, u, now)
+                if m < 0:
+                    return NAT_EXHAUSTED
+                for v in range(self.n_uplinks):      # failover moved it: its translation changed
+                    if v != u and self.find(self.key_hash(src, dst, sport, dport, pi, v), src, dst, sport, dport,
+                                            pi, v) >= 0:
+                        self.moved += 1
+                        break
+            if hint != NULL:
+                hint[0] = m
         e = &self.maps[m]
         e.last = now
         if pi == P_TCP:
             self.tcp_state(e, ip[l4 + 13], False)
-            ck = ip + l4 + 16
-            set_addr(ip + 12, ext, ip + 10, NULL, ck, pending, False)
-            set_word(ip + l4, e.ext_port, ck if not pending else NULL, NULL, NULL, False, False)
+            xlate(ip + 12, <uint8_t*>&ext, 2, ip + 10, ip + l4, e.ext_port, ip + l4 + 16, True, pending, False)
         elif pi == P_UDP:
-            ck = ip + l4 + 6
-            set_addr(ip + 12, ext, ip + 10, NULL, ck, pending, True)
-            set_word(ip + l4, e.ext_port, NULL, NULL, ck if not pending else NULL, False, True)
+            xlate(ip + 12, <uint8_t*>&ext, 2, ip + 10, ip + l4, e.ext_port, ip + l4 + 6, True, pending, True)
         else:
-            set_addr(ip + 12, ext, ip + 10, NULL, NULL, False, False)
-            set_word(ip + l4 + 4, e.ext_port, ip + l4 + 2, NULL, NULL, False, False)
+            xlate(ip + 12, <uint8_t*>&ext, 2, ip + 10, ip + l4 + 4, e.ext_port, ip + l4 + 2, False, False, False)
         return NAT_OK
 
     cdef int out_error(self, uint8_t* ip, uint32_t n, uint32_t l4, int u, uint32_t ext) noexcept nogil:
@@ -677,19 +740,15 @@ cdef class Nat44:
         e.last = now
         if pi == P_TCP:
             self.tcp_state(e, ip[l4 + 13], True)
-            ck = ip + l4 + 16
-            set_addr(ip + 16, e.int_addr, ip + 10, NULL, ck, pending, False)
-            set_word(ip + l4 + 2, ld16(<uint8_t*>&e.int_port), ck if not pending else NULL, NULL, NULL,
-                     False, False)
+            xlate(ip + 16, <uint8_t*>&e.int_addr, 2, ip + 10, ip + l4 + 2, ld16(<uint8_t*>&e.int_port),
+                  ip + l4 + 16, True, pending, False)
         elif pi == P_UDP:
             e.state = ST_EST
-            ck = ip + l4 + 6
-            set_addr(ip + 16, e.int_addr, ip + 10, NULL, ck, pending, True)
-            set_word(ip + l4 + 2, ld16(<uint8_t*>&e.int_port), NULL, NULL, ck if not pending else NULL,
-                     False, True)
+            xlate(ip + 16, <uint8_t*>&e.int_addr, 2, ip + 10, ip + l4 + 2, ld16(<uint8_t*>&e.int_port),
+                  ip + l4 + 6, True, pending, True)
         else:
-            set_addr(ip + 16, e.int_addr, ip + 10, NULL, NULL, False, False)
-            set_word(ip + l4 + 4, ld16(<uint8_t*>&e.int_port), ip + l4 + 2, NULL, NULL, False, False)
+            xlate(ip + 16, <uint8_t*>&e.int_addr, 2, ip + 10, ip + l4 + 4, ld16(<uint8_t*>&e.int_port),
+                  ip + l4 + 2, False, False, False)
         if frag & 0x2000:                     # a first fragment: the later ones follow it
             fr = &self.frags[self.frag_slot(src, ip_id, proto, u)]
             fr.rem_addr = src
@@ -777,7 +836,7 @@ cdef class Nat44:
     def out_packet(self, bytearray pkt, int u, double now, bint pending=False):
         """Translate one IPv4 packet (LAN -> uplink u) in place; returns the NAT_* name."""
         cdef uint8_t* p = <uint8_t*>(<char*>pkt)
-        return NAMES[self.out4(p, len(pkt), u, now, pending)]
+        return NAMES[self.out4(p, len(pkt), u, now, pending, NULL)]
 
     def in_packet(self, bytearray pkt, int u, double now, bint pending=False):
         """Translate one IPv4 packet (uplink u -> LAN) in place; returns the NAT_* name."""
@@ -812,7 +871,7 @@ cdef class Nat44:
 
     cdef int one(self, uint8_t* ip, uint32_t n, int u, double now, bint out) noexcept nogil:
         """One packet of a batch (Nat66 translates IPv6 here)."""
-        return self.out4(ip, n, u, now, False) if out else self.in4(ip, n, u, now, False)
+        return self.out4(ip, n, u, now, False, NULL) if out else self.in4(ip, n, u, now, False)
 
     def mapping(self, int proto, int_addr, int int_port, rem_addr, int rem_port, int u):
         """The external port of a mapping (addresses as 4 bytes, ports as numbers), or None."""
@@ -1171,7 +1230,6 @@ cdef class Nat66(Nat44):
         self.frags6 = <frag6_rec*>calloc(FRAG_SLOTS, sizeof(frag6_rec))
         if self.a6 == NULL or self.addr6 == NULL or self.has6 == NULL or self.frags6 == NULL:
             raise MemoryError()
-        self.collisions = 0
 
     def __dealloc__(self):
         free(self.a6)
@@ -1219,25 +1277,46 @@ cdef class Nat66(Nat44):
         return k
 
     cdef inline uint32_t fold(self, const uint8_t* a) noexcept nogil:
-        """An IPv6 address as the table's 32-bit key: keyed (the keys swapped), so no LAN
-        host can choose two addresses of one fold."""
+        """An IPv6 address as a keyed 32-bit value (the fragment slots' key)."""
         return siphash13(a, 2, self.k1, self.k0)
 
-    cdef int32_t find6(self, const uint8_t* int_addr, const uint8_t* rem_addr, uint16_t int_port,
-                       uint16_t rem_port, uint8_t pi, uint8_t u) noexcept nogil:
-        """The mapping of the key, -1: none, -2: another key of the same folds holds it."""
-        cdef uint32_t fi = self.fold(int_addr), fr = self.fold(rem_addr)
-        cdef int32_t m = self.find(self.key_hash(fi, fr, int_port, rem_port, pi, u), fi, fr, int_port,
-                                   rem_port, pi, u)
-        if m >= 0 and (memcmp(self.a6 + 32 * <size_t>m, int_addr, 16) != 0
-                       or memcmp(self.a6 + 32 * <size_t>m + 16, rem_addr, 16) != 0):
-            return -2
-        return m
+    cdef inline uint32_t key_hash6(self, const uint8_t* int_addr, const uint8_t* rem_addr, uint16_t int_port,
+                                   uint16_t rem_port, uint8_t pi, uint8_t u) noexcept nogil:
+        """The table's hash of a whole IPv6 key: one SipHash over its 40 bytes."""
+        cdef uint8_t k[40]
+        memcpy(k, int_addr, 16)
+        memcpy(k + 16, rem_addr, 16)
+        memcpy(k + 32, &int_port, 2)
+        memcpy(k + 34, &rem_port, 2)
+        k[36] = pi
+        k[37] = u
+        k[38] = 0
+        k[39] = 0
+        return siphash13(k, 5, self.k0, self.k1)
 
-    cdef int out6(self, uint8_t* ip, uint32_t n, int u, double now, bint pending) noexcept nogil:
+    cdef int32_t find6(self, uint32_t h, const uint8_t* int_addr, const uint8_t* rem_addr, uint16_t int_port,
+                       uint16_t rem_port, uint8_t pi, uint8_t u) noexcept nogil:
+        """The mapping of the key (h: key_hash6's), -1: none.  Nat44's probe, the addresses
+        compared whole beside the table (a6)."""
+        cdef uint32_t i = h & self.mask
+        cdef int32_t m
+        cdef nat_map* e
+        while True:
+            m = self.slots[i]
+            if m < 0:
+                return -1
+            e = &self.maps[m]
+            if (e.hash == h and e.int_port == int_port and e.rem_port == rem_port and e.proto == pi
+                    and e.uplink == u and memcmp(self.a6 + 32 * <size_t>m, int_addr, 16) == 0
+                    and memcmp(self.a6 + 32 * <size_t>m + 16, rem_addr, 16) == 0):
+                return m
+            i = (i + 1) & self.mask
+
+    cdef int out6(self, uint8_t* ip, uint32_t n, int u, double now, bint pending, int32_t* hint) noexcept nogil:
+        """Translate one IPv6 packet LAN -> uplink u (locked; hint as Nat44.out4's)."""
         cdef int rc
         spin_lock(&self.lock)
-        rc = self.out6_locked(ip, n, u, now, pending)
+        rc = self.out6_locked(ip, n, u, now, pending, hint)
         spin_unlock(&self.lock)
         return rc
 
@@ -1248,8 +1327,9 @@ cdef class Nat66(Nat44):
         spin_unlock(&self.lock)
         return rc
 
-    cdef int out6_locked(self, uint8_t* ip, uint32_t n, int u, double now, bint pending) noexcept nogil:
-        cdef uint32_t l4, fh, fi, fr
+    cdef int out6_locked(self, uint8_t* ip, uint32_t n, int u, double now, bint pending,
+                         int32_t* hint) noexcept nogil:
+        cdef uint32_t l4, fh, h
         cdef uint16_t sport, dport
         cdef uint8_t proto, t
         cdef int pi, rc, v
@@ -1290,37 +1370,39 @@ cdef class Nat66(Nat44):
                 return NAT_MALFORMED
             memcpy(&sport, ip + l4, 2)
             memcpy(&dport, ip + l4 + 2, 2)
-        m = self.find6(ip + 8, ip + 24, sport, dport, pi, u)
-        if m == -2:
-            self.collisions += 1
-            self.exhausted += 1
-            return NAT_EXHAUSTED
+        m = -1
+        if hint != NULL and hint[0] >= 0 and <uint32_t>hint[0] < self.capacity:
+            e = &self.maps[hint[0]]           # the flow's mapping last time: still this key's?
+            if (e.used and e.int_port == sport and e.rem_port == dport and e.proto == pi and e.uplink == u
+                    and memcmp(self.a6 + 32 * <size_t>hint[0], ip + 8, 32) == 0):
+                m = hint[0]
+                self.hinted += 1
         if m < 0:
-            fi, fr = self.fold(ip + 8), self.fold(ip + 24)
-            m = self.create(self.key_hash(fi, fr, sport, dport, pi, u), fi, fr, sport, dport, pi, u, now)
+            h = self.key_hash6(ip + 8, ip + 24, sport, dport, pi, u)
+            m = self.find6(h, ip + 8, ip + 24, sport, dport, pi, u)
             if m < 0:
-                return NAT_EXHAUSTED
-            memcpy(self.a6 + 32 * <size_t>m, ip + 8, 16)
-            memcpy(self.a6 + 32 * <size_t>m + 16, ip + 24, 16)
-            for v in range(self.n_uplinks):      # failover moved it: its translation changed
-                if v != u and self.find6(ip + 8, ip + 24, sport, dport, pi, v) >= 0:
-                    self.moved += 1
-                    break
+                # the record's 32-bit address fields stay 0: an IPv6 key's addresses are in a6
+                m = self.create(h, 0, 0, sport, dport, pi, u, now)
+                if m < 0:
+                    return NAT_EXHAUSTED
+                memcpy(self.a6 + 32 * <size_t>m, ip + 8, 16)
+                memcpy(self.a6 + 32 * <size_t>m + 16, ip + 24, 16)
+                for v in range(self.n_uplinks):      # failover moved it: its translation changed
+                    if v != u and self.find6(self.key_hash6(ip + 8, ip + 24, sport, dport, pi, v), ip + 8,
+                                             ip + 24, sport, dport, pi, v) >= 0:
+                        self.moved += 1
+                        break
+            if hint != NULL:
+                hint[0] = m
         e = &self.maps[m]
         e.last = now
         if pi == P_TCP:
             self.tcp_state(e, ip[l4 + 13], False)
-            ck = ip + l4 + 16
-            set_addr6(ip + 8, ext, NULL, ck, pending, False)
-            set_word(ip + l4, e.ext_port, ck if not pending else NULL, NULL, NULL, False, False)
+            xlate(ip + 8, ext, 8, NULL, ip + l4, e.ext_port, ip + l4 + 16, True, pending, False)
         elif pi == P_UDP:
-            ck = ip + l4 + 6
-            set_addr6(ip + 8, ext, NULL, ck, pending, True)
-            set_word(ip + l4, e.ext_port, NULL, NULL, ck if not pending else NULL, False, True)
+            xlate(ip + 8, ext, 8, NULL, ip + l4, e.ext_port, ip + l4 + 6, True, pending, True)
         else:                                 # ICMPv6: the pseudo-header is in its checksum
-            ck = ip + l4 + 2
-            set_addr6(ip + 8, ext, ck, NULL, False, False)
-            set_word(ip + l4 + 4, e.ext_port, ck, NULL, NULL, False, False)
+            xlate(ip + 8, ext, 8, NULL, ip + l4 + 4, e.ext_port, ip + l4 + 2, True, False, False)
         return NAT_OK
 
     cdef int in6_locked(self, uint8_t* ip, uint32_t n, int u, double now, bint pending) noexcept nogil:
@@ -1384,20 +1466,12 @@ cdef class Nat66(Nat44):
         ia = self.a6 + 32 * <size_t>m
         if pi == P_TCP:
             self.tcp_state(e, ip[l4 + 13], True)
-            ck = ip + l4 + 16
-            set_addr6(ip + 24, ia, NULL, ck, pending, False)
-            set_word(ip + l4 + 2, ld16(<uint8_t*>&e.int_port), ck if not pending else NULL, NULL, NULL,
-                     False, False)
+            xlate(ip + 24, ia, 8, NULL, ip + l4 + 2, ld16(<uint8_t*>&e.int_port), ip + l4 + 16, True, pending, False)
         elif pi == P_UDP:
             e.state = ST_EST
-            ck = ip + l4 + 6
-            set_addr6(ip + 24, ia, NULL, ck, pending, True)
-            set_word(ip + l4 + 2, ld16(<uint8_t*>&e.int_port), NULL, NULL, ck if not pending else NULL,
-                     False, True)
+            xlate(ip + 24, ia, 8, NULL, ip + l4 + 2, ld16(<uint8_t*>&e.int_port), ip + l4 + 6, True, pending, True)
         else:
-            ck = ip + l4 + 2
-            set_addr6(ip + 24, ia, ck, NULL, False, False)
-            set_word(ip + l4 + 4, ld16(<uint8_t*>&e.int_port), ck, NULL, NULL, False, False)
+            xlate(ip + 24, ia, 8, NULL, ip + l4 + 4, ld16(<uint8_t*>&e.int_port), ip + l4 + 2, True, False, False)
         if fh and (fo & 1):                   # a first fragment: the later ones follow it
             memcpy(fr.rem_addr, ip + 8, 16)
             memcpy(fr.int_addr, ia, 16)
@@ -1459,7 +1533,7 @@ cdef class Nat66(Nat44):
                 qck = q + ql4 + 16
         if out:
             memcpy(&lport, pw, 2)
-            m = self.find6(lan, rem, lport, rport, pi, u)
+            m = self.find6(self.key_hash6(lan, rem, lport, rport, pi, u), lan, rem, lport, rport, pi, u)
             if m < 0:
                 return NAT_UNKNOWN
         else:
@@ -1487,14 +1561,14 @@ cdef class Nat66(Nat44):
     # ---------------------------------------------------------------- Python entry points
     def out_packet(self, bytearray pkt, int u, double now, bint pending=False):
         """Translate one IPv6 packet (LAN -> uplink u) in place; returns the NAT_* name."""
-        return NAMES[self.out6(<uint8_t*>(<char*>pkt), len(pkt), u, now, pending)]
+        return NAMES[self.out6(<uint8_t*>(<char*>pkt), len(pkt), u, now, pending, NULL)]
 
     def in_packet(self, bytearray pkt, int u, double now, bint pending=False):
         """Translate one IPv6 packet (uplink u -> LAN) in place; returns the NAT_* name."""
         return NAMES[self.in6(<uint8_t*>(<char*>pkt), len(pkt), u, now, pending)]
 
     cdef int one(self, uint8_t* ip, uint32_t n, int u, double now, bint out) noexcept nogil:
-        return self.out6(ip, n, u, now, False) if out else self.in6(ip, n, u, now, False)
+        return self.out6(ip, n, u, now, False, NULL) if out else self.in6(ip, n, u, now, False)
 
     def mapping(self, int proto, int_addr, int int_port, rem_addr, int rem_port, int u):
         """The external port of a mapping (addresses as 16 bytes, ports as numbers), or None."""
@@ -1509,7 +1583,8 @@ cdef class Nat66(Nat44):
         ip_ = ((int_port & 0xFF) << 8) | (int_port >> 8)        # packet order
         rp = ((rem_port & 0xFF) << 8) | (rem_port >> 8)
         spin_lock(&self.lock)
-        m = self.find6(<const uint8_t*><const char*>ia, <const uint8_t*><const char*>ra, ip_, rp, pi, u)
+        m = self.find6(self.key_hash6(<const uint8_t*><const char*>ia, <const uint8_t*><const char*>ra, ip_, rp, pi, u),
+                       <const uint8_t*><const char*>ia, <const uint8_t*><const char*>ra, ip_, rp, pi, u)
         port = -1 if m < 0 else self.maps[m].ext_port
         spin_unlock(&self.lock)
         return None if port < 0 else port

@@ -101,12 +101,15 @@ cdef class Pipeline:
         self.service = np.zeros(n, np.uint8)
         self.pref = np.zeros(n, np.uint16)
         self.choice = np.zeros(n, np.int16)
+        self.flow_rec = np.zeros(n, np.uint32)
         cdef uint8_t[::1] r = self.rows.view(np.uint8)
+        cdef uint32_t[::1] fr = self.flow_rec
         cdef int16_t[::1] o = self.out
         cdef uint8_t[::1] s = self.service
         cdef uint16_t[::1] p = self.pref
         cdef int16_t[::1] ch = self.choice
         self.rp, self.outp, self.svc, self.prf, self.chc = <mmr_row*>&r[0], &o[0], &s[0], &p[0], &ch[0]
+        self.frec = &fr[0]
         self.cap = n
 
     def apply(self, cfg):
@@ -147,7 +150,8 @@ cdef class Pipeline:
         # classify every packet: the per-class counters are per packet, and a new flow's
         # service and preference come from its first packet
         self.classifier.classify_c(self.rp, self.svc, self.prf, n)
-        misses = self.flows.lookup_c(self.rp, ts, self.outp, n)
+        memset(self.frec, 0xFF, n * sizeof(uint32_t))
+        misses = self.flows.lookup_c(self.rp, ts, self.outp, n, self.frec)
         if misses:
             self.new_flows_c(ts, n)
         for i in range(n):
@@ -179,7 +183,8 @@ cdef class Pipeline:
             if self.outp[i] != OUT_ROUTE:
                 continue
             if made:
-                self.flows.insert_c(&self.rp[i], &ts[i], &self.outp[i], &none, &self.svc[i], &self.prf[i], 1)
+                self.flows.insert_c(&self.rp[i], &ts[i], &self.outp[i], &none, &self.svc[i], &self.prf[i], 1,
+                                    &self.frec[i])
                 if self.outp[i] != OUT_ROUTE:
                     continue
             # a pinned resolver takes its uplink (RFC 6419 2.3.1), anything else the metric's
@@ -188,7 +193,7 @@ cdef class Pipeline:
                 self.chc[i] = self.selector.pick_c(self.rp[i].src, self.svc[i], self.prf[i], ts[i])
             if self.chc[i] >= 0:
                 made += self.flows.insert_c(&self.rp[i], &ts[i], &self.outp[i], &self.chc[i],
-                                            &self.svc[i], &self.prf[i], 1)
+                                            &self.svc[i], &self.prf[i], 1, &self.frec[i])
         self.created += made
 
     def process(self, const uint8_t[::1] buf, const int64_t[::1] offsets, const uint32_t[::1] lengths,

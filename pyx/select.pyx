@@ -185,13 +185,13 @@ cdef class Selector:
             return self.rotate_c()
         memset(&key, 0, sizeof(mmr_row))
         memcpy(key.src, src, 16)
-        self.sticky.lookup_c(&key, &ts, &o, 1)      # refreshes a live source
+        self.sticky.lookup_c(&key, &ts, &o, 1, NULL)      # refreshes a live source
         if o >= 0 and o < self.n_uplinks and self.weight[o] > 0:
             self.followed += 1
             return o
         u = self.rotate_c()
         if u >= 0 and o < 0:
-            self.sticky.insert_c(&key, &ts, &o, &u, &z8, &z16, 1)
+            self.sticky.insert_c(&key, &ts, &o, &u, &z8, &z16, 1, NULL)
         return u
 
     cdef int16_t pick_c(self, const uint8_t* src, uint8_t service, uint16_t pref,

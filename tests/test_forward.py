@@ -737,3 +737,119 @@ def test_napt66_on_the_uplink_that_masquerades():
     stranger = g.eth(g.ipv6(g.udp(53, port), 17, src="2001:db8:ff::9", dst="2001:db8:a1::2"), dst=UP_MAC[0])
     assert compare(fw, ref, [stranger], [{}], ts[:1], "in", 0).tolist() == [-3]
     assert fw.counters[CT.INDEX["nat_unsolicited"]] == 1
+
+
+# ------------------------------------------------------------------ a flow's remembered mapping
+EXT6B = g.a6("2001:db8:a2::2")
+
+
+def hint_pair(capacity=64):
+    """NAPT44 and NAPT66 on both uplinks: every flow a translated one, so every later packet
+    of a flow may take its mapping from the flow's memory (Forwarder.nat_hint)."""
+    from engine.ref.nat import Nat66Ref
+
+    fw, ref = pair(hosts=[LAN_HOST4, LAN_HOST6])
+    c, r = _nat.Nat44(2, capacity, seed=3), Nat44Ref(2, capacity, seed=3)
+    c6, r6 = _nat.Nat66(2, capacity, seed=4), Nat66Ref(2, capacity, seed=4)
+    for u in range(2):
+        for x in (c, r):
+            x.set_address(u, EXT[u])
+        for x in (c6, r6):
+            x.set_address(u, (EXT6, EXT6B)[u])
+    fw.set_nat(c, [2, 2], None, c6)
+    ref.set_nat(r, [2, 2], None, r6)
+    return fw, ref
+
+
+def flow_frame(k):
+    """Flow k of 12: UDP and TCP over IPv4 and over IPv6."""
+    port = 5000 + k
+    kind = k % 4
+    if kind == 0:
+        return g.eth(g.ipv4(g.udp(port, 53), 17), 0x0800)
+    if kind == 1:
+        return g.eth(g.ipv4(g.tcp(port, 443), 6), 0x0800)
+    if kind == 2:
+        return g.eth(g.ipv6(g.udp(port, 53), 17))
+    return g.eth(g.ipv6(g.tcp(port, 443), 6))
+
+
+def same_mappings(fw, ref):
+    """The translators' tables hold the same mappings (and moves) in both."""
+    for c, r, lan, rem in ((fw.nat, ref.nat, g.a4("192.0.2.10"), g.a4("198.51.100.1")),
+                           (fw.nat6, ref.nat6, LAN_HOST6, g.a6("2001:db8:ff::1"))):
+        assert len(c) == len(r) and c.moved == r.moved
+        for k in range(12):
+            for u in range(2):
+                key = (17 if k % 2 == 0 else 6, lan, 5000 + k, rem, 53 if k % 2 == 0 else 443, u)
+                assert c.mapping(*key) == r.mapping(*key), (k, u)
+
+
+HINT_OPS = st.one_of(
+    st.tuples(st.just("out"), st.lists(st.integers(0, 11), min_size=1, max_size=12)),
+    st.tuples(st.just("flush"), st.integers(0, 1)),
+    st.tuples(st.just("rebind"), st.integers(0, 1), st.integers(0, 1)),
+    st.tuples(st.just("expire"), st.floats(0, 400)),
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.lists(HINT_OPS, min_size=1, max_size=14))
+def test_a_flows_remembered_mapping_never_changes_what_is_sent(ops):
+    """Flows sent again and again while their mappings are flushed, expired and reused by
+    other flows, and while the flows move between uplinks: the compiled forwarder (which
+    takes a flow's mapping from its memory when the key still matches) sends the bytes the
+    reference (which always hashes and probes) sends."""
+    fw, ref = hint_pair(capacity=8)
+    now = 10.0
+    sent = 0
+    for op in ops:
+        now += 1.0
+        if op[0] == "out":
+            frames = [flow_frame(k) for k in op[1]]
+            compare(fw, ref, frames, [{}] * len(frames), np.full(len(frames), now), "out")
+            sent += len(frames)
+            same_mappings(fw, ref)
+        elif op[0] == "flush":
+            for x in (fw.nat, ref.nat, fw.nat6, ref.nat6):
+                x.flush_uplink(op[1])
+        elif op[0] == "rebind":
+            fw.pipe.flows.rebind(op[1], op[2])
+            ref.pipe.flows.rebind(op[1], op[2])
+        else:
+            now += op[1]
+            for x in (fw.nat, ref.nat, fw.nat6, ref.nat6):
+                x.expire(now)
+    assert fw.nat.hinted + fw.nat6.hinted <= sent
+
+
+def test_a_flows_later_packets_take_its_mapping_from_its_memory():
+    """The second batch of the same flows finds every mapping through the flows' memory (no
+    hash, no probe: counted in hinted); a memory gone stale (the mapping flushed and its
+    record taken by another flow, or the flow moved to the other uplink) is not used: each
+    flow gets its own mapping, and the move is counted."""
+    fw, ref = hint_pair(capacity=8)
+    frames = [flow_frame(k) for k in range(8)]
+    compare(fw, ref, frames, [{}] * 8, np.full(8, 10.0), "out")
+    assert fw.nat.hinted == 0 and fw.nat6.hinted == 0
+    compare(fw, ref, frames, [{}] * 8, np.full(8, 11.0), "out")
+    assert fw.nat.hinted == 4 and fw.nat6.hinted == 4
+    assert (fw.nat_hint >= 0).sum() == 8                       # one memory per flow record
+    # flushed, then other flows take the freed records first: the old memories point at them
+    for x in (fw.nat, ref.nat, fw.nat6, ref.nat6):
+        for u in range(2):
+            x.flush_uplink(u)
+    others = [flow_frame(k) for k in range(8, 12)]
+    compare(fw, ref, others, [{}] * 4, np.full(4, 12.0), "out")
+    _, again = sent_frames(fw, frames[:1])   # flow 0 (IPv4 UDP) once more, on the compiled side
+    assert fw.nat.hinted == 4                                   # its memory was stale: not used
+    u0 = int(fw.pipe.out[0])
+    port = struct.unpack("!H", again[0][34:36])[0]
+    assert again[0][26:30] == EXT[u0] and port == fw.nat.mapping(17, g.a4("192.0.2.10"), 5000,
+                                                                  g.a4("198.51.100.1"), 53, u0)
+    # the flow moves: its memory names a mapping of the old uplink
+    moved = fw.nat.moved
+    fw.pipe.flows.rebind(u0, 1 - u0)
+    _, there = sent_frames(fw, frames[:1])
+    assert int(fw.pipe.out[0]) == 1 - u0 and there[0][26:30] == EXT[1 - u0]
+    assert fw.nat.moved == moved + 1 and fw.nat.hinted == 4

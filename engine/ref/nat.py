@@ -554,8 +554,8 @@ def walk6(b, n: int):
 
 
 class Nat66Ref(Nat44Ref):
-    """NAPT66 as Nat44Ref, on IPv6: the keys hold the whole addresses; the port choice hashes
-    the compiled table's keyed folds of them."""
+    """NAPT66 as Nat44Ref, on IPv6: the keys hold the whole addresses, and so does the hash
+    the port choice starts from (Nat44Ref._hash of the 40-byte key, as the compiled table's)."""
 
     def __init__(self, n_uplinks: int, *args, **kw):
         super().__init__(n_uplinks, *args, **kw)
@@ -570,9 +570,6 @@ class Nat66Ref(Nat44Ref):
 
     def _fold(self, a: bytes) -> bytes:
         return siphash13(a, self.k1, self.k0).to_bytes(4, "little")
-
-    def _hash(self, int_addr, rem_addr, int_port, rem_port, pi, u) -> int:
-        return super()._hash(self._fold(int_addr), self._fold(rem_addr), int_port, rem_port, pi, u)
 
     def _frag_slot6(self, src: bytes, ident: bytes, proto: int, u: int) -> int:
         i = int.from_bytes(ident, "little")

@@ -47,8 +47,8 @@ cdef class FlowTable:
     cdef inline void delete(self, uint32_t rec) noexcept nogil
     cdef mmr_row* rows_ptr(self, rows_arr, Py_ssize_t n) except NULL
     cdef Py_ssize_t lookup_c(self, const mmr_row* rp, const double* ts, int16_t* out,
-                             Py_ssize_t n) noexcept nogil
+                             Py_ssize_t n, uint32_t* recs) noexcept nogil
     cdef Py_ssize_t insert_c(self, const mmr_row* rp, const double* ts, int16_t* out,
                              const int16_t* choice, const uint8_t* service,
-                             const uint16_t* preference, Py_ssize_t n) noexcept nogil
+                             const uint16_t* preference, Py_ssize_t n, uint32_t* recs) noexcept nogil
     cdef object recs_to_array(self, fb_rec* base, uint32_t* ids, size_t n, bint use_ids)

@@ -116,6 +116,9 @@ cdef class Forwarder:
     cdef readonly Nat66 nat6                     # NAPT66 for the uplinks with nat6 = "masquerade"
     cdef readonly object nat_mode                # per uplink: 0 none, 1 private sources, 2 every source
     cdef uint8_t* nat_mode_c
+    cdef readonly object nat_hint                # per flow record: its mapping last time (-1: none)
+    cdef int32_t* nat_hint_c
+    cdef uint32_t n_hint
     cdef readonly Edge edge                      # the stateful edge's table (None: no edge)
     cdef readonly object edge_mode               # per uplink: 1 stateful, 0 open (a routed setup)
     cdef uint8_t* edge_mode_c
@@ -130,6 +133,7 @@ cdef class Forwarder:
 
     cdef inline bint forwarded(self, const mmr_row* r, int u) noexcept nogil
 
+    cdef inline int32_t* hint(self, Py_ssize_t i) noexcept nogil
     cdef inline void drop(self, Py_ssize_t i, int reason) noexcept nogil
     cdef void punt(self, int kind, int side, int uplink, const uint8_t* frame, uint32_t length,
                    const mmr_row* r, uint32_t mtu) noexcept nogil

@@ -86,6 +86,7 @@ cdef class Nat44:
     cdef double t_syn, t_est, t_fin, t_rst, t_udp, t_udp2, t_icmp
     cdef public uint64_t exhausted
     cdef public uint64_t moved         # new mappings of a flow another uplink carried before
+    cdef readonly uint64_t hinted      # packets whose mapping came from their flow's hint (no hash, no probe)
     cdef uint32_t fwd_to[64]           # [[forward]] k's LAN host (packet order); rev holds -2 - k
     cdef int n_fwd
 
@@ -99,8 +100,9 @@ cdef class Nat44:
     cdef inline void tcp_state(self, nat_map* e, uint8_t flags, bint reply) noexcept nogil
     cdef inline double timeout(self, const nat_map* e) noexcept nogil
     cdef inline uint32_t frag_slot(self, uint32_t rem_addr, uint16_t ip_id, uint8_t proto, uint8_t u) noexcept nogil
-    cdef int out4(self, uint8_t* ip, uint32_t n, int u, double now, bint pending) noexcept nogil
-    cdef int out4_locked(self, uint8_t* ip, uint32_t n, int u, double now, bint pending) noexcept nogil
+    cdef int out4(self, uint8_t* ip, uint32_t n, int u, double now, bint pending, int32_t* hint) noexcept nogil
+    cdef int out4_locked(self, uint8_t* ip, uint32_t n, int u, double now, bint pending,
+                         int32_t* hint) noexcept nogil
     cdef int out_error(self, uint8_t* ip, uint32_t n, uint32_t l4, int u, uint32_t ext) noexcept nogil
     cdef int in4(self, uint8_t* ip, uint32_t n, int u, double now, bint pending) noexcept nogil
     cdef int in4_locked(self, uint8_t* ip, uint32_t n, int u, double now, bint pending) noexcept nogil
@@ -130,20 +132,22 @@ cdef struct frag6_rec:
 
 
 cdef class Nat66(Nat44):
-    # NAPT66 keeps Nat44's table, ports, timeouts and reverse arrays: its keys carry a keyed
-    # 32-bit fold of each IPv6 address, the full addresses sit beside the mapping in a6
+    # NAPT66 keeps Nat44's table, ports, timeouts and reverse arrays: its keys' whole addresses
+    # sit beside the mapping in a6, hashed with the ports (key_hash6) and compared by find6
     cdef uint8_t* a6               # [capacity][32]: the LAN address, the remote address
     cdef uint8_t* addr6            # [uplink][16]: the uplink's address
     cdef uint8_t* has6             # [uplink]: 1 when addr6 holds one
     cdef frag6_rec* frags6
-    cdef public uint64_t collisions    # two keys of one fold: the newer flow refused (counted as exhausted)
 
     cdef inline uint32_t fold(self, const uint8_t* a) noexcept nogil
-    cdef int32_t find6(self, const uint8_t* int_addr, const uint8_t* rem_addr, uint16_t int_port,
+    cdef inline uint32_t key_hash6(self, const uint8_t* int_addr, const uint8_t* rem_addr, uint16_t int_port,
+                                   uint16_t rem_port, uint8_t pi, uint8_t u) noexcept nogil
+    cdef int32_t find6(self, uint32_t h, const uint8_t* int_addr, const uint8_t* rem_addr, uint16_t int_port,
                        uint16_t rem_port, uint8_t pi, uint8_t u) noexcept nogil
-    cdef int out6(self, uint8_t* ip, uint32_t n, int u, double now, bint pending) noexcept nogil
+    cdef int out6(self, uint8_t* ip, uint32_t n, int u, double now, bint pending, int32_t* hint) noexcept nogil
     cdef int in6(self, uint8_t* ip, uint32_t n, int u, double now, bint pending) noexcept nogil
-    cdef int out6_locked(self, uint8_t* ip, uint32_t n, int u, double now, bint pending) noexcept nogil
+    cdef int out6_locked(self, uint8_t* ip, uint32_t n, int u, double now, bint pending,
+                         int32_t* hint) noexcept nogil
     cdef int in6_locked(self, uint8_t* ip, uint32_t n, int u, double now, bint pending) noexcept nogil
     cdef int one(self, uint8_t* ip, uint32_t n, int u, double now, bint out) noexcept nogil
     cdef int error6(self, uint8_t* ip, uint32_t n, uint32_t l4, int u, bint out) noexcept nogil

@@ -21,12 +21,13 @@ cdef class Pipeline:
     cdef public bint honour_unknown      # act on unknown hop-by-hop options (engine._parse.parse_one_ex)
     cdef readonly double idle_timeout
     cdef readonly Py_ssize_t cap
-    cdef readonly object rows, out, service, pref, choice
+    cdef readonly object rows, out, service, pref, choice, flow_rec
     cdef mmr_row* rp
     cdef int16_t* outp
     cdef uint8_t* svc
     cdef uint16_t* prf
     cdef int16_t* chc
+    cdef uint32_t* frec                  # per row: its flow's record in flows (0xFFFFFFFF: none)
     cdef readonly object reasons, uplink_packets, uplink_bytes, class_packets
     cdef uint64_t* reason_c
     cdef uint64_t* up_pk
