@@ -23,6 +23,8 @@ connection manager moves its flows as on a link down); a device of that name tha
 is opened as it is then (index, MTU, MAC, Ethernet or L3, next hop, IPv4 address for the
 translation, the probes' binding) and taken into use once its link, address and next hop
 are up.  The kernel guard's rules match devices by name, so they hold for the new device.
+The inside's device follows the same way (``Inside.follow_device``; engine/router.py: the
+LAN device let go and opened again, flows and uplinks untouched).
 
 The two modes differ only in their inside (engine/router.py: ``Lan``; engine/host.py:
 ``VirtualInterface``): how it is opened, which addresses are the engine's to deliver, what

@@ -8,7 +8,9 @@ broadcast, multicast, link-local (neighbour discovery), other MACs.  Everything 
 the kernel leaves alone while mmr runs (engine/guard.py: table ``inet mmr``), and takes back
 the moment mmr stops, without a gap or a duplicate.  The LAN hosts' MACs come from the
 kernel's neighbour table, followed over netlink; a host not known yet is resolved by
-prompting the kernel (a datagram to the discard port), rate-limited.
+prompting the kernel (a datagram to the discard port), rate-limited.  The LAN device is
+bound to its name: deleted, its rings close and the rest runs on; a device of that name
+(re-created, or absent at start) is opened as it is then (``Lan.follow_device``).
 """
 from __future__ import annotations
 
