@@ -36,6 +36,15 @@ def lan_index(tb):
     return status(tb)["lan"]["ifindex"]
 
 
+def lan_prefixes(tb) -> list:
+    p = subprocess.run(in_ns(tb, "mmr", "python3", "-m", "engine", "status", "--config", "--json"),
+                       capture_output=True, text=True, timeout=30)
+    return json.loads(p.stdout)["config"]["engine"]["lan_prefixes"]
+
+
+LEARNED = ["fd00:1::/64", "192.168.1.0/24"]         # lan0's networks (no lan_prefixes in the policy)
+
+
 def flows_to(tb, dport) -> list:
     p = subprocess.run(in_ns(tb, "mmr", "python3", "-m", "engine", "flows", "--json"), capture_output=True,
                        text=True, timeout=30)
@@ -134,6 +143,7 @@ def test_a_recreated_lan_device_is_taken_into_use_again(bed, tmp_path, workers):
                 text = subprocess.run(in_ns(bed, "mmr", "python3", "-m", "engine", "status"),
                                       capture_output=True, text=True, timeout=30).stdout
                 assert "LAN: lan0 (absent" in text, text
+                assert lan_prefixes(bed) == LEARNED                  # kept while it is absent
                 # an absent LAN leaves mmr idle: no ring to look at, no busy-poll (test_idle.py)
                 time.sleep(1.5)                                      # busy_poll_ms after the last frame
                 idle = cores_used(p.pid, 3.0)
@@ -143,6 +153,12 @@ def test_a_recreated_lan_device_is_taken_into_use_again(bed, tmp_path, workers):
                 bed.relink("mmr", "lan0")                            # both ends, addresses, MN's routes
                 after = until("mmr takes the new lan0", lambda: lan_index(bed))
                 assert after != before
+                until("the prefixes learned again", lambda: lan_prefixes(bed) == LEARNED)
+                # the new device's addresses are followed (its index, not the old one's)
+                bed.run("mmr", "ip", "addr", "add", "192.168.9.1/24", "dev", "lan0")
+                until("a new address's network learned", lambda: "192.168.9.0/24" in lan_prefixes(bed))
+                bed.run("mmr", "ip", "addr", "del", "192.168.9.1/24", "dev", "lan0")
+                until("its network gone again", lambda: lan_prefixes(bed) == LEARNED)
                 traffic_both_ways(bed, 7720)
                 r = json.loads(peer(bed, "mn", "echo-client", CN4, 7710, 5).stdout)
                 assert r["answered"] == 5, r
