@@ -33,6 +33,8 @@ EVENTS = [
     ("untrusted_option", "options asking for a service or preference their [[trust]] prefix may not: "
                          "classified as untagged"),
     ("reserved_preference", "options asking for a preference a pin ([[rule]] uplink) uses: preference 0"),
+    ("lan_gone", "times the LAN device vanished (mmr run): nothing is read from or sent to the LAN until a "
+                 "device of its name is back"),
 ]
 N_EVENTS = len(EVENTS)
 NAMES = list(C.REASON_NAMES) + [name for name, _ in EVENTS]

@@ -23,6 +23,8 @@ connection manager moves its flows as on a link down); a device of that name tha
 is opened as it is then (index, MTU, MAC, Ethernet or L3, next hop, IPv4 address for the
 translation, the probes' binding) and taken into use once its link, address and next hop
 are up.  The kernel guard's rules match devices by name, so they hold for the new device.
+The inside's device follows the same way (``Inside.follow_device``; engine/router.py: the
+LAN device let go and opened again, flows and uplinks untouched).
 
 The two modes differ only in their inside (engine/router.py: ``Lan``; engine/host.py:
 ``VirtualInterface``): how it is opened, which addresses are the engine's to deliver, what
@@ -158,6 +160,13 @@ class Inside:
     def uplinks_changed(self, dp: "Datapath") -> None:
         """An uplink's device came or went (dp.up_index changed)."""
 
+    def follow_device(self, dp: "Datapath") -> None:
+        """Links changed: the inside's own device vanished or appeared."""
+
+    def status(self, dp: "Datapath") -> dict:
+        """What mmr status shows of the inside."""
+        return {}
+
     def resolve(self, dp: "Datapath", addr: bytes) -> None:
         """A frame waits for this inside neighbour's MAC."""
 
@@ -221,11 +230,12 @@ class Datapath:
                 n = cfg.uplink_slots if cfg.uplink_slots is not None else default_slots(len(cfg.uplinks))
                 cfg = self.cfg = slotted(cfg, n)
             # mmr run starts with the uplinks whose devices exist and takes the others when
-            # they appear (a modem still enumerating at boot); mmr host sizes its virtual
-            # interface by its interfaces, so it needs them all
+            # they appear (a modem still enumerating at boot), its LAN device too (Lan.open);
+            # mmr host sizes its virtual interface by its interfaces, so it needs them all
             real = [u for u in cfg.uplinks if not u.empty]
             wait_for = [u for u in real if inside.router and self.state.link(u.device) is None]
-            for dev in [u.device for u in real if u not in wait_for] + inside.devices_needed(cfg):
+            for dev in [u.device for u in real if u not in wait_for] + \
+                    ([] if inside.router else inside.devices_needed(cfg)):
                 if self.state.link(dev) is None:
                     raise UserError(f"device {dev!r} does not exist; check the device names in the "
                                     f"policy file ('ip link' lists them)")
@@ -315,7 +325,8 @@ class Datapath:
             self.workers.append(w)
             self.closables.append(w)
         try:
-            join_fanout([self.inside.ring.sock] + [w.in_ring.sock for w in self.workers], self.inside.dev)
+            if self.inside.ring is not None:          # an absent LAN device's group is made when it appears
+                join_fanout([self.inside.ring.sock] + [w.in_ring.sock for w in self.workers], self.inside.dev)
             for u, up in enumerate(self.cfg.uplinks):
                 if self.up_rx[u] is not None:         # an absent device's group is made when it appears
                     join_fanout([self.up_rx[u].sock] + [w.up_rx[u].sock for w in self.workers], up.device)
@@ -370,7 +381,9 @@ class Datapath:
 
     def _follow_devices(self) -> None:
         """Each uplink's device as netlink last described it: one deleted (or renamed away)
-        is let go; one that appeared, or was re-created under a new index, is taken."""
+        is let go; one that appeared, or was re-created under a new index, is taken.  The
+        same for the inside's device (router: the LAN's)."""
+        self.inside.follow_device(self)
         for u, up in enumerate(self.cfg.uplinks):
             if up.empty:
                 continue
@@ -721,8 +734,6 @@ class Datapath:
             elif kind == "gone":
                 links = True
                 self.inside.link_event(self, ev)
-                if self.workers and ev[1] == getattr(self.inside, "index", None):
-                    self.on_workers(lambda w: w.detach_inside())
         if gateways:
             before = known_before
             for u in range(self.n_up):
@@ -1189,6 +1200,7 @@ class Datapath:
                     "reloads": self.reloads, "flows": snap["flows"], "uplinks": snap["uplinks"],
                     "failovers": self.conn.moves, "moved_flows": self.conn.moved_flows,
                     "mode": self.mode, "counters": snap["counters"], "drops": snap["drops"],
+                    **self.inside.status(self),
                     "workers": self.worker_table(),
                     "translation": self.translation.status(),
                     "next_hops": {u.name: self._next_hop_text(k, 1) or self._next_hop_text(k, 0)

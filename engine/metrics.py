@@ -54,6 +54,7 @@ EVENT_METRICS = {
     "internal_errors": "mmr_internal_errors",
     "untrusted_option": "mmr_untrusted_options",
     "reserved_preference": "mmr_reserved_preference_options",
+    "lan_gone": "mmr_lan_device_vanished",
 }
 
 # reasons that are not drops (engine.constants.REASONS) -> (metric name, help)

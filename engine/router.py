@@ -8,13 +8,16 @@ broadcast, multicast, link-local (neighbour discovery), other MACs.  Everything 
 the kernel leaves alone while mmr runs (engine/guard.py: table ``inet mmr``), and takes back
 the moment mmr stops, without a gap or a duplicate.  The LAN hosts' MACs come from the
 kernel's neighbour table, followed over netlink; a host not known yet is resolved by
-prompting the kernel (a datagram to the discard port), rate-limited.
+prompting the kernel (a datagram to the discard port), rate-limited.  The LAN device is
+bound to its name: deleted, its rings close and the rest runs on; a device of that name
+(re-created, or absent at start) is opened as it is then (``Lan.follow_device``).
 """
 from __future__ import annotations
 
 import ipaddress
 import select
 
+from engine import counters as CT
 from engine.config import to_mapped
 from engine.datapath import Datapath, Inside
 from engine.netlink import addr16
@@ -67,18 +70,107 @@ class Lan(Inside):
         return [cfg.lan]
 
     def open(self, dp: Datapath, batch: int) -> None:
+        self.batch = batch
+        self.free = list(range(dp.fw.n_hosts - 1, -1, -1))
+        if dp.state.link(self.dev) is None:
+            # like an uplink's modem, the LAN's device may come later (a USB adapter, a bridge
+            # made by another service): waited for, and opened when it appears (back())
+            dp.log.warning(f"the LAN device {self.dev} does not exist yet; nothing is forwarded until it "
+                           f"appears ('ip link' lists the devices: check engine.lan if it never does)")
+            return
+        self._open(dp)
+
+    def _open(self, dp: Datapath) -> None:
+        """This thread's ring and socket on the LAN device as it is now (index, MAC, MTU),
+        attached to the Forwarder; the caller joins the workers' rings to them."""
         from engine._ring import RxRing, TxSocket
 
         link = dp.state.link(self.dev)
+        ring = RxRing(self.dev, frames=dp.cfg.ring_frames, mtu=link.mtu, capacity=self.batch)
+        try:
+            tx = TxSocket(self.dev)
+        except BaseException:
+            ring.close()
+            raise
+        self.ring, self.tx = ring, tx
+        dp.closables += [ring, tx]
         self.index = link.index
         dp.fw.in_mac[0] = list(link.mac[:6])
         dp.fw.in_mtu = link.mtu
-        self.ring = RxRing(self.dev, frames=dp.cfg.ring_frames, mtu=link.mtu, capacity=batch)
-        dp.closables.append(self.ring)
-        self.tx = TxSocket(self.dev)
-        dp.closables.append(self.tx)
-        dp.fw.attach(in_ring=self.ring, in_tx=self.tx)
-        self.free = list(range(dp.fw.n_hosts - 1, -1, -1))
+        dp.fw.attach(in_ring=ring, in_tx=tx)
+
+    def _close(self, dp: Datapath) -> None:
+        dp.fw.attach(in_ring=None, in_tx=None)
+        for c in (self.ring, self.tx):
+            if c is None:
+                continue
+            c.close()
+            if c in dp.closables:
+                dp.closables.remove(c)
+        self.ring = self.tx = None
+        self.index = None
+
+    def follow_device(self, dp: Datapath) -> None:
+        """The LAN device as netlink last described it: one deleted (or renamed away, or
+        re-created under a new index) is let go, one of its name that is there is taken."""
+        idx = dp.state.index(self.dev)
+        if self.index is not None and idx != self.index:
+            self.gone(dp)
+        if self.ring is None and idx is not None:
+            self.back(dp)
+
+    def gone(self, dp: Datapath) -> None:
+        """The LAN device vanished: every worker's ring and socket on it closed (so its fanout
+        group with them), its hosts forgotten.  The uplinks, the flows, their translations
+        and the LAN prefixes stay: a LAN host that comes back with the device finds its flows
+        where they were."""
+        dp.log(f"the LAN device {self.dev} disappeared; the uplinks and the flows stay, and nothing is read "
+               f"from or sent to the LAN until a device {self.dev} is back")
+        dp.counters[CT.INDEX["lan_gone"]] += 1
+        dp._read_ring_drops()                    # what its rings dropped, before they close
+        dp.on_workers(lambda w: w.detach_inside())
+        if self.ring is not None:
+            dp.poller.unregister(self.ring.fileno())
+        self._close(dp)
+        self.forget_hosts(dp)
+        self.refresh_kernel_routes(dp)
+
+    def back(self, dp: Datapath) -> None:
+        """A device of the LAN's name is there (re-created, or absent at start): a ring and
+        socket on it for every worker (one new fanout group), its MAC and MTU read, its
+        prefixes (when learned) and neighbours taken afresh."""
+        from engine.errors import UserError
+        from engine.workers import join_fanout
+
+        theirs: list = []
+        try:
+            self._open(dp)
+            for w in dp.workers:
+                theirs.append(w.open_inside())
+            if dp.workers:
+                join_fanout([self.ring.sock] + [rx.sock for rx, _ in theirs], self.dev)
+        except (OSError, UserError) as exc:
+            # gone again before it was opened, or no fanout group: tried again at its next event
+            for c in [x for pair in theirs for x in pair]:
+                c.close()
+            self._close(dp)
+            dp.log.warning(f"the LAN device {self.dev} appeared but could not be opened ({exc}); "
+                           f"tried again when it changes")
+            return
+        dp.on_workers(lambda w: w.attach_inside(*theirs[w.k - 1]))
+        dp.poller.add_source(self.ring.fileno())
+        self.forget_hosts(dp)
+        self.tables(dp)
+        link = dp.state.link(self.dev)
+        dp.log(f"the LAN device {self.dev} is here (index {self.index}, MTU {link.mtu}); forwarding to "
+               f"and from it")
+        dp._tables_changed()
+
+    def forget_hosts(self, dp: Datapath) -> None:
+        """The LAN neighbours start afresh (a vanished device's entries go without events)."""
+        for key in list(self.rows):
+            dp.fw.hosts.remove(key)
+            self.free.append(self.rows.pop(key))
 
     def tables(self, dp: Datapath) -> None:
         self.apply(dp, dp.cfg)
@@ -91,9 +183,12 @@ class Lan(Inside):
     def learn_prefixes(self, dp: Datapath, cfg) -> bool:
         """Without lan_prefixes in the config, the LAN is what the LAN device's addresses are
         on (IPv6 and IPv4, link-local left out), followed as they change; True if it changed."""
-        if not cfg.lan_prefixes_learned:
+        if not cfg.lan_prefixes_learned or self.index is None:
+            # while the device is absent its prefixes stay what they were: nothing reaches
+            # the LAN anyway, and the translations of its hosts' flows (NAT "auto" is on
+            # for a private LAN only) are there when it is back and learned afresh
             return False
-        nets = dp.state.networks(self.index) if self.index is not None else []
+        nets = dp.state.networks(self.index)
         if len(nets) > dp.fw.lan_net.shape[0]:
             nets = nets[:dp.fw.lan_net.shape[0]]
         if nets == cfg.lan_prefixes:
@@ -217,19 +312,12 @@ class Lan(Inside):
         if kind in ("route", "resync", "gone"):
             self.refresh_kernel_routes(dp)
         if kind == "resync":
-            for key in list(self.rows):
-                dp.fw.hosts.remove(key)
-                self.free.append(self.rows.pop(key))
+            self.forget_hosts(dp)
         link = dp.state.links.get(ev[1]) if kind == "link" and ev[1] == self.index else None
         if link is not None:                 # (None: gone again later in the same batch)
             dp.fw.in_mtu = link.mtu
             if len(link.mac) == 6:
                 dp.fw.in_mac[0] = list(link.mac)
-        if kind == "gone" and ev[1] == self.index:
-            dp.log(f"the LAN device {self.dev} disappeared; nothing to forward until it is back "
-                   f"(restart mmr then)")
-            dp.poller.unregister(self.ring.fileno())
-            dp.fw.attach(in_ring=None, in_tx=None)
 
     def uplinks_changed(self, dp: Datapath) -> None:
         """An uplink's device came or went: its address for translation, and the routes
@@ -240,7 +328,8 @@ class Lan(Inside):
         self.refresh_kernel_routes(dp)
 
     def resolve(self, dp: Datapath, addr: bytes) -> None:
-        dp._prompt(self.dev, addr)
+        if self.index is not None:               # (absent: nobody to ask)
+            dp._prompt(self.dev, addr)
 
     def punt_port(self, dp: Datapath, side: int, u: int):
         """(device, TxSocket) an ICMP error goes out of: where the frame came from."""
@@ -249,10 +338,13 @@ class Lan(Inside):
         return dp.cfg.uplinks[u].device, dp.up_tx[u]
 
     def fds(self) -> list[int]:
-        return [self.ring.fileno()]
+        return [self.ring.fileno()] if self.ring is not None else []
 
     def rings(self) -> list:
         return [self.ring] if self.ring is not None else []
+
+    def status(self, dp: Datapath) -> dict:
+        return {"lan": {"device": self.dev, "ifindex": self.index}}   # ifindex None: the device is absent
 
     def guard(self, dp: Datapath):
         ups = [u.device for u in dp.cfg.uplinks if not u.empty]

@@ -276,7 +276,6 @@ class Worker:
     def __init__(self, k: int, dp, batch: int):
         from engine import _forward
         from engine._pipeline import Pipeline
-        from engine._ring import RxRing, TxSocket
 
         self.k, self.dp = k, dp
         cfg = dp.cfg
@@ -287,11 +286,11 @@ class Worker:
         self.in_tx = None
         self.up_tx: list = []
         self.efd = -1
-        lan = dp.inside.dev
+        self.in_ring = None
         try:
-            self.in_ring = RxRing(lan, frames=cfg.ring_frames, mtu=dp.state.link(lan).mtu, capacity=batch)
-            self.rings.append(self.in_ring)
-            self.in_tx = TxSocket(lan)
+            if dp.inside.ring is not None:          # an absent LAN device: opened when it appears
+                self.in_ring, self.in_tx = self.open_inside()
+                self.rings.append(self.in_ring)
             self.up_rx = [None] * dp.n_up
             self.up_tx = [None] * dp.n_up
             for k in range(dp.n_up):
@@ -308,6 +307,27 @@ class Worker:
         self.nflows = 0
         self.thread = None
         self.failed = None
+        self._pfd()
+
+    def open_inside(self) -> tuple:
+        """(ring, socket) for this worker on the LAN device as it is now; opened by the engine
+        thread (before the fanout group is made), attached by attach_inside()."""
+        from engine._ring import RxRing, TxSocket
+
+        dp, lan = self.dp, self.dp.inside.dev
+        rx = RxRing(lan, frames=dp.cfg.ring_frames, mtu=dp.state.link(lan).mtu, capacity=dp.batch)
+        try:
+            tx = TxSocket(lan)
+        except BaseException:
+            rx.close()
+            raise
+        return rx, tx
+
+    def attach_inside(self, rx, tx) -> None:
+        """(in the worker's thread) the LAN device is back: forward with these."""
+        self.in_ring, self.in_tx = rx, tx
+        self.rings.append(rx)
+        self.fw.attach(in_ring=rx, in_tx=tx)
         self._pfd()
 
     def open_uplink(self, u: int) -> tuple:
@@ -447,8 +467,15 @@ class Worker:
                         for k in range(f0.n_fwd)])
 
     def detach_inside(self) -> None:
+        """(in the worker's thread) the LAN device is gone: stop using it, close its ring and
+        socket."""
         self.fw.attach(in_ring=None, in_tx=None)
-        self.in_ring = None
+        if self.in_ring is not None:
+            self.rings.remove(self.in_ring)
+            self.in_ring.close()
+        if self.in_tx is not None:
+            self.in_tx.close()
+        self.in_ring = self.in_tx = None
         self._pfd()
 
     def detach_uplink(self, u: int) -> tuple[int, int]:

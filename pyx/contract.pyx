@@ -63,6 +63,7 @@ def event_codes():
         "truncated": F.CNT_TRUNCATED, "ring_drops": F.CNT_RING_DROPS,
         "internal_errors": F.CNT_INTERNAL_ERRORS,
         "untrusted_option": F.CNT_UNTRUSTED_OPTION, "reserved_preference": F.CNT_RESERVED_PREFERENCE,
+        "lan_gone": F.CNT_LAN_GONE,
     }, F.CNT_SIZE
 
 

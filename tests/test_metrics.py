@@ -153,6 +153,7 @@ EXPOSITION = {
     "mmr_icmp_errors_rate_limited_total", "mmr_neighbour_resolutions_total", "mmr_tx_errors_total",
     "mmr_truncated_frames_total", "mmr_ring_dropped_frames_total", "mmr_internal_errors_total",
     "mmr_untrusted_options_total", "mmr_reserved_preference_options_total",
+    "mmr_lan_device_vanished_total",
     "mmr_parsed_frames_total", "mmr_not_ip_frames_total", "mmr_unknown_next_header_frames_total",
     "mmr_dropped_frames_total",
     "mmr_config_last_reload_successful", "mmr_config_last_reload_success_timestamp_seconds",

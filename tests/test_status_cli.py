@@ -314,3 +314,18 @@ def test_status_shows_an_absent_device(monkeypatch, capsys):
     rows = out.splitlines()
     assert rc == 0 and "dev0 (absent)" in rows[2] and "device removed" in rows[2]
     assert "absent" not in rows[3]
+
+
+def test_status_shows_the_lan_device_and_whether_it_is_there(monkeypatch, capsys):
+    """mmr run's LAN device with its index, or absent (waited for, or gone until it is back);
+    mmr host's answer has no LAN and prints none."""
+    ans = answer_status(["ar1"])
+    rc, out, _, _ = run_cli(monkeypatch, capsys, ["status"], ans)
+    assert rc == 0 and "LAN:" not in out
+    ans["lan"] = {"device": "lan0", "ifindex": 12}
+    rc, out, _, _ = run_cli(monkeypatch, capsys, ["status"], ans)
+    assert rc == 0 and "LAN: lan0 (index 12)" in out.splitlines()
+    ans["lan"] = {"device": "evil\x1b[31m", "ifindex": None}
+    rc, out, _, _ = run_cli(monkeypatch, capsys, ["status"], ans)
+    line = [x for x in out.splitlines() if x.startswith("LAN:")]
+    assert rc == 0 and len(line) == 1 and "(absent" in line[0] and "\x1b" not in out

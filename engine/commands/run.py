@@ -37,7 +37,10 @@ unusable, only its flows move, in one step, to the best usable uplink.  An uplin
 that does not exist at start is waited for (one line says so), and one deleted and made
 again under its name (a modem re-enumerating, PPP redialling) is opened again on its new
 index: both are taken into use once their link, address and next hop are up.  The LAN
-device must exist.  SIGHUP re-reads the policy file (an invalid one is rejected, the old
+device the same: missing at start it is waited for (one line says so), deleted it is let go
+(uplinks, flows and translations stay; nothing is read from or sent to the LAN), and a
+device of its name that appears is opened on its new index, its MAC, MTU, prefixes and
+neighbours read afresh.  SIGHUP re-reads the policy file (an invalid one is rejected, the old
 policy keeps running; uplinks may be added, up to [engine] uplink_slots, and removed: see
 'mmr reload --help'); 'mmr status', 'mmr
 flows' and 'mmr reload' talk to the control socket.  A one-line logfmt summary is logged
@@ -45,9 +48,10 @@ every --stats-interval seconds and at exit."""
 
 EPILOG = """\
 requirements: root, or any user holding CAP_NET_RAW and CAP_NET_ADMIN as ambient
-capabilities (so that the nft child has them too); nftables; the devices of the policy file;
-gateways that answer neighbour discovery (or a static gateway_mac).  A missing device,
-privilege or gateway ends with one sentence and exit status 2.
+capabilities (so that the nft child has them too); nftables; the devices of the policy file
+(those missing at start are waited for);
+gateways that answer neighbour discovery (or a static gateway_mac).  A missing privilege,
+or a gateway that does not answer, ends with one sentence and exit status 2.
 
 logging: lines on stderr, 'mmr: [warning: |error: ]text', at --log-level and above; under
 systemd each line carries its syslog priority for the journal.  The summary line is logfmt:

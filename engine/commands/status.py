@@ -14,7 +14,7 @@ STATUS_DESC = """\
 Show a running router: every uplink with its state (the operator's override set with
 'mmr uplink', usable or not, link, probes, why it is down; '(absent)' after a device that
 does not exist now, and --json gives each uplink's device index as 'ifindex', null while it
-is absent), the probes' round-trip time and
+is absent; mmr run's LAN device the same way, under 'lan'), the probes' round-trip time and
 loss, the characteristics the metric function uses now (configured, or measured where
 [monitor] measure says so), flows per uplink, the last failovers, and the engine's counters.
 
@@ -243,6 +243,10 @@ def status(args) -> int:
     for line in table([("uplink", "<"), ("device", "<"), ("admin", "<"), ("usable", "<"), ("link", "<"),
                        ("probes", "<"), ("rtt ms", ">"), ("loss", ">"), ("flows", ">"), ("reason", "<")], rows):
         print(line)
+    lan = ans.get("lan")
+    if lan:
+        print(f"LAN: {cell(lan['device'])} " + (f"(index {lan['ifindex']})" if lan["ifindex"] is not None else
+                                              "(absent: nothing is read from or sent to the LAN until it is back)"))
     hops = ans.get("next_hops_by_family") or {}
     if hops:
         print("next hops: " + "; ".join(

@@ -27,6 +27,7 @@ cdef enum:
     CNT_INTERNAL_ERRORS
     CNT_UNTRUSTED_OPTION         # counted by the classifier (engine._classify count_into)
     CNT_RESERVED_PREFERENCE
+    CNT_LAN_GONE                 # counted by the engine (engine/router.py), never by the data path
     CNT_SIZE
 
 # what the data path hands to Python (engine/datapath.py answers it)
