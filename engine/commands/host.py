@@ -24,7 +24,11 @@ mapping come back to the VI, anything else to the interface's address stays the 
 nat = "none" sends the VI's address as it is (the network routes it).  IPv6 is not
 translated in host mode: the VI's IPv6 address must be routed to the host.
 
-'mmr status', 'mmr flows' and 'mmr reload' (or SIGHUP) work as with 'mmr run'.
+'mmr status', 'mmr flows' and 'mmr reload' (or SIGHUP) work as with 'mmr run'; a reload may
+add interfaces (into free [engine] uplink_slots; each comes up as at start: translated,
+probed, guarded) and remove them (their flows move to the others, the device is the
+kernel's again).  vi0 keeps the MTU it was given at start (the smallest interface's, or
+[host] mtu): an added interface needs an MTU at least that, else the reload is refused.
 
 On stop (SIGINT/SIGTERM) the TUN device goes, with its addresses and routes, and the
 nftables table 'inet mmrhost' (which keeps the kernel from also taking VI-addressed packets
