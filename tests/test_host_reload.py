@@ -23,6 +23,9 @@ PEER_DEV = {"i1": "eth1", "i2": "eth2"}          # where the peer sees what came
 PINNED = {"i1": HOSTNAT_PEER4[0], "i2": HOSTNAT_PEER4[1]}
 FREE = HOSTNAT_PEER4[2]
 GATEWAY4 = {"i1": "198.18.21.1", "i2": "198.18.22.1"}
+VI6 = "2001:db8:99::10"           # routed by nobody: only NAPT66 gets its packets anywhere
+PEER6 = "2001:db8:ee::1"
+IFACE6 = {"i1": "2001:db8:b1::2", "i2": "2001:db8:b2::2"}
 
 PROBE = """
 import socket, sys
@@ -44,10 +47,12 @@ def bed():
         yield tb
 
 
-def policy_text(uplinks, pins=(), extra=None) -> str:
-    """[host] with vi0's IPv4 address, the interfaces named (device = name), a pin per name
-    in pins (PINNED[name] only via that interface); extra: more keys per interface."""
-    text = f'[host]\nvi = "vi0"\naddresses = ["{VI4}/32"]\nroutes = ["default"]\n'
+def policy_text(uplinks, pins=(), extra=None, v6=False) -> str:
+    """[host] with vi0's IPv4 address (v6: and its IPv6 one), the interfaces named (device =
+    name), a pin per name in pins (PINNED[name] only via that interface); extra: more keys
+    per interface."""
+    addrs = f'"{VI4}/32"' + (f', "{VI6}/128"' if v6 else "")
+    text = f'[host]\nvi = "vi0"\naddresses = [{addrs}]\nroutes = ["default"]\n'
     for name in uplinks:
         text += (f'\n[[uplink]]\nname = "{name}"\ndevice = "{name}"\nprobe_targets = ["{GATEWAY4[name]}"]\n'
                  + (extra or {}).get(name, ""))
@@ -318,3 +323,48 @@ def test_reload_refusals_under_mmr_host_are_one_sentence(bed, tmp_path):
         rest = p.stderr.read()
     text = "".join(lines) + rest
     assert "internal error" not in text and "Traceback" not in text, text
+
+
+def test_reload_adds_and_removes_a_napt66_interface(bed, tmp_path):
+    """IPv6 from vi0 (routed by nobody) with nat6 = "masquerade": mmr host starts over i1; a
+    reload adds i2 with a pin for the peer's IPv6 address: it leaves i2 with i2's own IPv6
+    address; a reload removing i2 (and its pin) sends it by i1 again, with i1's address."""
+    six = 'nat6 = "masquerade"\n'
+
+    def text(names, pin6):
+        t = policy_text(names, extra={n: six for n in names}, v6=True)
+        return t + (f'\n[[rule]]\ndst = "{PEER6}/128"\nuplink = "{pin6}"\n' if pin6 else "")
+
+    def udp6_sources(port) -> set:
+        sink = start_peer(bed, "peer", "udp-sink", port, 2)
+        assert peer(bed, "host", "udp-send", PEER6, port, 10, -1, -1).returncode == 0
+        got = [json.loads(x) for x in sink.communicate(timeout=10)[0].splitlines() if x.startswith("{")]
+        assert len(got) >= 9, got
+        return {g["src"] for g in got}
+
+    path = tmp_path / "hostreload.toml"
+    path.write_text(text(("i1",), None))
+    with running(bed, str(path)) as (p, lines):
+        assert udp6_sources(7831) == {IFACE6["i1"]}
+        path.write_text(text(("i1", "i2"), "i2"))
+        rc, out = reload(bed)
+        assert rc == 0 and "added i2" in out, out
+        until("i2 usable after the reload", lambda: uplink(bed, "i2")["usable"], 20)
+        assert status(bed)["translation"]["uplinks"]["i2"]["address6"] == IFACE6["i2"]
+        assert udp6_sources(7832) == {IFACE6["i2"]}
+        srv = start_peer(bed, "peer", "tcp-serve", 7833, 2_000_000)
+        f = json.loads(peer(bed, "host", "tcp-fetch", PEER6, 7833, 2_000_000, timeout=60).stdout)
+        srv.wait(timeout=10)
+        assert f["ok"] and f["bytes"] == 2_000_000, f
+        assert flows_to(bed, 7833) == {"i2"}
+        assert status(bed)["translation"]["uplinks"]["i2"]["mappings6"]["tcp"] >= 1
+        path.write_text(text(("i1",), None))
+        rc, out = reload(bed)
+        assert rc == 0 and "removed i2" in out, out
+        assert "i2" not in status(bed)["translation"]["uplinks"]
+        assert udp6_sources(7834) == {IFACE6["i1"]}
+        p.terminate()
+        rest = p.stderr.read()
+    text_ = "".join(lines) + rest
+    assert "uplink i2 translates IPv6 to 2001:db8:b2::2 (NAPT66)" in text_, text_
+    assert "internal error" not in text_ and "Traceback" not in text_, text_

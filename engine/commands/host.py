@@ -21,8 +21,9 @@ IPv4 is translated per interface (each [[uplink]]'s nat, "auto" by default, whic
 mode translates every IPv4 packet from the VI): it leaves with the interface's own address
 and a mapping port, so the networks need not route the VI's IPv4 address; replies to the
 mapping come back to the VI, anything else to the interface's address stays the host's own.
-nat = "none" sends the VI's address as it is (the network routes it).  IPv6 is not
-translated in host mode: the VI's IPv6 address must be routed to the host.
+nat = "none" sends the VI's address as it is (the network routes it).  IPv6 is translated
+where an interface says nat6 = "masquerade" (NAPT66, to its own address); else the VI's
+IPv6 address must be routed to the host.
 
 'mmr status', 'mmr flows' and 'mmr reload' (or SIGHUP) work as with 'mmr run'; a reload may
 add interfaces (into free [engine] uplink_slots; each comes up as at start: translated,
