@@ -1083,6 +1083,7 @@ class Datapath:
         for k in removed:
             self._probe_fds(k, False)             # before its sockets close (their numbers get reused)
             self.conn.remove(k)
+            self.translation.removing(k)
             self._uplink_gone(k, f"uplink {old.uplinks[k].name} is removed by the reload; its flows moved")
         self.pipe.apply(new)                      # new rules and selector; flows kept
         self.fw.set_strip(new)                    # [[uplink]] strip_option

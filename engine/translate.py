@@ -201,6 +201,11 @@ class Translation:
                     f"restart mmr to add it")
         return None
 
+    def removing(self, u: int) -> None:
+        """mmr reload takes uplink u out: its address goes with its device, and that is no
+        reason to warn that it waits for one (reslot empties it next)."""
+        self.waiting[u] = True
+
     def reslot(self, u: int, cfg) -> int:
         """Slot u's uplink changed (mmr reload emptied it or put another there): its mappings
         and NPT prefixes go, its mode is the new uplink's.  The caller refreshes afterwards.

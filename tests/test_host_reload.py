@@ -274,6 +274,7 @@ def test_reload_removes_an_interface_its_flows_move(bed, tmp_path):
         rest = p.stderr.read()
     text = "".join(lines) + rest
     assert f"uplink {was} is removed by the reload" in text, text
+    assert "has no IPv4 address" not in text, text            # removed, not waiting for an address
     assert "internal error" not in text and "Traceback" not in text, text
 
 
