@@ -65,9 +65,9 @@ ENGINE_KEYS = {
                    hint="forwarding threads, 1 to 64, e.g. 2 (default: the CPUs mmr may use, at most "
                         "the smallest RX queue count of its devices)"),
     "uplink_slots": Key("int", None, 1, 254, optional=True,
-                        hint="how many uplinks mmr run can hold without a restart (mmr reload adds "
-                             "uplinks into free slots), 1 to 254, e.g. 8 (default: the uplinks and "
-                             "two more, at least 4)"),
+                        hint="how many uplinks mmr run or mmr host can hold without a restart (mmr "
+                             "reload adds uplinks into free slots), 1 to 254, e.g. 8 (default: the "
+                             "uplinks and two more, at least 4)"),
 }
 
 UPLINK_KEYS = {

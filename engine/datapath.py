@@ -147,6 +147,10 @@ class Inside:
     def apply(self, dp: "Datapath", cfg) -> None:
         """A reloaded policy."""
 
+    def refuse_added(self, dp: "Datapath", cfg, added: list) -> str | None:
+        """Why a reloaded policy ``cfg`` may not add the uplinks ``added`` (a sentence), or None."""
+        return None
+
     def guard(self, dp: "Datapath") -> tuple[str, list[str], list[str], dict | None]:
         """(nftables table, devices, rules, sets): what the kernel must leave to mmr."""
         raise NotImplementedError
@@ -223,12 +227,11 @@ class Datapath:
         self.closables.append(self.netlink)
         try:
             self.state = self.netlink.sync()
-            # mmr run holds uplink_slots uplinks (engine/slots.py): every per-uplink table is
-            # sized for them, so mmr reload can add and remove uplinks; mmr host has its own
-            if inside.router:
-                from engine.slots import default_slots, slotted
-                n = cfg.uplink_slots if cfg.uplink_slots is not None else default_slots(len(cfg.uplinks))
-                cfg = self.cfg = slotted(cfg, n)
+            # mmr run and mmr host hold uplink_slots uplinks (engine/slots.py): every per-uplink
+            # table is sized for them, so mmr reload can add and remove uplinks
+            from engine.slots import default_slots, slotted
+            n = cfg.uplink_slots if cfg.uplink_slots is not None else default_slots(len(cfg.uplinks))
+            cfg = self.cfg = slotted(cfg, n)
             # mmr run starts with the uplinks whose devices exist and takes the others when
             # they appear (a modem still enumerating at boot), its LAN device too (Lan.open);
             # mmr host sizes its virtual interface by its interfaces, so it needs them all
@@ -1054,15 +1057,6 @@ class Datapath:
         added = [u for u in new.uplinks if u.name not in running]
         removed = [k for k, u in enumerate(old.uplinks) if not u.empty and u.name not in names]
         rewired = [u.name for u in new.uplinks if u.name in running and wiring(u) != wiring(running[u.name])]
-        if not self.inside.router and [u.name for u in new.uplinks] != [u.name for u in old.uplinks] \
-                and not (added or removed):
-            return {"ok": False, "message": refused + "the order of the uplinks changed; mmr host needs a "
-                                                      "restart for that"}
-        if (added or removed) and not self.inside.router:
-            return {"ok": False, "message": refused + "uplinks " + "; ".join(
-                f"{w} {', '.join(n)}" for w, n in (("added", [u.name for u in added]),
-                                                   ("removed", [old.uplinks[k].name for k in removed])) if n)
-                + "; mmr host needs a restart for that"}
         if rewired:
             return {"ok": False, "message": refused + f"the device, gateways, translation or edge of uplink "
                                                       f"{', '.join(rewired)} changed; that needs a restart "
@@ -1073,6 +1067,9 @@ class Datapath:
             return {"ok": False, "message": refused + "the LAN device, nat_ports, routed_prefixes, "
                                                       "edge_capacity, [[forward]], the option type or [host] "
                                                       "changed; those need a restart"}
+        why = self.inside.refuse_added(self, new, added)     # mmr host: nat6, vi0's MTU, the devices
+        if why is not None:
+            return {"ok": False, "message": refused + why}
         for up in added:
             why = self.translation.missing(up)
             if why is None and self.inside.router and self.edge is None and up.edge == "stateful":
@@ -1080,12 +1077,11 @@ class Datapath:
                        f"edge (every uplink open); that needs a restart")
             if why is not None:
                 return {"ok": False, "message": refused + why}
-        if self.inside.router:
-            from engine.slots import slot_names, slotted
-            try:
-                new = slotted(new, self.n_up, slot_names(old))
-            except UserError as exc:
-                return {"ok": False, "message": refused + str(exc)}
+        from engine.slots import slot_names, slotted
+        try:
+            new = slotted(new, self.n_up, slot_names(old))
+        except UserError as exc:
+            return {"ok": False, "message": refused + str(exc)}
         if len(new.lan_prefixes) > self.fw.lan_net.shape[0]:
             return {"ok": False, "message": f"rejected, the old policy keeps running: more than "
                                             f"{self.fw.lan_net.shape[0]} lan_prefixes"}
@@ -1098,6 +1094,7 @@ class Datapath:
         for k in removed:
             self._probe_fds(k, False)             # before its sockets close (their numbers get reused)
             self.conn.remove(k)
+            self.translation.removing(k)
             self._uplink_gone(k, f"uplink {old.uplinks[k].name} is removed by the reload; its flows moved")
         self.pipe.apply(new)                      # new rules and selector; flows kept
         self.fw.set_strip(new)                    # [[uplink]] strip_option

@@ -22,7 +22,12 @@ address and a mapping port, the reply comes back to the VI's address; the rest o
 reaches an interface's address is the host's own (its sockets' ports are the kernel's
 range, never a mapping's), and what the host's kernel sends from an interface's address but
 routes via the VI (its default route) leaves by that interface untranslated (``fw.own``).
-IPv6 is not translated here (NAPT66): the VI's IPv6 prefix must be routed to the host.
+IPv6 is translated only where an interface says nat6 = "masquerade" (NAPT66); else the VI's
+IPv6 prefix must be routed to the host.
+
+Interfaces sit in uplink slots as the router's uplinks do (engine/slots.py): mmr reload adds
+one into a free slot (opened, translated, probed and guarded as at start; refuse_added says
+what it may not be) and removes one (its flows moved, its device handed back).
 
 On start mmr creates the TUN device and gives it the addresses and routes of [host]; the
 kernel guard (engine/guard.py, table ``inet mmrhost``) keeps the kernel from also delivering
@@ -49,7 +54,12 @@ class VirtualInterface(Inside):
         self.vi = cfg.host["vi"]
         self.addrs = [ipaddress.ip_interface(a) for a in cfg.host["addresses"]]
         self.tun = None
+        self.mtu = None
         self.bypass_said = False
+        self.check(cfg)
+
+    def check(self, cfg) -> None:
+        """What host mode cannot take from a policy file (at start and in a reload)."""
         for i, u in enumerate(cfg.uplinks):
             if u.nat6 == "npt":           # NPTv6 maps a LAN prefix; the VI's address takes NAPT66
                 raise ConfigError(cfg.path, f"uplink[{i}].nat6", f'"npt" is not available in host mode '
@@ -60,19 +70,45 @@ class VirtualInterface(Inside):
     def devices_needed(self, cfg) -> list[str]:
         return []
 
+    def refuse_added(self, dp: Datapath, cfg, added: list) -> str | None:
+        """Why a reload may not add these interfaces (a sentence), or None.  vi0 was sized at
+        start by the smallest interface MTU (or host.mtu) and keeps it: mmr does not change a
+        device of the host's stack under running connections, and an interface with a
+        smaller MTU could not carry what vi0 hands it.  So an added interface needs its
+        device now (its MTU is checked), an MTU of at least vi0's, and addresses of its own."""
+        try:
+            self.check(cfg)
+        except ConfigError as exc:
+            return str(exc)
+        for up in added:
+            link = dp.state.link(up.device)
+            if link is None:
+                return (f"device {up.device!r} of the added interface {up.name} does not exist; mmr host adds "
+                        f"an interface whose device is there ('ip link' lists them)")
+            if link.mtu < self.mtu:
+                return (f"interface {up.name}'s device {up.device} has MTU {link.mtu}, below {self.vi}'s "
+                        f"{self.mtu}; raise {up.device}'s MTU to {self.mtu}, or set host.mtu = {link.mtu} "
+                        f"and restart mmr host")
+            clash = {a.ip for a in self.addrs} & set(dp.state.addresses(link.index))
+            if clash:
+                return (f"address {sorted(map(str, clash))[0]} of host.addresses is on {up.device}; the "
+                        f"virtual interface needs addresses of its own")
+        return None
+
     def open(self, dp: Datapath, batch: int) -> None:
         from engine._tun import Tun
 
         cfg, h = dp.cfg, dp.cfg.host
         if dp.state.link(self.vi) is not None or os.path.exists(f"/sys/class/net/{self.vi}"):
             raise UserError(f"a device named {self.vi!r} already exists; remove it or set host.vi")
-        for u in cfg.uplinks:
+        real = [u for u in cfg.uplinks if not u.empty]     # (free uplink slots: engine/slots.py)
+        for u in real:
             idx = dp.state.index(u.device)
             clash = {a.ip for a in self.addrs} & set(dp.state.addresses(idx))
             if clash:
                 raise UserError(f"address {sorted(map(str, clash))[0]} of host.addresses is already on "
                                 f"{u.device}; the virtual interface needs addresses of its own")
-        mtu = min(dp.state.link(u.device).mtu for u in cfg.uplinks)
+        mtu = min(dp.state.link(u.device).mtu for u in real)
         self.mtu = min(mtu, h["mtu"]) if h["mtu"] else mtu
         self.tun = Tun(self.vi, capacity=batch, mtu=self.mtu,
                        offloads=os.environ.get("MMR_TUN_OFFLOADS", "1") not in ("0", "off", "no"))
@@ -124,9 +160,17 @@ class VirtualInterface(Inside):
         """An interface's address changed: the own-address table and the translations follow
         it, and the guard's set of translated addresses with them."""
         if ev[0] in ("addr", "resync", "gone"):
-            self.refresh_own(dp)
-            if dp.translation.refresh(dp.state, dp.up_index, []) and dp.guard is not None:
-                dp.guard.update_sets(dp.translation.guard_sets())
+            self.follow_addresses(dp)
+
+    def uplinks_changed(self, dp: Datapath) -> None:
+        """An interface's device came or went, or a reload added or removed one: as when an
+        address changes."""
+        self.follow_addresses(dp)
+
+    def follow_addresses(self, dp: Datapath) -> None:
+        self.refresh_own(dp)
+        if dp.translation.refresh(dp.state, dp.up_index, []) and dp.guard is not None:
+            dp.guard.update_sets(dp.translation.guard_sets())
 
     def fds(self) -> list[int]:
         return [self.tun.fileno()]
@@ -149,7 +193,7 @@ class VirtualInterface(Inside):
         """The kernel must not also take the VI's packets off the interfaces, nor the replies
         to translated flows (to an interface's address and a mapping's port: its stack would
         answer them with a reset or a port unreachable)."""
-        ups = [u.device for u in dp.cfg.uplinks]
+        ups = [u.device for u in dp.cfg.uplinks if not u.empty]
         a6 = ", ".join(str(a.ip) for a in self.addrs if a.version == 6)
         a4 = ", ".join(str(a.ip) for a in self.addrs if a.version == 4)
         rules = ([f"ip6 daddr {{ {a6} }} drop"] if a6 else []) + ([f"ip daddr {{ {a4} }} drop"] if a4 else [])
@@ -164,7 +208,7 @@ class VirtualInterface(Inside):
     def ready_line(self, dp: Datapath) -> str:
         return (f"{self.vi} up ({', '.join(str(a) for a in self.addrs)}; routes "
                 f"{', '.join(dp.cfg.host['routes'])}; {self.offload_text()}) over " +
-                ", ".join(f"{u.name}({u.device})" for u in dp.cfg.uplinks))
+                ", ".join(f"{u.name}({u.device})" for u in dp.cfg.uplinks if not u.empty))
 
     def close(self, dp: Datapath | None = None) -> None:
         if self.tun is not None:

@@ -128,8 +128,9 @@ class Translation:
         # host mode (mmr host): the VI's address is never an interface's, so "auto" translates
         # every IPv4 source; "none" is for networks that route the VI's prefix to the host (a
         # VI without an IPv4 address has nothing to translate)
-        vi4 = not router and any(ipaddress.ip_interface(a).version == 4 for a in cfg.host.get("addresses", []))
-        self.modes = [NAT_MODES[u.nat] if router else (2 if vi4 and u.nat != "none" else 0) for u in cfg.uplinks]
+        self.router = router
+        self.vi4 = not router and any(ipaddress.ip_interface(a).version == 4 for a in cfg.host.get("addresses", []))
+        self.modes = [self.mode_of(u) for u in cfg.uplinks]
         self.nat = self.npt = self.nat6 = None
         self.ports = None
         masq6 = [u.nat6 == "masquerade" for u in cfg.uplinks]
@@ -179,16 +180,31 @@ class Translation:
                         self.forward_ports[f.proto].append(f.ports)
         fw.set_nat(self.nat, self.active, self.npt, self.nat6)
 
+    def mode_of(self, up) -> int:
+        """The IPv4 translation mode of an uplink: its nat key's (router), or in host mode 2
+        (every source) unless it says "none" or the VI has no IPv4 address."""
+        if self.router:
+            return NAT_MODES[up.nat]
+        return 2 if self.vi4 and up.nat != "none" else 0
+
     def missing(self, up) -> str | None:
         """What an uplink added by mmr reload would need that mmr did not start with (a
         translator is sized and shared at start): a sentence, or None."""
-        if NAT_MODES[up.nat] and self.nat is None:
+        if self.mode_of(up) and self.nat is None:
             return (f"uplink {up.name} translates IPv4 (nat = \"{up.nat}\") but mmr started without a "
                     f"translating uplink; restart mmr to add it, or write nat = \"none\"")
+        if up.nat6 == "masquerade" and self.nat6 is None:
+            return (f"uplink {up.name} has nat6 = \"masquerade\" but mmr started without a NAPT66 uplink; "
+                    f"restart mmr to add it, or write nat6 = \"none\"")
         if up.nat6 == "npt" and self.npt is None:
             return (f"uplink {up.name} has nat6 = \"npt\" but mmr started without an NPT uplink; "
                     f"restart mmr to add it")
         return None
+
+    def removing(self, u: int) -> None:
+        """mmr reload takes uplink u out: its address goes with its device, and that is no
+        reason to warn that it waits for one (reslot empties it next)."""
+        self.waiting[u] = True
 
     def reslot(self, u: int, cfg) -> int:
         """Slot u's uplink changed (mmr reload emptied it or put another there): its mappings
@@ -200,10 +216,16 @@ class Translation:
         if self.nat is not None:
             gone = self.nat.flush_uplink(u)
             self.nat.set_address(u, None)
+        if self.nat6 is not None:
+            # NAPT66: the old uplink's mappings go; a masquerading newcomer translates once
+            # the refresh finds its address (until then its IPv6 is dropped, as at start)
+            gone += self.nat6.flush_uplink(u)
+            self.nat6.set_address(u, None, hold=up.nat6 == "masquerade")
         if self.npt is not None:
             self.npt.set_prefixes(u, None, None)
-        self.modes[u] = NAT_MODES[up.nat]
+        self.modes[u] = self.mode_of(up)
         self.addrs[u], self.waiting[u], self.lose_at[u] = None, False, None
+        self.addrs6[u] = None
         self.npt_maps[u], self.npt_avoid[u], self.npt_held[u] = None, (), None
         return gone
 

@@ -21,10 +21,15 @@ IPv4 is translated per interface (each [[uplink]]'s nat, "auto" by default, whic
 mode translates every IPv4 packet from the VI): it leaves with the interface's own address
 and a mapping port, so the networks need not route the VI's IPv4 address; replies to the
 mapping come back to the VI, anything else to the interface's address stays the host's own.
-nat = "none" sends the VI's address as it is (the network routes it).  IPv6 is not
-translated in host mode: the VI's IPv6 address must be routed to the host.
+nat = "none" sends the VI's address as it is (the network routes it).  IPv6 is translated
+where an interface says nat6 = "masquerade" (NAPT66, to its own address); else the VI's
+IPv6 address must be routed to the host.
 
-'mmr status', 'mmr flows' and 'mmr reload' (or SIGHUP) work as with 'mmr run'.
+'mmr status', 'mmr flows' and 'mmr reload' (or SIGHUP) work as with 'mmr run'; a reload may
+add interfaces (into free [engine] uplink_slots; each comes up as at start: translated,
+probed, guarded) and remove them (their flows move to the others, the device is the
+kernel's again).  vi0 keeps the MTU it was given at start (the smallest interface's, or
+[host] mtu): an added interface needs an MTU at least that, else the reload is refused.
 
 On stop (SIGINT/SIGTERM) the TUN device goes, with its addresses and routes, and the
 nftables table 'inet mmrhost' (which keeps the kernel from also taking VI-addressed packets

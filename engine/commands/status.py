@@ -31,12 +31,13 @@ Make a running router re-read its policy file (the same as sending it SIGHUP).  
 takes effect at once for new flows; the flowbase is kept, so existing flows stay where they
 are.  An invalid file is rejected with its error and the old policy keeps running; a file
 that changes the LAN device, the option type, nat_ports or an uplink's device, gateways or
-translation is rejected too (restart for those).  mmr run accepts uplinks added and removed:
-an added one takes a free uplink slot ([engine] uplink_slots, fixed at start) and is used
-once its device, link, address and next hop are up; a removed one's flows move to the others
-(counted as moved, as on a failure), its translations and probes go.  More uplinks than
-slots are rejected, naming the key to raise (with a restart).  mmr host needs a restart to
-add or remove one."""
+translation is rejected too (restart for those).  mmr run and mmr host accept uplinks added
+and removed: an added one takes a free uplink slot ([engine] uplink_slots, fixed at start)
+and is used once its device, link, address and next hop are up; a removed one's flows move
+to the others (counted as moved, as on a failure), its translations and probes go, and its
+device is the kernel's again.  More uplinks than slots are rejected, naming the key to raise
+(with a restart).  mmr host keeps vi0's MTU: it adds only an interface whose device exists
+and whose MTU is at least vi0's (else one sentence says what to change)."""
 
 ACCESS = """\
 Root may use every command.  Members of the group named by [monitor] control_read_group may
