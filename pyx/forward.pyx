@@ -47,7 +47,7 @@ Drops   every dropped frame has one reason in the counter table (engine/counters
         1000 ICMP errors a second (burst 50, as the kernel's icmp_msgs_per_sec) and 100
         resolutions a second: a flood cannot make the engine spend its time in Python.
 """
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int8_t, int16_t, int32_t, int64_t
 from libc.string cimport memcpy, memset, memcmp
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 
@@ -62,7 +62,7 @@ from engine._rewrite cimport (rewrite_one, finish_checksum, RW_MACS, RW_HOP, RW_
                               VERDICT_OK, VERDICT_HOP_LIMIT, VERDICT_BAD_OFFLOAD)
 from engine._ring cimport RxRing, TxSocket
 from engine._tun cimport Tun
-from engine._nat cimport Nat44, Npt66, Nat66, NAT_OK, NAT_PASS, NAT_UNKNOWN, NAT_EXHAUSTED, NAT_NO_ADDRESS
+from engine._nat cimport Nat44, Npt66, Nat66, NAT_OK, NAT_PASS, NAT_UNKNOWN, NAT_EXHAUSTED, NAT_NO_ADDRESS, spin_lock, spin_unlock
 from engine._edge cimport Edge, EDGE_OK, EDGE_FULL
 
 import os
@@ -356,6 +356,9 @@ cdef class Forwarder:
         cdef uint8_t[::1] pb = self.punts.view(np.uint8)
         cdef uint16_t[::1] l3b = self.l3buf
         self.l3c = &l3b[0]
+        self.nat_in = np.full(self.cap, -1, np.int8)
+        cdef int8_t[::1] ni = self.nat_in
+        self.nat_in_c = &ni[0]
         cdef double[::1] nt = self.now_ts
         cdef uint8_t[::1] zvb = self.zero_vnet.view(np.uint8)
         self.now_c, self.zero_vh = &nt[0], <virtio_net_hdr*>&zvb[0]
@@ -682,6 +685,35 @@ cdef class Forwarder:
             self.pidx[u * self.cap + self.pn[u]] = <int32_t>i
             self.pn[u] += 1
 
+    cdef void napt_in_c(self, int u, uint8_t* base, int64_t* off, uint32_t* lens, virtio_net_hdr* vh,
+                        const double* ts, const uint8_t* vlan, Py_ssize_t n, int family) noexcept nogil:
+        """The batch's replies to translated flows of one family (NAPT44: 4, NAPT66: 6) put
+        back under one hold of that translator's lock, before inbound_c's loop reads
+        nat_in[i]: the frames that loop would hand the translator (routed, in the time window,
+        untagged, to the uplink's MAC), no other.  One family at a time, so no worker ever
+        waits for one lock while holding the other."""
+        cdef Py_ssize_t i
+        cdef mmr_row* r
+        cdef int* lock = &self.nat.lock if family == 4 else &self.nat6.lock
+        cdef bint held = False
+        for i in range(n):
+            r = &self.pipe.rp[i]
+            if (self.pipe.outp[i] != OUT_ROUTE or r.family != family or ts[i] < self.t_start
+                    or ts[i] >= self.t_end or (vlan != NULL and vlan[i])
+                    or memcmp(base + off[i], self.up_mac_c + 6 * u, 6) != 0):
+                continue
+            if not held:
+                spin_lock(lock)
+                held = True
+            if family == 4:
+                self.nat_in_c[i] = <int8_t>self.nat.in4_locked(base + off[i] + r.l3_off, lens[i] - r.l3_off, u,
+                                                               ts[i], (vh[i].flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0)
+            else:
+                self.nat_in_c[i] = <int8_t>self.nat6.in6_locked(base + off[i] + r.l3_off, lens[i] - r.l3_off, u,
+                                                                ts[i], (vh[i].flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0)
+        if held:
+            spin_unlock(lock)
+
     cdef inline int32_t* hint(self, Py_ssize_t i) noexcept nogil:
         """Row i's flow's memory of its translation (NULL: no flow record, or none kept)."""
         cdef uint32_t rec = self.pipe.frec[i]
@@ -707,6 +739,11 @@ cdef class Forwarder:
         cdef double now = ts[n - 1] if n else 0.0
         self.pipe.parse_c(base, off, lens, n)
         self.pn[self.n_up] = 0
+        memset(self.nat_in_c, 0xFF, n)
+        if self.nat_mode_c[u] and self.nat is not None:
+            self.napt_in_c(u, base, off, lens, vh, ts, vlan, n, 4)
+        if self.nat6 is not None:
+            self.napt_in_c(u, base, off, lens, vh, ts, vlan, n, 6)
         how = (RW_MACS | RW_HOP) if self.router else RW_CSUM_GSO
         if not self.router and self.tun is not None and self.tun.vnet_hdr:
             how = 0                 # the TUN takes super-frames and their checksum requests
@@ -731,15 +768,19 @@ cdef class Forwarder:
                 # and port; what NAT passes (the machine's own sockets) stays the kernel's
                 c = NAT_PASS
                 if r.family == 4 and self.nat_mode_c[u] and self.nat is not None:
-                    c = self.nat.in4(base + off[i] + r.l3_off, lens[i] - r.l3_off, u, ts[i],
-                                     (vh[i].flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0)
+                    c = self.nat_in_c[i]         # translated before the loop (napt_in_c)
+                    if c < 0:                    # (napt_in_c passed it by: its rules and these differ)
+                        c = self.nat.in4(base + off[i] + r.l3_off, lens[i] - r.l3_off, u, ts[i],
+                                         (vh[i].flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0)
                     if c == NAT_OK:
                         memcpy(r.dst + 12, base + off[i] + r.l3_off + 16, 4)
                         napt = True
                 elif r.family == 6 and (self.npt is not None or self.nat6 is not None):
                     if self.nat6 is not None:
-                        c = self.nat6.in6(base + off[i] + r.l3_off, lens[i] - r.l3_off, u, ts[i],
-                                          (vh[i].flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0)
+                        c = self.nat_in_c[i]
+                        if c < 0:
+                            c = self.nat6.in6(base + off[i] + r.l3_off, lens[i] - r.l3_off, u, ts[i],
+                                              (vh[i].flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0)
                         napt = c == NAT_OK   # NAPT66 filtered it, like NAPT44
                     if c == NAT_PASS and self.npt is not None:
                         c = self.npt.in6(base + off[i] + r.l3_off, lens[i] - r.l3_off, u)

@@ -1,5 +1,5 @@
 # The C contract of pyx/forward.pyx (engine._forward): the forwarding decisions and steps.
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int8_t, int16_t, int32_t, int64_t
 from rows cimport mmr_row, N_REASONS
 from virtio_net cimport virtio_net_hdr
 from engine._pipeline cimport Pipeline
@@ -119,6 +119,8 @@ cdef class Forwarder:
     cdef uint8_t* nat_mode_c
     cdef readonly object nat_hint                # per flow record: its mapping last time (-1: none)
     cdef int32_t* nat_hint_c
+    cdef readonly object nat_in                  # per frame of an inbound batch: NAPT's code (-1: not tried)
+    cdef int8_t* nat_in_c
     cdef uint32_t n_hint
     cdef readonly Edge edge                      # the stateful edge's table (None: no edge)
     cdef readonly object edge_mode               # per uplink: 1 stateful, 0 open (a routed setup)
@@ -135,6 +137,8 @@ cdef class Forwarder:
     cdef inline bint forwarded(self, const mmr_row* r, int u) noexcept nogil
 
     cdef inline int32_t* hint(self, Py_ssize_t i) noexcept nogil
+    cdef void napt_in_c(self, int u, uint8_t* base, int64_t* off, uint32_t* lens, virtio_net_hdr* vh,
+                        const double* ts, const uint8_t* vlan, Py_ssize_t n, int family) noexcept nogil
     cdef inline void drop(self, Py_ssize_t i, int reason) noexcept nogil
     cdef void punt(self, int kind, int side, int uplink, const uint8_t* frame, uint32_t length,
                    const mmr_row* r, uint32_t mtu) noexcept nogil
