@@ -125,6 +125,7 @@ cdef class Edge:
         self.t_syn, self.t_est, self.t_fin, self.t_rst = t["tcp_syn"], t["tcp_established"], t["tcp_fin"], t["tcp_rst"]
         self.t_udp, self.t_udp2, self.t_icmp, self.t_other = t["udp"], t["udp_replied"], t["icmp"], t["other"]
         self.full = 0
+        self.hinted = 0
 
     def __dealloc__(self):
         free(self.flows)
@@ -204,16 +205,18 @@ cdef class Edge:
             spin_unlock(&self.lock)
 
     # ---------------------------------------------------------------- out: LAN -> uplink
-    cdef int out_c(self, const mmr_row* r, uint8_t tcp_flags, double now) noexcept nogil:
+    cdef int out_c(self, const mmr_row* r, uint8_t tcp_flags, double now, int32_t* hint) noexcept nogil:
         """A packet leaving by an uplink (locked: the workers share the table).  tcp_flags:
-        the TCP header's flags byte (0 for other protocols)."""
+        the TCP header's flags byte (0 for other protocols).  hint (NULL: none): the caller's
+        memory of the packet's flow, the edge flow it had last time, checked against the key
+        before it is used and set to the one it has now."""
         cdef int rc
         spin_lock(&self.lock)
-        rc = self.out_locked(r, tcp_flags, now)
+        rc = self.out_locked(r, tcp_flags, now, hint)
         spin_unlock(&self.lock)
         return rc
 
-    cdef int out_locked(self, const mmr_row* r, uint8_t tcp_flags, double now) noexcept nogil:
+    cdef int out_locked(self, const mmr_row* r, uint8_t tcp_flags, double now, int32_t* hint) noexcept nogil:
         cdef uint8_t k[EDGE_KEY]
         cdef uint16_t lport = 0, rport = 0
         cdef uint32_t h, i
@@ -229,9 +232,18 @@ cdef class Edge:
                 return EDGE_OK               # a later fragment: its first made the flow
             lport, rport = r.sport, r.dport
         make_key(k, r.src, r.dst, lport, rport, r.proto)
-        h = siphash13(k, 5, self.k0, self.k1)
-        m = self.find(k, h)
+        m = -1
+        if hint != NULL and hint[0] >= 0 and <uint32_t>hint[0] < self.capacity:
+            e = &self.flows[hint[0]]          # the flow's edge record last time: still this key's?
+            if e.used and memcmp(e.key, k, EDGE_KEY) == 0:
+                m = hint[0]
+                self.hinted += 1
+        if m < 0:
+            h = siphash13(k, 5, self.k0, self.k1)
+            m = self.find(k, h)
         if m >= 0:
+            if hint != NULL:
+                hint[0] = m
             e = &self.flows[m]
             e.last = now
             if r.proto == 6:
@@ -262,6 +274,8 @@ cdef class Edge:
         while self.slots[i] >= 0:
             i = (i + 1) & self.mask
         self.slots[i] = m
+        if hint != NULL:
+            hint[0] = m
         return EDGE_OK
 
     # ---------------------------------------------------------------- in: uplink -> LAN
@@ -389,7 +403,7 @@ cdef class Edge:
         """out_c for a row given as a dict (engine.ref.parse.parse_frame's); returns a code."""
         cdef mmr_row r
         fill_row(&r, row)
-        return self.out_c(&r, <uint8_t>tcp_flags, now)
+        return self.out_c(&r, <uint8_t>tcp_flags, now, NULL)
 
     def inbound(self, dict row, frame, double now):
         """in_c for a row given as a dict and the frame it describes; returns a code."""

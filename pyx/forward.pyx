@@ -433,6 +433,12 @@ cdef class Forwarder:
                 raise ValueError("an edge mode is 0 or 1")
             self.edge_mode[u] = m
         self.edge = edge
+        cdef int32_t[::1] hv
+        if edge is not None and self.n_edge_hint == 0:
+            # a flow remembers its edge record: its later packets out skip the hash and probe
+            self.edge_hint = np.full(self.pipe.flows.capacity, -1, np.int32)
+            hv = self.edge_hint
+            self.edge_hint_c, self.n_edge_hint = &hv[0], self.pipe.flows.capacity
 
     def set_routed_prefixes(self, nets):
         """LAN destinations open to unsolicited inbound (the operator's routed prefixes):
@@ -679,7 +685,7 @@ cdef class Forwarder:
             # the stateful edge learns the flow by its LAN addresses (the row: before NPTv6);
             # NAPT44's mappings are its own edge for what it translated
             if self.edge is not None and self.edge_mode_c[u] and not napt:
-                if self.edge.out_c(r, tcp_flags, ts[i]) == EDGE_FULL:
+                if self.edge.out_c(r, tcp_flags, ts[i], self.ehint(i)) == EDGE_FULL:
                     self.drop(i, rows.R_EDGE_FULL)
                     continue
             self.pidx[u * self.cap + self.pn[u]] = <int32_t>i
@@ -696,23 +702,36 @@ cdef class Forwarder:
         cdef mmr_row* r
         cdef int* lock = &self.nat.lock if family == 4 else &self.nat6.lock
         cdef bint held = False
+        cdef const int16_t* outp = self.pipe.outp
+        cdef mmr_row* rp = self.pipe.rp
+        cdef double t0 = self.t_start, t1 = self.t_end
+        cdef const uint8_t* mac = self.up_mac_c + 6 * u
+        cdef uint32_t mac4 = (<const uint32_t*>mac)[0]
+        cdef uint16_t mac2 = (<const uint16_t*>(mac + 4))[0]
+        cdef const uint8_t* f
         for i in range(n):
-            r = &self.pipe.rp[i]
-            if (self.pipe.outp[i] != OUT_ROUTE or r.family != family or ts[i] < self.t_start
-                    or ts[i] >= self.t_end or (vlan != NULL and vlan[i])
-                    or memcmp(base + off[i], self.up_mac_c + 6 * u, 6) != 0):
+            r = &rp[i]
+            f = base + off[i]
+            if (outp[i] != OUT_ROUTE or r.family != family or ts[i] < t0 or ts[i] >= t1
+                    or (vlan != NULL and vlan[i]) or (<const uint32_t*>f)[0] != mac4
+                    or (<const uint16_t*>(f + 4))[0] != mac2):
                 continue
             if not held:
                 spin_lock(lock)
                 held = True
             if family == 4:
-                self.nat_in_c[i] = <int8_t>self.nat.in4_locked(base + off[i] + r.l3_off, lens[i] - r.l3_off, u,
-                                                               ts[i], (vh[i].flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0)
+                self.nat_in_c[i] = <int8_t>self.nat.in4_locked(f + r.l3_off, lens[i] - r.l3_off, u, ts[i],
+                                                               (vh[i].flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0)
             else:
-                self.nat_in_c[i] = <int8_t>self.nat6.in6_locked(base + off[i] + r.l3_off, lens[i] - r.l3_off, u,
-                                                                ts[i], (vh[i].flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0)
+                self.nat_in_c[i] = <int8_t>self.nat6.in6_locked(f + r.l3_off, lens[i] - r.l3_off, u, ts[i],
+                                                                (vh[i].flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0)
         if held:
             spin_unlock(lock)
+
+    cdef inline int32_t* ehint(self, Py_ssize_t i) noexcept nogil:
+        """Row i's flow's memory of its edge record (NULL: no flow record, or none kept)."""
+        cdef uint32_t rec = self.pipe.frec[i]
+        return self.edge_hint_c + rec if rec < self.n_edge_hint else NULL
 
     cdef inline int32_t* hint(self, Py_ssize_t i) noexcept nogil:
         """Row i's flow's memory of its translation (NULL: no flow record, or none kept)."""

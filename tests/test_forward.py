@@ -853,3 +853,49 @@ def test_a_flows_later_packets_take_its_mapping_from_its_memory():
     _, there = sent_frames(fw, frames[:1])
     assert int(fw.pipe.out[0]) == 1 - u0 and there[0][26:30] == EXT[1 - u0]
     assert fw.nat.moved == moved + 1 and fw.nat.hinted == 4
+
+
+EDGE_OPS = st.one_of(
+    st.tuples(st.just("out"), st.lists(st.integers(0, 11), min_size=1, max_size=12)),
+    st.tuples(st.just("rebind"), st.integers(0, 1), st.integers(0, 1)),
+    st.tuples(st.just("expire"), st.floats(0, 400)),
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.lists(EDGE_OPS, min_size=1, max_size=14))
+def test_a_flows_remembered_edge_record_never_changes_the_edge(ops):
+    """The edge's records of flows sent again and again while records expire, are taken by
+    other flows (a table of 6 for 12 flows) and flows move between uplinks: the compiled
+    forwarder (which takes a flow's record from its memory when the key still matches)
+    keeps the reference's records, verdicts and bytes."""
+    fw, ref = edge_pair(capacity=6)
+    now = 10.0
+    sent = 0
+    for op in ops:
+        now += 1.0
+        if op[0] == "out":
+            frames = [flow_frame(k) for k in op[1]]
+            compare(fw, ref, frames, [{}] * len(frames), np.full(len(frames), now), "out")
+            assert sorted(fw.edge.entries()) == ref.edge.entries()
+            sent += len(frames)
+        elif op[0] == "rebind":
+            fw.pipe.flows.rebind(op[1], op[2])
+            ref.pipe.flows.rebind(op[1], op[2])
+        else:
+            now += op[1]
+            assert fw.edge.expire(now) == ref.edge.expire(now)
+    assert fw.edge.hinted <= sent
+
+
+def test_a_flows_later_packets_take_its_edge_record_from_its_memory():
+    fw, ref = edge_pair(capacity=16)
+    frames = [flow_frame(k) for k in range(8)]
+    compare(fw, ref, frames, [{}] * 8, np.full(8, 10.0), "out")
+    assert fw.edge.hinted == 0
+    compare(fw, ref, frames, [{}] * 8, np.full(8, 11.0), "out")
+    assert fw.edge.hinted == 8 and (fw.edge_hint >= 0).sum() == 8
+    fw.edge.expire(10_000.0)                  # every record gone: the memories are stale
+    ref.edge.expire(10_000.0)
+    compare(fw, ref, frames, [{}] * 8, np.full(8, 10_001.0), "out")
+    assert fw.edge.hinted == 8 and sorted(fw.edge.entries()) == ref.edge.entries()

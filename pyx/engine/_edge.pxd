@@ -31,12 +31,13 @@ cdef class Edge:
     cdef uint64_t k0, k1
     cdef double t_syn, t_est, t_fin, t_rst, t_udp, t_udp2, t_icmp, t_other
     cdef public uint64_t full          # new flows refused: the table was full
+    cdef readonly uint64_t hinted      # packets out whose flow came from their flow's hint (no hash, no probe)
 
     cdef int32_t find(self, const uint8_t* key, uint32_t h) noexcept nogil
     cdef void release(self, uint32_t m) noexcept nogil
     cdef double timeout(self, const edge_flow* e) noexcept nogil
-    cdef int out_c(self, const mmr_row* r, uint8_t tcp_flags, double now) noexcept nogil
+    cdef int out_c(self, const mmr_row* r, uint8_t tcp_flags, double now, int32_t* hint) noexcept nogil
     cdef int in_c(self, const mmr_row* r, const uint8_t* frame, uint32_t length, double now) noexcept nogil
-    cdef int out_locked(self, const mmr_row* r, uint8_t tcp_flags, double now) noexcept nogil
+    cdef int out_locked(self, const mmr_row* r, uint8_t tcp_flags, double now, int32_t* hint) noexcept nogil
     cdef int in_locked(self, const mmr_row* r, const uint8_t* frame, uint32_t length, double now) noexcept nogil
     cdef int quoted(self, const mmr_row* r, const uint8_t* frame, uint32_t length) noexcept nogil

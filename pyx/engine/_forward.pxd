@@ -119,6 +119,9 @@ cdef class Forwarder:
     cdef uint8_t* nat_mode_c
     cdef readonly object nat_hint                # per flow record: its mapping last time (-1: none)
     cdef int32_t* nat_hint_c
+    cdef readonly object edge_hint               # per flow record: its edge flow last time (-1: none)
+    cdef int32_t* edge_hint_c
+    cdef uint32_t n_edge_hint
     cdef readonly object nat_in                  # per frame of an inbound batch: NAPT's code (-1: not tried)
     cdef int8_t* nat_in_c
     cdef uint32_t n_hint
@@ -137,6 +140,7 @@ cdef class Forwarder:
     cdef inline bint forwarded(self, const mmr_row* r, int u) noexcept nogil
 
     cdef inline int32_t* hint(self, Py_ssize_t i) noexcept nogil
+    cdef inline int32_t* ehint(self, Py_ssize_t i) noexcept nogil
     cdef void napt_in_c(self, int u, uint8_t* base, int64_t* off, uint32_t* lens, virtio_net_hdr* vh,
                         const double* ts, const uint8_t* vlan, Py_ssize_t n, int family) noexcept nogil
     cdef inline void drop(self, Py_ssize_t i, int reason) noexcept nogil
