@@ -130,6 +130,8 @@ BAD = [
      GOOD.replace('[engine]', '[engine]\nlan_prefixes = ["198.51.100.0/24"]')
      + FWD4.replace("192.168.1.10", "198.51.100.10") + "to_port = 80\n", "forward[0].to_port",
      "leaves the public address 198.51.100.10 untranslated"),
+    ("forward too many through NAPT44", LAN + "".join(FWD4.replace("8080", str(9000 + k)) for k in range(33)),
+     "forward", "count 66 times (once per translating uplink)"),
     ("forward one host port twice", LAN + FWD4 + "to_port = 80\n" + FWD4.replace("8080", "80"), "forward[1].to_port",
      "192.168.1.10's ports 80-80 overlap forward[0]'s 80-80"),
 ]
