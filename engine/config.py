@@ -117,6 +117,13 @@ UPLINK_KEYS = {
                            'as long as the LAN prefix'),
 }
 NAT_MODES = {"none": 0, "auto": 1, "masquerade": 2}
+# what nat = "auto" translates (RFC 1918, RFC 6598's shared space)
+PRIVATE4 = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")]
+
+
+def napt44(up, to) -> bool:
+    """Whether uplink up translates a forward to LAN address to with NAPT44 (mmr run)."""
+    return to.version == 4 and (up.nat == "masquerade" or (up.nat == "auto" and any(to in n for n in PRIVATE4)))
 
 # The connection manager (engine/connmgr.py): link state, probes, failover, control socket.
 MONITOR_KEYS = {
@@ -1001,16 +1008,40 @@ class _Loader:
                     self.err(f"{where}.uplinks", f"{_short(x)} is not an uplink", f"use one of {', '.join(names)}")
             idx = tuple(sorted({names.index(x) for x in ups}))
             if to_port != lo:
-                self.err(f"{where}.to_port", f"{to_port} differs from port {lo}, and mmr does not rewrite ports "
-                         "of forwarded connections yet", f"write to_port = {lo} (or leave it out) and let the LAN "
-                         "host listen there")
+                # only NAPT44 rewrites ports: the edge (IPv6, an untranslated uplink's IPv4)
+                # opens the LAN host's own ports and changes nothing in the packet
+                if to.version == 6:
+                    self.err(f"{where}.to_port", f"{to_port} differs from port {lo}, and an IPv6 forward keeps "
+                             "its port (the stateful edge opens it, nothing rewrites it)",
+                             f"write to_port = {lo} (or leave it out) and let the LAN host listen there")
+                for u in idx:
+                    up = cfg.uplinks[u]
+                    if not napt44(up, to):
+                        why = ('nat = "none"' if up.nat == "none" else
+                               f'nat = "auto", which leaves the public address {to} untranslated')
+                        self.err(f"{where}.to_port", f"{to_port} differs from port {lo}, and uplink {up.name} "
+                                 f"has {why}: only NAPT44 rewrites a forward's port",
+                                 f"write to_port = {lo} (or leave it out), or list only translating uplinks "
+                                 "in uplinks, or write nat = \"masquerade\" on that uplink")
             f = Forward(i, 6 if proto.lower() == "tcp" else 17, (lo, hi), to, to_port, idx)
             for g in cfg.forwards:
                 if (g.proto == f.proto and g.to.version == to.version and set(g.uplinks) & set(idx)
                         and g.ports[0] <= hi and lo <= g.ports[1]):
                     self.err(f"{where}.port", f"{lo}-{hi} clashes with forward[{g.index}]'s {g.ports[0]}-{g.ports[1]} "
                              f"({proto.lower()} on a shared uplink)", "give each forward its own ports")
+                # a LAN host's port behind two external ports: its answers could not tell
+                # which one they belong to
+                if (g.proto == f.proto and g.to == to and set(g.uplinks) & set(idx)
+                        and g.to_port <= to_port + hi - lo and to_port <= g.to_port + g.ports[1] - g.ports[0]):
+                    self.err(f"{where}.to_port", f"{to}'s ports {to_port}-{to_port + hi - lo} overlap "
+                             f"forward[{g.index}]'s {g.to_port}-{g.to_port + g.ports[1] - g.ports[0]} "
+                             f"({proto.lower()} on a shared uplink)", "give each forward its own ports on the LAN host")
             cfg.forwards.append(f)
+        # the translator holds a forward once per uplink it translates on (pyx/nat.pyx: 64)
+        n = sum(1 for f in cfg.forwards for u in f.uplinks if napt44(cfg.uplinks[u], f.to))
+        if n > 64:
+            self.err("forward", f"IPv4 forwards through NAPT44 count {n} times (once per translating uplink), "
+                     "more than mmr takes", "keep it at most 64, e.g. by listing fewer uplinks in uplinks")
 
     def port_range(self, key, v):
         if isinstance(v, int) and not isinstance(v, bool):

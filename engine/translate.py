@@ -34,14 +34,13 @@ from __future__ import annotations
 import ipaddress
 import time
 
-from engine.config import NAT_MODES, to_mapped
+from engine.config import NAT_MODES, PRIVATE4, to_mapped
 
 NPT_AVOID = 16                     # addresses NPT keeps clear of per uplink (pyx/engine/_nat.pxd)
 
 KERNEL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
 ULA = ipaddress.ip_network("fc00::/7")
 LINGER_S = 2.0            # a gone address's mappings stay this long for the flows moved away
-PRIVATE4 = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")]
 
 
 def own_prefix(state, idx, length: int):
@@ -176,7 +175,7 @@ class Translation:
                 private = any(f.to in net for net in PRIVATE4)
                 for u in f.uplinks:
                     if self.modes[u] == 2 or (self.modes[u] == 1 and private):
-                        self.nat.set_forward(u, f.proto, f.ports[0], f.ports[1], f.to.packed)
+                        self.nat.set_forward(u, f.proto, f.ports[0], f.ports[1], f.to.packed, f.to_port)
                         self.forward_ports[f.proto].append(f.ports)
         fw.set_nat(self.nat, self.active, self.npt, self.nat6)
 
@@ -434,7 +433,8 @@ def edge_status(cfg, edge) -> dict:
     out = {"uplinks": {u.name: u.edge for u in cfg.uplinks if not u.empty},
            "routed_prefixes": [str(n) for n in cfg.routed_prefixes],
            "forwards": [{"proto": {6: "tcp", 17: "udp"}[f.proto], "port": f"{f.ports[0]}-{f.ports[1]}",
-                         "to": str(f.to), "uplinks": [names[u] for u in f.uplinks]} for f in cfg.forwards]}
+                         "to": str(f.to), "to_port": f.to_port, "uplinks": [names[u] for u in f.uplinks]}
+                        for f in cfg.forwards]}
     if edge is not None:
         out.update(edge.stats())
     return out

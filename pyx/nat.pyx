@@ -32,6 +32,9 @@ from libc.string cimport memcmp, memcpy, memset
 
 from siphash cimport siphash13
 
+cdef extern from *:
+    int ctz64 "__builtin_ctzll"(unsigned long long x) nogil
+
 import os
 
 import ipaddress
@@ -272,6 +275,11 @@ cdef class Nat44:
         self.hinted = 0
 
     def __dealloc__(self):
+        cdef int u
+        if self.fwd_in != NULL:
+            for u in range(self.n_uplinks):
+                free(self.fwd_in[u])
+            free(self.fwd_in)
         free(self.maps)
         free(self.slots)
         free(self.rev)
@@ -302,33 +310,84 @@ cdef class Nat44:
             spin_unlock(&self.lock)
         return None
 
-    def set_forward(self, int u, int proto, int lo, int hi, to_addr):
-        """A [[forward]] on uplink u: TCP (6) or UDP (17) to the uplink's address and a port in
-        lo..hi goes to to_addr (4 bytes), the same port; what that host sends from those
-        ports leaves with the uplink's address.  The ports leave the mappings' pool (a mapping
-        holding one is dropped).  At most 64 forwards."""
+    def set_forward(self, int u, int proto, int lo, int hi, to_addr, to_lo=None):
+        """A [[forward]] on uplink u: TCP (6) or UDP (17) to the uplink's address and a port p
+        in lo..hi goes to to_addr (4 bytes), port to_lo + (p - lo) (to_lo None: lo, the same
+        port); what that host sends from a port of its range leaves with the uplink's address
+        and the external port again.  The external ports leave the mappings' pool (a mapping
+        holding one is dropped).  At most 64 forwards; two on one uplink and protocol may not
+        share an external port, nor (one LAN host) a port of the host's: its answers could
+        not tell which external port they belong to."""
         cdef int pi = pindex(<uint8_t>proto)
         cdef bytes b = bytes(to_addr)
         cdef size_t idx
-        cdef int p, k
+        cdef int p, k, j, first
+        cdef uint32_t to
+        cdef uint64_t bits
+        cdef uint64_t* fi
         if u < 0 or u >= self.n_uplinks:
             raise IndexError("uplink out of range")
         if pi != P_TCP and pi != P_UDP:
             raise ValueError("a forward is TCP (6) or UDP (17)")
         if not 1 <= lo <= hi <= 65535 or len(b) != 4:
             raise ValueError("ports 1..65535, low to high, and a 4-byte address")
+        first = lo if to_lo is None else to_lo
+        if not 1 <= first <= 65535 - (hi - lo):
+            raise ValueError("the LAN host's ports 1..65535 for the whole range")
         if self.n_fwd >= 64:
             raise ValueError("at most 64 forwards")
+        memcpy(&to, <const char*>b, 4)
+        if self.fwd_in == NULL:
+            self.fwd_in = <uint64_t**>calloc(self.n_uplinks, sizeof(uint64_t*))
+            if self.fwd_in == NULL:
+                raise MemoryError()
+        if self.fwd_in[u] == NULL:
+            fi = <uint64_t*>calloc(2 * 65536, sizeof(uint64_t))
+            if fi == NULL:
+                raise MemoryError()
+            spin_lock(&self.lock)
+            self.fwd_in[u] = fi
+            spin_unlock(&self.lock)
+        fi = self.fwd_in[u] + pi * 65536
+        for p in range(lo, hi + 1):
+            if self.rev[(<size_t>u * 3 + pi) * 65536 + p] <= -2:
+                raise ValueError(f"port {p} is another forward's on this uplink")
+        for p in range(first, first + hi - lo + 1):
+            bits = fi[p]
+            for j in range(64):
+                if bits >> j & 1 and self.fwd_to[j] == to:
+                    raise ValueError(f"the LAN host's port {p} is another forward's on this uplink")
         k = self.n_fwd
-        memcpy(&self.fwd_to[k], <const char*>b, 4)
-        self.n_fwd += 1
+        self.fwd_to[k] = to
+        self.fwd_lo[k] = lo
+        self.fwd_to_lo[k] = first
         spin_lock(&self.lock)
         for p in range(lo, hi + 1):
             idx = (<size_t>u * 3 + pi) * 65536 + p
             if self.rev[idx] >= 0:
                 self.release(self.rev[idx])
             self.rev[idx] = -2 - k            # create() passes it by (free_ports counts mappings)
+        for p in range(first, first + hi - lo + 1):
+            fi[p] |= (<uint64_t>1) << k
+        self.n_fwd += 1
         spin_unlock(&self.lock)
+
+    cdef inline int fwd_host(self, int u, int pi, uint32_t addr, uint16_t port) noexcept nogil:
+        """The forward whose LAN host is addr (packet order) with port (host order) in its
+        range on uplink u, or -1: one array load, then the (rare) forwards that share the port."""
+        cdef uint64_t* fi
+        cdef uint64_t bits
+        cdef int k
+        if self.fwd_in == NULL or self.fwd_in[u] == NULL or pi > P_UDP:
+            return -1
+        fi = self.fwd_in[u]
+        bits = fi[pi * 65536 + port]
+        while bits:
+            k = ctz64(bits)
+            if self.fwd_to[k] == addr:
+                return k
+            bits &= bits - 1
+        return -1
 
     def address(self, int u):
         if u < 0 or u >= self.n_uplinks:
@@ -514,7 +573,8 @@ cdef class Nat44:
     cdef int out4_locked(self, uint8_t* ip, uint32_t n, int u, double now, bint pending,
                          int32_t* hint) noexcept nogil:
         cdef uint32_t ihl, tot, l4, src, dst, ext, h
-        cdef int v
+        cdef int v, k
+        cdef uint16_t ext_port
         cdef uint16_t sport, dport, frag
         cdef uint8_t proto, t
         cdef int pi
@@ -560,12 +620,19 @@ cdef class Nat44:
                 return NAT_MALFORMED
             memcpy(&sport, ip + l4, 2)
             memcpy(&dport, ip + l4 + 2, 2)
-            m = self.rev[(<size_t>u * 3 + pi) * 65536 + ld16(ip + l4)]
-            if m <= -2 and self.fwd_to[-2 - m] == src:
-                # a forwarded connection's host answering: the uplink's address, its port kept
-                ck = ip + l4 + (16 if pi == P_TCP else 6)
-                set_addr(ip + 12, ext, ip + 10, NULL, ck, pending, pi == P_UDP)
-                return NAT_OK
+            if self.n_fwd:
+                k = self.fwd_host(u, pi, src, ld16(ip + l4))
+                if k >= 0:
+                    # a forwarded connection's host answering: the uplink's address, and the
+                    # external port its LAN port stands for
+                    ck = ip + l4 + (16 if pi == P_TCP else 6)
+                    set_addr(ip + 12, ext, ip + 10, NULL, ck, pending, pi == P_UDP)
+                    ext_port = self.fwd_lo[k] + (ld16(ip + l4) - self.fwd_to_lo[k])
+                    if pi == P_TCP:
+                        set_word(ip + l4, ext_port, ck if not pending else NULL, NULL, NULL, False, False)
+                    else:
+                        set_word(ip + l4, ext_port, NULL, NULL, ck if not pending else NULL, False, True)
+                    return NAT_OK
         m = -1
         if hint != NULL and hint[0] >= 0 and <uint32_t>hint[0] < self.capacity:
             e = &self.maps[hint[0]]           # the flow's mapping last time: still this key's?
@@ -604,9 +671,9 @@ cdef class Nat44:
         cdef uint8_t* q = ip + l4 + 8
         cdef uint32_t qn = n - l4 - 8, qihl, qsrc, qdst
         cdef uint16_t qsport, qdport
-        cdef int pi
+        cdef int pi, k
         cdef int32_t m
-        cdef nat_map* e
+        cdef uint16_t ext_port
         cdef uint8_t* ic = ip + l4 + 2
         cdef uint8_t* qck = NULL
         cdef uint32_t h
@@ -629,11 +696,18 @@ cdef class Nat44:
         else:
             memcpy(&qsport, q + qihl, 2)
             memcpy(&qdport, q + qihl + 2, 2)
-        h = self.key_hash(qdst, qsrc, qdport, qsport, pi, u)
-        m = self.find(h, qdst, qsrc, qdport, qsport, pi, u)
-        if m < 0:
-            return NAT_UNKNOWN
-        e = &self.maps[m]
+        k = -1
+        if self.n_fwd and pi != P_ICMP:
+            # about a packet a [[forward]] brought its host (any remote): the external port
+            k = self.fwd_host(u, pi, qdst, ld16(q + qihl + 2))
+        if k >= 0:
+            ext_port = self.fwd_lo[k] + (ld16(q + qihl + 2) - self.fwd_to_lo[k])
+        else:
+            h = self.key_hash(qdst, qsrc, qdport, qsport, pi, u)
+            m = self.find(h, qdst, qsrc, qdport, qsport, pi, u)
+            if m < 0:
+                return NAT_UNKNOWN
+            ext_port = self.maps[m].ext_port
         if pi == P_TCP and qihl + 18 <= qn:
             qck = q + qihl + 16
         elif pi == P_UDP:
@@ -650,13 +724,13 @@ cdef class Nat44:
         cover(&c, q + qihl + (4 if pi == P_ICMP else 2))
         if pi == P_UDP:       # the quoted UDP checksum: 0 stays 0
             set_addr(q + 16, ext, q + 10, NULL, qck, False, True)
-            set_word(q + qihl + 2, e.ext_port, NULL, NULL, qck, False, True)
+            set_word(q + qihl + 2, ext_port, NULL, NULL, qck, False, True)
         elif pi == P_TCP:
             set_addr(q + 16, ext, q + 10, qck, NULL, False, False)
-            set_word(q + qihl + 2, e.ext_port, qck, NULL, NULL, False, False)
+            set_word(q + qihl + 2, ext_port, qck, NULL, NULL, False, False)
         else:
             set_addr(q + 16, ext, q + 10, NULL, NULL, False, False)
-            set_word(q + qihl + 4, e.ext_port, qck, NULL, NULL, False, False)
+            set_word(q + qihl + 4, ext_port, qck, NULL, NULL, False, False)
         settle(&c, ic)
         set_addr(ip + 12, ext, ip + 10, NULL, NULL, False, False)
         return NAT_OK
@@ -715,20 +789,28 @@ cdef class Nat44:
                 return NAT_MALFORMED
             port = ld16(ip + l4 + 2)
             memcpy(&sport, ip + l4, 2)
-            m = self.rev[(<size_t>u * 3 + pi) * 65536 + port]
-            if m <= -2:
-                # a [[forward]]'s port: to its LAN host, the same port
-                ck = ip + l4 + (16 if pi == P_TCP else 6)
-                set_addr(ip + 16, self.fwd_to[-2 - m], ip + 10, NULL, ck, pending, pi == P_UDP)
-                if frag & 0x2000:
-                    fr = &self.frags[self.frag_slot(src, ip_id, proto, u)]
-                    fr.rem_addr = src
-                    fr.int_addr = self.fwd_to[-2 - m]
-                    fr.ip_id = ip_id
-                    fr.proto = proto
-                    fr.uplink = u
-                    fr.last = now
-                return NAT_OK
+            if self.n_fwd:
+                m = self.rev[(<size_t>u * 3 + pi) * 65536 + port]
+                if m <= -2:
+                    # a [[forward]]'s port: to its LAN host and the port there
+                    m = -2 - m
+                    ck = ip + l4 + (16 if pi == P_TCP else 6)
+                    set_addr(ip + 16, self.fwd_to[m], ip + 10, NULL, ck, pending, pi == P_UDP)
+                    if pi == P_TCP:
+                        set_word(ip + l4 + 2, self.fwd_to_lo[m] + (port - self.fwd_lo[m]),
+                                 ck if not pending else NULL, NULL, NULL, False, False)
+                    else:
+                        set_word(ip + l4 + 2, self.fwd_to_lo[m] + (port - self.fwd_lo[m]),
+                                 NULL, NULL, ck if not pending else NULL, False, True)
+                    if frag & 0x2000:
+                        fr = &self.frags[self.frag_slot(src, ip_id, proto, u)]
+                        fr.rem_addr = src
+                        fr.int_addr = self.fwd_to[m]
+                        fr.ip_id = ip_id
+                        fr.proto = proto
+                        fr.uplink = u
+                        fr.last = now
+                    return NAT_OK
         if not self.port_ok[port]:
             return NAT_PASS                   # outside the mappings' ports: the router's own
         m = self.rev[(<size_t>u * 3 + pi) * 65536 + port]
@@ -795,10 +877,10 @@ cdef class Nat44:
             port = ld16(q + qihl)
             memcpy(&qdport, q + qihl + 2, 2)
         m = self.rev[(<size_t>u * 3 + pi) * 65536 + port]
-        if m <= -2 and pi != P_ICMP:
-            # about a forwarded connection (any remote): back to the forward's host, same port
+        if self.n_fwd and m <= -2 and pi != P_ICMP:
+            # about a forwarded connection (any remote): back to the forward's host and its port
             int_addr = self.fwd_to[-2 - m]
-            int_port = ld16(q + qihl)
+            int_port = self.fwd_to_lo[-2 - m] + (port - self.fwd_lo[-2 - m])
         else:
             if not self.port_ok[port]:
                 return NAT_PASS

@@ -45,6 +45,7 @@ def test_good_config_defaults(tmp_path):
 
 LAN = GOOD.replace('[engine]', '[engine]\nlan_prefixes = ["fd00:1::/64", "192.168.1.0/24"]')
 FWD = '\n[[forward]]\nproto = "tcp"\nport = 8080\nto = "fd00:1::10"\n'
+FWD4 = FWD.replace("fd00:1::10", "192.168.1.10")
 
 
 BAD = [
@@ -120,7 +121,19 @@ BAD = [
     ("forward unknown uplink", LAN + FWD + 'uplinks = ["ar3"]\n', "forward[0].uplinks", "not an uplink"),
     ("forward proto", LAN + FWD.replace('"tcp"', '"icmp"'), "forward[0].proto", "not a protocol mmr forwards"),
     ("forward missing to", LAN + FWD.replace('to = "fd00:1::10"', ''), "forward[0].to", "is missing"),
-    ("forward other port", LAN + FWD + "to_port = 80\n", "forward[0].to_port", "does not rewrite ports"),
+    ("forward other port over IPv6", LAN + FWD + "to_port = 80\n", "forward[0].to_port",
+     "an IPv6 forward keeps its port"),
+    ("forward other port on an untranslated uplink",
+     LAN.replace('device = "up2"', 'device = "up2"\nnat = "none"') + FWD4 + "to_port = 80\n", "forward[0].to_port",
+     'uplink ar2 has nat = "none": only NAPT44 rewrites'),
+    ("forward other port to a public host on nat auto",
+     GOOD.replace('[engine]', '[engine]\nlan_prefixes = ["198.51.100.0/24"]')
+     + FWD4.replace("192.168.1.10", "198.51.100.10") + "to_port = 80\n", "forward[0].to_port",
+     "leaves the public address 198.51.100.10 untranslated"),
+    ("forward too many through NAPT44", LAN + "".join(FWD4.replace("8080", str(9000 + k)) for k in range(33)),
+     "forward", "count 66 times (once per translating uplink)"),
+    ("forward one host port twice", LAN + FWD4 + "to_port = 80\n" + FWD4.replace("8080", "80"), "forward[1].to_port",
+     "192.168.1.10's ports 80-80 overlap forward[0]'s 80-80"),
 ]
 
 
@@ -233,3 +246,15 @@ def test_forwards(tmp_path):
     assert [(x.proto, x.ports, str(x.to), x.to_port, x.uplinks) for x in f] == [
         (6, (8080, 8080), "fd00:1::10", 8080, (0, 1)), (17, (9000, 9009), "fd00:1::10", 9000, (1,)),
         (17, (8080, 8080), "192.168.1.10", 8080, (1,))]
+
+
+def test_a_forward_to_another_port_through_napt44(tmp_path):
+    """to_port on IPv4 to a host the uplinks translate (nat "auto" and a private host, or
+    "masquerade"); another host's same port is another forward."""
+    text = (LAN.replace('device = "up2"', 'device = "up2"\nnat = "masquerade"') + FWD4 + "to_port = 80\n"
+            + FWD4.replace("8080", '"2222-2223"').replace("192.168.1.10", "192.168.1.11") + "to_port = 22\n"
+            + FWD4.replace("8080", "2224") + "to_port = 22\n")
+    f = load_config(write(tmp_path, text)).forwards
+    assert [(x.proto, x.ports, str(x.to), x.to_port, x.uplinks) for x in f] == [
+        (6, (8080, 8080), "192.168.1.10", 80, (0, 1)), (6, (2222, 2223), "192.168.1.11", 22, (0, 1)),
+        (6, (2224, 2224), "192.168.1.10", 22, (0, 1))]

@@ -5,13 +5,14 @@ dropped and counted (edge_unsolicited).  The kernel's default offloads stay on."
 import ipaddress
 import json
 import subprocess
+import sys
 import time
 
 import pytest
 
 from engine.ref.nat import Npt66Ref
 from engine.testbed import CN_ADDR, ISP, ISP_MN_ADDR
-from netlab import in_ns, make_testbed, peer, running_mmr, start_peer
+from netlab import ROOT, in_ns, make_testbed, peer, running_mmr, start_peer
 
 pytestmark = pytest.mark.privileged
 
@@ -231,6 +232,68 @@ def test_a_tcp_port_forward_over_ipv4_through_the_nat(bed, tmp_path):
         st = subprocess.run(in_ns(bed, "mmr", "python3", "-m", "engine", "status", "--json"), capture_output=True,
                             text=True, timeout=30)
         assert json.loads(st.stdout)["drops"]["nat_unsolicited"] == 0
+
+
+FORWARD_8080 = """
+[[forward]]
+proto = "tcp"
+port = 8080
+to = "192.168.1.10"
+to_port = 80
+"""
+XFER = "tests/tcpxfer.py"
+
+
+def test_a_tcp_port_forward_to_another_port(bed, tmp_path):
+    """External 8080 -> MN (192.168.1.10) port 80: CN fetches 1 MB from up1's address port
+    8080 (MN's server on 80 sends it) and sends MN 1 MB (MN answers its length and SHA-256),
+    both hash-checked; MN's answers leave from 8080 (else CN's connection would not take
+    them).  mmr status shows the forward's to_port."""
+    with running(bed, policy(tmp_path, extra=FORWARD_8080)):
+        peer(bed, "mn", "reach", "198.51.100.1", "1")          # mmr learns MN's MAC
+        srv = start_peer(bed, "mn", "tcp-serve", 80, 1_000_000)
+        r = peer(bed, "cn", "tcp-fetch", "::ffff:198.18.1.2", 8080, 1_000_000, timeout=60)
+        srv.wait(timeout=10)
+        assert json.loads(r.stdout) == {"bytes": 1_000_000, "ok": True}, r.stdout + r.stderr
+        sink = subprocess.Popen(in_ns(bed, "mn", sys.executable, XFER, "sink", 80, "192.168.1.10"),
+                                stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        try:
+            assert sink.stdout.readline().strip() == "ready"
+            r = subprocess.run(in_ns(bed, "cn", sys.executable, XFER, "send", "198.18.1.2", 8080, 1_000_000),
+                               capture_output=True, text=True, cwd=ROOT, timeout=120)
+            sink.wait(timeout=30)
+        finally:
+            if sink.poll() is None:
+                sink.kill()
+                sink.wait()
+        assert r.returncode == 0, r.stderr
+        res = json.loads(r.stdout)
+        assert res["answer"] == res["expect"], res
+        st = json.loads(subprocess.run(in_ns(bed, "mmr", "python3", "-m", "engine", "status", "--json"),
+                                       capture_output=True, text=True, timeout=30).stdout)
+        assert st["drops"]["nat_unsolicited"] == 0
+        assert [(f["port"], f["to"], f["to_port"]) for f in st["edge"]["forwards"]] == [("8080-8080", "192.168.1.10", 80)]
+
+
+def test_path_mtu_discovery_of_a_server_forwarded_to_another_port(bed, tmp_path):
+    """As below, with the server on MN port 80 behind external 8080: ISP1's 'fragmentation
+    needed' quotes up1's address and port 8080; MN's kernel takes it only when the quote
+    names its own connection (192.168.1.10 port 80), so the 1 MB arrives only if mmr
+    translated the quoted port too."""
+    with running(bed, policy(tmp_path, extra=FORWARD_8080)):
+        peer(bed, "mn", "reach", "198.51.100.1", "1")
+        bed.run("mn", "ip", "route", "flush", "cache")
+        bed.run("isp1", "ip", "link", "set", "eth1", "mtu", "1280")
+        try:
+            srv = start_peer(bed, "mn", "tcp-serve", 80, 1_000_000)
+            r = peer(bed, "cn", "tcp-fetch", "::ffff:198.18.1.2", 8080, 1_000_000, timeout=60)
+            srv.wait(timeout=10)
+            assert json.loads(r.stdout) == {"bytes": 1_000_000, "ok": True}, r.stdout + r.stderr
+            routes = [bed.run("mn", "ip", "-4", "route", "get", a) for a in ("198.18.11.2", "198.51.100.1")]
+            assert any("mtu 1280" in x for x in routes), routes
+        finally:
+            bed.run("isp1", "ip", "link", "set", "eth1", "mtu", "1500")
+            bed.run("mn", "ip", "route", "flush", "cache")
 
 
 def test_path_mtu_discovery_of_a_forwarded_server(bed, tmp_path):

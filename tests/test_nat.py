@@ -118,6 +118,110 @@ def test_a_forward_sends_its_port_to_the_lan_host_and_its_answers_back():
         assert code == "ok" and out[20:22] != struct.pack("!H", 8443)
 
 
+def port(pkt: bytes, at: int) -> int:
+    return struct.unpack("!H", pkt[at:at + 2])[0]
+
+
+def test_a_forward_to_another_port_rewrites_the_port_both_ways():
+    """External 8080 -> LAN2:80 (TCP), 6000-6009 -> LAN1:7000-7009 (UDP): in, the address and
+    the port; the host's answers from its port leave from the external one; every checksum
+    right (UDP without one stays without)."""
+    c, r = pair()
+    for nat in (c, r):
+        nat.set_forward(0, 6, 8080, 8080, LAN2, 80)
+        nat.set_forward(0, 17, 6000, 6009, LAN1, 7000)
+    code, inn = both(c, r, "in", tcp(REM, EXT0, 40000, 8080, data=b"s" * 21), 0, 1.0)
+    assert code == "ok" and inn[16:20] == LAN2 and port(inn, 22) == 80 and port(inn, 20) == 40000 and valid(inn)
+    code, back = both(c, r, "out", tcp(LAN2, REM, 80, 40000, flags=0x12, data=b"a" * 5), 0, 1.1)
+    assert code == "ok" and back[12:16] == EXT0 and port(back, 20) == 8080 and valid(back)
+    for ext, zero in ((6000, False), (6007, True)):
+        code, inn = both(c, r, "in", udp(REM2, EXT0, 999, ext, b"q" * 9, zero=zero), 0, 1.2)
+        assert code == "ok" and inn[16:20] == LAN1 and port(inn, 22) == 7000 + ext - 6000 and valid(inn)
+        assert (inn[26:28] == b"\0\0") == zero
+        code, back = both(c, r, "out", udp(LAN1, REM2, 7000 + ext - 6000, 999, zero=zero), 0, 1.3)
+        assert code == "ok" and back[12:16] == EXT0 and port(back, 20) == ext and valid(back)
+        assert (back[26:28] == b"\0\0") == zero
+    assert len(c) == len(r) == 0                                  # static: no mapping
+    # the LAN host's other ports, and the external port itself on the LAN host, are not the forward's
+    code, other = both(c, r, "out", tcp(LAN2, REM, 8080, 40000), 0, 1.4)
+    assert code == "ok" and len(c) == len(r) == 1 and port(other, 20) != 8080
+    assert both(c, r, "in", tcp(REM, EXT0, 40000, 80), 0, 1.5)[0] == "pass"      # the router's own port 80
+    assert both(c, r, "in", tcp(REM, EXT1, 40000, 8080), 1, 1.5)[0] == "unknown"   # not on uplink 1
+
+
+def test_forwards_to_one_port_of_two_hosts_and_pending_checksums():
+    """2222 -> LAN1:22 and 2223 -> LAN2:22: each host's answers leave from its own external
+    port; a super-frame's pending checksum follows the pseudo-header only (the port is in the
+    data the kernel sums)."""
+    c, r = pair()
+    for nat in (c, r):
+        nat.set_forward(0, 6, 2222, 2222, LAN1, 22)
+        nat.set_forward(0, 6, 2223, 2223, LAN2, 22)
+    for lan, ext in ((LAN1, 2222), (LAN2, 2223)):
+        code, inn = both(c, r, "in", tcp(REM, EXT0, 50000, ext), 0, 1.0)
+        assert code == "ok" and inn[16:20] == lan and port(inn, 22) == 22 and valid(inn)
+        code, back = both(c, r, "out", tcp(lan, REM, 22, 50000, flags=0x12), 0, 1.0)
+        assert code == "ok" and port(back, 20) == ext and valid(back)
+        seg = struct.pack("!HHIIBBHHH", 22, 50000, 1, 0, 5 << 4, 0x10, 65535, 0, 0) + b"p" * 100
+        pseudo = _sum(lan + REM + struct.pack("!xBH", 6, len(seg)))
+        code, out = both(c, r, "out", ipv4(lan, REM, 6, seg[:16] + struct.pack("!H", pseudo) + seg[18:]), 0, 1.0,
+                         pending=True)
+        assert code == "ok" and port(out, 20) == ext
+        assert port(out, 36) == _sum(EXT0 + REM + struct.pack("!xBH", 6, len(seg)))
+        seg = struct.pack("!HHIIBBHHH", 50000, ext, 1, 0, 5 << 4, 0x10, 65535, 0, 0) + b"p" * 100
+        pseudo = _sum(REM + EXT0 + struct.pack("!xBH", 6, len(seg)))
+        code, inn = both(c, r, "in", ipv4(REM, EXT0, 6, seg[:16] + struct.pack("!H", pseudo) + seg[18:]), 0, 1.0,
+                         pending=True)
+        assert code == "ok" and port(inn, 22) == 22
+        assert port(inn, 36) == _sum(REM + lan + struct.pack("!xBH", 6, len(seg)))
+
+
+@pytest.mark.parametrize("make", [lambda s, d, sp, dp: udp(s, d, sp, dp, b"z" * 40),
+                                  lambda s, d, sp, dp: tcp(s, d, sp, dp, flags=0x10, data=b"q" * 40)])
+@pytest.mark.parametrize("keep", [None, 28])
+def test_icmp_errors_about_a_forward_to_another_port_carry_the_ports_translated(make, keep):
+    """PMTU discovery of a forwarded server: a router's "fragmentation needed" about what the
+    server sent (quoted from the external port) reaches it quoting its own port; the server's
+    own error about a packet the forward delivered leaves quoting the external port."""
+    c, r = pair()
+    proto = 17 if make(LAN1, REM, 1, 2)[9] == 17 else 6
+    for nat in (c, r):
+        nat.set_forward(0, proto, 8080, 8081, LAN1, 80)
+    _, sent = both(c, r, "out", make(LAN1, REM, 81, 40000), 0, 1.0)
+    assert port(sent, 20) == 8081
+    code, err = both(c, r, "in", error(ROUTER, EXT0, sent, typ=3, code=4, keep=keep), 0, 1.0)
+    assert code == "ok" and err[16:20] == LAN1 and valid(err)
+    q = err[28:]
+    assert q[12:16] == LAN1 and port(q, 20) == 81 and port(q, 22) == 40000 and _sum(q[:20]) == 0xFFFF
+    if keep is None:
+        assert valid(q)
+    _, delivered = both(c, r, "in", make(REM, EXT0, 40000, 8080), 0, 1.0)
+    assert port(delivered, 22) == 80
+    code, out = both(c, r, "out", error(LAN1, REM, delivered, typ=3, code=3, keep=keep), 0, 1.0)
+    assert code == "ok" and out[12:16] == EXT0 and valid(out)
+    q = out[28:]
+    assert q[16:20] == EXT0 and port(q, 22) == 8080 and port(q, 20) == 40000 and _sum(q[:20]) == 0xFFFF
+    if keep is None:
+        assert valid(q)
+    # about a packet to another of the host's ports: no forward's, no mapping's
+    assert both(c, r, "out", error(LAN1, REM, make(REM, LAN1, 40000, 82)), 0, 1.0)[0] == "unknown"
+
+
+def test_forwards_that_would_be_ambiguous_are_refused():
+    for nat in pair():
+        nat.set_forward(0, 6, 8080, 8089, LAN1, 80)
+        with pytest.raises(ValueError):
+            nat.set_forward(0, 6, 8089, 8090, LAN2, 80)      # an external port taken
+        with pytest.raises(ValueError):
+            nat.set_forward(0, 6, 9000, 9000, LAN1, 85)      # LAN1:85 answers for 8085 already
+        with pytest.raises(ValueError):
+            nat.set_forward(0, 6, 9000, 9001, LAN2, 65535)   # past the last port
+        nat.set_forward(0, 6, 9000, 9000, LAN2, 85)          # another host's 85: fine
+        nat.set_forward(1, 6, 9000, 9000, LAN1, 85)          # another uplink: fine
+        nat.set_forward(0, 17, 8080, 8080, LAN1, 80)         # another protocol: fine
+        assert nat.in_packet(bytearray(tcp(REM, EXT0, 1, 9000)), 0, 1.0) == "ok"
+
+
 def test_tcp_round_trip_keeps_the_lan_port_and_every_checksum():
     c, r = pair()
     code, out = both(c, r, "out", tcp(LAN1, REM, 40000, 443, data=b"x" * 33), 0, 1.0)
@@ -308,13 +412,34 @@ def test_batch_entry_points_refuse_packets_outside_the_buffer():
 
 # ---------------------------------------------------------------------- properties
 ADDRS = [LAN1, LAN2, REM, REM2, EXT0, EXT1, ROUTER]
+# the property test's forwards to another port: (uplink, protocol, external range, LAN host,
+# its first port): two hosts behind one port of theirs (8080), a range shifted
+OTHER_PORT = [(0, 6, 80, 80, LAN1, 8080), (0, 6, 8080, 8080, LAN2, 8080), (0, 17, 5000, 5000, LAN2, 53),
+              (0, 17, 53, 53, LAN1, 5000), (1, 17, 53, 80, LAN1, 96), (1, 6, 5000, 5000, LAN2, 80)]
 
 
 @st.composite
 def packets(draw):
-    kind = draw(st.sampled_from(["tcp", "udp", "udp0", "echo", "reply", "err", "frag", "junk"]))
+    kind = draw(st.sampled_from(["tcp", "udp", "udp0", "echo", "reply", "err", "frag", "junk", "fwd"]))
+    if kind == "fwd":           # a packet of a forwarded connection: in, answered, or as quoted
+        u, proto, lo, hi, to, to_lo = draw(st.sampled_from(OTHER_PORT))
+        i, rem, rp = draw(st.integers(0, hi - lo)), draw(st.sampled_from([REM, REM2])), draw(st.sampled_from([53, 40000]))
+        ext = (EXT0, EXT1)[u]
+        s, d, sp, dp = draw(st.sampled_from([(rem, ext, rp, lo + i), (to, rem, to_lo + i, rp),
+                                             (ext, rem, lo + i, rp), (rem, to, rp, to_lo + i)]))
+        if proto == 6:
+            pkt = tcp(s, d, sp, dp, draw(st.sampled_from([0x02, 0x12, 0x10])), b"t" * draw(st.integers(0, 30)))
+        else:
+            pkt = udp(s, d, sp, dp, b"u" * draw(st.integers(0, 30)), zero=draw(st.booleans()))
+        if s == ext or d == to:     # as an error quotes it: a router's to the uplink, the host's own
+            if draw(st.booleans()):
+                keep = draw(st.sampled_from([None, 28, 24]))
+                typ = draw(st.sampled_from([3, 11]))
+                return error(ROUTER, ext, pkt, typ=typ, keep=keep) if s == ext else error(to, rem, pkt, typ=typ, keep=keep)
+        return pkt
     s, d = draw(st.sampled_from(ADDRS)), draw(st.sampled_from(ADDRS))
-    sp, dp = draw(st.sampled_from([53, 80, 123, 1024, 5000, 40000, 65535])), draw(st.sampled_from([53, 80, 5000]))
+    sp = draw(st.sampled_from([53, 80, 123, 1024, 5000, 8080, 40000, 65535]))
+    dp = draw(st.sampled_from([53, 80, 5000, 8080]))
     if kind == "tcp":
         return tcp(s, d, sp, dp, draw(st.sampled_from([0x02, 0x12, 0x10, 0x11, 0x04])), b"t" * draw(st.integers(0, 30)))
     if kind in ("udp", "udp0"):
@@ -333,17 +458,21 @@ def packets(draw):
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.sampled_from(["out", "in"]), packets(), st.integers(0, 2),
                           st.floats(0, 200), st.booleans()), max_size=40),
-       st.booleans(), st.booleans())
+       st.booleans(), st.sampled_from(["none", "same port", "other port"]))
 def test_compiled_and_reference_agree_on_every_packet(ops, mutate, forwards):
     """Random traffic both ways (uplink 2 does not exist: pass), junk, mutated headers, with
-    and without port forwards: the same codes, the same bytes, the same tables; and right
+    and without port forwards (to the same port, to another: two hosts behind one port of
+    theirs, a range shifted): the same codes, the same bytes, the same tables; and right
     checksums stay right."""
     c, r = pair(capacity=8)
-    if forwards:
-        for nat in (c, r):
+    for nat in (c, r):
+        if forwards == "same port":
             nat.set_forward(0, 6, 80, 80, LAN1)
             nat.set_forward(0, 17, 5000, 5000, LAN2)
             nat.set_forward(1, 17, 53, 5000, LAN1)
+        elif forwards == "other port":
+            for f in OTHER_PORT:
+                nat.set_forward(*f)
     now = 0.0
     for direction, pkt, u, dt, flip in ops:
         now += dt

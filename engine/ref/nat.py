@@ -111,7 +111,9 @@ class Nat44Ref:
         self.addr = [None] * n_uplinks
         self.fwd: dict[tuple, Map] = {}
         self.rev: dict[tuple, Map] = {}          # (u, pi, ext_port)
-        self.fwds: dict[tuple, bytes] = {}       # (u, pi, port): a [[forward]]'s LAN host
+        self.fwds: dict[tuple, tuple] = {}       # (u, pi, port): a [[forward]]'s (LAN host, its port)
+        self.fwd_back: dict[tuple, int] = {}     # (u, pi, LAN host, its port): the external port
+        self.n_fwd = 0
         self.frags: dict[int, tuple] = {}        # slot: (rem, ip_id, proto, u, int_addr, last)
         self.t = dict(TIMEOUTS, **(timeouts or {}))
         self.exhausted = 0
@@ -123,13 +125,30 @@ class Nat44Ref:
             self.flush_uplink(u)
             self.addr[u] = a
 
-    def set_forward(self, u: int, proto: int, lo: int, hi: int, to_addr) -> None:
-        pi = PI[proto]
-        for p in range(lo, hi + 1):
+    def set_forward(self, u: int, proto: int, lo: int, hi: int, to_addr, to_lo=None) -> None:
+        if not 0 <= u < self.n:
+            raise IndexError("uplink out of range")
+        if proto not in (6, 17):
+            raise ValueError("a forward is TCP (6) or UDP (17)")
+        pi, to = PI[proto], bytes(to_addr)
+        first = lo if to_lo is None else to_lo
+        if not 1 <= lo <= hi <= 65535 or len(to) != 4:
+            raise ValueError("ports 1..65535, low to high, and a 4-byte address")
+        if not 1 <= first <= 65535 - (hi - lo):
+            raise ValueError("the LAN host's ports 1..65535 for the whole range")
+        if self.n_fwd >= 64:
+            raise ValueError("at most 64 forwards")
+        if any((u, pi, p) in self.fwds for p in range(lo, hi + 1)):
+            raise ValueError("a port is another forward's on this uplink")
+        if any((u, pi, to, first + i) in self.fwd_back for i in range(hi - lo + 1)):
+            raise ValueError("a LAN host's port is another forward's on this uplink")
+        self.n_fwd += 1
+        for i, p in enumerate(range(lo, hi + 1)):
             m = self.rev.get((u, pi, p))
             if m is not None:
                 self._release(m)
-            self.fwds[(u, pi, p)] = bytes(to_addr)
+            self.fwds[(u, pi, p)] = (to, first + i)
+            self.fwd_back[(u, pi, to, first + i)] = p
 
     def flush_uplink(self, u: int) -> int:
         gone = [m for m in self.fwd.values() if m.u == u]
@@ -252,9 +271,11 @@ class Nat44Ref:
             if l4 + (20 if pi == 0 else 8) > n:
                 return MALFORMED
             sport, dport = p.w(l4), p.w(l4 + 2)
-            if self.fwds.get((u, pi, sport)) == bytes(b[12:16]):
+            ext_port = self.fwd_back.get((u, pi, bytes(b[12:16]), sport))
+            if ext_port is not None:             # a forwarded connection's host answering
                 ck = l4 + (16 if pi == 0 else 6)
                 p.set_addr(12, ext, ipsum + [(ck, pending, pi == 1)])
+                p.set_word(l4, ext_port, [] if pending else [(ck, False, pi == 1)])
                 return OK
         key = (bytes(b[12:16]), bytes(b[16:20]), sport, dport, pi, u)
         m = self._lookup(key, now)
@@ -321,10 +342,15 @@ class Nat44Ref:
             qsport, qdport = 0, p.w(q + qihl + 4)
         else:
             qsport, qdport = p.w(q + qihl), p.w(q + qihl + 2)
-        m = self.fwd.get((bytes(b[q + 16:q + 20]), bytes(b[q + 12:q + 16]), qdport, qsport, pi, u))
-        if m is None:
-            return UNKNOWN
-        self._rewrite_quote(p, l4 + 2, q, qihl, n, pi, 16, ext, q + qihl + (4 if pi == 2 else 2), m.ext_port)
+        ext_port = None
+        if pi != 2:                              # about a packet a forward brought its host?
+            ext_port = self.fwd_back.get((u, pi, bytes(b[q + 16:q + 20]), qdport))
+        if ext_port is None:
+            m = self.fwd.get((bytes(b[q + 16:q + 20]), bytes(b[q + 12:q + 16]), qdport, qsport, pi, u))
+            if m is None:
+                return UNKNOWN
+            ext_port = m.ext_port
+        self._rewrite_quote(p, l4 + 2, q, qihl, n, pi, 16, ext, q + qihl + (4 if pi == 2 else 2), ext_port)
         p.set_addr(12, ext, [(10, False, False)])
         return OK
 
@@ -365,10 +391,12 @@ class Nat44Ref:
             if l4 + (20 if pi == 0 else 8) > n:
                 return MALFORMED
             port, sport = p.w(l4 + 2), p.w(l4)
-            to = self.fwds.get((u, pi, port))
-            if to is not None:
+            fw = self.fwds.get((u, pi, port))
+            if fw is not None:                   # a forward's port: its LAN host and port
+                to, to_port = fw
                 ck = l4 + (16 if pi == 0 else 6)
                 p.set_addr(16, to, ipsum + [(ck, pending, pi == 1)])
+                p.set_word(l4 + 2, to_port, [] if pending else [(ck, False, pi == 1)])
                 if frag & 0x2000:
                     self.frags[self._frag_slot(src, ip_id, proto, u)] = (src, ip_id, proto, u, to, now)
                 return OK
@@ -410,9 +438,10 @@ class Nat44Ref:
             port, qdport = p.w(q + qihl + 4), 0
         else:
             port, qdport = p.w(q + qihl), p.w(q + qihl + 2)
-            to = self.fwds.get((u, pi, port))
-            if to is not None:                   # about a forwarded connection: its host, same port
-                self._rewrite_quote(p, l4 + 2, q, qihl, n, pi, 12, to, q + qihl, port)
+            fw = self.fwds.get((u, pi, port))
+            if fw is not None:                   # about a forwarded connection: its host and port
+                to, to_port = fw
+                self._rewrite_quote(p, l4 + 2, q, qihl, n, pi, 12, to, q + qihl, to_port)
                 p.set_addr(16, to, [(10, False, False)])
                 return OK
         if port not in self.port_set:

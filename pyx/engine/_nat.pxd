@@ -88,6 +88,10 @@ cdef class Nat44:
     cdef public uint64_t moved         # new mappings of a flow another uplink carried before
     cdef readonly uint64_t hinted      # packets whose mapping came from their flow's hint (no hash, no probe)
     cdef uint32_t fwd_to[64]           # [[forward]] k's LAN host (packet order); rev holds -2 - k
+    cdef uint16_t fwd_lo[64]           # its first external port (host order)
+    cdef uint16_t fwd_to_lo[64]        # its first port on the LAN host (host order)
+    cdef uint64_t** fwd_in             # [uplink] -> NULL or [proto TCP/UDP][65536 LAN host ports]:
+                                       # a bit k per forward k whose LAN range holds the port
     cdef int n_fwd
 
     cdef inline uint32_t key_hash(self, uint32_t int_addr, uint32_t rem_addr, uint16_t int_port,
@@ -99,6 +103,7 @@ cdef class Nat44:
                         uint16_t rem_port, uint8_t proto, uint8_t u, double now) noexcept nogil
     cdef inline void tcp_state(self, nat_map* e, uint8_t flags, bint reply) noexcept nogil
     cdef inline double timeout(self, const nat_map* e) noexcept nogil
+    cdef inline int fwd_host(self, int u, int pi, uint32_t addr, uint16_t port) noexcept nogil
     cdef inline uint32_t frag_slot(self, uint32_t rem_addr, uint16_t ip_id, uint8_t proto, uint8_t u) noexcept nogil
     cdef int out4(self, uint8_t* ip, uint32_t n, int u, double now, bint pending, int32_t* hint) noexcept nogil
     cdef int out4_locked(self, uint8_t* ip, uint32_t n, int u, double now, bint pending,
