@@ -811,10 +811,10 @@ cdef class Nat44:
                         fr.uplink = u
                         fr.last = now
                     return NAT_OK
-        if not self.port_ok[port]:
-            return NAT_PASS                   # outside the mappings' ports: the router's own
-        m = self.rev[(<size_t>u * 3 + pi) * 65536 + port]
+        m = self.rev[(<size_t>u * 3 + pi) * 65536 + port]     # (only the pool's ports have mappings)
         if m < 0 or self.maps[m].rem_addr != src or self.maps[m].rem_port != sport:
+            if not self.port_ok[port]:
+                return NAT_PASS               # outside the mappings' ports: the router's own
             # no mapping, or not the remote it was opened to: unsolicited (an echo reply
             # may still be the router's own ping)
             return NAT_PASS if pi == P_ICMP else NAT_UNKNOWN
@@ -1538,10 +1538,10 @@ cdef class Nat66(Nat44):
                 return NAT_MALFORMED
             port = ld16(ip + l4 + 2)
             memcpy(&sport, ip + l4, 2)
-        if not self.port_ok[port]:
-            return NAT_PASS                   # outside the mappings' ports: the router's own
-        m = self.rev[(<size_t>u * 3 + pi) * 65536 + port]
+        m = self.rev[(<size_t>u * 3 + pi) * 65536 + port]     # (only the pool's ports have mappings)
         if m < 0 or self.maps[m].rem_port != sport or memcmp(self.a6 + 32 * <size_t>m + 16, ip + 8, 16) != 0:
+            if not self.port_ok[port]:
+                return NAT_PASS               # outside the mappings' ports: the router's own
             return NAT_PASS if pi == P_ICMP else NAT_UNKNOWN
         e = &self.maps[m]
         e.last = now
