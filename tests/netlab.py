@@ -119,3 +119,45 @@ def iperf(tb, client, server, addr, seconds):
     finally:
         srv.kill()
         srv.wait()
+
+
+def until(what, check, seconds=15.0):
+    """check() again and again until it returns something true, which is returned; fails
+    naming what it waited for after seconds (a bound for a broken run, not a timing claim)."""
+    end = time.monotonic() + seconds
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.monotonic() < end, what
+        time.sleep(0.1)
+
+
+def exists(tb, node, dev) -> bool:
+    return tb.run(node, "ip", "link", "show", dev, check=False) is not None
+
+
+def flow_uplinks(tb, node, dport) -> list:
+    """The uplink of each flow to dport in ``mmr flows`` run in node's namespace."""
+    p = subprocess.run(in_ns(tb, node, sys.executable, "-m", "engine", "flows", "--json"),
+                       capture_output=True, text=True, cwd=ROOT, timeout=30)
+    return [f["uplink"] for f in json.loads(p.stdout)["flows"] if f["dport"] == dport]
+
+
+@contextlib.contextmanager
+def echoing(tb, server, client, addr, port, seconds, n):
+    """A UDP exchange that runs while the block does: engine.peers' echo-server on server
+    (bound to addr, for seconds) and its echo-client on client sending n datagrams to
+    addr:port.  Yields the client's process (its output: the JSON tally once it is done);
+    both are stopped afterwards whatever the block did, so no peer outlives a failed test."""
+    srv = start_peer(tb, server, "echo-server", port, seconds, addr)
+    c = subprocess.Popen(in_ns(tb, client, sys.executable, "-m", "engine.peers", "echo-client", addr, port, n),
+                         stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        yield c
+    finally:
+        if c.poll() is None:
+            c.kill()
+            c.wait()
+        srv.kill()
+        srv.wait()

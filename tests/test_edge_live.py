@@ -5,14 +5,14 @@ dropped and counted (edge_unsolicited).  The kernel's default offloads stay on."
 import ipaddress
 import json
 import subprocess
-import sys
 import time
 
 import pytest
 
 from engine.ref.nat import Npt66Ref
 from engine.testbed import CN_ADDR, ISP, ISP_MN_ADDR
-from netlab import ROOT, in_ns, make_testbed, peer, running_mmr, start_peer
+from netlab import in_ns, make_testbed, peer, running_mmr, start_peer
+from test_host_offload import transfer
 
 pytestmark = pytest.mark.privileged
 
@@ -219,19 +219,39 @@ to = "{ISP_MN_ADDR}"
 """
 
 
+def fetch_from_mn(tb, dst, port, listen):
+    """CN fetches 1 MB from dst:port, served by MN on port listen: every byte arrives, hash-checked."""
+    srv = start_peer(tb, "mn", "tcp-serve", listen, 1_000_000)
+    r = peer(tb, "cn", "tcp-fetch", dst, port, 1_000_000, timeout=60)
+    srv.wait(timeout=10)
+    assert json.loads(r.stdout) == {"bytes": 1_000_000, "ok": True}, r.stdout + r.stderr
+
+
+def fetch_over_a_1280_link(tb, port, listen):
+    """fetch_from_mn over IPv4 (up1's address port port, MN's server on listen) with ISP1's link
+    to CN at MTU 1280 (CN's own at 1500): MN learns the path MTU only from ISP1's
+    'fragmentation needed' with the quote translated back to its own connection, and the
+    1 MB arrives only if it did.  The MTU and MN's route cache are put back even on failure."""
+    peer(tb, "mn", "reach", "198.51.100.1", "1")
+    tb.run("mn", "ip", "route", "flush", "cache")
+    tb.run("isp1", "ip", "link", "set", "eth1", "mtu", "1280")
+    try:
+        fetch_from_mn(tb, "::ffff:198.18.1.2", port, listen)
+        routes = [tb.run("mn", "ip", "-4", "route", "get", a) for a in ("198.18.11.2", "198.51.100.1")]
+        assert any("mtu 1280" in x for x in routes), routes
+    finally:
+        tb.run("isp1", "ip", "link", "set", "eth1", "mtu", "1500")
+        tb.run("mn", "ip", "route", "flush", "cache")
+
+
 def test_a_tcp_port_forward_over_ipv4_through_the_nat(bed, tmp_path):
     """The same server forwarded over IPv4: CN connects to up1's address (198.18.1.2) port
     8443, mmr sends it to MN (192.168.1.10) and MN's answers leave with up1's address; 1 MB
     hash-checked.  The kernel stays out of it (the guard: no reset from the router)."""
     with running(bed, policy(tmp_path, extra=FORWARD.replace(ISP_MN_ADDR, "192.168.1.10"))):
         peer(bed, "mn", "reach", "198.51.100.1", "1")          # mmr learns MN's MAC
-        srv = start_peer(bed, "mn", "tcp-serve", 8443, 1_000_000)
-        r = peer(bed, "cn", "tcp-fetch", "::ffff:198.18.1.2", 8443, 1_000_000, timeout=60)
-        srv.wait(timeout=10)
-        assert json.loads(r.stdout) == {"bytes": 1_000_000, "ok": True}, r.stdout + r.stderr
-        st = subprocess.run(in_ns(bed, "mmr", "python3", "-m", "engine", "status", "--json"), capture_output=True,
-                            text=True, timeout=30)
-        assert json.loads(st.stdout)["drops"]["nat_unsolicited"] == 0
+        fetch_from_mn(bed, "::ffff:198.18.1.2", 8443, 8443)
+        assert drops(bed)["nat_unsolicited"] == 0
 
 
 FORWARD_8080 = """
@@ -241,7 +261,6 @@ port = 8080
 to = "192.168.1.10"
 to_port = 80
 """
-XFER = "tests/tcpxfer.py"
 
 
 def test_a_tcp_port_forward_to_another_port(bed, tmp_path):
@@ -251,24 +270,8 @@ def test_a_tcp_port_forward_to_another_port(bed, tmp_path):
     them).  mmr status shows the forward's to_port."""
     with running(bed, policy(tmp_path, extra=FORWARD_8080)):
         peer(bed, "mn", "reach", "198.51.100.1", "1")          # mmr learns MN's MAC
-        srv = start_peer(bed, "mn", "tcp-serve", 80, 1_000_000)
-        r = peer(bed, "cn", "tcp-fetch", "::ffff:198.18.1.2", 8080, 1_000_000, timeout=60)
-        srv.wait(timeout=10)
-        assert json.loads(r.stdout) == {"bytes": 1_000_000, "ok": True}, r.stdout + r.stderr
-        sink = subprocess.Popen(in_ns(bed, "mn", sys.executable, XFER, "sink", 80, "192.168.1.10"),
-                                stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        try:
-            assert sink.stdout.readline().strip() == "ready"
-            r = subprocess.run(in_ns(bed, "cn", sys.executable, XFER, "send", "198.18.1.2", 8080, 1_000_000),
-                               capture_output=True, text=True, cwd=ROOT, timeout=120)
-            sink.wait(timeout=30)
-        finally:
-            if sink.poll() is None:
-                sink.kill()
-                sink.wait()
-        assert r.returncode == 0, r.stderr
-        res = json.loads(r.stdout)
-        assert res["answer"] == res["expect"], res
+        fetch_from_mn(bed, "::ffff:198.18.1.2", 8080, 80)
+        transfer(bed, "cn", "mn", "198.18.1.2", 8080, 1_000_000, "192.168.1.10", listen=80)
         st = json.loads(subprocess.run(in_ns(bed, "mmr", "python3", "-m", "engine", "status", "--json"),
                                        capture_output=True, text=True, timeout=30).stdout)
         assert st["drops"]["nat_unsolicited"] == 0
@@ -281,19 +284,7 @@ def test_path_mtu_discovery_of_a_server_forwarded_to_another_port(bed, tmp_path)
     names its own connection (192.168.1.10 port 80), so the 1 MB arrives only if mmr
     translated the quoted port too."""
     with running(bed, policy(tmp_path, extra=FORWARD_8080)):
-        peer(bed, "mn", "reach", "198.51.100.1", "1")
-        bed.run("mn", "ip", "route", "flush", "cache")
-        bed.run("isp1", "ip", "link", "set", "eth1", "mtu", "1280")
-        try:
-            srv = start_peer(bed, "mn", "tcp-serve", 80, 1_000_000)
-            r = peer(bed, "cn", "tcp-fetch", "::ffff:198.18.1.2", 8080, 1_000_000, timeout=60)
-            srv.wait(timeout=10)
-            assert json.loads(r.stdout) == {"bytes": 1_000_000, "ok": True}, r.stdout + r.stderr
-            routes = [bed.run("mn", "ip", "-4", "route", "get", a) for a in ("198.18.11.2", "198.51.100.1")]
-            assert any("mtu 1280" in x for x in routes), routes
-        finally:
-            bed.run("isp1", "ip", "link", "set", "eth1", "mtu", "1500")
-            bed.run("mn", "ip", "route", "flush", "cache")
+        fetch_over_a_1280_link(bed, 8080, 80)
 
 
 def test_path_mtu_discovery_of_a_forwarded_server(bed, tmp_path):
@@ -302,19 +293,7 @@ def test_path_mtu_discovery_of_a_forwarded_server(bed, tmp_path):
     address, quoting its port 8443) reaches MN with the quote restored (MN's path MTU to CN
     becomes 1280), and every byte arrives."""
     with running(bed, policy(tmp_path, extra=FORWARD.replace(ISP_MN_ADDR, "192.168.1.10"))):
-        peer(bed, "mn", "reach", "198.51.100.1", "1")
-        bed.run("mn", "ip", "route", "flush", "cache")
-        bed.run("isp1", "ip", "link", "set", "eth1", "mtu", "1280")
-        try:
-            srv = start_peer(bed, "mn", "tcp-serve", 8443, 1_000_000)
-            r = peer(bed, "cn", "tcp-fetch", "::ffff:198.18.1.2", 8443, 1_000_000, timeout=60)
-            srv.wait(timeout=10)
-            assert json.loads(r.stdout) == {"bytes": 1_000_000, "ok": True}, r.stdout + r.stderr
-            routes = [bed.run("mn", "ip", "-4", "route", "get", a) for a in ("198.18.11.2", "198.51.100.1")]
-            assert any("mtu 1280" in x for x in routes), routes
-        finally:
-            bed.run("isp1", "ip", "link", "set", "eth1", "mtu", "1500")
-            bed.run("mn", "ip", "route", "flush", "cache")
+        fetch_over_a_1280_link(bed, 8443, 8443)
 
 
 def test_a_tcp_port_forward_over_ipv6(bed, tmp_path):
@@ -323,10 +302,7 @@ def test_a_tcp_port_forward_over_ipv6(bed, tmp_path):
     SYNs are dropped and counted)."""
     with running(bed, policy(tmp_path, extra=FORWARD)):
         peer(bed, "mn", "reach", CN_ADDR, "1")                 # mmr learns MN's MAC
-        srv = start_peer(bed, "mn", "tcp-serve", 8443, 1_000_000)
-        r = peer(bed, "cn", "tcp-fetch", MN_OUT, 8443, 1_000_000, timeout=60)
-        srv.wait(timeout=10)
-        assert json.loads(r.stdout) == {"bytes": 1_000_000, "ok": True}, r.stdout + r.stderr
+        fetch_from_mn(bed, MN_OUT, 8443, 8443)
     with running(bed, policy(tmp_path)):
         before = drops(bed)["edge_unsolicited"]
         srv = start_peer(bed, "mn", "tcp-serve", 8443, 1000)

@@ -785,6 +785,31 @@ def same_mappings(fw, ref):
                 assert c.mapping(*key) == r.mapping(*key), (k, u)
 
 
+def replay(fw, ref, ops, check, flush, expire) -> int:
+    """ops (HINT_OPS or EDGE_OPS) on both forwarders, a second apart: "out" sends flows
+    flow_frame(k) (the bytes compared, then check(fw, ref) on the tables), "flush" calls
+    flush(uplink), "rebind" moves flows between uplinks on both, "expire" lets more time pass
+    and calls expire(now).  Returns how many frames were sent."""
+    now = 10.0
+    sent = 0
+    for op in ops:
+        now += 1.0
+        if op[0] == "out":
+            frames = [flow_frame(k) for k in op[1]]
+            compare(fw, ref, frames, [{}] * len(frames), np.full(len(frames), now), "out")
+            sent += len(frames)
+            check(fw, ref)
+        elif op[0] == "flush":
+            flush(op[1])
+        elif op[0] == "rebind":
+            fw.pipe.flows.rebind(op[1], op[2])
+            ref.pipe.flows.rebind(op[1], op[2])
+        else:
+            now += op[1]
+            expire(now)
+    return sent
+
+
 HINT_OPS = st.one_of(
     st.tuples(st.just("out"), st.lists(st.integers(0, 11), min_size=1, max_size=12)),
     st.tuples(st.just("flush"), st.integers(0, 1)),
@@ -801,25 +826,17 @@ def test_a_flows_remembered_mapping_never_changes_what_is_sent(ops):
     takes a flow's mapping from its memory when the key still matches) sends the bytes the
     reference (which always hashes and probes) sends."""
     fw, ref = hint_pair(capacity=8)
-    now = 10.0
-    sent = 0
-    for op in ops:
-        now += 1.0
-        if op[0] == "out":
-            frames = [flow_frame(k) for k in op[1]]
-            compare(fw, ref, frames, [{}] * len(frames), np.full(len(frames), now), "out")
-            sent += len(frames)
-            same_mappings(fw, ref)
-        elif op[0] == "flush":
-            for x in (fw.nat, ref.nat, fw.nat6, ref.nat6):
-                x.flush_uplink(op[1])
-        elif op[0] == "rebind":
-            fw.pipe.flows.rebind(op[1], op[2])
-            ref.pipe.flows.rebind(op[1], op[2])
-        else:
-            now += op[1]
-            for x in (fw.nat, ref.nat, fw.nat6, ref.nat6):
-                x.expire(now)
+    nats = (fw.nat, ref.nat, fw.nat6, ref.nat6)
+
+    def flush(u):
+        for x in nats:
+            x.flush_uplink(u)
+
+    def expire(now):
+        for x in nats:
+            x.expire(now)
+
+    sent = replay(fw, ref, ops, same_mappings, flush, expire)
     assert fw.nat.hinted + fw.nat6.hinted <= sent
 
 
@@ -870,21 +887,14 @@ def test_a_flows_remembered_edge_record_never_changes_the_edge(ops):
     forwarder (which takes a flow's record from its memory when the key still matches)
     keeps the reference's records, verdicts and bytes."""
     fw, ref = edge_pair(capacity=6)
-    now = 10.0
-    sent = 0
-    for op in ops:
-        now += 1.0
-        if op[0] == "out":
-            frames = [flow_frame(k) for k in op[1]]
-            compare(fw, ref, frames, [{}] * len(frames), np.full(len(frames), now), "out")
-            assert sorted(fw.edge.entries()) == ref.edge.entries()
-            sent += len(frames)
-        elif op[0] == "rebind":
-            fw.pipe.flows.rebind(op[1], op[2])
-            ref.pipe.flows.rebind(op[1], op[2])
-        else:
-            now += op[1]
-            assert fw.edge.expire(now) == ref.edge.expire(now)
+
+    def same_records(fw, ref):
+        assert sorted(fw.edge.entries()) == ref.edge.entries()
+
+    def expire(now):
+        assert fw.edge.expire(now) == ref.edge.expire(now)
+
+    sent = replay(fw, ref, ops, same_records, None, expire)      # EDGE_OPS flush nothing
     assert fw.edge.hinted <= sent
 
 

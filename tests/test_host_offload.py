@@ -119,9 +119,10 @@ def counters(tb):
     return json.loads(st_.stdout)["counters"]
 
 
-def transfer(tb, client, server, dst, port, nbytes, bind, src=None):
-    """A hash-checked TCP transfer client -> server (dst, bound to bind)."""
-    sink = subprocess.Popen(in_ns(tb, server, sys.executable, XFER, "sink", port, bind),
+def transfer(tb, client, server, dst, port, nbytes, bind, src=None, listen=None):
+    """A hash-checked TCP transfer client -> server (dst, bound to bind), the server on port
+    listen when the path between maps port to another (a forward to another port)."""
+    sink = subprocess.Popen(in_ns(tb, server, sys.executable, XFER, "sink", listen or port, bind),
                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert sink.stdout.readline().strip() == "ready"

@@ -8,20 +8,17 @@ import json
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 
-from engine.testbed import HOSTNAT, HOSTNAT_PEER4
-from netlab import ROOT, in_ns, make_testbed, peer, running_mmr, start_peer
+from engine.testbed import HOSTNAT
+from netlab import ROOT, echoing, in_ns, make_testbed, peer, start_peer, until
+# the hostnat testbed's addresses and the ways to run and ask mmr host there, as its
+# start-up test uses them
+from test_host_nat import FREE, IFACE4, PEER_DEV, PINNED, VI4, flows_to, running, status
 
 pytestmark = pytest.mark.privileged
 
-VI4 = "198.18.99.10"
-IFACE4 = {"i1": "198.18.21.2", "i2": "198.18.22.2"}
-PEER_DEV = {"i1": "eth1", "i2": "eth2"}          # where the peer sees what came via each interface
-PINNED = {"i1": HOSTNAT_PEER4[0], "i2": HOSTNAT_PEER4[1]}
-FREE = HOSTNAT_PEER4[2]
 GATEWAY4 = {"i1": "198.18.21.1", "i2": "198.18.22.1"}
 VI6 = "2001:db8:99::10"           # routed by nobody: only NAPT66 gets its packets anywhere
 PEER6 = "2001:db8:ee::1"
@@ -67,43 +64,14 @@ def write_policy(tmp_path, *args, **kw) -> str:
     return str(p)
 
 
-def running(tb, path):
-    return running_mmr(tb, "host", "host", "vi0 up", "--config", path)
-
-
-def mmr_host(tb, *args):
-    return subprocess.run(in_ns(tb, "host", sys.executable, "-m", "engine", *args),
-                          capture_output=True, text=True, cwd=ROOT, timeout=30)
-
-
-def status(tb) -> dict:
-    p = mmr_host(tb, "status", "--json")
-    assert p.returncode == 0, p.stderr
-    return json.loads(p.stdout)
-
-
 def reload(tb) -> tuple[int, str]:
-    p = mmr_host(tb, "reload")
+    p = subprocess.run(in_ns(tb, "host", sys.executable, "-m", "engine", "reload"),
+                       capture_output=True, text=True, cwd=ROOT, timeout=30)
     return p.returncode, p.stdout + p.stderr
-
-
-def flows_to(tb, dport) -> set:
-    p = mmr_host(tb, "flows", "--json")
-    return {f["uplink"] for f in json.loads(p.stdout)["flows"] if f["dport"] == dport}
 
 
 def uplink(tb, name) -> dict:
     return {u["name"]: u for u in status(tb)["uplinks"]}[name]
-
-
-def until(what, check, seconds=15.0):
-    end = time.monotonic() + seconds
-    while True:
-        got = check()
-        if got:
-            return got
-        assert time.monotonic() < end, what
-        time.sleep(0.2)
 
 
 def guarded(tb) -> set:
@@ -173,11 +141,7 @@ def test_reload_adds_an_interface_and_traffic_uses_it(bed, tmp_path):
         # before: everything from vi0 leaves by i1, the address i2 was to carry too
         assert udp_from_vi0(bed, PINNED["i2"], 7801) == {("::ffff:" + IFACE4["i1"], PEER_DEV["i1"])}
         assert host_stack_hears(bed, IFACE4["i2"], mapping_port(bed)) == 5       # i2 is the kernel's
-        srv = start_peer(bed, "peer", "echo-server", 7802, 45, "::ffff:" + PINNED["i1"])
-        client = subprocess.Popen(in_ns(bed, "host", sys.executable, "-m", "engine.peers", "echo-client",
-                                        "::ffff:" + PINNED["i1"], 7802, 600), stdout=subprocess.PIPE,
-                                  text=True, cwd=ROOT)
-        try:
+        with echoing(bed, "peer", "host", "::ffff:" + PINNED["i1"], 7802, 45, 600) as client:
             until("the i1 flow", lambda: flows_to(bed, 7802) == {"i1"}, 5)
             write_policy(tmp_path, ("i1", "i2"), pins=("i1", "i2"))
             rc, out = reload(bed)
@@ -206,11 +170,6 @@ def test_reload_adds_an_interface_and_traffic_uses_it(bed, tmp_path):
             assert host_stack_hears(bed, IFACE4["i2"], mapping_port(bed)) == 0
             assert vi_mtu(bed) == mtu
             echoed, _ = client.communicate(timeout=60)
-        finally:
-            if client.poll() is None:
-                client.kill()
-            srv.kill()
-            srv.wait()
         r = json.loads(echoed)
         assert r["answered"] >= 590, r                     # the reload did not disturb i1's flow
         p.terminate()
@@ -237,10 +196,7 @@ def test_reload_removes_an_interface_its_flows_move(bed, tmp_path):
         until("both usable", lambda: all(u["usable"] for u in status(bed)["uplinks"]), 20)
         assert guarded(bed) == {"i1", "i2"}
         mtu = vi_mtu(bed)
-        srv = start_peer(bed, "peer", "echo-server", 7811, 30, "::ffff:" + FREE)
-        client = subprocess.Popen(in_ns(bed, "host", sys.executable, "-m", "engine.peers", "echo-client",
-                                        "::ffff:" + FREE, 7811, 300), stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        try:
+        with echoing(bed, "peer", "host", "::ffff:" + FREE, 7811, 30, 300) as client:
             (was,) = until("the flow", lambda: flows_to(bed, 7811), 5)
             other = "i2" if was == "i1" else "i1"
             before = status(bed)
@@ -250,11 +206,6 @@ def test_reload_removes_an_interface_its_flows_move(bed, tmp_path):
             assert rc == 0 and f"removed {was}" in out, out
             assert flows_to(bed, 7811) == {other}
             echoed, _ = client.communicate(timeout=60)
-        finally:
-            if client.poll() is None:
-                client.kill()
-            srv.kill()
-            srv.wait()
         r = json.loads(echoed)
         assert r["answered"] >= 280, r                     # it went on through the other interface
         st = status(bed)

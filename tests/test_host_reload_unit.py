@@ -14,6 +14,7 @@ from engine.host import VirtualInterface
 from engine.slots import slotted
 from engine.translate import Translation
 from test_nat66 import udp6
+from test_uplink_churn_unit import Log, State as AddressState
 
 A1 = ipaddress.ip_address("198.18.21.2")
 A2 = ipaddress.ip_address("198.18.22.2")
@@ -21,25 +22,13 @@ A2_6 = ipaddress.ip_address("2001:db8:b2::2")
 REMOTE6 = "2001:db8:ee::1"
 
 
-class Log:
-    def __init__(self):
-        self.lines, self.warnings = [], []
-
-    def __call__(self, text):
-        self.lines.append(text)
-
-    def warning(self, text):
-        self.warnings.append(text)
-
-
-class State:
-    """What Translation and VirtualInterface read of engine.netlink.State."""
+class State(AddressState):
+    """What Translation and VirtualInterface read of engine.netlink.State: the addresses per
+    device index (as for mmr run) and, for host mode, the links by name."""
 
     def __init__(self, links=None):
-        self.addrs, self.links = {}, links or {}
-
-    def addresses(self, index):
-        return list(self.addrs.get(index, []))
+        super().__init__()
+        self.links = links or {}
 
     def address6(self, index):
         return next((a for a in self.addrs.get(index, []) if a.version == 6), None)

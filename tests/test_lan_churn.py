@@ -11,7 +11,7 @@ import time
 import pytest
 
 from engine.testbed import CN_ADDR, ISP, ISP_CN_ADDR4
-from netlab import in_ns, make_testbed, peer, running_mmr, start_peer
+from netlab import exists, flow_uplinks, in_ns, make_testbed, peer, running_mmr, start_peer, until
 from test_idle import cores_used
 from test_nat_live import UPLINKS, reaches, status
 
@@ -46,28 +46,12 @@ LEARNED = ["fd00:1::/64", "192.168.1.0/24"]         # lan0's networks (no lan_pr
 
 
 def flows_to(tb, dport) -> list:
-    p = subprocess.run(in_ns(tb, "mmr", "python3", "-m", "engine", "flows", "--json"), capture_output=True,
-                       text=True, timeout=30)
-    return [f["uplink"] for f in json.loads(p.stdout)["flows"] if f["dport"] == dport]
-
-
-def until(what, check, seconds=15.0):
-    end = time.monotonic() + seconds
-    while True:
-        got = check()
-        if got:
-            return got
-        assert time.monotonic() < end, what
-        time.sleep(0.1)
-
-
-def exists(tb, dev) -> bool:
-    return tb.run("mmr", "ip", "link", "show", dev, check=False) is not None
+    return flow_uplinks(tb, "mmr", dport)
 
 
 def restore(tb):
     """The testbed as built, whatever the test left: the LAN pair back with its addresses."""
-    if not exists(tb, "lan0"):
+    if not exists(tb, "mmr", "lan0"):
         tb.relink("mmr", "lan0")
 
 

@@ -176,6 +176,16 @@ def test_forwards_to_one_port_of_two_hosts_and_pending_checksums():
         assert port(inn, 36) == _sum(REM + lan + struct.pack("!xBH", 6, len(seg)))
 
 
+def quoted(err: bytes, keep) -> bytes:
+    """The packet an ICMPv4 error quotes, its IPv4 header checksum checked and, when it is
+    quoted whole (keep None), its transport checksum too."""
+    q = err[28:]
+    assert _sum(q[:20]) == 0xFFFF
+    if keep is None:
+        assert valid(q)
+    return q
+
+
 @pytest.mark.parametrize("make", [lambda s, d, sp, dp: udp(s, d, sp, dp, b"z" * 40),
                                   lambda s, d, sp, dp: tcp(s, d, sp, dp, flags=0x10, data=b"q" * 40)])
 @pytest.mark.parametrize("keep", [None, 28])
@@ -191,18 +201,14 @@ def test_icmp_errors_about_a_forward_to_another_port_carry_the_ports_translated(
     assert port(sent, 20) == 8081
     code, err = both(c, r, "in", error(ROUTER, EXT0, sent, typ=3, code=4, keep=keep), 0, 1.0)
     assert code == "ok" and err[16:20] == LAN1 and valid(err)
-    q = err[28:]
-    assert q[12:16] == LAN1 and port(q, 20) == 81 and port(q, 22) == 40000 and _sum(q[:20]) == 0xFFFF
-    if keep is None:
-        assert valid(q)
+    q = quoted(err, keep)
+    assert q[12:16] == LAN1 and port(q, 20) == 81 and port(q, 22) == 40000
     _, delivered = both(c, r, "in", make(REM, EXT0, 40000, 8080), 0, 1.0)
     assert port(delivered, 22) == 80
     code, out = both(c, r, "out", error(LAN1, REM, delivered, typ=3, code=3, keep=keep), 0, 1.0)
     assert code == "ok" and out[12:16] == EXT0 and valid(out)
-    q = out[28:]
-    assert q[16:20] == EXT0 and port(q, 22) == 8080 and port(q, 20) == 40000 and _sum(q[:20]) == 0xFFFF
-    if keep is None:
-        assert valid(q)
+    q = quoted(out, keep)
+    assert q[16:20] == EXT0 and port(q, 22) == 8080 and port(q, 20) == 40000
     # about a packet to another of the host's ports: no forward's, no mapping's
     assert both(c, r, "out", error(LAN1, REM, make(REM, LAN1, 40000, 82)), 0, 1.0)[0] == "unknown"
 
@@ -292,10 +298,8 @@ def test_icmp_errors_coming_back_are_put_back_for_the_lan_host(make, keep):
     err = error(ROUTER, EXT0, sent, keep=keep)
     code, back = both(c, r, "in", err, 0, 1.0)
     assert code == "ok" and back[16:20] == LAN1 and valid(back)
-    q = back[28:]
-    assert q[12:16] == LAN1 and q[20:22] == struct.pack("!H", 40001) and _sum(q[:20]) == 0xFFFF
-    if keep is None:
-        assert valid(q)                     # the quoted datagram whole: its checksum right too
+    q = quoted(back, keep)
+    assert q[12:16] == LAN1 and q[20:22] == struct.pack("!H", 40001)
     forged = error(ROUTER, EXT0, make(EXT0, REM2, 40001, 33434))     # not our remote
     assert both(c, r, "in", forged, 0, 1.0)[0] == "unknown"
     own = error(ROUTER, EXT0, make(EXT0, REM2, 443, 33434))          # the router's own packet

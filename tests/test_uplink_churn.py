@@ -7,13 +7,12 @@ lowest metric among the usable ones, here the first listed), so where new flows 
 whether mmr uses the uplink again."""
 import json
 import re
-import subprocess
 import time
 
 import pytest
 
 from engine.testbed import ISP, ISP_CN_ADDR4
-from netlab import in_ns, make_testbed, mmr, peer, running_mmr, start_peer
+from netlab import echoing, exists, flow_uplinks, make_testbed, mmr, peer, running_mmr, start_peer, until
 from test_nat_live import UPLINKS, status
 
 pytestmark = pytest.mark.privileged
@@ -40,28 +39,12 @@ def uplink(tb, name) -> dict:
 
 
 def flows_on(tb, dport) -> set:
-    p = subprocess.run(in_ns(tb, "mmr", "python3", "-m", "engine", "flows", "--json"), capture_output=True,
-                       text=True, timeout=30)
-    return {f["uplink"] for f in json.loads(p.stdout)["flows"] if f["dport"] == dport}
-
-
-def until(what, check, seconds=15.0):
-    end = time.monotonic() + seconds
-    while True:
-        got = check()
-        if got:
-            return got
-        assert time.monotonic() < end, what
-        time.sleep(0.1)
-
-
-def exists(tb, dev) -> bool:
-    return tb.run("mmr", "ip", "link", "show", dev, check=False) is not None
+    return set(flow_uplinks(tb, "mmr", dport))
 
 
 def restore(tb, dev):
     """The testbed as built: the device back if a test left it deleted, the MMR's routes."""
-    if not exists(tb, dev):
+    if not exists(tb, "mmr", dev):
         tb.relink("mmr", dev)
     for rt in ISP.routes["mmr"]:
         tb.run("mmr", "ip", *rt, check=False)
@@ -100,21 +83,13 @@ def test_a_recreated_device_is_taken_into_use_again(bed, tmp_path, dev, workers)
         with running_mmr(bed, "mmr", "run", "forwarding", "--config", path) as (p, lines):
             before = uplink(bed, name)
             assert before["usable"] and before["ifindex"] is not None, before
-            srv = start_peer(bed, "cn", "echo-server", 7601, 30, CN4)
-            client = subprocess.Popen(in_ns(bed, "mn", "python3", "-m", "engine.peers", "echo-client", CN4, 7601,
-                                            400), stdout=subprocess.PIPE, text=True)
-            try:
+            with echoing(bed, "cn", "mn", CN4, 7601, 30, 400) as client:
                 until("the flow on the primary uplink", lambda: flows_on(bed, 7601) == {name}, 5)
                 recreate(bed, dev)
                 assert flows_on(bed, 7601) == {other}                  # moved while the device was gone
                 after = until(f"{name} usable again", lambda: (lambda u: u if u["usable"] else None)(
                     uplink(bed, name)), 20)
                 out, _ = client.communicate(timeout=60)
-            finally:
-                if client.poll() is None:
-                    client.kill()
-                srv.kill()
-                srv.wait()
             r = json.loads(out)
             assert r["answered"] >= 350, r                     # a short gap while the device was gone
             assert after["ifindex"] not in (None, before["ifindex"]) and after["link"] == "up", after
@@ -251,20 +226,12 @@ def test_reload_adds_and_removes_uplinks(bed, tmp_path, workers):
         until("isp1 usable again", lambda: uplink(bed, "isp1")["usable"], 10)
 
         moved_before = status(bed)["moved_flows"]
-        srv = start_peer(bed, "cn", "echo-server", 7703, 30, CN4)
-        client = subprocess.Popen(in_ns(bed, "mn", "python3", "-m", "engine.peers", "echo-client", CN4, 7703, 400),
-                                  stdout=subprocess.PIPE, text=True)
-        try:
+        with echoing(bed, "cn", "mn", CN4, 7703, 30, 400) as client:
             until("the flow on isp1", lambda: flows_on(bed, 7703) == {"isp1"}, 5)
             rc, out = reload_with(bed, tmp_path, ("isp2",))
             assert rc == 0 and "removed isp1" in out, out
             assert flows_on(bed, 7703) == {"isp2"}
             out, _ = client.communicate(timeout=60)
-        finally:
-            if client.poll() is None:
-                client.kill()
-            srv.kill()
-            srv.wait()
         r = json.loads(out)
         assert r["answered"] >= 350, r                             # the flow went on through isp2
         st = status(bed)
