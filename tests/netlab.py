@@ -141,6 +141,7 @@ def flow_uplinks(tb, node, dport) -> list:
     """The uplink of each flow to dport in ``mmr flows`` run in node's namespace."""
     p = subprocess.run(in_ns(tb, node, sys.executable, "-m", "engine", "flows", "--json"),
                        capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert p.returncode == 0, p.stderr
     return [f["uplink"] for f in json.loads(p.stdout)["flows"] if f["dport"] == dport]
 
 
