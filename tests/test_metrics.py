@@ -46,7 +46,7 @@ def engine(cfg, table):
         table=lambda: table.copy(), uplink_sent=lambda i: (100 * (i + 1), 150_000 * (i + 1)),
         conn=mock.MagicMock(**{"status.return_value": status(cfg)}),
         pipe=mock.MagicMock(flows=list(range(5))), control=mock.MagicMock(),
-        inside=mock.MagicMock(default_policy="default.toml"),
+        inside=mock.MagicMock(default_policy="default.toml", **{"refuse_added.return_value": None}),
         fw=types.SimpleNamespace(lan_net=np.zeros((16, 17), np.uint8), set_strip=lambda cfg: None),
         workers=[], n_flows=lambda: 5, _conn_views=lambda: (None, None), _tables_changed=lambda: None,
         n_up=len(cfg.uplinks),                # its uplink slots: as many as the policy's uplinks
