@@ -758,11 +758,12 @@ cdef class Forwarder:
         cdef double now = ts[n - 1] if n else 0.0
         self.pipe.parse_c(base, off, lens, n)
         self.pn[self.n_up] = 0
-        memset(self.nat_in_c, 0xFF, n)
-        if self.nat_mode_c[u] and self.nat is not None:
-            self.napt_in_c(u, base, off, lens, vh, ts, vlan, n, 4)
-        if self.nat6 is not None:
-            self.napt_in_c(u, base, off, lens, vh, ts, vlan, n, 6)
+        if (self.nat_mode_c[u] and self.nat is not None) or self.nat6 is not None:
+            memset(self.nat_in_c, 0xFF, n)       # (read only where a translator is)
+            if self.nat_mode_c[u] and self.nat is not None:
+                self.napt_in_c(u, base, off, lens, vh, ts, vlan, n, 4)
+            if self.nat6 is not None:
+                self.napt_in_c(u, base, off, lens, vh, ts, vlan, n, 6)
         how = (RW_MACS | RW_HOP) if self.router else RW_CSUM_GSO
         if not self.router and self.tun is not None and self.tun.vnet_hdr:
             how = 0                 # the TUN takes super-frames and their checksum requests
